@@ -1,0 +1,119 @@
+"""Command line: ``anogen keys`` and ``anogen gc``.
+
+``anogen gc`` lists the keyed artifact directories under the results folder that none of
+the given configs refers to any more (left behind by changed config values) and, with
+``--delete``, removes them. It is a dry run by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from anogen.config import Plan, load_config_file
+from anogen.errors import AnogenError
+
+STAGES = ("support", "foreground", "embeddings", "generated", "detectors", "evaluation")
+
+
+def referenced_dirs(plan: Plan) -> set[Path]:
+    """Every keyed directory the plan's jobs read or write."""
+    root = Path(plan.config["results_dir"])
+    dirs: set[Path] = set()
+    for c, d in plan.pairs():
+        dirs.add(root / "support" / c / d / plan.support_key(c, d))
+        dirs.add(root / "embeddings" / c / d / plan.embedding_key(c, d))
+        dirs.add(root / "generated" / c / d / plan.generation_key(c, d))
+    for c in plan.categories:
+        dirs.add(root / "foreground" / c / plan.foreground_key(c))
+    for c, m, v in plan.detector_runs():
+        dirs.add(root / "detectors" / c / m / v / plan.detector_key(c, m, v))
+        dirs.add(root / "evaluation" / c / m / v / plan.evaluation_key(c, m, v))
+    return dirs
+
+
+def keyed_dirs(results: Path) -> list[Path]:
+    """Directories named by a 12-hex-digit key below each stage folder."""
+    found = []
+    for stage in STAGES:
+        base = results / stage
+        if not base.is_dir():
+            continue
+        for path in base.rglob("*"):
+            name = path.name
+            if path.is_dir() and len(name) == 12 and all(ch in "0123456789abcdef" for ch in name):
+                found.append(path)
+    return sorted(found)
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def cmd_gc(args) -> int:
+    plans = [Plan(load_config_file(cf, _parse_overrides(args.config))) for cf in args.configfile]
+    results = {Path(p.config["results_dir"]) for p in plans}
+    keep: set[Path] = set()
+    for plan in plans:
+        keep |= {d.resolve() for d in referenced_dirs(plan)}
+    stale = [d for r in sorted(results) for d in keyed_dirs(r) if d.resolve() not in keep]
+    total = 0
+    for d in stale:
+        size = _size(d)
+        total += size
+        print(f"{'deleting' if args.delete else 'stale'}\t{size / 1e6:9.1f} MB\t{d}")
+        if args.delete:
+            shutil.rmtree(d)
+    verb = "deleted" if args.delete else "would delete (dry run; pass --delete)"
+    print(f"{len(stale)} keyed directories, {total / 1e6:.1f} MB {verb}; {len(keep)} referenced kept")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    plan = Plan(load_config_file(args.configfile, _parse_overrides(args.config)))
+    for d in sorted(referenced_dirs(plan)):
+        print(d)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gc = sub.add_parser("gc", help="list (and with --delete remove) keyed directories no config refers to")
+    gc.add_argument("--configfile", action="append", default=None,
+                    help="config(s) whose artifacts are kept (repeatable; default config/config.yaml)")
+    gc.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value, applied to every config")
+    gc.add_argument("--delete", action="store_true", help="really delete (default: dry run)")
+    gc.set_defaults(func=cmd_gc)
+    keys = sub.add_parser("keys", help="print the keyed directories of a config")
+    keys.add_argument("--configfile", default="config/config.yaml")
+    keys.add_argument("--config", nargs="*", default=[])
+    keys.set_defaults(func=cmd_keys)
+    args = parser.parse_args(argv)
+    if getattr(args, "configfile", None) is None:
+        args.configfile = ["config/config.yaml"]
+    try:
+        return args.func(args)
+    except AnogenError as exc:
+        print(f"anogen: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

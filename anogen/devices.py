@@ -1,0 +1,156 @@
+"""Give each concurrently running GPU job its own device on a workstation.
+
+Snakemake's ``resources: gpu=1`` is only a counter: it limits how many GPU jobs run at
+once but says nothing about *which* GPU each one gets. Each job therefore leases a slot
+by taking a non-blocking ``fcntl.flock`` on one of N node-local lock files and exports
+``CUDA_VISIBLE_DEVICES`` for that slot before CUDA is initialised. The kernel drops the
+lock when the process exits, even on SIGKILL, so a crashed job never leaks its slot.
+
+Under Slurm (``SLURM_JOB_ID`` set) nothing is done: Slurm has already restricted the job
+to the GPUs it allocated. Without any GPU the job still leases a slot (so concurrency can
+be tested and recorded on CPU) and runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_DIR = "/tmp/anogen-gpu-slots"
+
+
+@dataclasses.dataclass
+class Lease:
+    slot: int | None
+    device: str  # "cuda" or "cpu"
+    cuda_visible_devices: str | None
+    reason: str
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    pid: int = dataclasses.field(default_factory=os.getpid)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _inherited_devices() -> list[str] | None:
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [d.strip() for d in value.split(",") if d.strip()]
+
+
+def _gpu_count_without_init() -> int:
+    inherited = _inherited_devices()
+    if inherited is not None:
+        return len(inherited)
+    try:
+        import torch
+
+        # device_count() asks NVML and does not create a CUDA context.
+        return torch.cuda.device_count()
+    except Exception:  # pragma: no cover - torch without CUDA support
+        return 0
+
+
+def _cuda_initialised() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_initialized()
+    except Exception:  # pragma: no cover
+        return False
+
+
+@contextlib.contextmanager
+def lease_device(
+    slots: int | None = None,
+    lock_dir: str | Path | None = None,
+    wait_seconds: float = 24 * 3600,
+    poll_seconds: float = 0.5,
+    prefer_cpu: bool = False,
+) -> Iterator[Lease]:
+    """Lease one device slot for the lifetime of the ``with`` block.
+
+    ``slots``: number of lock files (default: visible GPUs, or ``ANOGEN_GPU_SLOTS``, or 1).
+    ``lock_dir``: node-local directory for the lock files (default ``ANOGEN_LOCK_DIR`` or
+    /tmp/anogen-gpu-slots); never put it on NFS, where flock is unreliable.
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        gpus = _gpu_count_without_init()
+        device = "cuda" if gpus > 0 and not prefer_cpu else "cpu"
+        lease = Lease(None, device, os.environ.get("CUDA_VISIBLE_DEVICES"), "slurm assigns devices")
+        log.info("device lease: %s", lease)
+        yield lease
+        return
+
+    if _cuda_initialised():
+        raise RuntimeError("lease_device() must run before CUDA is initialised in this process")
+
+    gpus = 0 if prefer_cpu else _gpu_count_without_init()
+    if slots is None:
+        env_slots = os.environ.get("ANOGEN_GPU_SLOTS")
+        slots = int(env_slots) if env_slots else max(gpus, 1)
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    lock_dir = Path(lock_dir or os.environ.get("ANOGEN_LOCK_DIR") or DEFAULT_LOCK_DIR)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+
+    handle = None
+    slot = None
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while handle is None:
+        for candidate in range(slots):
+            fh = open(lock_dir / f"slot-{candidate}.lock", "a+")
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            handle, slot = fh, candidate
+            break
+        if handle is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no free device slot in {lock_dir} after {wait_seconds}s")
+            if not announced:
+                log.warning("all %d device slots in %s are busy; waiting", slots, lock_dir)
+                announced = True
+            time.sleep(poll_seconds)
+
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+        handle.flush()
+        if gpus > 0:
+            inherited = _inherited_devices()
+            physical = inherited[slot % len(inherited)] if inherited else str(slot % gpus)
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            os.environ["CUDA_VISIBLE_DEVICES"] = physical
+            lease = Lease(slot, "cuda", physical, f"slot {slot} of {slots} in {lock_dir}")
+        else:
+            lease = Lease(slot, "cpu", None, f"slot {slot} of {slots} in {lock_dir}; no GPU, using CPU")
+        log.info("device lease: %s", lease)
+        yield lease
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
+def autocast(device: str, enabled: bool = True):
+    """bf16 autocast on GPUs that support it, else fp16; a no-op on CPU."""
+    import torch
+
+    if not enabled or device != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)

@@ -1,0 +1,200 @@
+"""Atomic file writes, sha256 manifests and image reading with precise errors.
+
+Rules every stage follows:
+- a file appears under its final name only when complete (write to a temp name in the
+  same directory, fsync, ``os.replace``), so a killed job never leaves a half file that a
+  later run would take as done;
+- every keyed directory ends with a ``manifest.json`` recording the config subset, the
+  input keys and the sha256 of each file; consumers verify what they read against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from anogen.errors import DataError, IntegrityError
+from anogen.keys import canonical_json
+
+MANIFEST_NAME = "manifest.json"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_image(path: str | Path, array: np.ndarray) -> None:
+    """Save a uint8 HxW or HxWx3 array as PNG, atomically."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"expected uint8 image, got {array.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Read an image fully (truncation is detected) and convert it to ``mode`` ('RGB' or 'L').
+
+    Returns uint8 HxWx3 for RGB, HxW for L. Raises DataError naming the file otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes every byte: a truncated PNG fails here, not later
+            converted = img.convert(mode)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(path, f"unreadable or truncated image ({exc})") from exc
+    return np.asarray(converted, dtype=np.uint8)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header alone; DataError if the file is not an image."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError as exc:
+        raise DataError(path, "file does not exist") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(path, f"unreadable image ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def write_manifest(
+    directory: str | Path,
+    *,
+    stage: str,
+    key: str,
+    spec: Any,
+    inputs: dict[str, str] | None = None,
+    files: Iterable[str | Path] = (),
+    extra: dict[str, Any] | None = None,
+    name: str = MANIFEST_NAME,
+) -> Path:
+    """Hash ``files`` (paths relative to ``directory``) and write the manifest atomically, last."""
+    directory = Path(directory)
+    records: dict[str, dict[str, Any]] = {}
+    for rel in sorted({str(Path(f)) for f in files}):
+        full = directory / rel
+        if not full.is_file():
+            raise FileNotFoundError(f"manifest of {directory} lists {rel}, which does not exist")
+        records[rel] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
+    from anogen import __version__
+
+    manifest = {
+        "anogen_version": __version__,
+        "stage": stage,
+        "key": key,
+        "spec": json.loads(canonical_json(spec)),
+        "inputs": dict(sorted((inputs or {}).items())),
+        "files": records,
+        "extra": extra or {},
+    }
+    out = directory / name
+    atomic_write_json(out, manifest)
+    return out
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IntegrityError(path, "manifest is missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(path, f"manifest is not valid JSON ({exc})") from exc
+
+
+def verify_file(
+    manifest_path: str | Path,
+    rel: str,
+    manifest: dict[str, Any] | None = None,
+    rebuild_hint: str | None = None,
+) -> Path:
+    """Check one file listed in a manifest against its recorded sha256; return its full path."""
+    manifest_path = Path(manifest_path)
+    if manifest is None:
+        manifest = load_manifest(manifest_path)
+    record = manifest["files"].get(rel)
+    full = manifest_path.parent / rel
+    if record is None:
+        raise IntegrityError(full, f"not listed in {manifest_path}", rebuild_hint)
+    if not full.is_file():
+        raise IntegrityError(full, f"listed in {manifest_path} but missing", rebuild_hint)
+    actual = sha256_file(full)
+    if actual != record["sha256"]:
+        raise IntegrityError(
+            full,
+            f"sha256 {actual[:12]}... differs from {record['sha256'][:12]}... recorded in "
+            f"{manifest_path}: the cached file was truncated or edited",
+            rebuild_hint,
+        )
+    return full
+
+
+def verify_manifest(
+    manifest_path: str | Path, rebuild_hint: str | None = None
+) -> dict[str, Any]:
+    """Verify every file a manifest lists; return the manifest."""
+    manifest = load_manifest(manifest_path)
+    for rel in manifest["files"]:
+        verify_file(manifest_path, rel, manifest, rebuild_hint)
+    return manifest

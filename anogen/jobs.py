@@ -1,0 +1,278 @@
+"""Glue between Snakemake rules and the package: one function per rule.
+
+Each workflow script is two lines that call one of these with the ``snakemake`` object.
+A job function:
+- sends everything the job prints (Python logging, warnings, tqdm, C-level output) to the
+  rule's ``log:`` file;
+- recomputes the content key from the params it was given and refuses to run if it does
+  not match the key in its output path (a stale or hand-made path never gets filled);
+- leases a device slot for GPU rules (see ``anogen.devices``);
+- turns an ``AnogenError`` into one clear line on the console and in the log, and exits 1.
+Every config value a job uses arrives in ``snakemake.params``; none is read from the
+global config, so Snakemake's params trigger and the content keys see all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from anogen.errors import AnogenError
+from anogen.keys import content_key
+
+log = logging.getLogger("anogen.jobs")
+
+
+def _params(sm) -> dict[str, Any]:
+    p = sm.params
+    out = {}
+    for name in p.keys():
+        value = getattr(p, name)
+        if name in ("spec", "inputs") and isinstance(value, str):
+            value = json.loads(value)
+        out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def _redirect_to_log(log_path: str | None):
+    """Point fd 1 and 2 at the log file; keep a handle on the console for the final error line."""
+    if not log_path:
+        console = sys.__stderr__
+        yield console
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    console = os.fdopen(os.dup(saved_err), "w")
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        console.close()
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def job(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(sm):
+        log_path = sm.log[0] if len(sm.log) else None
+        with _redirect_to_log(log_path) as console:
+            _setup_logging()
+            started = time.time()
+            rule = getattr(sm, "rule", fn.__name__)
+            log.info("rule %s, wildcards %s", rule, dict(sm.wildcards.items()))
+            try:
+                params = _params(sm)
+                key = getattr(sm.wildcards, "key", None)
+                if key is not None:
+                    expected = content_key(params["spec"], params["inputs"])
+                    if expected != key:
+                        raise AnogenError(
+                            f"output path key {key} does not match the key {expected} of this job's "
+                            "config values; re-run snakemake so it plans the current keys"
+                        )
+                threads = int(getattr(sm, "threads", 1) or 1)
+                try:
+                    import torch
+
+                    torch.set_num_threads(threads)
+                except ImportError:  # pragma: no cover
+                    pass
+                fn(sm, params)
+            except AnogenError as exc:
+                log.error("%s", exc)
+                print(f"anogen error in rule {rule}: {exc}", file=console, flush=True)
+                sys.exit(1)
+            except Exception:
+                log.error("unexpected failure:\n%s", traceback.format_exc())
+                print(f"anogen: rule {rule} failed unexpectedly; see {log_path}", file=console, flush=True)
+                raise
+            log.info("done in %.1f s", time.time() - started)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _device(params: dict):
+    from anogen.devices import lease_device
+
+    with lease_device(slots=params.get("gpu_slots"), lock_dir=params.get("lock_dir")) as lease:
+        log.info("device lease: %s", lease.as_dict())
+        yield lease
+
+
+def _out_dir(sm, name: str = "manifest") -> Path:
+    return Path(getattr(sm.output, name)).parent
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@job
+def demo_data(sm, params):
+    from anogen.data.demo import generate_demo_dataset
+
+    generate_demo_dataset(params["spec"])
+
+
+@job
+def tiny_model(sm, params):
+    from anogen.diffusion.tiny import build_tiny_model
+
+    spec = params["spec"]
+    build_tiny_model(spec["family"], Path(sm.output.index).parent, seed=spec["seed"], resolution=spec["resolution"])
+
+
+@job
+def select_support(sm, params):
+    from anogen.data.support import build_support_set
+
+    spec = params["spec"]
+    build_support_set(
+        params["data_root"], spec["category"], spec["defect"], shots=spec["shots"], seed=spec["seed"],
+        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+    )
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+@job
+def learn_embedding(sm, params):
+    from anogen.data.support import read_support_set
+    from anogen.embedding import learn_embedding as run
+
+    spec = dict(params["spec"])
+    mixed_precision = spec.pop("mixed_precision")
+    spec["checkpoint_every"] = params["checkpoint_every"]
+    items = read_support_set(sm.input.support)
+    with _device(params) as lease:
+        run(
+            support_items=items, model=params["model"], revision=params["revision"], spec=spec,
+            out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
+            mixed_precision=mixed_precision, extra={"lease": lease.as_dict()},
+        )
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+def _train_images(data_root: str, category: str, limit: int | None) -> list[Path]:
+    from anogen.data.mvtec import scan_category
+
+    images = scan_category(data_root, category).train_good
+    return images[:limit] if limit else images
+
+
+@job
+def estimate_foreground(sm, params):
+    from anogen.generation.foreground import build_foreground_set
+
+    spec = params["spec"]
+    template = spec["foreground_template"]
+    build_foreground_set(
+        image_paths=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
+        data_root=Path(params["data_root"]), texture=spec["texture"],
+        template=Path(template) if template else None, iterations=spec["grabcut_iterations"],
+        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+    )
+
+
+@job
+def generate_anomalies(sm, params):
+    from anogen.data.support import read_support_set
+    from anogen.generation.run import generate_anomalies as run
+
+    spec = dict(params["spec"])
+    mixed_precision = spec.pop("mixed_precision")
+    support = [image for image, _ in read_support_set(sm.input.support)]
+    with _device(params) as lease:
+        run(
+            normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
+            data_root=Path(params["data_root"]), foreground_manifest=Path(sm.input.foreground),
+            embedding_path=Path(sm.input.embedding), model=params["model"], revision=params["revision"],
+            spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+            batch_size=params["batch_size"], device=lease.device, mixed_precision=mixed_precision,
+            extra={"lease": lease.as_dict()}, support_images=support,
+        )
+
+
+@job
+def export_generated(sm, params):
+    from anogen.generation.export import export_generated as run
+
+    run([Path(p) for p in sm.input.generated], Path(sm.output.marker).parent, params["spec"])
+
+
+# ----------------------------------------------------------------------------- stage 3
+
+
+@job
+def train_detector(sm, params):
+    from anogen.detectors import train_detector as run
+
+    spec = params["spec"]
+    with _device(params) as lease:
+        run(
+            detector=spec["detector"], variant=spec["variant"], spec=spec,
+            train_images=_train_images(params["data_root"], spec["category"], None),
+            generated_manifests=[Path(p) for p in sm.input.generated],
+            out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
+            checkpoint_every=params["checkpoint_every"], extra={"lease": lease.as_dict()},
+        )
+
+
+@job
+def evaluate_detector(sm, params):
+    from anogen.data.mvtec import scan_category
+    from anogen.data.support import excluded_test_images
+    from anogen.detectors import load_trained_detector
+    from anogen.evaluation.evaluate import evaluate_detector as run
+
+    spec = params["spec"]
+    exclude = excluded_test_images([Path(p) for p in sm.input.support]) if spec["exclude_from_test"] else set()
+    with _device(params) as lease:
+        predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
+        run(
+            predictor=predictor, test_items=scan_category(params["data_root"], spec["category"]).test,
+            data_root=Path(params["data_root"]), exclude=exclude, resolution=spec["resolution"],
+            fpr_limit=spec["aupro_fpr_limit"], out_dir=_out_dir(sm), key=sm.wildcards.key,
+            inputs=params["inputs"], spec=spec, n_visualizations=spec["n_visualizations"],
+            extra={"lease": lease.as_dict()},
+        )
+
+
+@job
+def summarize(sm, params):
+    from anogen.evaluation.summary import summarize as run
+
+    run([Path(p) for p in sm.input.metrics], Path(sm.output.summary), Path(sm.output.table1))

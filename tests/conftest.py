@@ -1,0 +1,28 @@
+"""Shared pytest setup: markers and keeping the 2-core CI machine responsive."""
+
+import os
+
+import pytest
+
+# Tests run on CPU; keep intra-op threads low so parallel helpers and CI stay predictable.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
+    config.addinivalue_line("markers", "e2e: runs the real snakemake on the demo")
+    config.addinivalue_line("markers", "slurm: starts a single-node Slurm (needs root and apt)")
+    config.addinivalue_line("markers", "reliability: end-to-end failure, resume and cache tests")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:  # pragma: no cover
+        pass
+    yield

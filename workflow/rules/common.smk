@@ -1,0 +1,107 @@
+# Config validation, the plan (categories x defects) and the keyed path of every artifact.
+# All logic lives in anogen.config.Plan; this file only turns it into paths and params.
+
+import sys
+from pathlib import Path
+
+# Import the package from this checkout even when it is not installed (jobs still need it
+# installed: `pip install -e .`, or the conda env in envs/).
+sys.path.insert(0, str(Path(workflow.basedir)))
+
+from anogen.config import Plan, validate_config
+from anogen.errors import AnogenError
+from anogen.keys import canonical_json
+
+try:
+    _validated = validate_config(config)
+    config.clear()
+    config.update(_validated)
+    PLAN = Plan(config)
+    PLAN.pairs()  # discover categories x defects now: bad data_root / names stop here
+except AnogenError as _error:
+    raise WorkflowError(f"invalid configuration: {_error}") from None
+
+RESULTS = config["results_dir"]
+DATA_ROOT = config["data_root"]
+SUMMARY_CSV = f"{RESULTS}/summary.csv"
+TABLE1_CSV = f"{RESULTS}/table1.csv"
+LOGS = f"{RESULTS}/logs"
+
+KEY = "[0-9a-f]{12}"
+NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+wildcard_constraints:
+    key=KEY,
+    category=NAME,
+    defect=NAME,
+    detector="draem|destseg",
+    variant="baseline|anogen|generated_only",
+
+
+def as_json(value):
+    """Params are compared by repr(): canonical JSON keeps them stable across processes."""
+    return canonical_json(value)
+
+
+# ---------------------------------------------------------------------------- runtime knobs
+# Values that change speed, not results: passed as params, kept out of content keys.
+RUNTIME = {
+    "gpu_slots": config["resources"]["gpu_slots"],
+    "lock_dir": config["resources"]["lock_dir"],
+}
+THREADS = config["resources"]["threads"]
+
+
+# ---------------------------------------------------------------------------- inputs of the data set
+def dataset_inputs(wildcards=None):
+    """The file that marks the data set as present (the demo's completion marker)."""
+    if PLAN.is_demo:
+        return [f"{config['demo']['root']}/demo_spec.json"]
+    return []
+
+
+def model_inputs(wildcards=None):
+    model = config["diffusion"]["model"]
+    if config["diffusion"]["tiny"]["family"] or Path(model).is_dir():
+        return [f"{model}/model_index.json"]
+    return []
+
+
+# ---------------------------------------------------------------------------- keyed paths
+def support_output(category, defect, name="manifest.json"):
+    return f"{RESULTS}/support/{category}/{defect}/{PLAN.support_key(category, defect)}/{name}"
+
+
+def foreground_output(category, name="manifest.json"):
+    return f"{RESULTS}/foreground/{category}/{PLAN.foreground_key(category)}/{name}"
+
+
+def embedding_output(category, defect, name="manifest.json"):
+    return f"{RESULTS}/embeddings/{category}/{defect}/{PLAN.embedding_key(category, defect)}/{name}"
+
+
+def generation_output(category, defect, name="manifest.json"):
+    return f"{RESULTS}/generated/{category}/{defect}/{PLAN.generation_key(category, defect)}/{name}"
+
+
+def detector_output(category, detector, variant, name="manifest.json"):
+    key = PLAN.detector_key(category, detector, variant)
+    return f"{RESULTS}/detectors/{category}/{detector}/{variant}/{key}/{name}"
+
+
+def evaluation_output(category, detector, variant, name="metrics.json"):
+    key = PLAN.evaluation_key(category, detector, variant)
+    return f"{RESULTS}/evaluation/{category}/{detector}/{variant}/{key}/{name}"
+
+
+def generated_for_detector(wildcards):
+    if wildcards.variant == "baseline":
+        return []
+    return [generation_output(wildcards.category, d) for d in PLAN.defects(wildcards.category)]
+
+
+def support_for_evaluation(wildcards):
+    if not config["support"]["exclude_from_test"]:
+        return []
+    return [support_output(wildcards.category, d) for d in PLAN.defects(wildcards.category)]

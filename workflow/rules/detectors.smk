@@ -1,0 +1,28 @@
+# Stage 3: DRAEM and DeSTSeg, baseline and weakly supervised with the generated anomalies.
+
+
+rule train_detector:
+    input:
+        dataset_inputs,
+        generated=generated_for_detector,
+    output:
+        manifest=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
+        model=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/model.safetensors",
+        train_log=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/train_log.csv",
+    params:
+        spec=lambda w: as_json(PLAN.detector_spec(w.category, w.detector, w.variant)),
+        inputs=lambda w: as_json(PLAN.detector_inputs(w.category, w.detector, w.variant)),
+        data_root=DATA_ROOT,
+        checkpoint_every=config["detectors"]["checkpoint_every"],
+        **RUNTIME,
+    log:
+        f"{LOGS}/train_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    conda:
+        "../../envs/anogen.yaml"
+    script:
+        "../scripts/train_detector.py"

@@ -1,0 +1,36 @@
+# Stage 1: one mask-guided textual-inversion embedding per (category, defect).
+
+
+rule learn_embedding:
+    input:
+        support=lambda w: support_output(w.category, w.defect),
+        model=model_inputs,
+    output:
+        manifest=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/manifest.json",
+        embedding=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/learned_embeds.safetensors",
+        loss_csv=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.csv",
+        loss_plot=report(
+            f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.png",
+            caption="../report/embedding_loss.rst",
+            category="Stage 1: embedding loss",
+            subcategory="{category}",
+            labels={"category": "{category}", "defect": "{defect}"},
+        ),
+    params:
+        spec=lambda w: as_json(PLAN.embedding_spec(w.category, w.defect)),
+        inputs=lambda w: as_json(PLAN.embedding_inputs(w.category, w.defect)),
+        model=config["diffusion"]["model"],
+        revision=config["diffusion"]["revision"],
+        checkpoint_every=config["embedding"]["checkpoint_every"],
+        **RUNTIME,
+    log:
+        f"{LOGS}/learn_embedding/{{category}}/{{defect}}/{{key}}.log",
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/anogen.yaml"
+    script:
+        "../scripts/learn_embedding.py"
