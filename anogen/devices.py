@@ -49,9 +49,7 @@ def _inherited_devices() -> list[str] | None:
 
 
 def _gpu_count_without_init() -> int:
-    inherited = _inherited_devices()
-    if inherited is not None:
-        return len(inherited)
+    """GPUs this process may use (honours an inherited CUDA_VISIBLE_DEVICES)."""
     try:
         import torch
 
@@ -59,6 +57,13 @@ def _gpu_count_without_init() -> int:
         return torch.cuda.device_count()
     except Exception:  # pragma: no cover - torch without CUDA support
         return 0
+
+
+def physical_device(slot: int, gpus: int, inherited: list[str] | None) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for ``slot``: mapped through the inherited list if any."""
+    if inherited:
+        return inherited[slot % len(inherited)]
+    return str(slot % gpus)
 
 
 def _cuda_initialised() -> bool:
@@ -132,8 +137,7 @@ def lease_device(
         handle.write(f"{socket.gethostname()} {os.getpid()}\n")
         handle.flush()
         if gpus > 0:
-            inherited = _inherited_devices()
-            physical = inherited[slot % len(inherited)] if inherited else str(slot % gpus)
+            physical = physical_device(slot, gpus, _inherited_devices())
             os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             os.environ["CUDA_VISIBLE_DEVICES"] = physical
             lease = Lease(slot, "cuda", physical, f"slot {slot} of {slots} in {lock_dir}")

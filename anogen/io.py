@@ -94,7 +94,9 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
         raise DataError(path, "file does not exist")
     try:
         with Image.open(path) as img:
-            img.load()  # decodes every byte: a truncated PNG fails here, not later
+            img.verify()  # checks the file's structure and checksums to its last byte
+        with Image.open(path) as img:
+            img.load()  # decodes every pixel: a truncated PNG fails here, not later
             converted = img.convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"unreadable or truncated image ({exc})") from exc

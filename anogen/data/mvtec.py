@@ -1,0 +1,370 @@
+"""MVTec AD folder layout: listing, scanning with validation, and image/mask loading.
+
+Layout (any image size; MVTec's own images are 700-1024 px square)::
+
+    <root>/<category>/train/good/<name>.<ext>
+    <root>/<category>/test/good/<name>.<ext>
+    <root>/<category>/test/<defect>/<stem>.<ext>
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.<ext>
+
+Accepted extensions: png, jpg, jpeg, bmp, tif, tiff (any case). Hidden entries (names
+starting with ``.``) are ignored everywhere; any other file in an image folder that is not
+an image is an error rather than being skipped silently. Category and defect names become
+path components of results, so they must match ``^[A-Za-z0-9][A-Za-z0-9_.-]*$`` and must
+not contain ``..``.
+
+``list_categories`` and ``list_defects`` only list directories (no image is opened) and
+are cheap enough for Snakemake's DAG construction. ``scan_category`` validates a category
+from image headers only; ``load_image`` / ``load_mask`` decode fully, so a truncated file
+raises :class:`~anogen.errors.DataError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from anogen.errors import DataError
+from anogen.io import read_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GOOD = "good"
+MASK_SUFFIX = "_mask"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "GOOD",
+    "TestItem",
+    "CategoryIndex",
+    "validate_name",
+    "is_image_file",
+    "list_categories",
+    "list_defects",
+    "list_images",
+    "scan_category",
+    "load_image",
+    "load_mask",
+    "relative_to_root",
+]
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def validate_name(name: str, path: str | Path, what: str) -> str:
+    """Return ``name`` if it is a safe path component, else DataError naming ``path``."""
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise DataError(
+            path,
+            f"{what} folder name {name!r} is not allowed: names must match "
+            f"{NAME_PATTERN.pattern} and not contain '..' (they become result paths); "
+            "rename the folder",
+        )
+    return name
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _subdirs(path: Path) -> list[str]:
+    """Sorted names of non-hidden subdirectories of ``path`` (os.scandir only)."""
+    names = []
+    with os.scandir(path) as it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                names.append(entry.name)
+    return sorted(names)
+
+
+def _require_dir(path: Path, problem: str) -> None:
+    if not path.is_dir():
+        raise DataError(path, problem)
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def list_categories(root: str | Path) -> list[str]:
+    """Sorted names of the subfolders of ``root`` that contain ``train/good``.
+
+    Cheap: only directories are listed. DataError if ``root`` is missing, holds no
+    category, or a category folder has a name that cannot be used in result paths.
+    """
+    root = Path(root)
+    _require_dir(root, "data root does not exist or is not a directory")
+    categories = []
+    for name in _subdirs(root):
+        if (root / name / "train" / GOOD).is_dir():
+            categories.append(validate_name(name, root / name, "category"))
+    if not categories:
+        raise DataError(
+            root,
+            "contains no category folder with train/good/ inside "
+            "(expected the MVTec AD layout <root>/<category>/train/good/*.png)",
+        )
+    return categories
+
+
+def list_defects(root: str | Path, category: str) -> list[str]:
+    """Sorted defect types of a category: the subfolders of ``test/`` except ``good``. Cheap."""
+    root = Path(root)
+    cat_dir = root / category
+    _require_dir(cat_dir, f"category folder of {category!r} does not exist")
+    test_dir = cat_dir / "test"
+    _require_dir(test_dir, "test folder is missing (expected test/<defect>/ and test/good/)")
+    return [
+        validate_name(name, test_dir / name, "defect")
+        for name in _subdirs(test_dir)
+        if name != GOOD
+    ]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files of ``folder``. A non-hidden file that is not an image is a DataError."""
+    folder = Path(folder)
+    _require_dir(folder, "folder does not exist")
+    paths = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.startswith(".") or entry.is_dir():
+                continue
+            if not is_image_file(entry.name):
+                raise DataError(
+                    folder / entry.name,
+                    "is not an image (accepted extensions: "
+                    f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); move it out of the data folder",
+                )
+            paths.append(folder / entry.name)
+    return sorted(paths, key=lambda p: p.name)
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@dataclass
+class TestItem:
+    """One test image: ``defect`` is ``'good'`` for normal images, which have no mask."""
+
+    __test__ = False  # not a pytest test class
+
+    path: Path
+    defect: str
+    mask: Path | None = None
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.defect != GOOD
+
+
+@dataclass
+class CategoryIndex:
+    root: Path
+    category: str
+    train_good: list[Path]
+    test: list[TestItem]
+    grayscale: bool
+    defects: list[str] = field(default_factory=list)
+
+    def defect_items(self, defect: str) -> list[TestItem]:
+        """Test items of one defect type (``'good'`` gives the normal test images)."""
+        if defect != GOOD and defect not in self.defects:
+            raise DataError(
+                self.root / self.category / "test" / defect,
+                f"defect type {defect!r} is not part of this scan "
+                f"(scanned: {', '.join(self.defects) or 'none'})",
+            )
+        return [item for item in self.test if item.defect == defect]
+
+    @property
+    def good_test(self) -> list[TestItem]:
+        return self.defect_items(GOOD)
+
+    @property
+    def anomalous_test(self) -> list[TestItem]:
+        return [item for item in self.test if item.is_anomalous]
+
+    def relpath(self, path: str | Path) -> str:
+        """``path`` relative to the data root, POSIX style (e.g. ``bottle/test/crack/000.png``)."""
+        return relative_to_root(self.root, path)
+
+
+def relative_to_root(root: str | Path, path: str | Path) -> str:
+    return Path(os.path.relpath(Path(path), Path(root))).as_posix()
+
+
+def _header(path: Path) -> tuple[tuple[int, int], str]:
+    """(size, mode) from the header; DataError naming the file if it is not an image."""
+    try:
+        with Image.open(path) as img:
+            return img.size, img.mode
+    except FileNotFoundError as exc:
+        raise DataError(path, "file does not exist") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(path, f"unreadable image ({exc})") from exc
+
+
+def _mask_candidates(gt_dir: Path) -> dict[str, list[Path]]:
+    """Map image stem -> mask files ``<stem>_mask.<ext>`` found in ``gt_dir``."""
+    found: dict[str, list[Path]] = {}
+    if not gt_dir.is_dir():
+        return found
+    with os.scandir(gt_dir) as it:
+        for entry in it:
+            if entry.name.startswith(".") or not is_image_file(entry.name):
+                continue
+            stem = Path(entry.name).stem
+            if stem.endswith(MASK_SUFFIX):
+                found.setdefault(stem[: -len(MASK_SUFFIX)], []).append(gt_dir / entry.name)
+    return found
+
+
+def _find_mask(candidates: dict[str, list[Path]], gt_dir: Path, image_path: Path) -> Path:
+    stem = image_path.stem
+    paths = sorted(candidates.get(stem, []))
+    if not paths:
+        raise DataError(
+            image_path,
+            f"anomalous test image has no mask: expected {gt_dir / (stem + MASK_SUFFIX + '.png')} "
+            f"(ground_truth/<defect>/<stem>{MASK_SUFFIX}.<ext>)",
+        )
+    if len(paths) > 1:
+        raise DataError(
+            image_path, "has several candidate masks: " + ", ".join(str(p) for p in paths)
+        )
+    return paths[0]
+
+
+def scan_category(
+    root: str | Path,
+    category: str,
+    defects: Iterable[str] | None = None,
+    min_shots: int | None = None,
+) -> CategoryIndex:
+    """List and validate one category from image headers only.
+
+    ``defects`` restricts the anomalous test items to these defect types (normal test
+    images are always included); ``None`` means every defect folder. ``min_shots``
+    requires at least that many images per scanned defect type (the support set size).
+    """
+    root = Path(root)
+    validate_name(category, root / category, "category")
+    cat_dir = root / category
+    _require_dir(cat_dir, f"category folder of {category!r} does not exist under {root}")
+
+    train_dir = cat_dir / "train" / GOOD
+    _require_dir(train_dir, "train/good folder is missing (it holds the normal training images)")
+    train_good = list_images(train_dir)
+    if not train_good:
+        raise DataError(train_dir, "contains no training images (expected *.png etc.)")
+    modes = [_header(path)[1] for path in train_good]
+    grayscale = modes[0] in _GRAY_MODES
+
+    available = list_defects(root, category)
+    test_dir = cat_dir / "test"
+    if defects is None:
+        chosen = available
+    else:
+        chosen = []
+        for defect in defects:
+            validate_name(defect, test_dir / defect, "defect")
+            if defect == GOOD:
+                continue
+            if defect not in available:
+                raise DataError(
+                    test_dir / defect,
+                    f"defect folder does not exist (defect types of {category}: "
+                    f"{', '.join(available) or 'none'})",
+                )
+            if defect not in chosen:
+                chosen.append(defect)
+        chosen.sort()
+
+    test: list[TestItem] = []
+    good_dir = test_dir / GOOD
+    if good_dir.is_dir():
+        for path in list_images(good_dir):
+            _header(path)
+            test.append(TestItem(path, GOOD, None))
+
+    for defect in chosen:
+        defect_dir = test_dir / defect
+        gt_dir = cat_dir / "ground_truth" / defect
+        images = list_images(defect_dir)
+        if not images:
+            raise DataError(defect_dir, "defect folder contains no images")
+        if min_shots is not None and len(images) < min_shots:
+            raise DataError(
+                defect_dir,
+                f"has {len(images)} image(s) but support.shots = {min_shots} real anomalies "
+                "are needed for the support set; lower support.shots or exclude this defect",
+            )
+        masks = _mask_candidates(gt_dir)
+        seen: dict[str, Path] = {}
+        for path in images:
+            if path.stem in seen:
+                raise DataError(
+                    path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"
+                )
+            seen[path.stem] = path
+            mask = _find_mask(masks, gt_dir, path)
+            img_size, _ = _header(path)
+            mask_size, _ = _header(mask)
+            if img_size != mask_size:
+                raise DataError(
+                    mask,
+                    f"mask size {mask_size[0]}x{mask_size[1]} differs from its image "
+                    f"{path} ({img_size[0]}x{img_size[1]})",
+                )
+            test.append(TestItem(path, defect, mask))
+
+    return CategoryIndex(
+        root=root,
+        category=category,
+        train_good=train_good,
+        test=test,
+        grayscale=grayscale,
+        defects=list(chosen),
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode fully to uint8 HxWx3 RGB (grayscale replicated); optional bicubic resize to size x size."""
+    _check_size(size)
+    array = read_image(path, "RGB")
+    if size is not None and array.shape[:2] != (size, size):
+        array = np.asarray(
+            Image.fromarray(array).resize((int(size), int(size)), Image.Resampling.BICUBIC),
+            dtype=np.uint8,
+        )
+    return array
+
+
+def load_mask(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode fully to uint8 HxW in {0, 1} (any value > 0 is 1); NEAREST resize to size x size."""
+    _check_size(size)
+    array = (read_image(path, "L") > 0).astype(np.uint8)
+    if size is not None and array.shape != (size, size):
+        array = np.asarray(
+            Image.fromarray(array).resize((int(size), int(size)), Image.Resampling.NEAREST),
+            dtype=np.uint8,
+        )
+    return array
