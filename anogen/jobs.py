@@ -100,13 +100,12 @@ def job(fn: Callable) -> Callable:
                             f"output path key {key} does not match the key {expected} of this job's "
                             "config values; re-run snakemake so it plans the current keys"
                         )
-                threads = int(getattr(sm, "threads", 1) or 1)
-                try:
-                    import torch
-
-                    torch.set_num_threads(threads)
-                except ImportError:  # pragma: no cover
-                    pass
+                threads = str(int(getattr(sm, "threads", 1) or 1))
+                # Read by torch/OpenMP when first imported; avoids importing torch in light jobs.
+                for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                    os.environ[var] = threads
+                if "torch" in sys.modules:
+                    sys.modules["torch"].set_num_threads(int(threads))
                 fn(sm, params)
             except AnogenError as exc:
                 log.error("%s", exc)

@@ -10,7 +10,8 @@ rule evaluate_detector:
         metrics=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/metrics.json",
         manifest=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
         examples=report(
-            f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/examples.png",
+            directory(f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/examples"),
+            patterns=["{name}.png"],
             caption="../report/anomaly_maps.rst",
             category="Stage 3: anomaly maps",
             subcategory="{category}",

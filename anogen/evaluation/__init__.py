@@ -1,0 +1,38 @@
+"""Stage 4: evaluation of trained detectors (exact streaming metrics, panels, summary tables).
+
+``metrics`` is dependency-light (numpy, scipy; torch/PIL only for resizing) and is the one
+module every stage uses for AU-ROC, AU-PR and AUPRO. ``evaluate`` and ``summary`` are
+imported lazily so that importing the metrics does not pull in the rest.
+"""
+
+from anogen.evaluation.metrics import (
+    MetricUndefinedWarning,
+    PixelMetricAccumulator,
+    image_aupr,
+    image_auroc,
+    image_metrics,
+    pixel_metrics,
+)
+
+__all__ = [
+    "MetricUndefinedWarning",
+    "PixelMetricAccumulator",
+    "evaluate_detector",
+    "image_aupr",
+    "image_auroc",
+    "image_metrics",
+    "pixel_metrics",
+    "summarize",
+]
+
+
+def __getattr__(name: str):
+    if name == "evaluate_detector":
+        from anogen.evaluation.evaluate import evaluate_detector
+
+        return evaluate_detector
+    if name == "summarize":
+        from anogen.evaluation.summary import summarize
+
+        return summarize
+    raise AttributeError(f"module 'anogen.evaluation' has no attribute {name!r}")

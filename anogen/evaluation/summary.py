@@ -1,0 +1,169 @@
+"""Collect per-category ``metrics.json`` files into results/summary.csv and results/table1.csv.
+
+summary.csv: one row per category x detector x variant, metrics in percent, followed (per
+detector x variant) by a ``mean`` row: the mean over the categories where the metric is
+defined; ``n_categories`` counts the categories of that detector x variant and ``note``
+says which metric was missing where. Undefined values are empty cells.
+
+table1.csv: the layout of the paper's Table 1: one row per metric and, per detector,
+columns ``<detector> baseline``, ``<detector> anogen``, ``<detector> delta`` (anogen -
+baseline, from the mean rows; empty if either is missing), then ``<detector>
+generated_only`` and any other variant if present.
+
+Rows and columns are sorted deterministically, numbers formatted with fixed decimals and
+files written atomically, so the same inputs give byte-identical CSVs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from anogen.errors import DataError
+from anogen.io import atomic_write_text
+
+METRICS = ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupr", "pixel_aupro")
+METRIC_LABELS = {
+    "image_auroc": "Image AU-ROC",
+    "image_aupr": "Image AU-PR",
+    "pixel_auroc": "Pixel AU-ROC",
+    "pixel_aupr": "Pixel AU-PR",
+    "pixel_aupro": "Pixel AUPRO",
+}
+VARIANT_ORDER = ("baseline", "anogen", "generated_only")
+MEAN = "mean"
+DECIMALS = 2
+SUMMARY_COLUMNS = ("category", "detector", "variant", *METRICS, "n_categories", "note")
+
+__all__ = ["summarize", "read_metrics", "SUMMARY_COLUMNS", "METRICS"]
+
+
+def _variant_rank(variant: str) -> tuple[int, str]:
+    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    text = f"{value:.{DECIMALS}f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """Read one metrics.json; DataError naming the file if it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(path, "metrics file does not exist") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"metrics file is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(path, "metrics file does not hold a JSON object")
+    for field in ("category", "detector", "variant"):
+        if not isinstance(data.get(field), str) or not data[field]:
+            raise DataError(path, f"metrics file lacks a '{field}' name")
+    for name in METRICS:
+        value = data.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise DataError(path, f"'{name}' is {value!r}, expected a number or null")
+        if value is not None and not (0.0 <= value <= 1.0):
+            raise DataError(path, f"'{name}' = {value} is not a fraction in [0, 1]")
+    return data
+
+
+def _percent(value: Any) -> float:
+    return math.nan if value is None else 100.0 * float(value)
+
+
+def _csv_text(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(header))
+    for row in rows:
+        writer.writerow(list(row))
+    return buf.getvalue()
+
+
+def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) -> None:
+    """Write summary.csv and table1.csv (see the module docstring) from metrics.json files."""
+    records: dict[tuple[str, str, str], dict[str, float]] = {}
+    origin: dict[tuple[str, str, str], Path] = {}
+    for path in sorted(Path(p) for p in metrics_paths):
+        data = read_metrics(path)
+        ident = (data["category"], data["detector"], data["variant"])
+        if ident in records:
+            raise DataError(
+                path,
+                f"holds results for {'/'.join(ident)} which {origin[ident]} already holds; "
+                "each category x detector x variant must be evaluated once",
+            )
+        origin[ident] = path
+        records[ident] = {name: _percent(data.get(name)) for name in METRICS}
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for category, detector, variant in records:
+        groups.setdefault((detector, variant), []).append(category)
+    group_order = sorted(groups, key=lambda dv: (dv[0], _variant_rank(dv[1])))
+
+    rows: list[list[str]] = []
+    means: dict[tuple[str, str], dict[str, float]] = {}
+    for detector, variant in group_order:
+        categories = sorted(groups[(detector, variant)])
+        for category in categories:
+            values = records[(category, detector, variant)]
+            undefined = [name for name in METRICS if math.isnan(values[name])]
+            note = f"undefined: {', '.join(undefined)}" if undefined else ""
+            rows.append([category, detector, variant, *(_fmt(values[m]) for m in METRICS), "1", note])
+        mean_values: dict[str, float] = {}
+        notes = []
+        for name in METRICS:
+            available = [records[(c, detector, variant)][name] for c in categories]
+            defined = [v for v in available if not math.isnan(v)]
+            mean_values[name] = math.fsum(defined) / len(defined) if defined else math.nan
+            missing = [c for c, v in zip(categories, available) if math.isnan(v)]
+            if missing:
+                notes.append(
+                    f"{name} mean over {len(defined)}/{len(categories)} categories "
+                    f"(undefined for {' '.join(missing)})"
+                )
+        means[(detector, variant)] = mean_values
+        rows.append(
+            [MEAN, detector, variant, *(_fmt(mean_values[m]) for m in METRICS),
+             str(len(categories)), "; ".join(notes)]
+        )
+    atomic_write_text(summary_csv, _csv_text(SUMMARY_COLUMNS, rows))
+
+    # ---- table 1
+    detectors = sorted({detector for detector, _ in groups})
+    columns: list[tuple[str, str, str]] = []  # (header, detector, variant or "delta")
+    for detector in detectors:
+        columns += [
+            (f"{detector} baseline", detector, "baseline"),
+            (f"{detector} anogen", detector, "anogen"),
+            (f"{detector} delta", detector, "delta"),
+        ]
+        extra_variants = sorted(
+            (v for d, v in groups if d == detector and v not in ("baseline", "anogen")),
+            key=_variant_rank,
+        )
+        columns += [(f"{detector} {v}", detector, v) for v in extra_variants]
+
+    def cell(detector: str, variant: str, name: str) -> str:
+        if variant == "delta":
+            base = means.get((detector, "baseline"))
+            ours = means.get((detector, "anogen"))
+            if base is None or ours is None:
+                return ""
+            return _fmt(ours[name] - base[name])
+        values = means.get((detector, variant))
+        return "" if values is None else _fmt(values[name])
+
+    table_rows = [
+        [METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns)] for name in METRICS
+    ]
+    atomic_write_text(table1_csv, _csv_text(["metric", *(h for h, _, _ in columns)], table_rows))
