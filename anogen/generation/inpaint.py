@@ -1,0 +1,223 @@
+"""Blended latent diffusion inside a box (paper Eq. 7) with DDIM and classifier-free guidance.
+
+Notation: ``t_1 > t_2 > ... > t_S`` are the DDIM timesteps (``scheduler.timesteps``),
+``z_n = E(I_n)`` the latent of the normal image, ``M`` the box mask at latent size.
+
+- ``z_n`` is the **mean** of the VAE posterior (``latent_dist.mean``, times the scaling
+  factor), not a sample: the background then does not depend on the sample's seed, every
+  sample of one normal image shares the same reference latent, and ``paste_back=False``
+  reproduces the normal image as closely as the autoencoder can. (For a VQ autoencoder the
+  pre-quantisation latent is used.)
+- Initial latent: ``eps ~ N(0, I)`` from the image's generator;
+  ``z_{t_1} = q(z_n, t_1, eps) * (1 - M) + eps * M`` -- Eq. 7 at the first timestep with
+  the same noise on both sides (inside the box this is pure noise, as in plain sampling).
+- Step ``i`` (timestep ``t_i``): the UNet predicts the noise (CFG with the empty prompt),
+  the DDIM step gives ``z'`` at ``s_i = t_i - T // S`` (the scheduler's own "previous
+  timestep"; equal to ``t_{i+1}``), then
+      ``z_{s_i} = q(z_n, s_i, eps_i) * (1 - M) + z' * M``      for i < S,
+      ``z_final = z_n * (1 - M) + z' * M``                       for i = S (noise level 0),
+  with ``q(z, s, eps) = sqrt(abar_s) z + sqrt(1 - abar_s) eps`` and fresh ``eps_i`` per step.
+  Outside the box the final latent is therefore exactly ``z_n``.
+- Random draws per image, all from that image's own CPU ``torch.Generator``, in this order:
+  the initial noise; then per step the DDIM variance noise (only when ``eta > 0``) followed
+  by the forward noise ``eps_i`` (not drawn at the last step). Noise never depends on the
+  other images of the batch, so an image regenerated alone equals its batched version
+  (up to float round-off of batched kernels).
+- Latent mask: the box mask is area-averaged over each latent cell (VAE factor f x f
+  pixels) and thresholded at 0.5; if that leaves a box without any latent cell (a box
+  thinner than about half a cell), cells with any overlap are used for that image instead.
+- ``paste_back=True`` copies the original pixels outside the pixel box mask after decoding,
+  so the uint8 output equals the normal image outside the box exactly.
+- Autocast (bf16/fp16) wraps only the UNet and only on CUDA; latent arithmetic, the VAE and
+  the scheduler run in float32. ``prepare_for_inference`` additionally stores the frozen
+  UNet's weights in that dtype: autocast caches its weight casts only for parameters that
+  require grad, so frozen float32 weights would be re-cast at every op of every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anogen.devices import autocast
+
+
+def amp_dtype(device: str, mixed_precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype on CUDA (bf16 where supported, else fp16); None on CPU or with 'no'."""
+    if mixed_precision == "no" or not str(device).startswith("cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def prepare_for_inference(backbone, mixed_precision: str = "auto"):
+    """On CUDA with mixed precision, keep the UNet's weights in the autocast dtype (see above)."""
+    dtype = amp_dtype(backbone.device, mixed_precision)
+    if dtype is not None:
+        backbone.unet.to(dtype)
+    return backbone
+
+
+def encode_mean(backbone, pixels01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] NCHW -> scaled latents: the posterior mean (deterministic)."""
+    out = backbone.vae.encode((pixels01 * 2 - 1).to(backbone.device, torch.float32))
+    if hasattr(out, "latent_dist"):
+        latents = out.latent_dist.mean
+    else:  # VQModel: pre-quantisation latents; decode() quantises
+        latents = out.latents
+    return latents.float() * backbone.scaling_factor
+
+
+def latent_mask(box_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel box masks N,1,H,W in {0,1} -> latent masks N,1,h,w in {0,1} (see module doc)."""
+    m = box_masks.float()
+    frac = F.adaptive_avg_pool2d(m, size)
+    half = (frac >= 0.5).float()
+    anyo = (frac > 0).float()
+    empty = half.flatten(1).sum(1) == 0
+    return torch.where(empty[:, None, None, None], anyo, half)
+
+
+def _expand(embeds: torch.Tensor, n: int) -> torch.Tensor:
+    if embeds.dim() == 2:
+        embeds = embeds[None]
+    if embeds.shape[0] == n:
+        return embeds
+    if embeds.shape[0] != 1:
+        raise ValueError(f"text embeddings batch {embeds.shape[0]} matches neither 1 nor {n}")
+    return embeds.expand(n, *embeds.shape[1:])
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float NCHW in [0, 1] -> uint8 N,H,W,3 (round to nearest)."""
+    arr = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """uint8 N,H,W,3 (or list of HxWx3) -> float32 NCHW in [0, 1]."""
+    arr = np.stack(list(images)) if isinstance(images, list) else np.asarray(images)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def inpaint(
+    backbone,
+    images: torch.Tensor,
+    box_masks: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    uncond_embeds: torch.Tensor,
+    generators: list[torch.Generator],
+    steps: int,
+    guidance_scale: float,
+    eta: float = 0.0,
+    paste_back: bool = False,
+    return_trace: bool = False,
+    mixed_precision: str = "auto",
+):
+    """Generate inside each box of ``images`` (N,3,R,R in [0,1], R = backbone.resolution).
+
+    Returns float32 N,3,R,R in [0, 1] on the CPU, or ``(images, trace)`` when
+    ``return_trace``; the trace holds CPU tensors: ``z0``, ``mask`` (latent), ``initial``,
+    ``timesteps``, ``alphas_cumprod`` and per step ``t``, ``target_t`` (None = clean, i.e.
+    the last step), ``denoised`` (z'), ``reference`` (the outside latent) and ``latent``
+    (after blending).
+    """
+    n = images.shape[0]
+    res = backbone.resolution
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (res, res):
+        raise ValueError(f"images must be N,3,{res},{res}, got {tuple(images.shape)}")
+    if tuple(box_masks.shape) != (n, 1, res, res):
+        raise ValueError(f"box_masks must be {n},1,{res},{res}, got {tuple(box_masks.shape)}")
+    if len(generators) != n:
+        raise ValueError(f"need one generator per image: {len(generators)} for {n} images")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = backbone.device
+    images = images.float()
+    box_masks = (box_masks > 0).float()
+
+    scheduler = backbone.ddim_scheduler()
+    scheduler.set_timesteps(steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    abar = scheduler.alphas_cumprod.to(torch.float64)
+
+    def q(z: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+        a = abar[t]
+        return float(a.sqrt()) * z + float((1 - a).sqrt()) * eps
+
+    z0 = encode_mean(backbone, images)
+    latent_shape = tuple(z0.shape[1:])
+    m = latent_mask(box_masks, latent_shape[1:]).to(device)
+    keep = 1.0 - m
+
+    # Every draw of the trajectory, per image in the documented order, made up front on the
+    # CPU and copied once: a per-step host-to-device copy would stall the host until the GPU
+    # has finished the step, serialising kernel launches and execution.
+    n_steps = len(timesteps)
+    per_step = (1 if eta > 0 else 0) + 1
+    draws = []
+    for g in generators:
+        seq = [torch.randn(latent_shape, generator=g, dtype=torch.float32)]
+        for i in range(n_steps):
+            if eta > 0:
+                seq.append(torch.randn(latent_shape, generator=g, dtype=torch.float32))
+            if i < n_steps - 1:
+                seq.append(torch.randn(latent_shape, generator=g, dtype=torch.float32))
+        draws.append(torch.stack(seq))
+    draws = torch.stack(draws, dim=1).to(device)  # [draw, image, C, h, w]
+
+    def draw_index(i: int, kind: str) -> int:  # position of step i's draw in each sequence
+        offset = 1 + i * per_step
+        if kind == "variance":
+            return offset
+        return offset + (1 if eta > 0 else 0)
+
+    noise = draws[0]
+    z = q(z0, timesteps[0], noise) * keep + noise * m
+
+    cfg = guidance_scale != 1.0
+    cond = _expand(prompt_embeds.to(device), n)
+    context = torch.cat([_expand(uncond_embeds.to(device), n), cond]) if cfg else cond
+    use_amp = mixed_precision != "no"
+
+    trace: dict[str, Any] | None = None
+    if return_trace:
+        trace = {"z0": z0.cpu(), "mask": m.cpu(), "initial": z.cpu(), "timesteps": timesteps,
+                 "alphas_cumprod": abar.clone(), "steps": []}
+
+    for i, t in enumerate(timesteps):
+        last = i == len(timesteps) - 1
+        model_in = torch.cat([z, z]) if cfg else z
+        with autocast(str(device).split(":")[0], enabled=use_amp):
+            eps_pred = backbone.unet(model_in, t, encoder_hidden_states=context).sample
+        eps_pred = eps_pred.float()
+        if cfg:
+            e_u, e_c = eps_pred.chunk(2)
+            eps_pred = e_u + guidance_scale * (e_c - e_u)
+        variance_noise = draws[draw_index(i, "variance")] if eta > 0 else None
+        denoised = scheduler.step(eps_pred, t, z, eta=eta, variance_noise=variance_noise).prev_sample
+        if last:
+            target_t, fwd_noise, reference = None, None, z0
+        else:
+            target_t = t - ratio
+            if target_t < 0:  # cannot happen with DDIM's spacing; guard the invariant
+                raise RuntimeError(f"DDIM previous timestep {target_t} < 0 before the last step")
+            fwd_noise = draws[draw_index(i, "forward")]
+            reference = q(z0, target_t, fwd_noise)
+        z = reference * keep + denoised * m
+        if trace is not None:
+            trace["steps"].append({
+                "t": t, "target_t": target_t, "denoised": denoised.cpu(), "reference": reference.cpu(),
+                "noise": None if fwd_noise is None else fwd_noise.cpu(), "latent": z.cpu(),
+            })
+
+    out = backbone.decode_latents(z).float().cpu()
+    if paste_back:
+        out = torch.where(box_masks > 0, out, images.cpu())
+    if trace is not None:
+        return out, trace
+    return out
