@@ -165,6 +165,14 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         raise IntegrityError(path, f"manifest is not valid JSON ({exc})") from exc
 
 
+def rebuild_command(manifest_path: str | Path) -> str:
+    """The one command that rebuilds the keyed artifact a manifest describes."""
+    return (
+        f"snakemake --cores all --force {manifest_path}   "
+        "(rebuilds just this artifact; then rerun your usual snakemake command)"
+    )
+
+
 def verify_file(
     manifest_path: str | Path,
     rel: str,
@@ -173,6 +181,8 @@ def verify_file(
 ) -> Path:
     """Check one file listed in a manifest against its recorded sha256; return its full path."""
     manifest_path = Path(manifest_path)
+    if rebuild_hint is None:
+        rebuild_hint = rebuild_command(manifest_path)
     if manifest is None:
         manifest = load_manifest(manifest_path)
     record = manifest["files"].get(rel)
@@ -197,6 +207,8 @@ def verify_manifest(
 ) -> dict[str, Any]:
     """Verify every file a manifest lists; return the manifest."""
     manifest = load_manifest(manifest_path)
+    if rebuild_hint is None:
+        rebuild_hint = rebuild_command(manifest_path)
     for rel in manifest["files"]:
         verify_file(manifest_path, rel, manifest, rebuild_hint)
     return manifest

@@ -125,8 +125,12 @@ def _device(params: dict):
     from anogen.devices import lease_device
 
     with lease_device(slots=params.get("gpu_slots"), lock_dir=params.get("lock_dir")) as lease:
-        log.info("device lease: %s", lease.as_dict())
-        yield lease
+        # One JSON line at each end, so concurrency can be audited from the logs.
+        log.info("device lease acquired %s", json.dumps({**lease.as_dict(), "time": time.time()}))
+        try:
+            yield lease
+        finally:
+            log.info("device lease released %s", json.dumps({"slot": lease.slot, "time": time.time()}))
 
 
 def _out_dir(sm, name: str = "manifest") -> Path:
@@ -211,9 +215,13 @@ def generate_anomalies(sm, params):
     from anogen.data.support import read_support_set
     from anogen.generation.run import generate_anomalies as run
 
+    from anogen.io import verify_file
+
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
     support = [image for image, _ in read_support_set(sm.input.support)]
+    embedding = Path(sm.input.embedding)
+    verify_file(embedding.parent / "manifest.json", embedding.name)
     with _device(params) as lease:
         run(
             normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),

@@ -26,3 +26,16 @@ def _torch_threads():
     except ImportError:  # pragma: no cover
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One complete run of the demo DAG (e2e budgets) shared by the end-to-end tests.
+
+    Tests must not modify it; copy it first (``tests.e2e.copy_tree``).
+    """
+    from tests import e2e
+
+    workdir = e2e.make_workdir(tmp_path_factory.mktemp("demo_run") / "work")
+    e2e.run(workdir, "--resources", "gpu=2")
+    return workdir
