@@ -1,0 +1,325 @@
+"""Training sample streams of the stage-3 detectors.
+
+A stream turns a step number into a batch, as a pure function of ``(seed, step)``: each
+sample ``i`` of step ``s`` draws all its random numbers from
+``numpy.random.default_rng([seed, s, i])``, and the normal image it starts from comes from a
+per-epoch permutation of the training images seeded by ``(seed, epoch)`` (DataLoader-style
+shuffling; the last batch of an epoch wraps around). A resumed run therefore sees exactly
+the batches an uninterrupted run would, whatever the number of loader workers, and no
+sampler state needs to be checkpointed.
+
+Sources of a sample:
+
+- *synthetic*: a normal training image with a Perlin/texture anomaly (DRAEM or DeSTSeg
+  recipe, see ``synthetic.py``); the mask is exact;
+- *generated*: an image of a stage-2 generation manifest, its **box** mask (a weak label)
+  and, as the clean/reconstruction target, the normal image it was generated from.
+
+Variants (config ``detectors.variants``):
+
+- ``baseline``: synthetic only, plain focal loss;
+- ``anogen``: each sample is generated with probability ``mix_prob``, else synthetic;
+  generated samples use the weak box loss (tau), synthetic ones too iff ``weak_on_synthetic``;
+- ``generated_only``: generated samples only, weak box loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from anogen.detectors.synthetic import DestsegSynthesizer, DraemSynthesizer
+from anogen.detectors.textures import TextureSource
+from anogen.errors import DataError
+from anogen.io import load_manifest, read_image, verify_file
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("baseline", "anogen", "generated_only")
+DETECTORS = ("draem", "destseg")
+
+KIND_NORMAL, KIND_SYNTHETIC, KIND_GENERATED = 0, 1, 2
+
+
+def _seed_words(seed: int) -> int:
+    return int(seed) & 0xFFFFFFFFFFFFFFFF
+
+
+def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([_seed_words(seed), int(step), int(index)])
+
+
+# ----------------------------------------------------------------------------- image loading
+
+
+def _mvtec_loader() -> Callable[..., np.ndarray] | None:
+    try:
+        from anogen.data.mvtec import load_image  # written by the data stage
+    except ImportError:
+        return None
+    return load_image
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def load_rgb(path: str | Path, size: int) -> np.ndarray:
+    """uint8 size x size x 3 (via anogen.data.mvtec.load_image when that module exists)."""
+    loader = _mvtec_loader()
+    if loader is not None:
+        image = np.asarray(loader(path, size=size))
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        return resize_image(np.ascontiguousarray(image, dtype=np.uint8), size)
+    return resize_image(read_image(path, "RGB"), size)
+
+
+def load_binary_mask(path: str | Path, size: int) -> np.ndarray:
+    """uint8 size x size in {0, 1}; 0/255 and 0/1 encodings are both accepted."""
+    mask = read_image(path, "L")
+    if mask.shape != (size, size):
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    threshold = 127 if mask.max() > 1 else 0
+    return (mask > threshold).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- generated sets
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedItem:
+    image: Path
+    mask: Path
+    source: Path
+    manifest: Path
+    name: str
+
+
+def _resolve_source(source: str, manifest_path: Path, train_images: Sequence[Path]) -> Path:
+    """Find the normal image a generated image was made from."""
+    candidates = [Path(source), manifest_path.parent / source]
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    # Match by the longest common path suffix among the training images.
+    parts = Path(source).parts
+    best, best_len = None, 0
+    for img in train_images:
+        ip = Path(img).parts
+        n = 0
+        while n < min(len(parts), len(ip)) and parts[-1 - n] == ip[-1 - n]:
+            n += 1
+        if n > best_len:
+            best, best_len = Path(img), n
+    if best is not None:
+        return best
+    raise DataError(
+        manifest_path,
+        f"source image '{source}' of a generated item is neither a file nor one of the "
+        "training images",
+    )
+
+
+def load_generated_items(
+    manifests: Sequence[str | Path], train_images: Sequence[Path] = ()
+) -> list[GeneratedItem]:
+    """Every item of every generation manifest; each image and mask is sha256-verified.
+
+    A damaged or missing cached file raises ``IntegrityError`` naming it.
+    """
+    items: list[GeneratedItem] = []
+    for m in manifests:
+        mpath = Path(m)
+        if mpath.is_dir():
+            mpath = mpath / "manifest.json"
+        manifest = load_manifest(mpath)
+        hint = f"delete {mpath.parent} and rerun the workflow to regenerate it"
+        for entry in manifest.get("extra", {}).get("items", []):
+            try:
+                rel_img, rel_mask, source = entry["image"], entry["mask"], entry["source_image"]
+            except KeyError as exc:
+                raise DataError(mpath, f"generated item without {exc} field") from exc
+            image = verify_file(mpath, rel_img, manifest, hint)
+            mask = verify_file(mpath, rel_mask, manifest, hint)
+            items.append(
+                GeneratedItem(
+                    image=image,
+                    mask=mask,
+                    source=_resolve_source(source, mpath, train_images),
+                    manifest=mpath,
+                    name=rel_img,
+                )
+            )
+    return items
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+class TrainStream:
+    """Batches for step ``s``: ``stream.batch(s)`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        detector: str,
+        variant: str,
+        image_size: int,
+        seed: int,
+        batch_size: int,
+        train_images: Sequence[str | Path],
+        generated: Sequence[GeneratedItem] = (),
+        textures: TextureSource | None = None,
+        mix_prob: float = 0.5,
+        weak_on_synthetic: bool = True,
+        destseg_rotation: tuple[bool, float] = (True, 5.0),
+    ):
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}")
+        self.detector, self.variant = detector, variant
+        self.size, self.seed, self.batch_size = int(image_size), int(seed), int(batch_size)
+        self.mix_prob, self.weak_on_synthetic = float(mix_prob), bool(weak_on_synthetic)
+        self.train_images = [Path(p) for p in train_images]
+        if not self.train_images:
+            raise DataError("<train images>", "no normal training images given")
+        self.generated = list(generated)
+        if variant != "baseline" and not self.generated:
+            raise DataError(
+                "<generated manifests>",
+                f"variant '{variant}' needs generated anomalies, but the generation manifests "
+                "list no items",
+            )
+        if variant != "generated_only":
+            if textures is None:
+                raise ValueError("synthetic anomalies need a TextureSource")
+            if detector == "draem":
+                self.synth: Any = DraemSynthesizer(textures)
+            else:
+                r90, small = destseg_rotation
+                self.synth = DestsegSynthesizer(textures, rotate_90=r90, random_rotate=small)
+        else:
+            self.synth = None
+        # Normal images are small at training size: keep them all in memory.
+        self._normals = [load_rgb(p, self.size) for p in self.train_images]
+        self._by_path = {str(p): i for i, p in enumerate(self.train_images)}
+        self._extra_sources: dict[str, np.ndarray] = {}
+        self._perm_cache: tuple[int, np.ndarray] | None = None
+
+    # -- budget helpers
+    @property
+    def n_train(self) -> int:
+        return len(self.train_images)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n_train / self.batch_size))
+
+    def _normal_index(self, step: int, i: int) -> int:
+        spe = self.steps_per_epoch()
+        epoch, within = divmod(step, spe)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            rng = np.random.default_rng([_seed_words(self.seed), int(epoch), 0x5EED])
+            self._perm_cache = (epoch, rng.permutation(self.n_train))
+        return int(self._perm_cache[1][(within * self.batch_size + i) % self.n_train])
+
+    def _source_image(self, path: Path) -> np.ndarray:
+        idx = self._by_path.get(str(path))
+        if idx is not None:
+            return self._normals[idx]
+        key = str(path)
+        if key not in self._extra_sources:
+            self._extra_sources[key] = load_rgb(path, self.size)
+        return self._extra_sources[key]
+
+    # -- samples
+    def sample(self, step: int, i: int) -> dict[str, Any]:
+        rng = sample_rng(self.seed, step, i)
+        use_generated = self.variant == "generated_only" or (
+            self.variant == "anogen" and rng.random() < self.mix_prob
+        )
+        if use_generated:
+            item = self.generated[int(rng.integers(0, len(self.generated)))]
+            image = load_rgb(item.image, self.size).astype(np.float32) / 255.0
+            mask = load_binary_mask(item.mask, self.size)
+            clean = self._source_image(item.source).astype(np.float32) / 255.0
+            return dict(
+                image=image, clean=clean, mask=mask, weak=True, anomalous=bool(mask.any()),
+                kind=KIND_GENERATED,
+            )
+        normal = self._normals[self._normal_index(step, i)]
+        s = self.synth(normal, rng)
+        weak = self.variant == "anogen" and self.weak_on_synthetic
+        return dict(
+            image=s.image, clean=s.clean, mask=s.mask, weak=weak, anomalous=s.is_anomalous,
+            kind=KIND_SYNTHETIC if s.is_anomalous else KIND_NORMAL,
+        )
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        samples = [self.sample(step, i) for i in range(self.batch_size)]
+
+        def stack_img(key: str) -> torch.Tensor:
+            arr = np.stack([s[key] for s in samples]).astype(np.float32)
+            return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+        return {
+            "image": stack_img("image"),
+            "clean": stack_img("clean"),
+            "mask": torch.from_numpy(np.stack([s["mask"] for s in samples]).astype(np.float32))[:, None],
+            "weak": torch.tensor([s["weak"] for s in samples], dtype=torch.bool),
+            "anomalous": torch.tensor([s["anomalous"] for s in samples], dtype=torch.bool),
+            "kind": torch.tensor([s["kind"] for s in samples], dtype=torch.int64),
+            "step": torch.tensor(step, dtype=torch.int64),
+        }
+
+
+class StepDataset(torch.utils.data.Dataset):
+    """``dataset[i]`` is the batch of step ``start + i`` (for a DataLoader with workers)."""
+
+    def __init__(self, stream: TrainStream, start: int, stop: int):
+        self.stream, self.start, self.stop = stream, int(start), int(stop)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.stream.batch(self.start + int(index))
+
+
+def make_loader(
+    stream: TrainStream, start: int, stop: int, num_workers: int = 0, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over steps ``start..stop-1``. Workers are forked (they never touch CUDA;
+    torch gives each one intra-op thread). OpenCV's thread pool does not survive a fork, so
+    with workers it is switched to one thread in this process *before* they are forked
+    (calling setNumThreads inside a forked child can wait forever on the parent's pool)."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        import multiprocessing
+
+        cv2.setNumThreads(1)
+        kwargs.update(
+            prefetch_factor=4,
+            persistent_workers=False,
+            multiprocessing_context=multiprocessing.get_context("fork"),
+        )
+    return torch.utils.data.DataLoader(
+        StepDataset(stream, start, stop),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )

@@ -1,0 +1,225 @@
+"""DeSTSeg training (two phases), teacher weights and scoring.
+
+Phase 1 (``step < student_steps``): only the student learns, SGD (lr ``student_lr``,
+momentum, weight decay): the cosine distance between the teacher's features of the clean
+image and the student's features of the anomalous one (``losses.cosine_distance_loss``).
+Phase 2: student frozen (eval mode), the segmentation network learns, SGD with lr
+``seg_lr_residual`` for its residual part and ``seg_lr_head`` for the ASPP head:
+``focal_gamma4(logit, mask) + L1(sigmoid(logit), mask)`` on the mask resized to the output
+size (1/4 of the image: bilinear, then >= 0.5). For ``weak`` samples the focal term is the
+weak box loss (the L1 term stays plain, as in the published AnoGen setup).
+
+Image score: the mean of the ``top_k`` (100) largest values of the anomaly map after
+bilinear upsampling to the image size.
+
+Teacher: ImageNet ResNet18 weights from ``teacher_weights`` (a torchvision state dict,
+``.pth`` read with ``weights_only=True`` or ``.safetensors``), else from the torch hub cache
+(``torch.hub.get_dir()/checkpoints/resnet18-*.pth``) if present, else random
+initialisation with a loud warning; which one is recorded in the detector's manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anogen.detectors.destseg.network import DestsegNet
+from anogen.detectors.draem.model import _backward_step, _grad_scaler
+from anogen.detectors.draem.network import count_parameters
+from anogen.detectors.losses import cosine_distance_loss, weak_focal_loss
+from anogen.devices import autocast
+from anogen.errors import ConfigError, DataError
+from anogen.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+DESTSEG_DEFAULTS = {
+    "steps": 5000,
+    "student_steps": 1000,
+    "batch_size": 32,
+    "student_lr": 0.4,
+    "seg_lr_residual": 0.1,
+    "seg_lr_head": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "focal_gamma": 4.0,
+    "top_k": 100,
+    "teacher_weights": None,
+}
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(path, f"cannot read ResNet18 weights ({exc})") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise DataError(path, "ResNet18 weights file does not hold a state dict")
+    return state
+
+
+def find_hub_resnet18() -> Path | None:
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(folder.glob("resnet18-*.pth")) if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def load_teacher_weights(
+    teacher_weights: str | Path | None,
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Return ``(state_dict or None, info)``; info["teacher"] is "imagenet" or "random-init"."""
+    if teacher_weights:
+        path = Path(teacher_weights)
+        if not path.is_file():
+            raise ConfigError(
+                "detectors.destseg.teacher_weights", f"file {path} does not exist"
+            )
+        origin = "config"
+    else:
+        path = find_hub_resnet18()
+        origin = "torch-hub-cache"
+    if path is None:
+        log.warning(
+            "!!! DeSTSeg teacher: no ImageNet ResNet18 weights (detectors.destseg.teacher_weights "
+            "is null and %s/checkpoints has no resnet18-*.pth). The teacher is RANDOMLY "
+            "INITIALISED; results are not comparable with the paper. This is recorded as "
+            "teacher: random-init. !!!",
+            torch.hub.get_dir(),
+        )
+        return None, {"teacher": "random-init", "teacher_weights": None}
+    state = _read_state_dict(path)
+    return state, {
+        "teacher": "imagenet",
+        "teacher_weights": {"path": str(path), "origin": origin, "sha256": sha256_file(path)},
+    }
+
+
+def destseg_scores(p_anomaly: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Mean of the ``top_k`` largest values of each N,1,H,W map."""
+    flat = p_anomaly.float().flatten(1)
+    k = min(int(top_k), flat.shape[1])
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+class DestsegTrainer:
+    name = "destseg"
+    log_columns = ("phase", "loss", "cosine", "focal", "l1", "weak_dropped", "lr")
+
+    def __init__(self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int):
+        self.cfg = {**DESTSEG_DEFAULTS, **cfg}
+        self.tau, self.device = float(tau), device
+        torch.manual_seed(seed)
+        self.model = DestsegNet()
+        state, self.teacher_info = load_teacher_weights(self.cfg.get("teacher_weights"))
+        if state is not None:
+            try:
+                self.model.teacher.load_torchvision_state(state)
+            except (KeyError, RuntimeError) as exc:
+                raise DataError(
+                    self.teacher_info["teacher_weights"]["path"], f"not ResNet18 weights ({exc})"
+                ) from exc
+        self.model.to(device)
+        c = self.cfg
+        self.student_opt = torch.optim.SGD(
+            self.model.student.parameters(),
+            lr=float(c["student_lr"]),
+            momentum=float(c["momentum"]),
+            weight_decay=float(c["weight_decay"]),
+        )
+        self.seg_opt = torch.optim.SGD(
+            [
+                {"params": self.model.segmentation.res.parameters(), "lr": float(c["seg_lr_residual"])},
+                {"params": self.model.segmentation.head.parameters(), "lr": float(c["seg_lr_head"])},
+            ],
+            lr=float(c["seg_lr_head"]),
+            momentum=float(c["momentum"]),
+            weight_decay=float(c["weight_decay"]),
+        )
+        self.batch_size = int(c["batch_size"])
+        self.total_steps = int(c["steps"])
+        self.student_steps = int(c["student_steps"])
+        self.scaler = _grad_scaler(device)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"student": self.student_opt, "segmentation": self.seg_opt}
+
+    def lr_at(self, step: int) -> float:
+        if step < self.student_steps:
+            return float(self.cfg["student_lr"])
+        return float(self.cfg["seg_lr_residual"])
+
+    def parameter_counts(self) -> dict[str, int]:
+        m = self.model
+        return {
+            "teacher_frozen": count_parameters(m.teacher),
+            "student": count_parameters(m.student),
+            "segmentation": count_parameters(m.segmentation),
+            "trainable": count_parameters(m, trainable_only=True),
+            "total": count_parameters(m),
+        }
+
+    def export_config(self) -> dict[str, Any]:
+        return {"top_k": int(self.cfg["top_k"]), "teacher": self.teacher_info["teacher"]}
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        dev, m = self.device, self.model
+        image = batch["image"].to(dev, non_blocking=True)
+        if step < self.student_steps:
+            clean = batch["clean"].to(dev, non_blocking=True)
+            m.student.train()
+            m.segmentation.eval()
+            with autocast(dev):
+                t = m.teacher_features(clean)
+                s = m.student_features(image, [f.shape[2:] for f in t])
+                cos = cosine_distance_loss(m.distance_maps(t, s))
+            self.student_opt.zero_grad(set_to_none=True)
+            _backward_step(cos, self.student_opt, self.scaler)
+            return {"phase": 1, "loss": cos.item(), "cosine": cos.item(), "focal": float("nan"),
+                    "l1": float("nan"), "weak_dropped": float("nan"), "lr": self.lr_at(step)}
+
+        mask = batch["mask"].to(dev, non_blocking=True)
+        weak = batch["weak"].to(dev)
+        m.student.eval()
+        m.segmentation.train()
+        with autocast(dev):
+            with torch.no_grad():
+                t = m.teacher_features(image)
+                s = [f.detach() for f in m.student_features(image, [f.shape[2:] for f in t])]
+            logit = m.segment(t, s)
+        logit = logit.float()
+        target = F.interpolate(mask, size=logit.shape[2:], mode="bilinear", align_corners=False)
+        target = (target >= 0.5).float()
+        focal, weight = weak_focal_loss(
+            logit, target, self.tau, float(self.cfg["focal_gamma"]), apply=weak
+        )
+        l1 = F.l1_loss(torch.sigmoid(logit), target)
+        loss = focal + l1
+        self.seg_opt.zero_grad(set_to_none=True)
+        _backward_step(loss, self.seg_opt, self.scaler)
+        return {"phase": 2, "loss": loss.item(), "cosine": float("nan"), "focal": focal.item(),
+                "l1": l1.item(), "weak_dropped": float((weight == 0).float().mean().item()),
+                "lr": self.lr_at(step)}
+
+
+@torch.no_grad()
+def destseg_predict(model: DestsegNet, images: torch.Tensor, top_k: int, device: str):
+    model.eval()
+    with autocast(device):
+        logit = model(images)
+    p = torch.sigmoid(logit.float())
+    p = F.interpolate(p, size=images.shape[2:], mode="bilinear", align_corners=False)
+    scores = destseg_scores(p, top_k)
+    return scores.cpu().numpy().astype(np.float64), p[:, 0].cpu().numpy().astype(np.float32)

@@ -1,0 +1,201 @@
+"""DeSTSeg (Zhang et al., CVPR 2023): teacher, denoising student and segmentation network.
+
+Published layer plan (re-implemented with torchvision building blocks):
+
+Teacher: an ImageNet ResNet18 cut after ``layer3`` (features of layer1/2/3: 64, 128 and
+    256 channels at 1/4, 1/8 and 1/16 of the input side); frozen, always in eval mode.
+Student: a randomly initialised full ResNet18 encoder (through ``layer4``, no pooling/fc)
+    followed by a decoder of ResNet ``BasicBlock`` pairs: 512->512 at 1/32, then bilinear
+    resizing to the teacher's layer3/2/1 sizes and 512->256, 256->128, 128->64 (the first
+    block of each pair has a 1x1 conv + BN shortcut when the width changes). Outputs the
+    three decoder levels matching the teacher's.
+Segmentation network: input = for each level ``-(t_hat * s_hat)`` (the element-wise product
+    of the L2-normalised teacher and student features, computed on the *augmented* image),
+    resized to 1/4 of the input side and concatenated (64+128+256 = 448 channels);
+    ``res``: two BasicBlocks 448->256; ``head``: ASPP (global pooling branch + dilations
+    6, 12, 18, each 1x1/3x3 conv + BN + ReLU, fused by a 3x3 conv + BN + ReLU), a 3x3 conv +
+    BN + ReLU and a 1x1 conv to one anomaly logit. The anomaly probability is its sigmoid.
+
+Input images are [0, 1] RGB; ImageNet normalisation happens inside ``DestsegNet``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _res_layer(inplanes: int, planes: int, blocks: int = 2) -> nn.Sequential:
+    downsample = None
+    if inplanes != planes:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        )
+    layers = [BasicBlock(inplanes, planes, 1, downsample)]
+    layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+def _kaiming_init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + eps)
+
+
+class ResNet18Features(nn.Module):
+    """torchvision's ResNet18 without avgpool/fc, cut after ``last_layer``."""
+
+    def __init__(self, last_layer: int = 4):
+        super().__init__()
+        net = resnet18(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layers = nn.ModuleList([getattr(net, f"layer{i}") for i in range(1, last_layer + 1)])
+        self.last_layer = last_layer
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+    def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a torchvision ``resnet18`` state dict (extra keys such as fc.* are ignored)."""
+        mapped = {}
+        for key, value in state.items():
+            head = key.split(".", 1)[0]
+            if head.startswith("layer"):
+                idx = int(head[5:])
+                if idx > self.last_layer:
+                    continue
+                mapped[f"layers.{idx - 1}.{key.split('.', 1)[1]}"] = value
+            elif head in ("conv1", "bn1"):
+                mapped[key] = value
+        missing, unexpected = self.load_state_dict(mapped, strict=False)
+        if missing or unexpected:
+            raise KeyError(
+                f"ResNet18 weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
+
+class StudentNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.decoder4 = _res_layer(512, 512)
+        self.decoder3 = _res_layer(512, 256)
+        self.decoder2 = _res_layer(256, 128)
+        self.decoder1 = _res_layer(128, 64)
+        _kaiming_init(self)
+        self.encoder = ResNet18Features(4)  # torchvision's own (kaiming) initialisation
+
+    def forward(self, x: torch.Tensor, sizes: list[torch.Size]) -> list[torch.Tensor]:
+        """``sizes``: spatial sizes of the teacher's level 1, 2, 3 features."""
+        x4 = self.encoder(x)[-1]
+        b4 = self.decoder4(x4)
+        b3 = self.decoder3(F.interpolate(b4, size=sizes[2], mode="bilinear", align_corners=False))
+        b2 = self.decoder2(F.interpolate(b3, size=sizes[1], mode="bilinear", align_corners=False))
+        b1 = self.decoder1(F.interpolate(b2, size=sizes[0], mode="bilinear", align_corners=False))
+        return [b1, b2, b3]
+
+
+def _cbr(cin: int, cout: int, k: int, padding: int = 0, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPP(nn.Module):
+    def __init__(self, cin: int, cout: int, rates: tuple[int, ...] = (6, 12, 18)):
+        super().__init__()
+        self.pool_branch = nn.Sequential(nn.AdaptiveAvgPool2d(1), _cbr(cin, cout, 1))
+        self.branches = nn.ModuleList(
+            [_cbr(cin, cout, 1) if r == 1 else _cbr(cin, cout, 3, r, r) for r in rates]
+        )
+        self.fuse = _cbr((1 + len(rates)) * cout, cout, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(
+            self.pool_branch(x), size=x.shape[2:], mode="bilinear", align_corners=False
+        )
+        return self.fuse(torch.cat([pooled] + [b(x) for b in self.branches], dim=1))
+
+
+class SegmentationNet(nn.Module):
+    def __init__(self, inplanes: int = 448):
+        super().__init__()
+        self.res = _res_layer(inplanes, 256)
+        _kaiming_init(self.res)
+        self.head = nn.Sequential(
+            ASPP(256, 256),
+            _cbr(256, 256, 3, 1),
+            nn.Conv2d(256, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Anomaly logit at the input's resolution (1/4 of the image)."""
+        return self.head(self.res(x))
+
+
+class DestsegNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.teacher = ResNet18Features(3)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student = StudentNet()
+        self.segmentation = SegmentationNet(448)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "DestsegNet":
+        super().train(mode)
+        self.teacher.eval()  # frozen BatchNorm statistics, always
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [l2_normalize(f.detach()) for f in self.teacher(self.normalize(x))]
+
+    def student_features(self, x: torch.Tensor, sizes: list[torch.Size]) -> list[torch.Tensor]:
+        return [l2_normalize(f) for f in self.student(self.normalize(x), sizes)]
+
+    @staticmethod
+    def distance_maps(t: list[torch.Tensor], s: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level ``1 - cos(t, s)`` (N,1,h,w)."""
+        return [1.0 - torch.sum(a * b, dim=1, keepdim=True) for a, b in zip(t, s)]
+
+    def segment(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
+        size = s[0].shape[2:]
+        x = torch.cat(
+            [
+                F.interpolate(-a * b, size=size, mode="bilinear", align_corners=False)
+                for a, b in zip(t, s)
+            ],
+            dim=1,
+        )
+        return self.segmentation(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: the anomaly logit at 1/4 of the input side (N,1,H/4,W/4)."""
+        t = self.teacher_features(x)
+        s = self.student_features(x, [f.shape[2:] for f in t])
+        return self.segment(t, s)

@@ -1,0 +1,165 @@
+"""Losses of the stage-3 detectors: focal (per-pixel map), SSIM, and AnoGen's weak box loss.
+
+Conventions: the segmentation heads produce one *anomaly logit* ``z`` per pixel
+(DRAEM's two-class softmax is turned into ``z = logit_anomalous - logit_normal``, which
+gives exactly the same probabilities: ``softmax(l)[1] = sigmoid(l1 - l0)``), so
+``p_anomaly = sigmoid(z)`` and all logs are computed stably with ``logsigmoid``.
+
+Weak box loss (AnoGen Eq. 8-9)
+------------------------------
+``p_normal = 1 - p_anomaly`` (from the *detached* prediction). Inside the box, pixels with
+``p_normal >= tau`` (confidently normal) get weight 0, every other pixel (the rest of the
+box, and everything outside the box) weight 1; the loss is
+
+    L'_seg = sum(weight * focal_map) / (number of pixels)
+
+i.e. the usual mean over *all* pixels of the batch, with the filtered pixels counting as
+zero (they are not removed from the denominator). With all weights 1 this is exactly the
+plain focal loss with the box as target.
+
+``tau = 1.0`` means "no filtering" (Table 3 of the paper: plain box supervision): in
+float32 ``1 - p`` rounds to exactly 1.0 whenever ``p < 2**-25``, so the literal test
+``p_normal >= 1.0`` would still drop such pixels; ``weak_mask`` therefore returns all ones
+for ``tau >= 1``, and ``weak_focal_loss(..., tau=1.0)`` equals ``focal_loss`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "focal_map",
+    "focal_loss",
+    "weak_mask",
+    "weak_focal_loss",
+    "gaussian_window",
+    "ssim",
+    "ssim_loss",
+    "cosine_distance_loss",
+]
+
+
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    """N,1,H,W or N,H,W -> N,H,W."""
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"expected one channel, got shape {tuple(x.shape)}")
+        return x[:, 0]
+    if x.dim() != 3:
+        raise ValueError(f"expected N,H,W or N,1,H,W, got shape {tuple(x.shape)}")
+    return x
+
+
+def focal_map(logit: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-pixel binary focal loss ``-(1 - p_t)^gamma * log(p_t)`` (N,H,W), float32.
+
+    ``logit``: anomaly logit (N,H,W or N,1,H,W); ``target``: {0, 1} of the same shape.
+    ``gamma = 0`` is binary cross-entropy. DRAEM uses gamma 2, DeSTSeg gamma 4.
+    """
+    z = _as_map(logit).float()
+    t = _as_map(target).to(z.dtype)
+    log_p_anom = F.logsigmoid(z)
+    log_p_norm = F.logsigmoid(-z)
+    log_pt = t * log_p_anom + (1.0 - t) * log_p_norm
+    if gamma == 0:
+        return -log_pt
+    pt = torch.exp(log_pt)
+    return -((1.0 - pt).clamp_min(0.0) ** gamma) * log_pt
+
+
+def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Mean of ``focal_map`` over every pixel of the batch."""
+    return focal_map(logit, target, gamma).mean()
+
+
+@torch.no_grad()
+def weak_mask(p_anomaly: torch.Tensor, box_mask: torch.Tensor, tau: float) -> torch.Tensor:
+    """Weights of Eq. 9: 0 inside the box where ``1 - p_anomaly >= tau``, else 1 (N,H,W).
+
+    ``p_anomaly`` is detached here. ``tau >= 1`` returns all ones (plain box supervision).
+    """
+    p = _as_map(p_anomaly).detach().float()
+    box = _as_map(box_mask).to(p.device)
+    if not 0.0 <= tau <= 1.0 or math.isnan(tau):
+        raise ValueError(f"tau must lie in [0, 1], got {tau}")
+    if tau >= 1.0:
+        return torch.ones_like(p)
+    confident_normal = (1.0 - p) >= tau  # delta of Eq. 8
+    drop = confident_normal & (box > 0.5)
+    return (~drop).to(p.dtype)
+
+
+def weak_focal_loss(
+    logit: torch.Tensor,
+    box_mask: torch.Tensor,
+    tau: float,
+    gamma: float,
+    apply: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9 with the focal loss: ``mean(weight * focal_map(logit, box))``.
+
+    ``apply`` (bool, N): samples for which the weak mask is used; the others get weight 1
+    everywhere (plain supervision). Returns ``(loss, weight)``.
+    """
+    fmap = focal_map(logit, box_mask, gamma)
+    weight = weak_mask(torch.sigmoid(_as_map(logit).detach().float()), box_mask, tau)
+    if apply is not None:
+        apply = apply.to(weight.device).bool().view(-1, 1, 1)
+        weight = torch.where(apply, weight, torch.ones_like(weight))
+    return (weight * fmap).mean(), weight
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, channels: int = 3) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    g = g / g.sum()
+    window = (g[:, None] @ g[None, :]).float()
+    return window.expand(channels, 1, size, size).contiguous()
+
+
+def ssim(
+    img1: torch.Tensor,
+    img2: torch.Tensor,
+    window_size: int = 11,
+    value_range: float = 1.0,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """SSIM with an 11x11 Gaussian window (sigma 1.5), per channel, zero padding."""
+    channels = img1.shape[1]
+    window = gaussian_window(window_size, 1.5, channels).to(img1.device, img1.dtype)
+    pad = window_size // 2
+
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, window, padding=pad, groups=channels)
+
+    mu1, mu2 = filt(img1), filt(img2)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1 = filt(img1 * img1) - mu1_sq
+    s2 = filt(img2 * img2) - mu2_sq
+    s12 = filt(img1 * img2) - mu12
+    c1 = (0.01 * value_range) ** 2
+    c2 = (0.03 * value_range) ** 2
+    smap = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+    return smap.mean() if reduce else smap
+
+
+def ssim_loss(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11) -> torch.Tensor:
+    """``1 - SSIM`` (DRAEM's reconstruction term)."""
+    return 1.0 - ssim(img1.float(), img2.float(), window_size)
+
+
+def cosine_distance_loss(distance_maps: list[torch.Tensor]) -> torch.Tensor:
+    """DeSTSeg's student loss: for each level, the sum over the batch of the per-pixel
+    ``1 - cos`` map divided by the map's H*W, summed over levels (as in the published code,
+    i.e. a per-pixel mean times the batch size)."""
+    total = distance_maps[0].new_zeros(())
+    for d in distance_maps:
+        h, w = d.shape[-2:]
+        total = total + d.float().sum() / (h * w)
+    return total

@@ -1,0 +1,330 @@
+"""Stage-3 building blocks: Perlin masks, textures, synthetic anomalies, losses, networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anogen.detectors.losses import (
+    focal_loss,
+    focal_map,
+    ssim,
+    ssim_loss,
+    weak_focal_loss,
+    weak_mask,
+)
+from anogen.detectors.perlin import perlin_mask, perlin_noise
+from anogen.detectors.synthetic import (
+    DestsegSynthesizer,
+    DraemSynthesizer,
+    augment_texture,
+    destseg_rotation_for,
+)
+from anogen.detectors.textures import TextureSource
+from anogen.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a shared 2-core machine, 2 OpenMP threads can be 10-40x slower than one.
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def textures():
+    return TextureSource.from_config(None)
+
+
+# ----------------------------------------------------------------------------- Perlin
+
+
+def test_perlin_deterministic_and_any_size():
+    a = perlin_mask((48, 40), np.random.default_rng(3))
+    b = perlin_mask((48, 40), np.random.default_rng(3))
+    assert a.shape == (48, 40) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert set(np.unique(a)) <= {0, 1}
+    # non-dividing lattice works and noise is smooth-ish and bounded
+    n = perlin_noise((37, 53), (4, 8), np.random.default_rng(0))
+    assert n.shape == (37, 53) and np.abs(n).max() <= 1.5
+    # over many draws masks cover a sensible fraction of the image
+    cover = [perlin_mask((64, 64), np.random.default_rng(s)).mean() for s in range(40)]
+    assert 0.02 < float(np.mean(cover)) < 0.5
+
+
+# ----------------------------------------------------------------------------- textures
+
+
+def test_texture_source_photographs(textures):
+    info = textures.describe()
+    assert info["kind"] == "photographs" and info["n_skimage"] >= 8
+    t = textures.sample(np.random.default_rng(0), 32)
+    assert t.shape == (32, 32, 3) and t.dtype == np.uint8
+    assert t.std() > 1.0  # real texture, not a flat colour
+
+
+def test_texture_source_folder_and_errors(tmp_path):
+    with pytest.raises(DataError, match="missing_dtd"):
+        TextureSource.from_config(tmp_path / "missing_dtd")
+    empty = tmp_path / "empty_dtd"
+    (empty / "banded").mkdir(parents=True)
+    with pytest.raises(DataError, match="empty_dtd"):
+        TextureSource.from_config(empty)
+    img = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(empty / "banded" / "banded_0001.jpg")
+    Image.fromarray(img).save(empty / "banded" / "banded_0002.png")
+    src = TextureSource.from_config(empty, fallback_images=["ignored.png"])
+    assert src.describe() == {"kind": "folder", "folder": str(empty), "n_images": 2}
+    assert src.sample(np.random.default_rng(1), 32).shape == (32, 32, 3)
+
+
+def test_texture_source_fallback_images(tmp_path):
+    img = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"other_{i}.png")
+        Image.fromarray(img).save(files[-1])
+    src = TextureSource.from_config(None, fallback_images=files)
+    assert src.describe()["n_fallback_images"] == 3
+    assert len(src) == src.describe()["n_skimage"] + 3
+
+
+# ----------------------------------------------------------------------------- synthetic anomalies
+
+
+def _normal(size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = 120 + 60 * np.sin(xx * 0.5) + rng.normal(0, 5, (size, size))
+    return np.clip(np.stack([img, img * 0.8, img * 0.6], -1), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["draem", "destseg"])
+def test_synthetic_mask_is_exactly_the_change(textures, kind):
+    synth = DraemSynthesizer(textures) if kind == "draem" else DestsegSynthesizer(textures)
+    normal = _normal()
+    n_anom = 0
+    for seed in range(40):
+        s = synth(normal, np.random.default_rng(seed))
+        image, mask, is_anom = s  # unpacks like a (image, mask, is_anomalous) tuple
+        assert image.dtype == np.float32 and image.shape == (48, 48, 3)
+        assert mask.dtype == np.uint8 and mask.shape == (48, 48)
+        changed = np.any(image != s.clean, axis=2)
+        # mask == 0 => pixel unchanged, bit for bit
+        assert not changed[mask == 0].any()
+        assert is_anom == bool(mask.any())
+        if is_anom:
+            n_anom += 1
+            # where mask == 1 and beta > 0 the pixel differs in general
+            assert changed[mask == 1].mean() > 0.9
+        else:
+            assert np.array_equal(image, s.clean)
+        # same generator state, same sample
+        again = synth(normal, np.random.default_rng(seed))
+        assert np.array_equal(again.image, s.image) and np.array_equal(again.mask, s.mask)
+    if kind == "draem":
+        assert 8 <= n_anom <= 32  # about half stay normal
+    else:
+        assert n_anom >= 34  # always anomalous unless the Perlin mask is empty
+
+
+def test_draem_rotates_some_inputs_and_destseg_policy(textures):
+    normal = _normal(32)
+    synth = DraemSynthesizer(textures)
+    rotated = sum(
+        not np.array_equal(synth(normal, np.random.default_rng(s)).clean, normal.astype(np.float32) / 255.0)
+        for s in range(60)
+    )
+    assert 8 <= rotated <= 32  # ~30 %
+    assert destseg_rotation_for("transistor") == (False, 0.0)
+    assert destseg_rotation_for("bottle") == (True, 5.0)
+    assert destseg_rotation_for("unknown_category") == (True, 5.0)
+
+
+def test_texture_augmentations_run():
+    tex = _normal(32)
+    for seed in range(20):
+        out = augment_texture(tex, np.random.default_rng(seed))
+        assert out.shape == tex.shape and out.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_focal_map_matches_formula():
+    torch.manual_seed(0)
+    z = torch.randn(2, 1, 5, 6) * 3
+    t = (torch.rand(2, 1, 5, 6) > 0.5).float()
+    p = torch.sigmoid(z)
+    pt = torch.where(t > 0, p, 1 - p)
+    for gamma in (0.0, 2.0, 4.0):
+        expected = -((1 - pt) ** gamma) * torch.log(pt)
+        assert torch.allclose(focal_map(z, t, gamma), expected[:, 0], atol=1e-6)
+    # DRAEM's two-class softmax equals the sigmoid of the logit difference
+    logits2 = torch.randn(2, 2, 4, 4)
+    assert torch.allclose(
+        torch.softmax(logits2, 1)[:, 1], torch.sigmoid(logits2[:, 1] - logits2[:, 0]), atol=1e-6
+    )
+
+
+def test_weak_loss_zero_for_confident_normal_inside_box_and_focal_outside():
+    # 1 x 1 x 2 x 4 map; box covers the left half (columns 0-1)
+    box = torch.zeros(1, 1, 2, 4)
+    box[..., :2] = 1
+    p = torch.tensor([[[[0.01, 0.5, 0.01, 0.5], [0.95, 0.2, 0.99, 0.05]]]])
+    logit = torch.logit(p)
+    tau = 0.9
+    w = weak_mask(p, box, tau)
+    # inside the box: p_normal = 0.99 (>= tau) -> 0; 0.5 -> 1; 0.05 -> 1; 0.8 -> 1
+    assert w.tolist() == [[[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]]
+    loss, weight = weak_focal_loss(logit, box, tau, gamma=2.0)
+    fmap = focal_map(logit, box, 2.0)
+    assert torch.equal(weight, w)
+    # confident-normal pixel in the box contributes exactly zero...
+    assert (weight * fmap)[0, 0, 0] == 0
+    # ...everything outside the box is the plain focal loss
+    outside = box[:, 0] == 0
+    assert torch.equal((weight * fmap)[outside], fmap[outside])
+    # normaliser: mean over all pixels, zeroed ones included
+    assert torch.allclose(loss, (w * fmap).sum() / fmap.numel())
+    # the weak mask comes from the detached prediction: gradient only through the focal map
+    logit_req = logit.clone().requires_grad_(True)
+    l2, _ = weak_focal_loss(logit_req, box, tau, gamma=2.0)
+    l2.backward()
+    assert logit_req.grad[0, 0, 0, 0] == 0 and logit_req.grad[0, 0, 0, 1] != 0
+
+
+def test_tau_one_equals_plain_box_supervision_exactly():
+    torch.manual_seed(1)
+    logit = torch.randn(3, 1, 16, 16) * 8
+    logit[0, 0, :4, :4] = -40.0  # p_anomaly ~ 4e-18: 1 - p rounds to exactly 1.0 in float32
+    box = torch.zeros(3, 1, 16, 16)
+    box[:, :, 2:10, 3:12] = 1
+    assert ((1 - torch.sigmoid(logit)) == 1.0).any()
+    weak, weight = weak_focal_loss(logit, box, tau=1.0, gamma=2.0)
+    plain = focal_loss(logit, box, gamma=2.0)
+    assert torch.equal(weak, plain)
+    assert torch.equal(weight, torch.ones_like(weight))
+    # and tau < 1 does drop something here
+    assert weak_focal_loss(logit, box, tau=0.9, gamma=2.0)[0] < plain
+    # per-sample switch: apply=False gives plain supervision for that sample
+    lw, w = weak_focal_loss(logit, box, 0.9, 2.0, apply=torch.tensor([False, False, False]))
+    assert torch.equal(lw, plain)
+
+
+def test_ssim():
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 32, 32)
+    assert ssim_loss(a, a).abs() < 1e-6
+    b = (a + 0.3 * torch.randn_like(a)).clamp(0, 1)
+    assert 0.1 < float(ssim_loss(a, b)) < 1.5
+    assert ssim(a, b, reduce=False).shape == a.shape
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def _conv(cin, cout, k=3, bias=True):
+    return k * k * cin * cout + (cout if bias else 0)
+
+
+def _bn(c):
+    return 2 * c
+
+
+def _draem_reference_counts():
+    """Parameter counts from the layer list of the published DRAEM code
+    (github.com/VitjanZ/DRAEM, model_unet.py): every conv 3x3 with bias + BatchNorm."""
+    cb = lambda a, b: _conv(a, b) + _bn(b)  # noqa: E731
+    w = 128
+    enc = sum(cb(a, b) + cb(b, b) for a, b in [(3, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w)])
+    dec = sum(2 * cb(c, c) + cb(c, c2) for c, c2 in [(8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w), (w, w)])
+    recon = enc + dec + _conv(w, 3)
+    w = 64
+    enc = sum(cb(a, b) + cb(b, b) for a, b in [(6, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w), (8 * w, 8 * w)])
+    dec = sum(
+        cb(cin, cout) + cb(cout + skip, cout) + cb(cout, cout)
+        for cin, cout, skip in [(8 * w, 8 * w, 8 * w), (8 * w, 4 * w, 8 * w), (4 * w, 2 * w, 4 * w), (2 * w, w, 2 * w), (w, w, w)]
+    )
+    disc = enc + dec + _conv(w, 2)
+    return recon, disc
+
+
+def test_draem_parameter_count_matches_published_architecture():
+    from anogen.detectors.draem.network import DraemNet, count_parameters
+
+    recon_ref, disc_ref = _draem_reference_counts()
+    # The numbers: 69,048,579 + 28,374,146 = 97,422,725 ("~97M" in the method notes),
+    # counted from VitjanZ/DRAEM model_unet.py (ReconstructiveSubNetwork(3, 3, 128),
+    # DiscriminativeSubNetwork(6, 2, 64)).
+    assert (recon_ref, disc_ref) == (69_048_579, 28_374_146)
+    net = DraemNet(128, 64)
+    assert count_parameters(net.recon) == recon_ref
+    assert count_parameters(net.disc) == disc_ref
+    assert count_parameters(net) == 97_422_725
+    small = DraemNet(8, 8)
+    rec, logit = small(torch.rand(2, 3, 64, 64))
+    assert rec.shape == (2, 3, 64, 64) and logit.shape == (2, 1, 64, 64)
+
+
+def _basic_block(cin, c):
+    n = _conv(cin, c, bias=False) + _bn(c) + _conv(c, c, bias=False) + _bn(c)
+    if cin != c:
+        n += _conv(cin, c, k=1, bias=False) + _bn(c)
+    return n
+
+
+def test_destseg_parameter_count_matches_published_architecture():
+    from torchvision.models import resnet18
+
+    from anogen.detectors.destseg.network import DestsegNet
+    from anogen.detectors.draem.network import count_parameters
+
+    # Reference: apple/ml-destseg model/destseg.py + model_utils.py: teacher = timm resnet18
+    # features 1-3 (frozen), student = timm resnet18 features 1-4 + decoder of BasicBlock
+    # pairs, segmentation net = BasicBlock pair 448->256 + ASPP(256, 256, [6, 12, 18]) +
+    # conv3x3-BN-ReLU + conv1x1(256, 1).
+    tv = resnet18(weights=None)
+    n_tv = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    teacher_ref = n_tv(tv) - n_tv(tv.layer4) - n_tv(tv.fc)
+    encoder_ref = n_tv(tv) - n_tv(tv.fc)
+    decoder_ref = sum(
+        _basic_block(a, b) + _basic_block(b, b) for a, b in [(512, 512), (512, 256), (256, 128), (128, 64)]
+    )
+    cbr = lambda a, b, k: _conv(a, b, k, bias=False) + _bn(b)  # noqa: E731
+    aspp = cbr(256, 256, 1) + 3 * cbr(256, 256, 3) + cbr(4 * 256, 256, 3)
+    seg_ref = _basic_block(448, 256) + _basic_block(256, 256) + aspp + cbr(256, 256, 3) + _conv(256, 1, 1)
+    assert teacher_ref == 2_782_784 and encoder_ref == 11_176_512
+    assert (encoder_ref + decoder_ref, seg_ref) == (24_665_024, 7_706_369)
+
+    net = DestsegNet()
+    assert count_parameters(net.teacher) == teacher_ref
+    assert count_parameters(net.student) == encoder_ref + decoder_ref
+    assert count_parameters(net.segmentation) == seg_ref
+    assert count_parameters(net, trainable_only=True) == 32_371_393  # student + segmentation
+    assert count_parameters(net) == 35_154_177
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 1, 16, 16)
+
+
+def test_destseg_teacher_weights_from_file(tmp_path, caplog):
+    from torchvision.models import resnet18
+
+    from anogen.detectors.destseg.model import load_teacher_weights
+    from anogen.detectors.destseg.network import DestsegNet
+    from anogen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher_weights"):
+        load_teacher_weights(tmp_path / "nope.pth")
+    torch.manual_seed(5)
+    ref = resnet18(weights=None)
+    path = tmp_path / "resnet18-test.pth"
+    torch.save(ref.state_dict(), path)
+    state, info = load_teacher_weights(path)
+    assert info["teacher"] == "imagenet" and info["teacher_weights"]["path"] == str(path)
+    net = DestsegNet()
+    net.teacher.load_torchvision_state(state)
+    assert torch.equal(net.teacher.layers[2][1].conv2.weight, ref.layer3[1].conv2.weight)
