@@ -120,7 +120,7 @@ def test_spelling_out_defaults_changes_no_key():
         demo_raw(),
         {
             "embedding": {"learning_rate": 0.005, "scale_lr": True, "init_word": "defect"},
-            "generation": {"boxes_per_image": 2, "images_per_box": 2, "eta": 0.0, "paste_back": False},
+            "generation": {"boxes_per_image": 2, "images_per_box": 2, "eta": 0.0, "min_overlap": 0.5},
             "detectors": {"tau": 0.9, "mix_prob": 0.5, "draem": {"learning_rate": 0.0001}},
             "evaluation": {"aupro_fpr_limit": 0.3},
             "support": {"exclude_from_test": True},
