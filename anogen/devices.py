@@ -8,7 +8,7 @@ lock when the process exits, even on SIGKILL, so a crashed job never leaks its s
 
 Under Slurm (``SLURM_JOB_ID`` set) nothing is done: Slurm has already restricted the job
 to the GPUs it allocated. Without any GPU the job still leases a slot (so concurrency can
-be tested and recorded on CPU) and runs on the CPU.
+be tested and recorded on CPU) when a slot count is configured, and runs on the CPU.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def lease_device(
 ) -> Iterator[Lease]:
     """Lease one device slot for the lifetime of the ``with`` block.
 
-    ``slots``: number of lock files (default: visible GPUs, or ``ANOGEN_GPU_SLOTS``, or 1).
+    ``slots``: number of lock files (default: ``ANOGEN_GPU_SLOTS``, else the visible GPUs;
+    with neither, no lock is taken and the job runs on the CPU).
     ``lock_dir``: node-local directory for the lock files (default ``ANOGEN_LOCK_DIR`` or
     /tmp/anogen-gpu-slots); never put it on NFS, where flock is unreliable.
     """
@@ -101,9 +102,16 @@ def lease_device(
         raise RuntimeError("lease_device() must run before CUDA is initialised in this process")
 
     gpus = 0 if prefer_cpu else _gpu_count_without_init()
+    if slots is None and os.environ.get("ANOGEN_GPU_SLOTS"):
+        slots = int(os.environ["ANOGEN_GPU_SLOTS"])
     if slots is None:
-        env_slots = os.environ.get("ANOGEN_GPU_SLOTS")
-        slots = int(env_slots) if env_slots else max(gpus, 1)
+        if gpus == 0:
+            # Nothing to share out: CPU jobs run side by side, as many as Snakemake allows.
+            lease = Lease(None, "cpu", None, "no GPU visible and no slot count configured: CPU")
+            log.info("device lease: %s", lease)
+            yield lease
+            return
+        slots = gpus
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}")
     lock_dir = Path(lock_dir or os.environ.get("ANOGEN_LOCK_DIR") or DEFAULT_LOCK_DIR)

@@ -1,0 +1,83 @@
+"""The workflow as a user meets it: lint, the planned DAG for the demo and for MVTec AD,
+the report and the export target."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import zipfile
+
+import pytest
+import yaml
+
+from tests import e2e
+
+pytestmark = pytest.mark.e2e
+
+
+def _bench_tree():
+    spec = importlib.util.spec_from_file_location("bench_dryrun", e2e.REPO / "bench" / "bench_dryrun.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lint_is_clean(tmp_path):
+    workdir = e2e.make_workdir(tmp_path)
+    proc = e2e.run(workdir, "--lint")
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+def test_demo_plans_one_embedding_and_generation_per_pair(tmp_path):
+    workdir = e2e.make_workdir(tmp_path, config=yaml.safe_load((e2e.REPO / "config" / "config.yaml").read_text()))
+    jobs = e2e.planned_jobs(workdir)
+    assert jobs["learn_embedding"] == jobs["generate_anomalies"] == jobs["select_support"] == 7
+    assert jobs["train_detector"] == jobs["evaluate_detector"] == 3 * 2 * 2
+    assert jobs["summarize"] == 1 and jobs["demo_data"] == 1 and jobs["tiny_model"] == 1
+
+
+def test_mvtec_config_plans_73_defect_types(tmp_path):
+    bench = _bench_tree()
+    counts = bench.build_tree(tmp_path / "mvtec")
+    assert counts["defects"] == 73
+    config = yaml.safe_load((e2e.REPO / "config" / "mvtec.yaml").read_text())
+    workdir = e2e.make_workdir(tmp_path / "work", config=config)
+    jobs = e2e.planned_jobs(workdir, "--config", f"data_root={tmp_path / 'mvtec'}")
+    assert jobs["learn_embedding"] == jobs["generate_anomalies"] == jobs["select_support"] == 73
+    assert jobs["estimate_foreground"] == 15
+    assert jobs["train_detector"] == jobs["evaluate_detector"] == 15 * 2 * 2
+    assert "demo_data" not in jobs and "tiny_model" not in jobs
+
+
+def test_report_and_export(demo_run, tmp_path):
+    work = e2e.copy_tree(demo_run, tmp_path / "work")
+    e2e.run(work, "--report", "report.zip")
+    with zipfile.ZipFile(work / "report.zip") as zf:
+        names = zf.namelist()
+    assert any(n.endswith("summary.csv") for n in names)
+    assert any(n.endswith("table1.csv") for n in names)
+    assert sum(n.endswith("montage.png") for n in names) == 7
+    assert any(n.endswith("loss.png") for n in names)
+    assert any("/examples/" in n and n.endswith(".png") for n in names)
+
+    e2e.run(work, "export_generated")
+    (marker,) = list((work / "results" / "export").glob("generated-*/dataset.json"))
+    root = marker.parent
+    assert (root / "README.md").is_file()
+    images = list(root.glob("*/*/images/*.png"))
+    masks = list(root.glob("*/*/masks/*.png"))
+    n_train = e2e.e2e_config()["demo"]["n_train_good"]
+    assert len(images) == len(masks) == 7 * n_train * 4
+    json.loads(marker.read_text())
+
+
+def test_summary_has_every_demo_category(demo_run):
+    import csv
+
+    rows = list(csv.DictReader((demo_run / "results" / "summary.csv").open()))
+    cats = {r["category"] for r in rows}
+    assert cats == {"grass_texture", "brick_gray", "nut_object", "mean"}
+    assert len(rows) == (3 + 1) * 2 * 2
+    table = list(csv.reader((demo_run / "results" / "table1.csv").open()))
+    header = table[0]
+    assert "draem delta" in header and "destseg delta" in header
