@@ -4,7 +4,7 @@ tau 1.0 (plain box supervision) from the same seed and budget, pixel AU-PR of bo
 Reads an MVTec-AD-layout category (<data-root>/<category>/train/good, test/<defect>,
 ground_truth/<defect>/<stem>_mask.png) and stage-2 generation manifests (globs, e.g. the
 demo's results/generated/<category>/*/*/manifest.json). Prints one line per tau with pixel
-AU-PR, pixel AU-ROC and image AU-ROC (sklearn), and the training time.
+AU-PR, pixel AU-ROC and image AU-ROC (anogen.evaluation, exact), and the training time.
 
 Example (the demo's outputs):
   python bench/bench_tau.py --data-root resources/demo_mvtec --category <cat> \
@@ -24,45 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def scan_category(root: Path, category: str):
-    base = root / category
-    train = _images(base / "train" / "good")
-    if not train:
-        raise SystemExit(f"no training images in {base / 'train' / 'good'}")
-    test = []
-    for defect_dir in sorted((base / "test").iterdir()):
-        if not defect_dir.is_dir():
-            continue
-        for img in _images(defect_dir):
-            mask = None
-            if defect_dir.name != "good":
-                cands = sorted((base / "ground_truth" / defect_dir.name).glob(img.stem + "_mask.*"))
-                mask = cands[0] if cands else None
-            test.append((img, mask, defect_dir.name != "good"))
-    return train, test
-
-
-def load_test(test, size: int):
-    from anogen.detectors.data import load_binary_mask, load_rgb
-
-    images, masks, labels = [], [], []
-    for img, mask, anomalous in test:
-        images.append(load_rgb(img, size))
-        masks.append(load_binary_mask(mask, size) if mask is not None else np.zeros((size, size), np.uint8))
-        labels.append(int(anomalous))
-    x = torch.from_numpy(np.stack(images).astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-    return x, np.stack(masks), np.array(labels)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,9 +48,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
+    from anogen.data.mvtec import scan_category
     from anogen.detectors import load_trained_detector, train_detector
+    from anogen.evaluation.evaluate import evaluate_detector
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -98,11 +60,12 @@ def main() -> None:
     manifests = sorted({Path(p) for g in args.generated_manifests for p in glob.glob(g)})
     if not manifests:
         raise SystemExit(f"no generation manifests match {args.generated_manifests}")
-    train, test = scan_category(args.data_root, args.category)
-    x, gt_masks, labels = load_test(test, args.image_size)
+    index = scan_category(args.data_root, args.category)
+    train, test = index.train_good, index.test
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_tau_"))
+    n_anomalous = sum(item.defect != "good" for item in test)
     print(f"{args.category}: {len(train)} train, {len(test)} test images "
-          f"({labels.sum()} anomalous), {len(manifests)} generation manifests; models in {out}")
+          f"({n_anomalous} anomalous), {len(manifests)} generation manifests; models in {out}")
 
     results = []
     for tau in args.taus:
@@ -126,12 +89,15 @@ def main() -> None:
             inputs={}, device=device, log_every=50, category=args.category,
         )
         seconds = time.perf_counter() - t0
-        det = load_trained_detector(model_dir, device=device)
-        scores, maps = det.predict(x)
-        pix_ap = average_precision_score(gt_masks.ravel(), maps.ravel())
-        pix_auc = roc_auc_score(gt_masks.ravel(), maps.ravel()) if gt_masks.any() else float("nan")
-        img_auc = roc_auc_score(labels, scores) if 0 < labels.sum() < len(labels) else float("nan")
-        results.append((tau, pix_ap, pix_auc, img_auc, seconds))
+        # The same evaluation as the workflow's evaluate_detector (the whole test set here).
+        m = evaluate_detector(
+            predictor=load_trained_detector(model_dir, device=device), test_items=test,
+            data_root=args.data_root, exclude=set(), resolution=args.image_size, fpr_limit=0.3,
+            out_dir=model_dir / "evaluation", key=f"tau{tau:g}", inputs={},
+            spec={"category": args.category, "detector": "draem", "variant": f"anogen-tau{tau:g}"},
+            n_visualizations=0,
+        )
+        results.append((tau, m["pixel_aupr"], m["pixel_auroc"], m["image_auroc"], seconds))
 
     print("\n  tau   pixel AU-PR  pixel AU-ROC  image AU-ROC  train s")
     for tau, ap_, auc, iauc, s in results:
