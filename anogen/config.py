@@ -59,8 +59,9 @@ def _schema_error_to_config_error(error) -> ConfigError:
         key = _dotted(path + [extra[0]]) if extra else _dotted(path)
         return ConfigError(key, "unknown key (misspelt, or not part of this section)")
     if error.validator in ("oneOf", "anyOf") and error.context:
-        # Report the alternative that got furthest, with its own path.
-        best = max(error.context, key=lambda e: len(e.absolute_path))
+        # Report the alternative that got furthest (deepest in the data, then in the schema:
+        # for defects: {"a/b": all} the bad name, not "'all' was expected"), with its own path.
+        best = max(error.context, key=lambda e: (len(e.absolute_path), len(e.relative_schema_path)))
         if len(best.absolute_path) > len(path):
             return _schema_error_to_config_error(best)
         return ConfigError(_dotted(path), f"{error.instance!r} is not valid here ({best.message})")

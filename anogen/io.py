@@ -169,7 +169,8 @@ def rebuild_command(manifest_path: str | Path) -> str:
     """The one command that rebuilds the keyed artifact a manifest describes."""
     return (
         f"snakemake --cores all --force {manifest_path}   "
-        "(rebuilds just this artifact; then rerun your usual snakemake command)"
+        "(add the --configfile/--config/--profile options of your run; this rebuilds just this "
+        "artifact, then rerun your usual snakemake command)"
     )
 
 

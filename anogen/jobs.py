@@ -6,6 +6,9 @@ A job function:
   rule's ``log:`` file;
 - recomputes the content key from the params it was given and refuses to run if it does
   not match the key in its output path (a stale or hand-made path never gets filled);
+- verifies every input that lies in a keyed directory against the sha256 its manifest
+  recorded, so a truncated or edited cached file stops the job with the file named and the
+  one command that rebuilds it (``anogen.io.rebuild_command``);
 - leases a device slot for GPU rules (see ``anogen.devices``);
 - turns an ``AnogenError`` into one clear line on the console and in the log, and exits 1.
 Every config value a job uses arrives in ``snakemake.params``; none is read from the
@@ -19,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -70,6 +74,26 @@ def _redirect_to_log(log_path: str | None):
         console.close()
 
 
+_KEYED_DIR = re.compile(r"[0-9a-f]{12}")
+
+
+def _verify_keyed_inputs(paths) -> None:
+    """Check the cached artifacts a job consumes before it does any work.
+
+    An input ``manifest.json`` is verified whole (the job reads the files it lists); any other
+    input inside a keyed directory (e.g. ``learned_embeds.safetensors``) is verified alone.
+    """
+    from anogen.io import MANIFEST_NAME, verify_file, verify_manifest
+
+    for path in map(Path, paths):
+        if not _KEYED_DIR.fullmatch(path.parent.name):
+            continue
+        if path.name == MANIFEST_NAME:
+            verify_manifest(path)
+        elif (path.parent / MANIFEST_NAME).is_file():
+            verify_file(path.parent / MANIFEST_NAME, path.name)
+
+
 def _setup_logging() -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -100,6 +124,7 @@ def job(fn: Callable) -> Callable:
                             f"output path key {key} does not match the key {expected} of this job's "
                             "config values; re-run snakemake so it plans the current keys"
                         )
+                _verify_keyed_inputs(getattr(sm, "input", []))
                 threads = str(int(getattr(sm, "threads", 1) or 1))
                 # Read by torch/OpenMP when first imported; avoids importing torch in light jobs.
                 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -121,10 +146,11 @@ def job(fn: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def _device(params: dict):
+def _device():
     from anogen.devices import lease_device
 
-    with lease_device(slots=params.get("gpu_slots"), lock_dir=params.get("lock_dir")) as lease:
+    # Slot count and lock folder come from ANOGEN_GPU_SLOTS / ANOGEN_LOCK_DIR (see common.smk).
+    with lease_device() as lease:
         # One JSON line at each end, so concurrency can be audited from the logs.
         log.info("device lease acquired %s", json.dumps({**lease.as_dict(), "time": time.time()}))
         try:
@@ -178,7 +204,7 @@ def learn_embedding(sm, params):
     mixed_precision = spec.pop("mixed_precision")
     spec["checkpoint_every"] = params["checkpoint_every"]
     items = read_support_set(sm.input.support)
-    with _device(params) as lease:
+    with _device() as lease:
         run(
             support_items=items, model=params["model"], revision=params["revision"], spec=spec,
             out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
@@ -192,7 +218,9 @@ def learn_embedding(sm, params):
 def _train_images(data_root: str, category: str, limit: int | None) -> list[Path]:
     from anogen.data.mvtec import scan_category
 
-    images = scan_category(data_root, category).train_good
+    # Only what training reads: a broken test image or mask fails the jobs that use the test
+    # set (support selection, evaluation), not every stage of the category.
+    images = scan_category(data_root, category, defects=()).train_good
     return images[:limit] if limit else images
 
 
@@ -222,7 +250,7 @@ def generate_anomalies(sm, params):
     support = [image for image, _ in read_support_set(sm.input.support)]
     embedding = Path(sm.input.embedding)
     verify_file(embedding.parent / "manifest.json", embedding.name)
-    with _device(params) as lease:
+    with _device() as lease:
         run(
             normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
             data_root=Path(params["data_root"]), foreground_manifest=Path(sm.input.foreground),
@@ -248,7 +276,7 @@ def train_detector(sm, params):
     from anogen.detectors import train_detector as run
 
     spec = params["spec"]
-    with _device(params) as lease:
+    with _device() as lease:
         run(
             detector=spec["detector"], variant=spec["variant"], spec=spec,
             train_images=_train_images(params["data_root"], spec["category"], None),
@@ -267,7 +295,7 @@ def evaluate_detector(sm, params):
 
     spec = params["spec"]
     exclude = excluded_test_images([Path(p) for p in sm.input.support]) if spec["exclude_from_test"] else set()
-    with _device(params) as lease:
+    with _device() as lease:
         predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(
             predictor=predictor, test_items=scan_category(params["data_root"], spec["category"]).test,

@@ -258,8 +258,32 @@ def _resume_case(tiny, tmp_path, detector, kill_at, checkpoint_every):
         lines = (d / "train_log.csv").read_text().strip().splitlines()
         return [line.rsplit(",", 1)[0] for line in lines]  # drop the 'seconds' column
     assert rows(ref_dir) == rows(res_dir)
-    assert not (res_dir / "checkpoints").exists()
+    assert not (res_dir / "checkpoints" / "state.pt").exists()
+    assert (res_dir / "checkpoints" / "finished.json").is_file()
     return ref_dir
+
+
+def test_rerun_of_a_finished_job_rewrites_only_the_manifest(tiny, tmp_path, caplog):
+    """Snakemake reruns a finished job when a runtime-only param changes: no retraining."""
+    spec = _spec("draem", "baseline")
+    kw = dict(detector="draem", variant="baseline", spec=spec, train_images=tiny["train"],
+              generated_manifests=[], out_dir=tmp_path / "d", key="k" * 12, inputs={})
+    train_detector(**kw, checkpoint_every=4)
+    before = (tmp_path / "d" / "model.safetensors").read_bytes()
+    (tmp_path / "d" / "manifest.json").unlink()  # what Snakemake does before a rerun
+    caplog.set_level("INFO")
+    train_detector(**kw, checkpoint_every=7, extra={"lease": {"slot": None}})
+    assert "already trained" in caplog.text
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["extra"]["lease"] == {"slot": None} and manifest["extra"]["steps"] > 0
+    assert (tmp_path / "d" / "model.safetensors").read_bytes() == before
+    # a damaged model is never taken as finished: the job trains again
+    (tmp_path / "d" / "manifest.json").unlink()
+    (tmp_path / "d" / "model.safetensors").write_bytes(before[:100])
+    caplog.clear()
+    train_detector(**kw, checkpoint_every=4)
+    assert "already trained" not in caplog.text
+    assert (tmp_path / "d" / "model.safetensors").read_bytes() == before
 
 
 def test_draem_resume_after_sigkill_is_bit_identical(tiny, tmp_path):

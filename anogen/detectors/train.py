@@ -14,18 +14,20 @@ Resuming: every ``checkpoint_every`` steps ``checkpoints/state.pt`` is replaced 
 (``anogen.checkpoint``): network and optimiser states, GradScaler state, the step, and all
 RNG states. Batches are a pure function of ``(seed, step)`` (see ``data.py``) and the
 learning rate a pure function of the step, so after a SIGKILL a rerun continues from the
-last checkpoint and, on CPU, ends with bit-identical weights. The checkpoint is removed
-once the manifest has been written.
+last checkpoint and, on CPU, ends with bit-identical weights. Once training is done the
+checkpoint is replaced by ``checkpoints/finished.json`` (sha256 of the trained files), so a
+rerun of the finished job (Snakemake reruns it when a runtime-only param such as
+``checkpoint_every`` changes) rewrites the manifest instead of training again.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +46,7 @@ from anogen.detectors.data import (
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
 from anogen.errors import ConfigError, IntegrityError
-from anogen.io import atomic_write_json, atomic_write_text, write_manifest
+from anogen.io import atomic_write_json, atomic_write_text, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 LOG_FILE = "train_log.csv"
 CHECKPOINT = Path("checkpoints") / "state.pt"
+FINISHED = Path("checkpoints") / "finished.json"  # lets a rerun of a finished job skip training
 FORMAT_VERSION = 1
 
 
@@ -236,6 +239,13 @@ def train_detector(
     total = trainer.total_steps
 
     ckpt_path = out_dir / CHECKPOINT
+    finished = _finished_record(out_dir, key)
+    if finished is not None:
+        # A completed job rerun by Snakemake (e.g. after a runtime-only param such as
+        # checkpoint_every changed): the trained files are intact, so only the manifest is redone.
+        log.info("%s/%s: already trained (%s); rewriting the manifest only", detector, variant, out_dir / FINISHED)
+        manifest_extra = {**finished["extra"], **(extra or {})}
+        return _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant)
     start = 0
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
@@ -316,7 +326,19 @@ def train_detector(
     if detector == "destseg":
         manifest_extra.update(trainer.teacher_info)
         manifest_extra["rotation"] = {"category": category, "rotate_90": rotation[0], "random_rotate": rotation[1]}
+    # Record completion before dropping the (large) resumable state: a rerun of this finished
+    # job verifies the trained files against this record instead of training again.
+    atomic_write_json(out_dir / FINISHED, {
+        "key": key,
+        "files": {name: sha256_file(out_dir / name) for name in (MODEL_FILE, CONFIG_FILE, LOG_FILE)},
+        "extra": manifest_extra,
+    })
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
     manifest_extra.update(extra or {})
+    return _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant)
+
+
+def _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant) -> Path:
     manifest = write_manifest(
         out_dir,
         stage="detector",
@@ -326,9 +348,25 @@ def train_detector(
         files=[MODEL_FILE, CONFIG_FILE, LOG_FILE],
         extra=manifest_extra,
     )
-    shutil.rmtree(out_dir / CHECKPOINT.parent, ignore_errors=True)
     log.info("%s/%s: done, %s", detector, variant, manifest)
     return manifest
+
+
+def _finished_record(out_dir: Path, key: str) -> dict[str, Any] | None:
+    """The completion record of an earlier run of this job, if its files are all intact."""
+    path = out_dir / FINISHED
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("key") != key:
+        return None
+    for name, digest in record.get("files", {}).items():
+        if not (out_dir / name).is_file() or sha256_file(out_dir / name) != digest:
+            return None
+    return record
 
 
 def _last_logged_loss(path: Path) -> float | None:

@@ -1,6 +1,7 @@
 # Config validation, the plan (categories x defects) and the keyed path of every artifact.
 # All logic lives in anogen.config.Plan; this file only turns it into paths and params.
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,12 +45,14 @@ def as_json(value):
     return canonical_json(value)
 
 
-# ---------------------------------------------------------------------------- runtime knobs
-# Values that change speed, not results: passed as params, kept out of content keys.
-RUNTIME = {
-    "gpu_slots": config["resources"]["gpu_slots"],
-    "lock_dir": config["resources"]["lock_dir"],
-}
+# ---------------------------------------------------------------------------- device slots
+# Which GPU a job runs on is a property of the machine, not of any result: the slot count and
+# lock folder reach the jobs through the environment (anogen.devices reads them), so changing
+# them never reruns a job. Under Slurm they are unused (Slurm assigns the devices).
+for _var, _value in (("ANOGEN_GPU_SLOTS", config["resources"]["gpu_slots"]),
+                     ("ANOGEN_LOCK_DIR", config["resources"]["lock_dir"])):
+    if _value is not None:
+        os.environ[_var] = str(_value)
 THREADS = config["resources"]["threads"]
 
 

@@ -7,14 +7,14 @@ rule train_detector:
         generated=generated_for_detector,
     output:
         manifest=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
-        model=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/model.safetensors",
-        train_log=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/train_log.csv",
+        # model.safetensors and train_log.csv are listed (and verified) in the manifest but not
+        # declared: Snakemake deletes declared outputs before a rerun, and a resumed or rerun job
+        # continues from them (train_log.csv grows with the steps, the model marks completion).
     params:
         spec=lambda w: as_json(PLAN.detector_spec(w.category, w.detector, w.variant)),
         inputs=lambda w: as_json(PLAN.detector_inputs(w.category, w.detector, w.variant)),
         data_root=DATA_ROOT,
         checkpoint_every=config["detectors"]["checkpoint_every"],
-        **RUNTIME,
     log:
         f"{LOGS}/train_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
     threads: THREADS

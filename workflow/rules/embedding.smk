@@ -22,7 +22,6 @@ rule learn_embedding:
         model=config["diffusion"]["model"],
         revision=config["diffusion"]["revision"],
         checkpoint_every=config["embedding"]["checkpoint_every"],
-        **RUNTIME,
     log:
         f"{LOGS}/learn_embedding/{{category}}/{{defect}}/{{key}}.log",
     threads: THREADS

@@ -21,7 +21,6 @@ rule evaluate_detector:
         spec=lambda w: as_json(PLAN.evaluation_spec(w.category, w.detector, w.variant)),
         inputs=lambda w: as_json(PLAN.evaluation_inputs(w.category, w.detector, w.variant)),
         data_root=DATA_ROOT,
-        **RUNTIME,
     log:
         f"{LOGS}/evaluate_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
     threads: THREADS

@@ -44,7 +44,6 @@ rule generate_anomalies:
         model=config["diffusion"]["model"],
         revision=config["diffusion"]["revision"],
         batch_size=config["generation"]["batch_size"],
-        **RUNTIME,
     log:
         f"{LOGS}/generate_anomalies/{{category}}/{{defect}}/{{key}}.log",
     threads: THREADS
