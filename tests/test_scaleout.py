@@ -44,7 +44,8 @@ def test_gpu_jobs_never_share_a_slot(tmp_path):
     c = plan.categories[0]
     targets.append(f"results/detectors/{c}/draem/baseline/{plan.detector_key(c, 'draem', 'baseline')}/manifest.json")
     assert len(targets) == 8
-    e2e.run(workdir, "--cores", "4", "--resources", "gpu=2", *targets)
+    # targets first: --resources takes every following word as another resource
+    e2e.run(workdir, *targets, "--cores", "4", "--resources", "gpu=2")
 
     intervals = lease_intervals(workdir)
     assert len(intervals) == 8, intervals

@@ -58,7 +58,9 @@ def test_report_and_export(demo_run, tmp_path):
     assert any(n.endswith("table1.csv") for n in names)
     assert sum(n.endswith("montage.png") for n in names) == 7
     assert any(n.endswith("loss.png") for n in names)
-    assert any("/examples/" in n and n.endswith(".png") for n in names)
+    examples = [n for n in names if n.endswith(".png") and not n.endswith(("montage.png", "loss.png"))]
+    n_examples = e2e.e2e_config()["evaluation"]["n_visualizations"]
+    assert len(examples) == 3 * 2 * 2 * n_examples  # categories x detectors x variants
 
     e2e.run(work, "export_generated")
     (marker,) = list((work / "results" / "export").glob("generated-*/dataset.json"))
