@@ -30,24 +30,12 @@ STEPS_PER_EMBEDDING = 6000
 
 
 def default_spec(batch_size: int, resolution: int | None) -> dict:
-    return {
-        "placeholder_token": "<anomaly>",
-        "init_word": "defect",
-        "steps": STEPS_PER_EMBEDDING,
-        "batch_size": batch_size,
-        "learning_rate": 0.005,
-        "scale_lr": True,
-        "weight_decay": 0.01,
-        "adam_beta1": 0.9,
-        "adam_beta2": 0.999,
-        "adam_epsilon": 1.0e-8,
-        "mask_loss": True,
-        "flip_p": 0.5,
-        "resolution": resolution,
-        "seed": 0,
-        "checkpoint_every": 500,
-        "templates": ["a photo of a {}", "a cropped photo of the {}", "a close-up photo of a {}"],
-    }
+    """The schema's embedding defaults (the paper's values), at the given batch and resolution."""
+    from anogen.config import validate_config
+
+    spec = validate_config({})["embedding"]
+    spec.update(steps=STEPS_PER_EMBEDDING, batch_size=batch_size, resolution=resolution)
+    return spec
 
 
 def random_backbone(family: str, size: str, device: str, resolution: int | None):

@@ -28,24 +28,14 @@ TOKEN = "<anomaly>"
 
 
 def make_spec(**overrides) -> dict:
-    spec = {
-        "placeholder_token": TOKEN,
-        "init_word": "defect",
-        "steps": 3,
-        "batch_size": 2,
-        "learning_rate": 0.005,
-        "scale_lr": True,
-        "weight_decay": 0.01,
-        "adam_beta1": 0.9,
-        "adam_beta2": 0.999,
-        "adam_epsilon": 1.0e-8,
-        "mask_loss": True,
-        "flip_p": 0.5,
-        "resolution": 64,
-        "seed": 0,
-        "checkpoint_every": 2,
-        "templates": ["a photo of a {}", "a close-up photo of the {}", "a photo of a small {}"],
-    }
+    """The schema's embedding section (defaults filled) with tiny-run values."""
+    from anogen.config import validate_config
+
+    spec = validate_config({})["embedding"]
+    spec.update(
+        placeholder_token=TOKEN, steps=3, batch_size=2, resolution=64, checkpoint_every=2,
+        templates=["a photo of a {}", "a close-up photo of the {}", "a photo of a small {}"],
+    )
     spec.update(overrides)
     return spec
 
