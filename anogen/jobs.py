@@ -6,8 +6,8 @@ A job function:
   rule's ``log:`` file;
 - recomputes the content key from the params it was given and refuses to run if it does
   not match the key in its output path (a stale or hand-made path never gets filled);
-- verifies every input that lies in a keyed directory against the sha256 its manifest
-  recorded, so a truncated or edited cached file stops the job with the file named and the
+- verifies each cached file it reads against the sha256 its manifest recorded (inputs
+  named directly here, files listed in input manifests where the package reads them), so a truncated or edited cached file stops the job with the file named and the
   one command that rebuilds it (``anogen.io.rebuild_command``);
 - leases a device slot for GPU rules (see ``anogen.devices``);
 - turns an ``AnogenError`` into one clear line on the console and in the log, and exits 1.
@@ -78,19 +78,17 @@ _KEYED_DIR = re.compile(r"[0-9a-f]{12}")
 
 
 def _verify_keyed_inputs(paths) -> None:
-    """Check the cached artifacts a job consumes before it does any work.
+    """Check the stand-alone cached files a job consumes (e.g. ``learned_embeds.safetensors``).
 
-    An input ``manifest.json`` is verified whole (the job reads the files it lists); any other
-    input inside a keyed directory (e.g. ``learned_embeds.safetensors``) is verified alone.
+    Files reached through an input ``manifest.json`` are verified by the package code that
+    reads them (``verify_file``), once, as it reads them; this covers the inputs named directly.
     """
-    from anogen.io import MANIFEST_NAME, verify_file, verify_manifest
+    from anogen.io import MANIFEST_NAME, verify_file
 
     for path in map(Path, paths):
-        if not _KEYED_DIR.fullmatch(path.parent.name):
+        if path.name == MANIFEST_NAME or not _KEYED_DIR.fullmatch(path.parent.name):
             continue
-        if path.name == MANIFEST_NAME:
-            verify_manifest(path)
-        elif (path.parent / MANIFEST_NAME).is_file():
+        if (path.parent / MANIFEST_NAME).is_file():
             verify_file(path.parent / MANIFEST_NAME, path.name)
 
 
@@ -243,13 +241,9 @@ def generate_anomalies(sm, params):
     from anogen.data.support import read_support_set
     from anogen.generation.run import generate_anomalies as run
 
-    from anogen.io import verify_file
-
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
     support = [image for image, _ in read_support_set(sm.input.support)]
-    embedding = Path(sm.input.embedding)
-    verify_file(embedding.parent / "manifest.json", embedding.name)
     with _device() as lease:
         run(
             normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),

@@ -180,11 +180,10 @@ def read_support_set(
     path = _manifest_file(manifest_path)
     manifest = load_manifest(path)
     items = support_items(path)
-    hint = f"delete {path.parent} and rerun the workflow (the support rule rebuilds it)"
     pairs = []
     for item in items:
-        image_path = verify_file(path, item["image"], manifest, hint)
-        mask_path = verify_file(path, item["mask"], manifest, hint)
+        image_path = verify_file(path, item["image"], manifest)
+        mask_path = verify_file(path, item["mask"], manifest)
         pairs.append((load_image(image_path, size), load_mask(mask_path, size)))
     return pairs
 

@@ -22,7 +22,7 @@ import torch
 
 from anogen.detectors.train import CONFIG_FILE, MODEL_FILE, train_detector
 from anogen.errors import IntegrityError
-from anogen.io import load_manifest, verify_file
+from anogen.io import load_manifest, rebuild_command, verify_file
 
 __all__ = ["train_detector", "load_trained_detector", "TrainedDetector"]
 
@@ -72,7 +72,7 @@ def load_trained_detector(model_dir: str | Path, device: str = "cpu") -> Trained
     model_dir = Path(model_dir)
     manifest_path = model_dir / "manifest.json"
     manifest = load_manifest(manifest_path)
-    hint = f"delete {model_dir} and rerun the workflow to retrain this detector"
+    hint = rebuild_command(manifest_path)
     cfg_path = verify_file(manifest_path, CONFIG_FILE, manifest, hint)
     weights = verify_file(manifest_path, MODEL_FILE, manifest, hint)
     config = json.loads(cfg_path.read_text())

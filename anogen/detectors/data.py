@@ -145,14 +145,13 @@ def load_generated_items(
         if mpath.is_dir():
             mpath = mpath / "manifest.json"
         manifest = load_manifest(mpath)
-        hint = f"delete {mpath.parent} and rerun the workflow to regenerate it"
         for entry in manifest.get("extra", {}).get("items", []):
             try:
                 rel_img, rel_mask, source = entry["image"], entry["mask"], entry["source_image"]
             except KeyError as exc:
                 raise DataError(mpath, f"generated item without {exc} field") from exc
-            image = verify_file(mpath, rel_img, manifest, hint)
-            mask = verify_file(mpath, rel_mask, manifest, hint)
+            image = verify_file(mpath, rel_img, manifest)
+            mask = verify_file(mpath, rel_mask, manifest)
             items.append(
                 GeneratedItem(
                     image=image,

@@ -90,8 +90,7 @@ def export_generated(generation_manifests: list[Path], out_root: Path, descripti
             for item in manifest["extra"]["items"]:
                 entry = {k: v for k, v in item.items() if k not in ("image", "mask")}
                 for field in ("image", "mask"):
-                    src = verify_file(manifest_path, item[field], manifest,
-                                      rebuild_hint=f"delete {manifest_path.parent} and rerun the workflow")
+                    src = verify_file(manifest_path, item[field], manifest)
                     rel = (base / ("images" if field == "image" else "masks") / Path(item[field]).name).as_posix()
                     sha = manifest["files"][item[field]]["sha256"]
                     _copy_verified(src, tmp / rel, sha)

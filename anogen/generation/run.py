@@ -103,8 +103,7 @@ def _get(spec: dict, key: str, default: Any = ...) -> Any:
 def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int) -> np.ndarray:
     import cv2
 
-    full = verify_file(manifest_path, rel_mask, manifest,
-                       rebuild_hint=f"delete {manifest_path.parent} and rerun the workflow")
+    full = verify_file(manifest_path, rel_mask, manifest)
     mask = (read_image(full, "L") > 0).astype(np.uint8)
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
