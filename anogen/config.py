@@ -23,6 +23,11 @@ from anogen.keys import content_key
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
+# ``diffusion.model: tiny:<family>`` asks for a tiny random model, built by the ``tiny_model``
+# rule into this folder: never a path that could be mistaken for a hub id (``owner/name``).
+TINY_FAMILIES = ("ldm", "sd")
+TINY_MODEL_DIR = "resources/models/tiny-random-{family}"
+
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
 _NOT_IN_KEYS = {"embedding": {"checkpoint_every"}, "generation": {"batch_size"}}
@@ -65,6 +70,9 @@ def _schema_error_to_config_error(error) -> ConfigError:
         if len(best.absolute_path) > len(path):
             return _schema_error_to_config_error(best)
         return ConfigError(_dotted(path), f"{error.instance!r} is not valid here ({best.message})")
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return ConfigError(_dotted(path + missing[:1]), "is required and has no default")
     if error.validator == "not" and isinstance(error.instance, str):
         return ConfigError(_dotted(path), f"{error.instance!r} must not contain '..'")
     if error.validator == "pattern":
@@ -105,9 +113,9 @@ def _check_semantics(config: dict) -> None:
             "detectors.destseg.student_steps",
             f"{ds['student_steps']} must be smaller than detectors.destseg.steps ({ds['steps']})",
         )
-    tiny = config["diffusion"]["tiny"]
-    if tiny.get("family") and "://" in config["diffusion"]["model"]:
-        raise ConfigError("diffusion.tiny.family", "a tiny model is built into a local folder; diffusion.model must be a path")
+    model = config["diffusion"]["model"]
+    if model.startswith("tiny:") and model[len("tiny:"):] not in TINY_FAMILIES:
+        raise ConfigError("diffusion.model", f"{model!r}: a tiny random model is 'tiny:ldm' or 'tiny:sd'")
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:
@@ -202,6 +210,95 @@ class Plan:
         box = gen["box_ranges"].get(category, {}).get(defect, gen["default_box"])
         return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box.get("rotate", False))}
 
+    # ------------------------------------------------------------------ the diffusion model
+    @property
+    def tiny_family(self) -> str | None:
+        """``ldm``/``sd`` when the config asks explicitly for a tiny random model, else None."""
+        model = self.config["diffusion"]["model"]
+        return model[len("tiny:"):] if model.startswith("tiny:") else None
+
+    @property
+    def model_path(self) -> str:
+        """What ``from_pretrained`` loads: the hub id or folder, or the tiny model's folder."""
+        family = self.tiny_family
+        return TINY_MODEL_DIR.format(family=family) if family else self.config["diffusion"]["model"]
+
+    # ------------------------------------------------------------------ data files
+    def category_files(self, category: str):
+        """The files of ``category`` as listed (no decoding); None for the demo (made by a rule)."""
+        if self.is_demo:
+            return None
+        return self._category_files(category)
+
+    @functools.lru_cache(maxsize=None)
+    def _category_files(self, category: str):
+        from anogen.data.fingerprint import list_mvtec_files
+
+        return list_mvtec_files(self.config["data_root"], category)
+
+    @functools.lru_cache(maxsize=None)
+    def support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
+        """The support image names the plan chooses (None: too few images, the job says so)."""
+        from anogen.data.mvtec import is_image_file
+        from anogen.data.support import choose_support
+
+        s = self.config["support"]
+        names = [n for n in self.test_names_for_support(category, defect) if is_image_file(n)]
+        if len(names) < s["shots"]:
+            return None
+        return tuple(choose_support(names, category, defect, s["shots"], s["seed"]))
+
+    @functools.lru_cache(maxsize=None)
+    def excluded_from_test(self, category: str) -> tuple[str, ...]:
+        """Root-relative paths of the support images the evaluation leaves out (sorted)."""
+        if not self.config["support"]["exclude_from_test"]:
+            return []
+        return tuple(sorted(
+            f"{category}/test/{d}/{name}" for d in self.defects(category) for name in self.support_files(category, d) or ()
+        ))
+
+    @functools.lru_cache(maxsize=None)
+    def _data_fingerprint(self, category: str, role: str, defect: str | None = None) -> str:
+        """Fingerprint of the data files one artifact reads (see anogen.data.fingerprint)."""
+        if self.is_demo:
+            # The demo data is a pure function of demo.* (its own rule makes it), so its key
+            # stands for every file of it; files listed before the rule ran would not.
+            return self.dataset_key
+        from anogen.data.fingerprint import fingerprint
+
+        files = self._category_files(category)
+        root = files.root
+        if role == "train":
+            limit = self.config["generation"]["max_normal_images"] if defect == "foreground" else None
+            images = list(files.train_good)
+            return fingerprint(root, images[:limit] if limit else images)
+        if role == "support":
+            names = self.test_names_for_support(category, defect)
+            chosen = self.support_files(category, defect) or names
+            folder = files.test.get(defect, ())
+            paths = [p for p in folder if p.name in set(chosen)]
+            paths += [m for m in (files.mask_of(defect, p) for p in paths) if m is not None]
+            return fingerprint(root, paths, names=names)
+        # role == "test": every test image and mask the evaluation reads
+        excluded = set(self.excluded_from_test(category))
+        paths = []
+        for defect_name, images in sorted(files.test.items()):
+            for image in images:
+                if f"{category}/test/{defect_name}/{image.name}" in excluded:
+                    continue
+                paths.append(image)
+                mask = files.mask_of(defect_name, image)
+                if mask is not None:
+                    paths.append(mask)
+        return fingerprint(root, paths)
+
+    def test_names_for_support(self, category: str, defect: str) -> list[str]:
+        if self.is_demo:
+            from anogen.data.demo import demo_test_names
+
+            return demo_test_names(self.config["demo"])
+        return self._category_files(category).test_names(defect)
+
     # ------------------------------------------------------------------ specs
     def dataset_spec(self) -> dict:
         if self.is_demo:
@@ -211,13 +308,14 @@ class Plan:
     def model_spec(self) -> dict:
         d = self.config["diffusion"]
         spec = {"model": d["model"], "revision": d["revision"]}
-        if d["tiny"].get("family"):
+        if self.tiny_family:
             spec["tiny"] = d["tiny"]
         return spec
 
     def support_spec(self, category: str, defect: str) -> dict:
         s = self.config["support"]
-        return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"]}
+        return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"],
+                "files": self.support_files(category, defect)}
 
     def foreground_spec(self, category: str) -> dict:
         return {
@@ -258,7 +356,8 @@ class Plan:
     def evaluation_spec(self, category: str, detector: str, variant: str) -> dict:
         spec = dict(self.config["evaluation"])
         spec.update(category=category, detector=detector, variant=variant,
-                    exclude_from_test=self.config["support"]["exclude_from_test"])
+                    exclude_from_test=self.config["support"]["exclude_from_test"],
+                    excluded=self.excluded_from_test(category))
         return spec
 
     # ------------------------------------------------------------------ keys (Merkle chain)
@@ -271,10 +370,10 @@ class Plan:
         return content_key(self.model_spec())
 
     def support_inputs(self, category, defect) -> dict:
-        return {"dataset": self.dataset_key}
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "support", defect)}
 
     def foreground_inputs(self, category) -> dict:
-        return {"dataset": self.dataset_key}
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train", "foreground")}
 
     def embedding_inputs(self, category, defect) -> dict:
         return {"support": self.support_key(category, defect), "model": self.model_key}
@@ -287,18 +386,21 @@ class Plan:
         }
 
     def detector_inputs(self, category, detector, variant) -> dict:
-        inputs = {"dataset": self.dataset_key}
+        inputs = {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train")}
         if variant != "baseline":
             for defect in self.defects(category):
                 inputs[f"generation/{defect}"] = self.generation_key(category, defect)
         return inputs
 
     def evaluation_inputs(self, category, detector, variant) -> dict:
-        inputs = {"detector": self.detector_key(category, detector, variant), "dataset": self.dataset_key}
-        if self.config["support"]["exclude_from_test"]:
-            for defect in self.defects(category):
-                inputs[f"support/{defect}"] = self.support_key(category, defect)
-        return inputs
+        # Which images the support sets take out of the test set is in the spec (``excluded``),
+        # not the support keys: a support mask fixed by hand reruns the chain that learns from
+        # it, not the evaluation of the baselines that never saw it.
+        return {
+            "detector": self.detector_key(category, detector, variant),
+            "dataset": self.dataset_key,
+            "data": self._data_fingerprint(category, "test"),
+        }
 
     def support_key(self, category, defect) -> str:
         return content_key(self.support_spec(category, defect), self.support_inputs(category, defect))

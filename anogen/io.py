@@ -137,7 +137,7 @@ def write_manifest(
         if not full.is_file():
             raise FileNotFoundError(f"manifest of {directory} lists {rel}, which does not exist")
         records[rel] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
-    from anogen import __version__
+    from anogen import __version__, provenance
 
     manifest = {
         "anogen_version": __version__,
@@ -148,6 +148,10 @@ def write_manifest(
         "files": records,
         "extra": extra or {},
     }
+    notes = provenance.current()
+    if notes is not None:
+        # What this result was computed from when that is not a real run's (see anogen.provenance).
+        manifest["notes"] = notes
     out = directory / name
     atomic_write_json(out, manifest)
     return out

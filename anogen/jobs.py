@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from anogen import provenance
 from anogen.errors import AnogenError
 from anogen.keys import content_key
 
@@ -92,6 +93,18 @@ def _verify_keyed_inputs(paths) -> None:
             verify_file(path.parent / MANIFEST_NAME, path.name)
 
 
+def _input_notes(paths) -> set[str]:
+    """Notes (anogen.provenance) of every input manifest, or of the manifest beside an input file."""
+    from anogen.io import MANIFEST_NAME
+
+    notes: set[str] = set()
+    for path in map(Path, paths):
+        manifest = path if path.name == MANIFEST_NAME else path.parent / MANIFEST_NAME
+        if manifest.is_file():
+            notes.update(provenance.manifest_notes(manifest))
+    return notes
+
+
 def _setup_logging() -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -123,13 +136,15 @@ def job(fn: Callable) -> Callable:
                             "config values; re-run snakemake so it plans the current keys"
                         )
                 _verify_keyed_inputs(getattr(sm, "input", []))
+                inherited = _input_notes(getattr(sm, "input", []))
                 threads = str(int(getattr(sm, "threads", 1) or 1))
                 # Read by torch/OpenMP when first imported; avoids importing torch in light jobs.
                 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                     os.environ[var] = threads
                 if "torch" in sys.modules:
                     sys.modules["torch"].set_num_threads(int(threads))
-                fn(sm, params)
+                with provenance.collecting(inherited):
+                    fn(sm, params)
             except AnogenError as exc:
                 log.error("%s", exc)
                 print(f"anogen error in rule {rule}: {exc}", file=console, flush=True)
@@ -186,7 +201,7 @@ def select_support(sm, params):
     spec = params["spec"]
     build_support_set(
         params["data_root"], spec["category"], spec["defect"], shots=spec["shots"], seed=spec["seed"],
-        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], files=spec["files"], spec=spec,
     )
 
 
@@ -283,12 +298,12 @@ def train_detector(sm, params):
 @job
 def evaluate_detector(sm, params):
     from anogen.data.mvtec import scan_category
-    from anogen.data.support import excluded_test_images
     from anogen.detectors import load_trained_detector
     from anogen.evaluation.evaluate import evaluate_detector as run
 
     spec = params["spec"]
-    exclude = excluded_test_images([Path(p) for p in sm.input.support]) if spec["exclude_from_test"] else set()
+    # The support images the plan chose (the support jobs copy exactly these): see Plan.excluded_from_test.
+    exclude = set(spec["excluded"])
     with _device() as lease:
         predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(

@@ -42,6 +42,11 @@ def env() -> dict:
 
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """snakemake on ``workdir``; its config/config.yaml is given as --configfile (a test's own config
+    is a run's config, so it may point data_root anywhere; the implicit demo config may not)."""
+    config = Path(workdir) / "config" / "config.yaml"
+    if config.is_file() and "--configfile" not in args:
+        args = ("--configfile", str(config), *args)
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
 
 

@@ -55,7 +55,10 @@ def test_shipped_configs_validate():
 
 
 def test_defaults_filled():
-    cfg = validate_config({})
+    cfg = validate_config({"data_root": "/data/mvtec_ad"})
+    # The defaults are a real run's: the paper's LDM, never the demo's random model or data.
+    assert cfg["diffusion"]["model"] == "CompVis/ldm-text2im-large-256"
+    assert cfg["generation"]["paste_back"] is False
     assert cfg["support"] == {"shots": 3, "seed": 0, "exclude_from_test": True}
     assert cfg["embedding"]["learning_rate"] == 0.005 and cfg["embedding"]["scale_lr"] is True
     assert cfg["generation"]["steps"] == 50 and cfg["generation"]["guidance_scale"] == 10.0
@@ -96,6 +99,18 @@ def test_unknown_category_or_defect_names_the_key():
         plan(deep_update(demo_raw(), {"categories": ["nope"]})).categories
     with pytest.raises(ConfigError, match="defects.cat_a"):
         plan(deep_update(demo_raw(), {"defects": {"cat_a": ["nope"]}})).pairs()
+
+
+def test_data_root_is_required():
+    with pytest.raises(ConfigError) as err:
+        validate_config({})
+    assert err.value.key == "data_root"
+
+
+def test_tiny_model_must_name_a_family():
+    with pytest.raises(ConfigError) as err:
+        validate_config(deep_update(demo_raw(), {"diffusion": {"model": "tiny:unet"}}))
+    assert err.value.key == "diffusion.model"
 
 
 def test_missing_data_root_names_the_key(tmp_path):

@@ -232,7 +232,7 @@ def test_summary_and_table1_layout(tmp_path):
     assert [r["metric"] for r in table] == [
         "Image AU-ROC", "Image AU-PR", "Pixel AU-ROC", "Pixel AU-PR", "Pixel AUPRO"]
     assert list(table[0]) == ["metric", "destseg baseline", "destseg anogen", "destseg delta",
-                              "draem baseline", "draem anogen", "draem delta"]
+                              "draem baseline", "draem anogen", "draem delta", "note"]
     assert table[0]["draem baseline"] == "80.50" and table[0]["draem anogen"] == "85.50"
     assert table[0]["draem delta"] == "5.00"
     assert table[4]["destseg delta"] == "4.50"  # 77.00 - 72.50: mean over available values
@@ -252,7 +252,7 @@ def test_summary_is_byte_identical_and_handles_extra_variants(tmp_path):
     only_anogen = [p for p in paths if "destseg" not in str(p) or "anogen" in str(p)] + [extra]
     summarize(only_anogen, tmp_path / "c.csv", tmp_path / "c_t.csv")
     table = _read(tmp_path / "c_t.csv")
-    assert list(table[0])[-1] == "draem generated_only" and table[0]["draem generated_only"] == "50.00"
+    assert list(table[0])[-2:] == ["draem generated_only", "note"] and table[0]["draem generated_only"] == "50.00"
     assert table[0]["destseg baseline"] == "" and table[0]["destseg delta"] == ""
     assert table[0]["destseg anogen"] != ""
 
@@ -271,3 +271,29 @@ def test_summary_rejects_duplicates_and_bad_files(tmp_path):
     with pytest.raises(DataError, match="fraction"):
         summarize([bad], tmp_path / "s.csv", tmp_path / "t.csv")
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_provenance_notes_reach_every_affected_row(tmp_path):
+    """A note in an evaluation manifest (random model, teacher, textures) shows on its rows and in Table 1."""
+    from anogen import provenance
+    from anogen.io import write_manifest
+
+    paths = _write_metrics(tmp_path / "res")
+    for path in paths:
+        notes = [provenance.FALLBACK_TEXTURES]
+        if "destseg" in str(path):
+            notes.append(provenance.RANDOM_TEACHER)
+        if "anogen" in str(path):
+            notes.append(provenance.RANDOM_MODEL)
+        with provenance.collecting(notes):
+            write_manifest(path.parent, stage="evaluation", key="0" * 12, spec={}, files=["metrics.json"])
+    summarize(paths, tmp_path / "summary.csv", tmp_path / "table1.csv")
+    rows = _read(tmp_path / "summary.csv")
+    for row in rows:
+        assert provenance.FALLBACK_TEXTURES in row["note"], row
+        assert (provenance.RANDOM_TEACHER in row["note"]) == (row["detector"] == "destseg"), row
+        assert (provenance.RANDOM_MODEL in row["note"]) == (row["variant"] == "anogen"), row
+    table = _read(tmp_path / "table1.csv")
+    for row in table:
+        assert f"{provenance.RANDOM_TEACHER} [destseg anogen, destseg baseline]" in row["note"]
+        assert f"{provenance.RANDOM_MODEL} [destseg anogen, draem anogen]" in row["note"]

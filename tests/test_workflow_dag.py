@@ -83,3 +83,35 @@ def test_summary_has_every_demo_category(demo_run):
     table = list(csv.reader((demo_run / "results" / "table1.csv").open()))
     header = table[0]
     assert "draem delta" in header and "destseg delta" in header
+
+
+def test_demo_results_say_what_they_were_computed_from(demo_run):
+    """Random model, random teacher and fallback textures: on every manifest they touch and every row."""
+    import csv
+
+    from anogen import provenance
+
+    results = demo_run / "results"
+
+    def notes(path):
+        return set(json.loads(path.read_text()).get("notes", []))
+
+    for stage in ("embeddings", "generated"):
+        for manifest in (results / stage).rglob("manifest.json"):
+            assert provenance.RANDOM_MODEL in notes(manifest), manifest
+    for stage in ("detectors", "evaluation"):
+        for manifest in (results / stage).rglob("manifest.json"):
+            detector, variant = manifest.parts[-4], manifest.parts[-3]
+            found = notes(manifest)
+            assert (provenance.RANDOM_MODEL in found) == (variant != "baseline"), manifest
+            assert (provenance.RANDOM_TEACHER in found) == (detector == "destseg"), manifest
+            assert provenance.FALLBACK_TEXTURES in found, manifest
+    for manifest in (results / "support").rglob("manifest.json"):
+        assert notes(manifest) == set(), manifest  # real (demo) images: nothing to say
+    rows = list(csv.DictReader((results / "summary.csv").open()))
+    for row in rows:
+        assert provenance.FALLBACK_TEXTURES in row["note"], row
+        assert (provenance.RANDOM_TEACHER in row["note"]) == (row["detector"] == "destseg"), row
+        assert (provenance.RANDOM_MODEL in row["note"]) == (row["variant"] == "anogen"), row
+    for row in csv.DictReader((results / "table1.csv").open()):
+        assert provenance.RANDOM_MODEL in row["note"] and provenance.RANDOM_TEACHER in row["note"], row

@@ -129,6 +129,12 @@ def demo_layout(spec: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]
     }
 
 
+def demo_test_names(spec: dict[str, Any] | None = None) -> list[str]:
+    """File names of each defect folder of the demo (``000.png`` ...), known before it is made."""
+    spec = normalize_demo_spec(spec)
+    return [f"{i:03d}.png" for i in range(spec["n_test_per_defect"])]
+
+
 # ----------------------------------------------------------------------------- sources
 
 

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -58,20 +58,43 @@ def support_rng_seed(category: str, defect: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(payload.encode("utf-8")).digest()[:8], "little")
 
 
-def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> list[TestItem]:
-    """Choose ``shots`` anomalous test items of ``defect``, deterministically, in file-name order."""
+def choose_support(names: Sequence[str], category: str, defect: str, shots: int, seed: int) -> list[str]:
+    """The ``shots`` file names chosen among ``names``: a pure function of the sorted names and the seed.
+
+    Planning (``anogen.config.Plan``) calls this on the listed names to put the choice into the
+    support key; the support job then copies exactly the files the plan chose.
+    """
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
+    ordered = sorted(names)
+    if len(ordered) < shots:
+        raise ValueError(f"{len(ordered)} names for {shots} shots")
+    rng = np.random.default_rng(support_rng_seed(category, defect, seed))
+    chosen = sorted(int(i) for i in rng.choice(len(ordered), size=shots, replace=False))
+    return [ordered[i] for i in chosen]
+
+
+def select_support(
+    index: CategoryIndex, defect: str, shots: int, seed: int, files: Sequence[str] | None = None
+) -> list[TestItem]:
+    """The support items of ``defect``: the named ``files`` in that order, else the seeded choice."""
     items = sorted(index.defect_items(defect), key=lambda item: item.path.name)
+    by_name = {item.path.name: item for item in items}
+    folder = index.root / index.category / "test" / defect
+    if files is not None:
+        missing = [name for name in files if name not in by_name]
+        if missing:
+            raise DataError(folder / missing[0], "support image named by the plan does not exist "
+                            f"(support files: {', '.join(files)})")
+        return [by_name[name] for name in files]
     if len(items) < shots:
         raise DataError(
-            index.root / index.category / "test" / defect,
+            folder,
             f"has {len(items)} image(s) but support.shots = {shots} real anomalies are "
             "needed for the support set; lower support.shots or exclude this defect",
         )
-    rng = np.random.default_rng(support_rng_seed(index.category, defect, seed))
-    chosen = sorted(int(i) for i in rng.choice(len(items), size=shots, replace=False))
-    return [items[i] for i in chosen]
+    names = choose_support(list(by_name), index.category, defect, shots, seed)
+    return [by_name[name] for name in names]
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -96,8 +119,14 @@ def build_support_set(
     out_dir: str | Path,
     key: str,
     inputs: dict[str, str] | None = None,
+    files: Sequence[str] | None = None,
+    spec: dict[str, Any] | None = None,
 ) -> Path:
     """Select, copy and verify the support set; write ``out_dir/manifest.json`` last. Returns its path.
+
+    ``files``: the image names the plan chose (``Plan.support_spec``), copied in that order;
+    ``None`` chooses here by the seed (the same function). ``spec`` is recorded in the manifest
+    as the job's hashed spec (default: the arguments).
 
     Any previous ``manifest.json``, ``images/`` and ``masks/`` in ``out_dir`` are removed
     first; on error they stay removed, so no manifest.json is left behind.
@@ -107,8 +136,8 @@ def build_support_set(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     try:
-        index = scan_category(root, category, defects=[defect], min_shots=shots)
-        chosen = select_support(index, defect, shots, seed)
+        index = scan_category(root, category, defects=[defect], min_shots=None if files else shots)
+        chosen = select_support(index, defect, shots, seed, files)
         files: list[str] = []
         records: list[dict[str, str]] = []
         for i, item in enumerate(chosen):
@@ -142,7 +171,7 @@ def build_support_set(
             out_dir,
             stage=STAGE,
             key=key,
-            spec={"category": category, "defect": defect, "shots": shots, "seed": seed},
+            spec=spec if spec is not None else {"category": category, "defect": defect, "shots": shots, "seed": seed},
             inputs=inputs,
             files=files,
             extra={"items": records, "grayscale": index.grayscale},

@@ -163,6 +163,9 @@ class TextureSource:
                 "no texture source: set detectors.texture_source to a DTD-style folder "
                 "(scikit-image's bundled photographs could not be loaded)",
             )
+        from anogen import provenance
+
+        provenance.record(provenance.FALLBACK_TEXTURES)
         return cls(kind="photographs", files=files, arrays=photos, crop=True)
 
     # ------------------------------------------------------------------ use

@@ -200,4 +200,8 @@ def load_backbone(model: str, revision: str | None = None, device: str = "cpu") 
 
     scheduler_config = dict(DDIMScheduler.load_config(model, subfolder=sub["scheduler"], **kw))
     backbone = Backbone(family, model, vae, text_encoder, tokenizer, unet, scheduler_config)
+    from anogen import provenance
+
+    if provenance.is_random_model(model):
+        provenance.record(provenance.RANDOM_MODEL)
     return backbone.freeze().to(device)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from anogen.diffusion import architectures as arch
+from anogen.provenance import RANDOM_MODEL_MARKER
 
 # Words the tokenizers know as whole tokens: every word of the default prompt templates,
 # the initialiser word, and a few more. Anything else falls back to characters.
@@ -161,7 +162,8 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, resolution
         shutil.rmtree(tok_dir)
         model_dir = tmp / "model"
         pipe.save_pretrained(model_dir, safe_serialization=True)
-        (model_dir / "anogen_tiny.json").write_text(
+        # The marker makes every result computed from this model say so (anogen.provenance).
+        (model_dir / RANDOM_MODEL_MARKER).write_text(
             json.dumps({"family": family, "seed": seed, "resolution": resolution}, sort_keys=True) + "\n"
         )
         if out_dir.exists():

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 from anogen.errors import DataError
 from anogen.io import atomic_write_text
+from anogen.provenance import manifest_notes
 
 METRICS = ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupr", "pixel_aupro")
 METRIC_LABELS = {
@@ -93,6 +94,9 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
     """Write summary.csv and table1.csv (see the module docstring) from metrics.json files."""
     records: dict[tuple[str, str, str], dict[str, float]] = {}
     origin: dict[tuple[str, str, str], Path] = {}
+    # What each result was computed from when that is not a real run's (anogen.provenance):
+    # the evaluation manifest beside metrics.json carries the notes of its whole chain.
+    provenance_notes: dict[tuple[str, str, str], list[str]] = {}
     for path in sorted(Path(p) for p in metrics_paths):
         data = read_metrics(path)
         ident = (data["category"], data["detector"], data["variant"])
@@ -104,6 +108,7 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
             )
         origin[ident] = path
         records[ident] = {name: _percent(data.get(name)) for name in METRICS}
+        provenance_notes[ident] = manifest_notes(path.parent)
 
     groups: dict[tuple[str, str], list[str]] = {}
     for category, detector, variant in records:
@@ -117,8 +122,9 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
         for category in categories:
             values = records[(category, detector, variant)]
             undefined = [name for name in METRICS if math.isnan(values[name])]
-            note = f"undefined: {', '.join(undefined)}" if undefined else ""
-            rows.append([category, detector, variant, *(_fmt(values[m]) for m in METRICS), "1", note])
+            row_notes = ([f"undefined: {', '.join(undefined)}"] if undefined else [])
+            row_notes += provenance_notes[(category, detector, variant)]
+            rows.append([category, detector, variant, *(_fmt(values[m]) for m in METRICS), "1", "; ".join(row_notes)])
         mean_values: dict[str, float] = {}
         notes = []
         for name in METRICS:
@@ -132,6 +138,7 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
                     f"(undefined for {' '.join(missing)})"
                 )
         means[(detector, variant)] = mean_values
+        notes += sorted({n for c in categories for n in provenance_notes[(c, detector, variant)]})
         rows.append(
             [MEAN, detector, variant, *(_fmt(mean_values[m]) for m in METRICS),
              str(len(categories)), "; ".join(notes)]
@@ -163,7 +170,18 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
         values = means.get((detector, variant))
         return "" if values is None else _fmt(values[name])
 
+    # Every number of the table is a mean over runs that may carry notes: each row says which.
+    table_note = "; ".join(_scoped_notes(provenance_notes))
     table_rows = [
-        [METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns)] for name in METRICS
+        [METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns), table_note] for name in METRICS
     ]
-    atomic_write_text(table1_csv, _csv_text(["metric", *(h for h, _, _ in columns)], table_rows))
+    atomic_write_text(table1_csv, _csv_text(["metric", *(h for h, _, _ in columns), "note"], table_rows))
+
+
+def _scoped_notes(notes: dict[tuple[str, str, str], list[str]]) -> list[str]:
+    """Each distinct note once, with the detector x variant columns it applies to."""
+    where: dict[str, set[str]] = {}
+    for (_, detector, variant), found in notes.items():
+        for note in found:
+            where.setdefault(note, set()).add(f"{detector} {variant}")
+    return [f"{note} [{', '.join(sorted(cols))}]" for note, cols in sorted(where.items())]

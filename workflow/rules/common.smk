@@ -18,6 +18,19 @@ try:
     config.clear()
     config.update(_validated)
     PLAN = Plan(config)
+except AnogenError as _error:
+    raise WorkflowError(f"invalid configuration: {_error}") from None
+
+if not workflow.overwrite_configfiles and not PLAN.is_demo:
+    # The demo config (random tiny model, demo budgets) was read because no --configfile was
+    # given, but data_root points elsewhere: that run would look real and be a demo.
+    raise WorkflowError(
+        f"data_root={config['data_root']!r} was given without --configfile, so the offline demo's "
+        f"config ({DEMO_CONFIG}: a random tiny model, demo budgets) would run on it. Give the run's "
+        "config: --configfile config/mvtec.yaml --config data_root=... (or your own config file)."
+    )
+
+try:
     PLAN.pairs()  # discover categories x defects now: bad data_root / names stop here
 except AnogenError as _error:
     raise WorkflowError(f"invalid configuration: {_error}") from None
@@ -56,6 +69,21 @@ for _var, _value in (("ANOGEN_GPU_SLOTS", config["resources"]["gpu_slots"]),
 THREADS = config["resources"]["threads"]
 
 
+# ---------------------------------------------------------------------------- what this run is
+# One warning at the start of the run, before any job, for each thing that makes its numbers
+# incomparable with the paper (every affected manifest and summary row says so too).
+from anogen.provenance import plan_warnings
+from snakemake.logging import logger
+
+logger.info(
+    f"anogen: diffusion model {PLAN.model_path}"
+    + (" (tiny, randomly initialised; built by rule tiny_model)" if PLAN.tiny_family else "")
+    + f"; data {config['data_root']}"
+)
+for _note in plan_warnings(config):
+    logger.warning(f"anogen: WARNING, not a reproduction: {_note}")
+
+
 # ---------------------------------------------------------------------------- inputs of the data set
 def dataset_inputs(wildcards=None):
     """The file that marks the data set as present (the demo's completion marker)."""
@@ -65,9 +93,9 @@ def dataset_inputs(wildcards=None):
 
 
 def model_inputs(wildcards=None):
-    model = config["diffusion"]["model"]
-    if config["diffusion"]["tiny"]["family"] or Path(model).is_dir():
-        return [f"{model}/model_index.json"]
+    """The tiny model's (or a local model folder's) index; a hub id is read from the HF cache."""
+    if PLAN.tiny_family or Path(PLAN.model_path).is_dir():
+        return [f"{PLAN.model_path}/model_index.json"]
     return []
 
 
@@ -102,9 +130,3 @@ def generated_for_detector(wildcards):
     if wildcards.variant == "baseline":
         return []
     return [generation_output(wildcards.category, d) for d in PLAN.defects(wildcards.category)]
-
-
-def support_for_evaluation(wildcards):
-    if not config["support"]["exclude_from_test"]:
-        return []
-    return [support_output(wildcards.category, d) for d in PLAN.defects(wildcards.category)]

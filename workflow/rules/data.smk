@@ -17,16 +17,17 @@ rule demo_data:
         "../scripts/demo_data.py"
 
 
-# Only when diffusion.tiny.family is set: a real model folder must never be overwritten.
-if config["diffusion"]["tiny"]["family"]:
+# Only when diffusion.model is 'tiny:<family>' (the demo asks for it by name): the tiny random
+# model goes into its own folder under resources/models, never where a real model could be.
+if PLAN.tiny_family:
 
     rule tiny_model:
         output:
-            index=f"{config['diffusion']['model']}/model_index.json",
+            index=f"{PLAN.model_path}/model_index.json",
         params:
             spec=as_json(
                 {
-                    "family": config["diffusion"]["tiny"]["family"],
+                    "family": PLAN.tiny_family,
                     "seed": config["diffusion"]["tiny"]["seed"],
                     "resolution": config["diffusion"]["tiny"]["resolution"],
                 }

@@ -19,7 +19,7 @@ rule learn_embedding:
     params:
         spec=lambda w: as_json(PLAN.embedding_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.embedding_inputs(w.category, w.defect)),
-        model=config["diffusion"]["model"],
+        model=PLAN.model_path,
         revision=config["diffusion"]["revision"],
         checkpoint_every=config["embedding"]["checkpoint_every"],
     log:

@@ -5,7 +5,6 @@ rule evaluate_detector:
     input:
         dataset_inputs,
         detector=lambda w: detector_output(w.category, w.detector, w.variant),
-        support=support_for_evaluation,
     output:
         metrics=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/metrics.json",
         manifest=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",

@@ -41,7 +41,7 @@ rule generate_anomalies:
         spec=lambda w: as_json(PLAN.generation_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.generation_inputs(w.category, w.defect)),
         data_root=DATA_ROOT,
-        model=config["diffusion"]["model"],
+        model=PLAN.model_path,
         revision=config["diffusion"]["revision"],
         batch_size=config["generation"]["batch_size"],
     log:

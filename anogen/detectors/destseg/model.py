@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anogen import provenance
 from anogen.detectors.destseg.network import DestsegNet
 from anogen.detectors.draem.model import _backward_step, _grad_scaler
 from anogen.detectors.draem.network import count_parameters
@@ -71,12 +72,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def find_hub_resnet18() -> Path | None:
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(folder.glob("resnet18-*.pth")) if folder.is_dir() else []
-    return found[0] if found else None
-
-
 def load_teacher_weights(
     teacher_weights: str | Path | None,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
@@ -89,7 +84,7 @@ def load_teacher_weights(
             )
         origin = "config"
     else:
-        path = find_hub_resnet18()
+        path = provenance.find_hub_resnet18()
         origin = "torch-hub-cache"
     if path is None:
         log.warning(
@@ -99,6 +94,7 @@ def load_teacher_weights(
             "teacher: random-init. !!!",
             torch.hub.get_dir(),
         )
+        provenance.record(provenance.RANDOM_TEACHER)
         return None, {"teacher": "random-init", "teacher_weights": None}
     state = _read_state_dict(path)
     return state, {

@@ -1,0 +1,240 @@
+"""The README's commands, run as written: every `snakemake` line of its code blocks is dry-run
+in a fresh copy of the checkout (with `data_root` pointing at a fake MVTec-layout tree with the
+real 15 category and 73 defect names where the command needs real data), and its plan checked.
+
+A command of the README that this test does not know how to exercise fails it, so a command
+added to the README later is tested too (or the test is taught what it is).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anogen.config import Plan, deep_update, validate_config
+from tests import e2e
+
+pytestmark = pytest.mark.e2e
+
+README = e2e.REPO / "README.md"
+DATA_PLACEHOLDER = "/path/to/mvtec_anomaly_detection"
+MODEL_PLACEHOLDER = "/path/to/ldm-text2im-large-256"
+REAL_MODEL = "CompVis/ldm-text2im-large-256"
+CHECKOUT = ("Snakefile", "workflow", "config", "envs", "profiles")
+
+
+# ----------------------------------------------------------------------------- reading the README
+
+
+def code_blocks(text: str) -> list[str]:
+    return re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)
+
+
+def statements(block: str) -> list[str]:
+    """Shell statements of a block: continuation lines joined, comments dropped, split at &&."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    out = []
+    for line in joined.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", line).strip()  # README commands keep '#' out of quotes
+        out += [part.strip() for part in line.split(" && ") if part.strip()]
+    return [" ".join(s.split()) if not s.startswith("printf") else s for s in out]
+
+
+def readme_statements() -> list[str]:
+    return [s for block in code_blocks(README.read_text(encoding="utf-8")) for s in statements(block)]
+
+
+def test_statement_splitting():
+    block = "bash tools/setup.sh && .venv/bin/snakemake --cores all   # run\n.venv/bin/x \\\n    --a b\n"
+    assert statements(block) == ["bash tools/setup.sh", ".venv/bin/snakemake --cores all", ".venv/bin/x --a b"]
+
+
+# ----------------------------------------------------------------------------- a fresh checkout
+
+
+@pytest.fixture(scope="module")
+def fake_mvtec(tmp_path_factory) -> Path:
+    """An MVTec-AD-layout tree with the real category and defect names (a few tiny images each)."""
+    from tests.fake_trees import build_fake_mvtec
+
+    return build_fake_mvtec(tmp_path_factory.mktemp("mvtec") / "mvtec_anomaly_detection")
+
+
+@pytest.fixture(scope="module")
+def fake_model(tmp_path_factory) -> Path:
+    """A local model folder as a user's copy would look to planning (only model_index.json is read)."""
+    folder = tmp_path_factory.mktemp("model") / "ldm-text2im-large-256"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "LDMTextToImagePipeline"}\n')
+    return folder
+
+
+def fresh_checkout(path: Path) -> Path:
+    import shutil
+
+    path.mkdir(parents=True)
+    for name in CHECKOUT:
+        source = e2e.REPO / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, path / name)
+    (path / "anogen").symlink_to(e2e.REPO / "anogen", target_is_directory=True)
+    (path / ".venv").symlink_to(Path(sys.executable).resolve().parents[1], target_is_directory=True)
+    return path
+
+
+def dry_run(checkout: Path, statement: str, data: Path, model: Path) -> subprocess.CompletedProcess:
+    words = shlex.split(statement.replace(DATA_PLACEHOLDER, str(data)).replace(MODEL_PLACEHOLDER, str(model)))
+    assert words[0] == ".venv/bin/snakemake", statement
+    # The venv's snakemake as written, run through this interpreter (the symlinked venv's
+    # entry-point scripts carry the CI clone's absolute shebang).
+    cmd = [sys.executable, "-m", "snakemake", "-n", *words[1:]]
+    return subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=900, env=e2e.env())
+
+
+def planned(stdout: str) -> tuple[collections.Counter, dict[str, list[str]]]:
+    """Jobs per rule and, per rule, the output paths of its planned jobs."""
+    counts: collections.Counter = collections.Counter()
+    outputs: dict[str, list[str]] = collections.defaultdict(list)
+    rule = None
+    for line in stdout.splitlines():
+        m = re.match(r"(?:local)?rule (\w+):", line)
+        if m:
+            rule = m.group(1)
+            counts[rule] += 1
+        elif rule and line.strip().startswith("output:"):
+            outputs[rule] += [p.strip() for p in line.split(":", 1)[1].split(",")]
+    return counts, outputs
+
+
+def config_of(statement: str, checkout: Path, data: Path, model: Path) -> dict:
+    """The config Snakemake builds from the statement's --configfile files and --config pairs."""
+    words = shlex.split(statement.replace(DATA_PLACEHOLDER, str(data)).replace(MODEL_PLACEHOLDER, str(model)))
+    files, pairs, mode = [], [], None
+    for word in words[1:]:
+        if word.startswith("-"):
+            mode = word
+            continue
+        if mode in ("--configfile", "--configfiles"):
+            files.append(word)
+        elif mode == "--config":
+            pairs.append(word)
+    raw: dict = {}
+    for name in files or ["config/config.yaml"]:
+        raw = deep_update(raw, yaml.safe_load((checkout / name).read_text()) or {})
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        raw = deep_update(raw, {key: value})
+    return validate_config(raw)
+
+
+def expected_manifests(plan: Plan) -> dict[str, set[str]]:
+    r = plan.config["results_dir"]
+    pairs, runs = plan.pairs(), plan.detector_runs()
+    return {
+        "select_support": {f"{r}/support/{c}/{d}/{plan.support_key(c, d)}/manifest.json" for c, d in pairs},
+        "learn_embedding": {f"{r}/embeddings/{c}/{d}/{plan.embedding_key(c, d)}/manifest.json" for c, d in pairs},
+        "generate_anomalies": {f"{r}/generated/{c}/{d}/{plan.generation_key(c, d)}/manifest.json" for c, d in pairs},
+        "train_detector": {
+            f"{r}/detectors/{c}/{m}/{v}/{plan.detector_key(c, m, v)}/manifest.json" for c, m, v in runs
+        },
+        "evaluate_detector": {
+            f"{r}/evaluation/{c}/{m}/{v}/{plan.evaluation_key(c, m, v)}/manifest.json" for c, m, v in runs
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+def test_every_readme_command_plans_what_it_says(tmp_path, fake_mvtec, fake_model):
+    checked = collections.Counter()
+    checkout = fresh_checkout(tmp_path / "checkout")
+    for statement in readme_statements():
+        words = shlex.split(statement)
+        if statement == "bash tools/setup.sh":
+            checked["setup"] += 1  # what .ci/run runs before this suite
+            continue
+        if words[:2] == [".venv/bin/python", "-m"] and words[2] == "pytest":
+            checked["pytest"] += 1  # this suite
+            continue
+        if words[:2] == [".venv/bin/hf", "download"]:
+            # No network here: the command and its arguments must still be what hf accepts.
+            assert words[2] == REAL_MODEL, statement
+            proc = subprocess.run([sys.executable, "-m", "huggingface_hub.cli.hf", "download", "--help"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:  # older huggingface_hub: the script itself
+                proc = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", "--help"],
+                                      capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+            checked["hf"] += 1
+            continue
+        if words[0] == "printf":
+            local = statement.replace(DATA_PLACEHOLDER, str(fake_mvtec)).replace(MODEL_PLACEHOLDER, str(fake_model))
+            subprocess.run(["bash", "-c", local], cwd=checkout, check=True)
+            checked["printf"] += 1
+            continue
+        assert words[0] == ".venv/bin/snakemake", f"README command not exercised by this test: {statement}"
+        if "--report" in words:
+            checked["report"] += 1  # needs a finished run: tests/test_workflow_dag.py builds it
+            continue
+        proc = dry_run(checkout, statement, fake_mvtec, fake_model)
+        assert proc.returncode == 0, f"{statement}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        counts, outputs = planned(proc.stdout)
+        text = proc.stdout + proc.stderr
+        config = config_of(statement, checkout, fake_mvtec, fake_model)
+        plan = Plan(config)
+        if "--configfile" not in words:
+            # The demo: its data and its tiny random model, and the warning that says so.
+            assert counts["demo_data"] == 1 and counts["tiny_model"] == 1, (statement, counts)
+            assert counts["learn_embedding"] == len(plan.pairs()) == 7
+            assert "random diffusion model" in text
+            checked["demo"] += 1
+        else:
+            assert "demo_data" not in counts and "tiny_model" not in counts, (statement, counts)
+            assert "random diffusion model" not in text, statement
+            model = config["diffusion"]["model"]
+            assert model in (REAL_MODEL, str(fake_model)), model
+            assert f"anogen: diffusion model {model};" in text
+            n_pairs = len(plan.pairs())
+            assert n_pairs == 73 or "mvtec-authors" in statement, n_pairs
+            for rule in ("select_support", "learn_embedding", "generate_anomalies"):
+                if rule in counts or "support" not in words:
+                    assert counts[rule] == n_pairs, (statement, rule, counts)
+            # The keys of every planned artifact are those of exactly this config over the
+            # schema defaults: no value of the demo's config reached the run.
+            for rule, expected in expected_manifests(plan).items():
+                got = {p for p in outputs.get(rule, []) if p.endswith("manifest.json")}
+                if got:
+                    assert got == expected, (statement, rule, sorted(got ^ expected)[:4])
+            checked["full run"] += 1
+    assert checked["demo"] >= 1 and checked["full run"] >= 3 and checked["printf"] >= 1, checked
+
+
+def test_demo_config_is_not_used_for_other_data(tmp_path, fake_mvtec):
+    """Without --configfile the demo's config would run on the given data: that stops, with the fix named."""
+    checkout = fresh_checkout(tmp_path / "checkout")
+    proc = dry_run(checkout, f".venv/bin/snakemake --cores all --config data_root={fake_mvtec}", fake_mvtec, fake_mvtec)
+    assert proc.returncode != 0
+    assert "--configfile config/mvtec.yaml" in proc.stdout + proc.stderr
+
+
+def test_full_run_config_is_the_file_over_the_schema_defaults():
+    """The leak test: every demo-only value of config/config.yaml differs from the full run's,
+    and the full run's validated config equals config/mvtec.yaml over the schema defaults."""
+    demo = yaml.safe_load((e2e.REPO / "config" / "config.yaml").read_text())
+    mvtec_raw = yaml.safe_load((e2e.REPO / "config" / "mvtec.yaml").read_text())
+    full = validate_config(deep_update(mvtec_raw, {"data_root": "/data"}))
+    # The Snakefile merges no other file: the effective config is the file (checked on the
+    # planned keys in the README test above); here, that the demo's values would show.
+    assert full["diffusion"]["model"] == REAL_MODEL and demo["diffusion"]["model"].startswith("tiny:")
+    assert full["generation"]["paste_back"] is False and demo["generation"]["paste_back"] is True
+    assert full["embedding"]["steps"] == 6000 != demo["embedding"]["steps"]
