@@ -11,6 +11,7 @@ Rules every stage follows:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -26,6 +27,20 @@ from anogen.keys import canonical_json
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 1 << 20
+
+# The (key, spec, inputs) a job was planned with (set by anogen.jobs). A manifest of that key
+# records exactly the spec and inputs its key was computed from, whatever runtime-only values
+# (device, batch size, checkpoint interval) the stage's own code was handed besides.
+_planned: contextvars.ContextVar[tuple[str, Any, dict] | None] = contextvars.ContextVar("anogen_planned", default=None)
+
+
+@contextlib.contextmanager
+def planned_job(key: str, spec: Any, inputs: dict[str, str]) -> Iterator[None]:
+    token = _planned.set((key, spec, dict(inputs)))
+    try:
+        yield
+    finally:
+        _planned.reset(token)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -139,6 +154,9 @@ def write_manifest(
         records[rel] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
     from anogen import __version__, provenance
 
+    planned = _planned.get()
+    if planned is not None and planned[0] == key:
+        spec, inputs = planned[1], planned[2]
     manifest = {
         "anogen_version": __version__,
         "stage": stage,

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from anogen import provenance
 from anogen.errors import AnogenError
+from anogen.io import planned_job
 from anogen.keys import content_key
 
 log = logging.getLogger("anogen.jobs")
@@ -143,7 +144,8 @@ def job(fn: Callable) -> Callable:
                     os.environ[var] = threads
                 if "torch" in sys.modules:
                     sys.modules["torch"].set_num_threads(int(threads))
-                with provenance.collecting(inherited):
+                planned = planned_job(key, params["spec"], params["inputs"]) if key else contextlib.nullcontext()
+                with provenance.collecting(inherited), planned:
                     fn(sm, params)
             except AnogenError as exc:
                 log.error("%s", exc)

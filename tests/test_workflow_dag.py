@@ -115,3 +115,16 @@ def test_demo_results_say_what_they_were_computed_from(demo_run):
         assert (provenance.RANDOM_MODEL in row["note"]) == (row["variant"] == "anogen"), row
     for row in csv.DictReader((results / "table1.csv").open()):
         assert provenance.RANDOM_MODEL in row["note"] and provenance.RANDOM_TEACHER in row["note"], row
+
+
+def test_every_manifest_key_recomputes_from_its_recorded_spec_and_inputs(demo_run):
+    """A user who checks a manifest against the key its folder is named by finds them equal."""
+    from anogen.keys import content_key
+
+    manifests = [m for stage in ("support", "foreground", "embeddings", "generated", "detectors", "evaluation")
+                 for m in (demo_run / "results" / stage).rglob("manifest.json")]
+    assert len(manifests) == 7 + 3 + 7 + 7 + 12 + 12
+    for path in manifests:
+        manifest = json.loads(path.read_text())
+        assert manifest["key"] == path.parent.name, path
+        assert content_key(manifest["spec"], manifest["inputs"]) == manifest["key"], path
