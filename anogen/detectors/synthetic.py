@@ -340,7 +340,8 @@ class CutPasteSynthesizer:
             rng.uniform(-min(j, 0.5), min(j, 0.5)),
         ])
         stays_normal = bool(rng.random() < self.recipe.normal_prob)
-        if stays_normal:
+        # A patch pasted back where it was cut, unjittered, changes nothing: no anomaly.
+        if stays_normal or ((y0, x0) == (y1, x1) and j == 0):
             return SyntheticSample(
                 image=clean.copy(), mask=np.zeros((h, w), np.uint8), is_anomalous=False,
                 clean=clean, beta=1.0,
