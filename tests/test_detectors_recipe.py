@@ -440,3 +440,18 @@ def test_zero_init_last_zeroes_the_last_bn_of_every_student_encoder_block():
     off = DestsegNet(zero_init_last=False)
     assert torch.equal(off.student.encoder.layers[0][0].bn2.weight, torch.ones(64))
     assert validate_config({})["detectors"]["destseg"]["zero_init_last"] is True
+
+
+def test_destseg_teacher_statistics_stay_frozen_during_training():
+    from anogen.detectors.destseg.model import DestsegTrainer
+
+    tr = DestsegTrainer({"steps": 4, "student_steps": 2, "batch_size": 2, "zero_init_last": False},
+                        seed=0, tau=1.0, device="cpu", n_train=2)
+    before = {k: v.clone() for k, v in tr.model.teacher.state_dict().items()}
+    batch = {"image": torch.rand(2, 3, 64, 64), "clean": torch.rand(2, 3, 64, 64),
+             "mask": torch.zeros(2, 1, 64, 64), "weak": torch.zeros(2, dtype=torch.bool)}
+    tr.train_step(batch, 0)  # student phase
+    tr.train_step(batch, 2)  # segmentation phase
+    after = tr.model.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not tr.model.teacher.training

@@ -207,6 +207,7 @@ class DestsegNet(nn.Module):
         self.teacher = ResNet18Features(3)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.teacher.eval()
         self.student = StudentNet(zero_init_last)
         self.segmentation = SegmentationNet(448)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -221,6 +222,11 @@ class DestsegNet(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # The trainers switch student and segmentation net between train and eval one by
+        # one, never the whole model, so the teacher is put in eval mode here (as the
+        # official TeacherNet.forward does): its BatchNorm uses and keeps the ImageNet stats.
+        if self.teacher.training:
+            self.teacher.eval()
         with torch.no_grad():
             return [l2_normalize(f.detach()) for f in self.teacher(self.normalize(x))]
 
