@@ -338,19 +338,42 @@ class Plan:
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
         return spec
 
+    # Per-detector values that only the generated branch or the weak loss read: they go into
+    # the spec as top-level (resolved) entries of the non-baseline variants only.
+    _GENERATED_BRANCH_KEYS = ("tau", "generated_normal_prob", "augment_generated")
+
+    def detector_tau(self, detector: str) -> float:
+        """``detectors.<detector>.tau`` when set, else ``detectors.tau``."""
+        det = self.config["detectors"]
+        own = det[detector].get("tau")
+        return float(det["tau"] if own is None else own)
+
     def detector_spec(self, category: str, detector: str, variant: str) -> dict:
         det = self.config["detectors"]
+        section = _without(det[detector], set(self._GENERATED_BRANCH_KEYS))
         spec = {
             "category": category,
             "detector": detector,
             "variant": variant,
             "image_size": det["image_size"],
             "seed": det["seed"],
-            "texture_source": det["texture_source"],
-            detector: det[detector],
+            "mixed_precision": det["mixed_precision"],
+            detector: section,
         }
+        if variant != "generated_only":
+            spec["synthetic_source"] = det["synthetic_source"]
+            if det["synthetic_source"] == "cutpaste":
+                spec["cutpaste"] = det["cutpaste"]
+            else:
+                spec["texture_source"] = det["texture_source"]
         if variant != "baseline":
-            spec.update(tau=det["tau"], mix_prob=det["mix_prob"], weak_on_synthetic=det["weak_on_synthetic"])
+            spec.update(
+                tau=self.detector_tau(detector),
+                mix_prob=det["mix_prob"],
+                weak_on_synthetic=det["weak_on_synthetic"],
+                generated_normal_prob=det[detector]["generated_normal_prob"],
+                augment_generated=det[detector]["augment_generated"],
+            )
         return spec
 
     def evaluation_spec(self, category: str, detector: str, variant: str) -> dict:

@@ -35,6 +35,8 @@ class TrainedDetector:
         self.variant: str = config.get("variant", "")
         self.image_size: int = int(config["image_size"])
         self.device = device
+        # Detectors trained before the precision switch existed autocast on CUDA ("auto").
+        self.mixed_precision: str = config[self.detector].get("mixed_precision", "auto")
 
     @torch.no_grad()
     def predict(
@@ -53,11 +55,15 @@ class TrainedDetector:
             if self.detector == "draem":
                 from anogen.detectors.draem.model import draem_predict
 
-                s, m = draem_predict(self.model, x, self.config["draem"]["score_pool"], self.device)
+                s, m = draem_predict(
+                    self.model, x, self.config["draem"]["score_pool"], self.device, self.mixed_precision
+                )
             else:
                 from anogen.detectors.destseg.model import destseg_predict
 
-                s, m = destseg_predict(self.model, x, self.config["destseg"]["top_k"], self.device)
+                s, m = destseg_predict(
+                    self.model, x, self.config["destseg"]["top_k"], self.device, self.mixed_precision
+                )
             scores.append(s)
             maps.append(m)
         if not scores:

@@ -12,8 +12,20 @@ Sources of a sample:
 
 - *synthetic*: a normal training image with a Perlin/texture anomaly (DRAEM or DeSTSeg
   recipe, see ``synthetic.py``); the mask is exact;
+- *synthetic* with ``synthetic_source="cutpaste"``: the same recipe with a CutPaste patch
+  instead of the Perlin/texture blend (``synthetic.CutPasteSynthesizer``; Table 4);
 - *generated*: an image of a stage-2 generation manifest, its **box** mask (a weak label)
-  and, as the clean/reconstruction target, the normal image it was generated from.
+  and, as the clean/reconstruction target, the normal image it was generated from. With
+  probability ``generated_normal_prob`` the sample is instead that normal image itself with
+  an empty mask (kind ``KIND_GENERATED_NORMAL``; the authors' DRAEM fork: 0.5, so that an
+  'anogen' DRAEM batch is 25% generated, 25% synthetic and 50% normal; their DeSTSeg fork: 0).
+  With ``augment_generated`` the (normal, generated, mask) triplet is rotated alike:
+  DRAEM fork: 30% of triplets by an integer angle in [-90, 90] (black corners, bilinear
+  images, nearest-neighbour mask); DeSTSeg fork: the category's rotation rule of its
+  synthetic samples (``synthetic.destseg_angle``; grey 114 corners, bilinear images, the mask
+  rotated bilinearly with 0 outside and left soft: the DeSTSeg trainer thresholds it at 0.5
+  after resizing it to the output size, as the fork does). Both rotate about
+  ``((size-1)/2, (size-1)/2)``; the DRAEM fork uses ``(128, 128)`` on 256 px (half a pixel off).
 
 Variants (config ``detectors.variants``):
 
@@ -35,7 +47,13 @@ import cv2
 import numpy as np
 import torch
 
-from anogen.detectors.synthetic import DestsegSynthesizer, DraemSynthesizer
+from anogen.detectors.perlin import rotate_array
+from anogen.detectors.synthetic import (
+    CutPasteSynthesizer,
+    DestsegSynthesizer,
+    DraemSynthesizer,
+    destseg_angle,
+)
 from anogen.detectors.textures import TextureSource
 from anogen.errors import DataError
 from anogen.io import load_manifest, read_image, verify_file
@@ -45,7 +63,11 @@ log = logging.getLogger(__name__)
 VARIANTS = ("baseline", "anogen", "generated_only")
 DETECTORS = ("draem", "destseg")
 
-KIND_NORMAL, KIND_SYNTHETIC, KIND_GENERATED = 0, 1, 2
+KIND_NORMAL, KIND_SYNTHETIC, KIND_GENERATED, KIND_GENERATED_NORMAL = 0, 1, 2, 3
+SYNTHETIC_SOURCES = ("draem", "cutpaste")
+# The AnoGen DRAEM fork rotates this share of generated triplets by randint(-90, 90) degrees.
+DRAEM_GENERATED_ROTATE_PROB = 0.3
+DESTSEG_FILL = 114 / 255.0
 
 
 def _seed_words(seed: int) -> int:
@@ -184,6 +206,10 @@ class TrainStream:
         mix_prob: float = 0.5,
         weak_on_synthetic: bool = True,
         destseg_rotation: tuple[bool, float] = (True, 5.0),
+        generated_normal_prob: float = 0.0,
+        augment_generated: bool = False,
+        synthetic_source: str = "draem",
+        cutpaste: dict[str, Any] | None = None,
     ):
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}")
@@ -192,6 +218,11 @@ class TrainStream:
         self.detector, self.variant = detector, variant
         self.size, self.seed, self.batch_size = int(image_size), int(seed), int(batch_size)
         self.mix_prob, self.weak_on_synthetic = float(mix_prob), bool(weak_on_synthetic)
+        self.generated_normal_prob = float(generated_normal_prob)
+        self.augment_generated = bool(augment_generated)
+        self.destseg_rotation = (bool(destseg_rotation[0]), float(destseg_rotation[1]))
+        if synthetic_source not in SYNTHETIC_SOURCES:
+            raise ValueError(f"unknown synthetic_source {synthetic_source!r}")
         self.train_images = [Path(p) for p in train_images]
         if not self.train_images:
             raise DataError("<train images>", "no normal training images given")
@@ -203,13 +234,15 @@ class TrainStream:
                 "list no items",
             )
         if variant != "generated_only":
-            if textures is None:
+            if textures is None and synthetic_source == "draem":
                 raise ValueError("synthetic anomalies need a TextureSource")
             if detector == "draem":
                 self.synth: Any = DraemSynthesizer(textures)
             else:
                 r90, small = destseg_rotation
                 self.synth = DestsegSynthesizer(textures, rotate_90=r90, random_rotate=small)
+            if synthetic_source == "cutpaste":
+                self.synth = CutPasteSynthesizer(self.synth, **(cutpaste or {}))
         else:
             self.synth = None
         # Normal images are small at training size: keep them all in memory.
@@ -250,20 +283,54 @@ class TrainStream:
             self.variant == "anogen" and rng.random() < self.mix_prob
         )
         if use_generated:
-            item = self.generated[int(rng.integers(0, len(self.generated)))]
-            image = load_rgb(item.image, self.size).astype(np.float32) / 255.0
-            mask = load_binary_mask(item.mask, self.size)
-            clean = self._source_image(item.source).astype(np.float32) / 255.0
-            return dict(
-                image=image, clean=clean, mask=mask, weak=True, anomalous=bool(mask.any()),
-                kind=KIND_GENERATED,
-            )
+            return self._generated_sample(rng)
         normal = self._normals[self._normal_index(step, i)]
         s = self.synth(normal, rng)
         weak = self.variant == "anogen" and self.weak_on_synthetic
         return dict(
             image=s.image, clean=s.clean, mask=s.mask, weak=weak, anomalous=s.is_anomalous,
             kind=KIND_SYNTHETIC if s.is_anomalous else KIND_NORMAL,
+        )
+
+    def _generated_sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        item = self.generated[int(rng.integers(0, len(self.generated)))]
+        clean = self._source_image(item.source).astype(np.float32) / 255.0
+        # Drawn whatever the probability, so later draws do not depend on it.
+        plain_normal = bool(rng.random() < self.generated_normal_prob)
+        if plain_normal:
+            image, mask = clean.copy(), np.zeros((self.size, self.size), np.uint8)
+        else:
+            image = load_rgb(item.image, self.size).astype(np.float32) / 255.0
+            mask = load_binary_mask(item.mask, self.size)
+        if self.augment_generated:
+            image, clean, mask = self._augment_generated(image, clean, mask, rng)
+        anomalous = bool(mask.any())
+        return dict(
+            image=image, clean=clean, mask=mask, weak=True, anomalous=anomalous,
+            kind=KIND_GENERATED_NORMAL if plain_normal else KIND_GENERATED,
+        )
+
+    def _augment_generated(
+        self, image: np.ndarray, clean: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rotate (generated image, normal image, mask) alike (see the module docstring)."""
+        if self.detector == "draem":
+            do_rotate = bool(rng.random() < DRAEM_GENERATED_ROTATE_PROB)
+            angle = float(rng.integers(-90, 91))
+            if not do_rotate or angle == 0.0:
+                return image, clean, mask
+            return (
+                rotate_array(image, angle, fill=0.0),
+                rotate_array(clean, angle, fill=0.0),
+                rotate_array(mask, angle, fill=0, interpolation=cv2.INTER_NEAREST),
+            )
+        angle = destseg_angle(rng, *self.destseg_rotation)
+        if angle == 0.0:
+            return image, clean, mask
+        return (
+            rotate_array(image, angle, fill=DESTSEG_FILL),
+            rotate_array(clean, angle, fill=DESTSEG_FILL),
+            rotate_array(mask.astype(np.float32), angle, fill=0.0),
         )
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:

@@ -38,6 +38,7 @@ __all__ = [
     "gaussian_window",
     "ssim",
     "ssim_loss",
+    "infer_value_range",
     "cosine_distance_loss",
 ]
 
@@ -53,14 +54,30 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def focal_map(logit: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+def focal_map(
+    logit: torch.Tensor, target: torch.Tensor, gamma: float, smooth: float = 0.0
+) -> torch.Tensor:
     """Per-pixel binary focal loss ``-(1 - p_t)^gamma * log(p_t)`` (N,H,W), float32.
 
     ``logit``: anomaly logit (N,H,W or N,1,H,W); ``target``: {0, 1} of the same shape.
     ``gamma = 0`` is binary cross-entropy. DRAEM uses gamma 2, DeSTSeg gamma 4.
+
+    ``smooth = 0`` (DeSTSeg; exact): ``log p_t`` from ``logsigmoid``, finite for any logit.
+    ``smooth > 0`` reproduces the official DRAEM ``FocalLoss(smooth=1e-5)``: the one-hot
+    target is clamped to ``[s, 1 - s]`` and ``s`` is added once more, so that
+    ``p_t' = (1 - 2s) * p_t + 2s`` replaces ``p_t`` in both factors (``p_t' >= 2s``: the
+    loss of a pixel is at most ``-log(2s)``, about 10.8 for ``s = 1e-5``). The official code
+    computes this on the softmax of two logits; ``sigmoid(l1 - l0)`` is the same probability.
     """
     z = _as_map(logit).float()
     t = _as_map(target).to(z.dtype)
+    if smooth < 0 or smooth > 0.5:
+        raise ValueError(f"smooth must lie in [0, 0.5], got {smooth}")
+    if smooth > 0:
+        p = torch.sigmoid(z)
+        pt = t * p + (1.0 - t) * (1.0 - p)
+        pt = (1.0 - 2.0 * smooth) * pt + 2.0 * smooth
+        return -((1.0 - pt).clamp_min(0.0) ** gamma) * torch.log(pt)
     log_p_anom = F.logsigmoid(z)
     log_p_norm = F.logsigmoid(-z)
     log_pt = t * log_p_anom + (1.0 - t) * log_p_norm
@@ -70,9 +87,11 @@ def focal_map(logit: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.
     return -((1.0 - pt).clamp_min(0.0) ** gamma) * log_pt
 
 
-def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+def focal_loss(
+    logit: torch.Tensor, target: torch.Tensor, gamma: float, smooth: float = 0.0
+) -> torch.Tensor:
     """Mean of ``focal_map`` over every pixel of the batch."""
-    return focal_map(logit, target, gamma).mean()
+    return focal_map(logit, target, gamma, smooth).mean()
 
 
 @torch.no_grad()
@@ -98,13 +117,14 @@ def weak_focal_loss(
     tau: float,
     gamma: float,
     apply: torch.Tensor | None = None,
+    smooth: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 9 with the focal loss: ``mean(weight * focal_map(logit, box))``.
+    """Eq. 9 with the focal loss: ``mean(weight * focal_map(logit, box, gamma, smooth))``.
 
     ``apply`` (bool, N): samples for which the weak mask is used; the others get weight 1
     everywhere (plain supervision). Returns ``(loss, weight)``.
     """
-    fmap = focal_map(logit, box_mask, gamma)
+    fmap = focal_map(logit, box_mask, gamma, smooth)
     weight = weak_mask(torch.sigmoid(_as_map(logit).detach().float()), box_mask, tau)
     if apply is not None:
         apply = apply.to(weight.device).bool().view(-1, 1, 1)
@@ -123,14 +143,29 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, channels: int = 3) -> to
     return window.expand(channels, 1, size, size).contiguous()
 
 
+def infer_value_range(img: torch.Tensor) -> float:
+    """The official DRAEM ``ssim(val_range=None)`` rule, applied to its first argument:
+    ``max = 255 if max(img) > 128 else 1``, ``min = -1 if min(img) < -0.5 else 0``,
+    range = max - min (so 1 for [0, 1] images, 2 once a value drops below -0.5)."""
+    hi = 255.0 if float(img.max()) > 128 else 1.0
+    lo = -1.0 if float(img.min()) < -0.5 else 0.0
+    return hi - lo
+
+
 def ssim(
     img1: torch.Tensor,
     img2: torch.Tensor,
     window_size: int = 11,
-    value_range: float = 1.0,
+    value_range: float | None = 1.0,
     reduce: bool = True,
 ) -> torch.Tensor:
-    """SSIM with an 11x11 Gaussian window (sigma 1.5), per channel, zero padding."""
+    """SSIM with an 11x11 Gaussian window (sigma 1.5), per channel, zero padding.
+
+    ``value_range=None`` infers the range from ``img1`` as the official DRAEM code does
+    (``infer_value_range``); a number fixes it.
+    """
+    if value_range is None:
+        value_range = infer_value_range(img1.detach())
     channels = img1.shape[1]
     window = gaussian_window(window_size, 1.5, channels).to(img1.device, img1.dtype)
     pad = window_size // 2
@@ -149,9 +184,12 @@ def ssim(
     return smap.mean() if reduce else smap
 
 
-def ssim_loss(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11) -> torch.Tensor:
-    """``1 - SSIM`` (DRAEM's reconstruction term)."""
-    return 1.0 - ssim(img1.float(), img2.float(), window_size)
+def ssim_loss(
+    img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, value_range: float | None = None
+) -> torch.Tensor:
+    """``1 - SSIM`` (DRAEM's reconstruction term; ``img1`` is the reconstruction, whose
+    values set the range when ``value_range`` is None, as in the official ``SSIM()``)."""
+    return 1.0 - ssim(img1.float(), img2.float(), window_size, value_range)
 
 
 def cosine_distance_loss(distance_maps: list[torch.Tensor]) -> torch.Tensor:

@@ -18,6 +18,9 @@ DeSTSeg (``DestsegSynthesizer``)
     - the texture is used as is (no augmentation), same Perlin mask and opacity;
     - always anomalous (only an empty Perlin mask, which is rare, leaves it normal).
 
+CutPaste (``CutPasteSynthesizer``, Table 4 of the paper): a jittered rectangle of the image
+pasted elsewhere in it, inside either recipe above.
+
 ``SyntheticSample.mask`` is exactly where ``image`` differs from ``clean``: outside the mask
 the pixels are copied bit for bit; inside it they are the blend (equal to the clean pixel
 only where the texture happens to equal it).
@@ -42,6 +45,8 @@ __all__ = [
     "augment_texture",
     "DESTSEG_ROTATION",
     "destseg_rotation_for",
+    "destseg_angle",
+    "CutPasteSynthesizer",
 ]
 
 
@@ -243,9 +248,109 @@ class DestsegSynthesizer(_Base):
         self.random_rotate = random_rotate
 
     def rotate_normal(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        quarter = int(rng.integers(0, 4))
-        small = float(rng.uniform(-self.random_rotate, self.random_rotate)) if self.random_rotate > 0 else 0.0
-        angle = (90.0 * quarter if self.rotate_90 else 0.0) + small
+        angle = destseg_angle(rng, self.rotate_90, self.random_rotate)
         if angle == 0.0:
             return image
         return rotate_array(image, angle, fill=(114, 114, 114) if image.dtype == np.uint8 else 114 / 255.0)
+
+
+def destseg_angle(rng: np.random.Generator, rotate_90: bool, random_rotate: float) -> float:
+    """One angle of DeSTSeg's rotation rule: a multiple of 90 (when ``rotate_90``) plus
+    U(-random_rotate, random_rotate). The quarter is drawn whether or not it is used, so
+    the draws that follow do not depend on the policy. The published code rotates twice
+    (by the multiple of 90, then by the small angle); one rotation by the sum is the same
+    map up to interpolation."""
+    quarter = int(rng.integers(0, 4))
+    small = float(rng.uniform(-random_rotate, random_rotate)) if random_rotate > 0 else 0.0
+    return (90.0 * quarter if rotate_90 else 0.0) + small
+
+
+# ----------------------------------------------------------------------------- CutPaste
+
+
+def _color_jitter(patch: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Brightness, contrast, saturation (multiplicative factors) and hue (shift in turns)
+    on a float HxWx3 patch in [0, 1], in that fixed order, like torchvision's ColorJitter
+    with a fixed permutation."""
+    b, c, sat, hue = (float(f) for f in factors)
+    out = np.clip(patch * b, 0.0, 1.0)
+    gray = out @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = np.clip(c * out + (1.0 - c) * gray.mean(), 0.0, 1.0)
+    gray = (out @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None]
+    out = np.clip(sat * out + (1.0 - sat) * gray, 0.0, 1.0).astype(np.float32)
+    if hue != 0.0:
+        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)  # float: hue in degrees [0, 360)
+        hsv[:, :, 0] = np.mod(hsv[:, :, 0] + 360.0 * hue, 360.0)
+        out = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
+    return out.astype(np.float32)
+
+
+class CutPasteSynthesizer:
+    """CutPaste (Li et al., CVPR 2021) as the anomaly source of a detector's synthetic branch.
+
+    A rectangle of ``area_ratio`` U(lo, hi) of the image and aspect ratio (h/w)
+    log-uniform in ``[aspect_ratio, 1/aspect_ratio]`` is cut at a random place of the
+    (possibly rotated) normal image, colour-jittered (``color_jitter`` = the maximal relative
+    change of brightness, contrast and saturation, and the maximal hue shift in turns;
+    0 = none) and pasted at another random place; the mask is the pasted rectangle. The
+    detector's own recipe stays in force around it (``recipe``: DRAEM's 30% input rotation
+    and half normal samples, DeSTSeg's rotation policy), so only the anomaly source changes.
+
+    As with the Perlin recipes, pixels outside the mask are copied bit for bit. The paper's
+    CutPaste pastes a single patch; CutPaste-scar and the 3-way variant are not offered.
+    """
+
+    def __init__(
+        self,
+        recipe: _Base,
+        *,
+        area_ratio: tuple[float, float] = (0.02, 0.15),
+        aspect_ratio: float = 0.3,
+        color_jitter: float = 0.1,
+    ):
+        lo, hi = (float(v) for v in area_ratio)
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"area_ratio must satisfy 0 < lo <= hi < 1, got {area_ratio}")
+        if not 0 < aspect_ratio <= 1:
+            raise ValueError(f"aspect_ratio must lie in (0, 1], got {aspect_ratio}")
+        self.recipe, self.area_ratio = recipe, (lo, hi)
+        self.aspect_ratio, self.color_jitter = float(aspect_ratio), float(color_jitter)
+
+    def patch_box(self, size: int, rng: np.random.Generator) -> tuple[int, int]:
+        """(height, width) of the patch, each in [1, size - 1]."""
+        area = rng.uniform(*self.area_ratio) * size * size
+        log_r = np.log(self.aspect_ratio)
+        ratio = float(np.exp(rng.uniform(log_r, -log_r)))  # height / width
+        ph = int(round(np.sqrt(area * ratio)))
+        pw = int(round(np.sqrt(area / ratio)))
+        return min(max(ph, 1), size - 1), min(max(pw, 1), size - 1)
+
+    def __call__(self, normal: np.ndarray, rng: np.random.Generator) -> SyntheticSample:
+        h, w = normal.shape[:2]
+        if h != w:
+            raise ValueError(f"synthetic anomalies expect square images, got {normal.shape}")
+        clean = _to_float(self.recipe.rotate_normal(normal, rng))
+        # Every draw happens whatever the outcome (see _Base.__call__).
+        ph, pw = self.patch_box(h, rng)
+        y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        y1, x1 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        j = self.color_jitter
+        factors = np.array([
+            rng.uniform(1 - j, 1 + j), rng.uniform(1 - j, 1 + j), rng.uniform(1 - j, 1 + j),
+            rng.uniform(-min(j, 0.5), min(j, 0.5)),
+        ])
+        stays_normal = bool(rng.random() < self.recipe.normal_prob)
+        # A patch pasted back where it was cut, unjittered, changes nothing: no anomaly.
+        if stays_normal or ((y0, x0) == (y1, x1) and j == 0):
+            return SyntheticSample(
+                image=clean.copy(), mask=np.zeros((h, w), np.uint8), is_anomalous=False,
+                clean=clean, beta=1.0,
+            )
+        patch = clean[y0 : y0 + ph, x0 : x0 + pw].copy()
+        if j > 0:
+            patch = _color_jitter(patch, factors)
+        image = clean.copy()
+        image[y1 : y1 + ph, x1 : x1 + pw] = patch
+        mask = np.zeros((h, w), np.uint8)
+        mask[y1 : y1 + ph, x1 : x1 + pw] = 1
+        return SyntheticSample(image=image, mask=mask, is_anomalous=True, clean=clean, beta=0.0)

@@ -38,11 +38,14 @@ from safetensors.torch import save_file
 from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from anogen.detectors.data import (
     DETECTORS,
+    SYNTHETIC_SOURCES,
     VARIANTS,
     TrainStream,
     load_generated_items,
     make_loader,
 )
+from anogen.detectors.precision import MODES as MIXED_PRECISION_MODES
+from anogen.detectors.precision import effective_precision
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
 from anogen.errors import ConfigError, IntegrityError
@@ -74,7 +77,13 @@ def _check_spec(detector: str, variant: str, spec: dict[str, Any]) -> None:
         )
     tau = float(spec.get("tau", 0.9))
     if not 0.0 <= tau <= 1.0:
-        raise ConfigError("detectors.tau", f"must lie in [0, 1], got {tau}")
+        raise ConfigError(f"detectors.{detector}.tau", f"must lie in [0, 1], got {tau}")
+    mode = spec.get("mixed_precision", "no")
+    if mode not in MIXED_PRECISION_MODES:
+        raise ConfigError("detectors.mixed_precision", f"must be one of {MIXED_PRECISION_MODES}, got {mode!r}")
+    source = spec.get("synthetic_source", "draem")
+    if source not in SYNTHETIC_SOURCES:
+        raise ConfigError("detectors.synthetic_source", f"must be one of {SYNTHETIC_SOURCES}, got {source!r}")
     if detector not in spec:
         raise ConfigError(f"detectors.{detector}", "section missing from the detector spec")
 
@@ -90,6 +99,7 @@ def build_trainer(detector: str, spec: dict[str, Any], device: str, n_train: int
         tau=float(spec.get("tau", 0.9)),
         device=device,
         n_train=n_train,
+        mixed_precision=spec.get("mixed_precision", "no"),
     )
 
 
@@ -199,8 +209,11 @@ def train_detector(
 ) -> Path:
     """Train, write ``out_dir`` (see module docstring) and return the manifest path.
 
-    ``spec``: {"detector", "variant", "image_size", "seed", "tau", "mix_prob",
-    "weak_on_synthetic", "texture_source", "draem": {...} | "destseg": {...}}.
+    ``spec``: {"detector", "variant", "image_size", "seed", "tau" (the detector's resolved
+    tau), "mix_prob", "weak_on_synthetic", "generated_normal_prob", "augment_generated",
+    "synthetic_source", "cutpaste", "texture_source", "mixed_precision",
+    "draem": {...} | "destseg": {...}} (missing keys: the neutral values of ``TrainStream``,
+    fp32, the DRAEM-style synthetic source).
     ``category`` (default: ``spec.get("category")``) selects DeSTSeg's published
     per-category rotation policy (``synthetic.DESTSEG_ROTATION``).
     """
@@ -213,8 +226,11 @@ def train_detector(
     train_images = [Path(p) for p in train_images]
 
     textures = None
+    source = spec.get("synthetic_source", "draem")
     texture_info: dict[str, Any] = {"kind": "none", "note": "generated_only uses no synthetic anomalies"}
-    if variant != "generated_only":
+    if variant != "generated_only" and source == "cutpaste":
+        texture_info = {"kind": "none", "note": "CutPaste anomalies need no textures"}
+    elif variant != "generated_only":
         textures = TextureSource.from_config(spec.get("texture_source"), list(texture_fallback))
         texture_info = textures.describe()
     generated = (
@@ -235,6 +251,10 @@ def train_detector(
         mix_prob=float(spec.get("mix_prob", 0.5)),
         weak_on_synthetic=bool(spec.get("weak_on_synthetic", True)),
         destseg_rotation=rotation,
+        generated_normal_prob=float(spec.get("generated_normal_prob", 0.0)),
+        augment_generated=bool(spec.get("augment_generated", False)),
+        synthetic_source=source,
+        cutpaste=_cutpaste_args(spec.get("cutpaste")) if source == "cutpaste" else None,
     )
     total = trainer.total_steps
 
@@ -322,7 +342,14 @@ def train_detector(
         "n_generated_items": len(generated),
         "final_loss": final_loss,
         "device": device,
+        "precision": {
+            "mixed_precision": spec.get("mixed_precision", "no"),
+            "effective": effective_precision(spec.get("mixed_precision", "no"), device),
+        },
+        "synthetic_source": source if variant != "generated_only" else None,
     }
+    if variant != "baseline":
+        manifest_extra["tau"] = float(spec.get("tau", 0.9))
     if detector == "destseg":
         manifest_extra.update(trainer.teacher_info)
         manifest_extra["rotation"] = {"category": category, "rotate_90": rotation[0], "random_rotate": rotation[1]}
@@ -336,6 +363,21 @@ def train_detector(
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     manifest_extra.update(extra or {})
     return _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant)
+
+
+def _cutpaste_args(section: dict[str, Any] | None) -> dict[str, Any]:
+    """``detectors.cutpaste`` -> keyword arguments of ``CutPasteSynthesizer``."""
+    section = section or {}
+    args: dict[str, Any] = {}
+    if "area_ratio" in section:
+        lo, hi = (float(v) for v in section["area_ratio"])
+        if not 0 < lo <= hi < 1:
+            raise ConfigError("detectors.cutpaste.area_ratio", f"needs 0 < min <= max < 1, got [{lo}, {hi}]")
+        args["area_ratio"] = (lo, hi)
+    for name in ("aspect_ratio", "color_jitter"):
+        if name in section:
+            args[name] = float(section[name])
+    return args
 
 
 def _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant) -> Path:

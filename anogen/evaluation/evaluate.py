@@ -3,7 +3,9 @@
 Batches of test images are loaded at the detector's input size, scored, their anomaly maps
 resized (bilinear) to the evaluation resolution and fed to a
 :class:`~anogen.evaluation.metrics.PixelMetricAccumulator` together with the ground-truth
-masks (loaded at the evaluation resolution with nearest neighbour). Only the image scores
+masks (brought to the evaluation resolution by ``spec["mask_resize"]``: nearest neighbour
+by default, or the official DRAEM / DeSTSeg rules, see ``masks.py``; recorded in
+``metrics.json`` and the manifest). Only the image scores
 and the few maps chosen for the example panels are kept. Writes ``metrics.json``,
 ``examples/*.png`` and, last, ``manifest.json``.
 """
@@ -20,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from anogen.errors import AnogenError, DataError
+from anogen.evaluation.masks import MASK_RESIZE_METHODS, load_gt_mask
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
 from anogen.evaluation.visualize import render_panel
 from anogen.io import MANIFEST_NAME, atomic_save_image, atomic_write_json, write_manifest
@@ -59,6 +62,12 @@ def _load_mask(path: Path, size: int) -> np.ndarray:
 
         return resize_mask(read_image(path, "L") > 0, size)
     return load_mask(path, size)
+
+
+def _load_gt_mask(path: Path, size: int, method: str) -> np.ndarray:
+    if method == "nearest":
+        return _load_mask(path, size)  # the data module's loader, as before
+    return load_gt_mask(path, size, method)
 
 
 def _relpath(path: Path, data_root: Path) -> str:
@@ -133,6 +142,11 @@ def evaluate_detector(
     resolution = int(resolution)
     batch_size = max(int(batch_size), 1)
     image_size = int(predictor.image_size)
+    mask_resize = spec.get("mask_resize", "nearest")
+    if mask_resize not in MASK_RESIZE_METHODS:
+        from anogen.errors import ConfigError
+
+        raise ConfigError("evaluation.mask_resize", f"must be one of {MASK_RESIZE_METHODS}, got {mask_resize!r}")
     t_start = time.perf_counter()
 
     # an interrupted earlier attempt must never look complete
@@ -190,7 +204,7 @@ def evaluate_detector(
             mask = (
                 np.zeros((resolution, resolution), dtype=np.uint8)
                 if item.mask is None
-                else _load_mask(Path(item.mask), resolution)
+                else _load_gt_mask(Path(item.mask), resolution, mask_resize)
             )
             accumulator.update(maps[j], mask)
             index = start + j
@@ -210,6 +224,7 @@ def evaluate_detector(
         "n_test_images": len(items),
         "n_anomalous": int(sum(labels)),
         "n_excluded": len(excluded),
+        "mask_resize": mask_resize,
     }
     for name in METRIC_KEYS:
         metrics[name] = _nan_to_none(values[name])
@@ -228,6 +243,7 @@ def evaluate_detector(
 
     manifest_extra = {
         "resolution": resolution,
+        "mask_resize": mask_resize,
         "fpr_limit": float(fpr_limit),
         "image_size": image_size,
         "n_pixels": accumulator.n_pixels,

@@ -12,8 +12,10 @@ weak box loss (the L1 term stays plain, as in the published AnoGen setup).
 Image score: the mean of the ``top_k`` (100) largest values of the anomaly map after
 bilinear upsampling to the image size.
 
-Teacher: ImageNet ResNet18 weights from ``teacher_weights`` (a torchvision state dict,
-``.pth`` read with ``weights_only=True`` or ``.safetensors``), else from the torch hub cache
+Teacher: ImageNet ResNet18 weights from ``teacher_weights`` (``.pth`` read with
+``weights_only=True`` or ``.safetensors``; torchvision or timm names, a timm training
+checkpoint or a whole DeSTSeg checkpoint: ``network.teacher_state_layout``, recorded as
+``teacher_layout`` in the manifest), else from the torch hub cache
 (``torch.hub.get_dir()/checkpoints/resnet18-*.pth``) if present, else random
 initialisation with a loud warning; which one is recorded in the detector's manifest.
 """
@@ -29,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from anogen import provenance
-from anogen.detectors.destseg.network import DestsegNet
-from anogen.detectors.draem.model import _backward_step, _grad_scaler
+from anogen.detectors.destseg.network import DestsegNet, teacher_state_layout
+from anogen.detectors.draem.model import _backward_step
 from anogen.detectors.draem.network import count_parameters
 from anogen.detectors.losses import cosine_distance_loss, weak_focal_loss
-from anogen.devices import autocast
+from anogen.detectors.precision import detector_autocast, grad_scaler
 from anogen.errors import ConfigError, DataError
 from anogen.io import sha256_file
 
@@ -51,6 +53,7 @@ DESTSEG_DEFAULTS = {
     "focal_gamma": 4.0,
     "top_k": 100,
     "teacher_weights": None,
+    "zero_init_last": True,
 }
 
 
@@ -64,9 +67,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(path, f"cannot read ResNet18 weights ({exc})") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
     if not isinstance(state, dict):
         raise DataError(path, "ResNet18 weights file does not hold a state dict")
     return state
@@ -95,10 +95,14 @@ def load_teacher_weights(
             torch.hub.get_dir(),
         )
         provenance.record(provenance.RANDOM_TEACHER)
-        return None, {"teacher": "random-init", "teacher_weights": None}
-    state = _read_state_dict(path)
+        return None, {"teacher": "random-init", "teacher_layout": None, "teacher_weights": None}
+    try:
+        layout, state = teacher_state_layout(_read_state_dict(path))
+    except KeyError as exc:
+        raise DataError(path, f"not ResNet18 weights ({exc})") from exc
     return state, {
         "teacher": "imagenet",
+        "teacher_layout": layout,
         "teacher_weights": {"path": str(path), "origin": origin, "sha256": sha256_file(path)},
     }
 
@@ -114,11 +118,15 @@ class DestsegTrainer:
     name = "destseg"
     log_columns = ("phase", "loss", "cosine", "focal", "l1", "weak_dropped", "lr")
 
-    def __init__(self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int):
+    def __init__(
+        self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int,
+        mixed_precision: str = "no",
+    ):
         self.cfg = {**DESTSEG_DEFAULTS, **cfg}
         self.tau, self.device = float(tau), device
+        self.mixed_precision = mixed_precision
         torch.manual_seed(seed)
-        self.model = DestsegNet()
+        self.model = DestsegNet(zero_init_last=bool(self.cfg["zero_init_last"]))
         state, self.teacher_info = load_teacher_weights(self.cfg.get("teacher_weights"))
         if state is not None:
             try:
@@ -147,7 +155,7 @@ class DestsegTrainer:
         self.batch_size = int(c["batch_size"])
         self.total_steps = int(c["steps"])
         self.student_steps = int(c["student_steps"])
-        self.scaler = _grad_scaler(device)
+        self.scaler = grad_scaler(mixed_precision, device)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.student_opt, "segmentation": self.seg_opt}
@@ -168,7 +176,8 @@ class DestsegTrainer:
         }
 
     def export_config(self) -> dict[str, Any]:
-        return {"top_k": int(self.cfg["top_k"]), "teacher": self.teacher_info["teacher"]}
+        return {"top_k": int(self.cfg["top_k"]), "teacher": self.teacher_info["teacher"],
+                "mixed_precision": self.mixed_precision}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         dev, m = self.device, self.model
@@ -177,7 +186,7 @@ class DestsegTrainer:
             clean = batch["clean"].to(dev, non_blocking=True)
             m.student.train()
             m.segmentation.eval()
-            with autocast(dev):
+            with detector_autocast(self.mixed_precision, dev):
                 t = m.teacher_features(clean)
                 s = m.student_features(image, [f.shape[2:] for f in t])
                 cos = cosine_distance_loss(m.distance_maps(t, s))
@@ -190,7 +199,7 @@ class DestsegTrainer:
         weak = batch["weak"].to(dev)
         m.student.eval()
         m.segmentation.train()
-        with autocast(dev):
+        with detector_autocast(self.mixed_precision, dev):
             with torch.no_grad():
                 t = m.teacher_features(image)
                 s = [f.detach() for f in m.student_features(image, [f.shape[2:] for f in t])]
@@ -211,9 +220,11 @@ class DestsegTrainer:
 
 
 @torch.no_grad()
-def destseg_predict(model: DestsegNet, images: torch.Tensor, top_k: int, device: str):
+def destseg_predict(
+    model: DestsegNet, images: torch.Tensor, top_k: int, device: str, mixed_precision: str = "no"
+):
     model.eval()
-    with autocast(device):
+    with detector_autocast(mixed_precision, device):
         logit = model(images)
     p = torch.sigmoid(logit.float())
     p = F.interpolate(p, size=images.shape[2:], mode="bilinear", align_corners=False)

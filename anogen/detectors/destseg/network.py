@@ -4,8 +4,10 @@ Published layer plan (re-implemented with torchvision building blocks):
 
 Teacher: an ImageNet ResNet18 cut after ``layer3`` (features of layer1/2/3: 64, 128 and
     256 channels at 1/4, 1/8 and 1/16 of the input side); frozen, always in eval mode.
-Student: a randomly initialised full ResNet18 encoder (through ``layer4``, no pooling/fc)
-    followed by a decoder of ResNet ``BasicBlock`` pairs: 512->512 at 1/32, then bilinear
+Student: a randomly initialised full ResNet18 encoder (through ``layer4``, no pooling/fc;
+    with ``zero_init_last`` (default) the last BatchNorm gamma of every residual block starts
+    at 0, as timm's ``resnet18(pretrained=False)`` used by the official code initialises it;
+    torchvision's default leaves it at 1) followed by a decoder of ResNet ``BasicBlock`` pairs: 512->512 at 1/32, then bilinear
     resizing to the teacher's layer3/2/1 sizes and 512->256, 256->128, 128->64 (the first
     block of each pair has a 1x1 conv + BN shortcut when the width changes). Outputs the
     three decoder levels matching the teacher's.
@@ -74,7 +76,10 @@ class ResNet18Features(nn.Module):
         return feats
 
     def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a torchvision ``resnet18`` state dict (extra keys such as fc.* are ignored)."""
+        """Load ResNet18 weights named as torchvision's ``resnet18`` names them (timm's
+        ``resnet18`` uses the very same names; see ``teacher_state_layout`` for the other
+        layouts). Extra keys such as ``fc.*`` or ``layer4.*`` are ignored; BatchNorm
+        ``num_batches_tracked`` counters may be absent (they never affect a frozen net)."""
         mapped = {}
         for key, value in state.items():
             head = key.split(".", 1)[0]
@@ -86,14 +91,56 @@ class ResNet18Features(nn.Module):
             elif head in ("conv1", "bn1"):
                 mapped[key] = value
         missing, unexpected = self.load_state_dict(mapped, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise KeyError(
                 f"ResNet18 weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
 
+    def zero_init_last(self) -> None:
+        """timm's ``zero_init_last``: the second BatchNorm gamma of each BasicBlock = 0."""
+        for layer in self.layers:
+            for block in layer:
+                nn.init.zeros_(block.bn2.weight)
+
+
+# DeSTSeg checkpoints (official and the AnoGen fork) hold the teacher as
+# ``teacher_net.encoder.*`` (timm ``features_only`` model: same names as resnet18).
+DESTSEG_TEACHER_PREFIX = "teacher_net.encoder."
+
+
+def teacher_state_layout(state: dict) -> tuple[str, dict[str, torch.Tensor]]:
+    """Recognise a ResNet18 checkpoint layout; return ``(layout, state with plain names)``.
+
+    - ``"torchvision"``: plain names (``conv1.weight``, ``layer1.0.bn2.running_var``,
+      ``fc.bias``), as saved by torchvision's ``resnet18`` and equally by timm's ``resnet18``
+      (timm 0.6.12 names every tensor alike and its default ``resnet18`` weights are
+      torchvision's ``resnet18-5c106cde.pth``), with or without ``num_batches_tracked``;
+    - ``"timm-checkpoint"``: a timm training checkpoint, ``{"state_dict_ema" | "state_dict":
+      {...}}`` and/or ``module.``-prefixed names (the EMA weights are preferred, as timm's
+      ``load_checkpoint`` does);
+    - ``"destseg-checkpoint"``: a whole DeSTSeg model (``teacher_net.encoder.*``).
+    """
+    layout = "torchvision"
+    if isinstance(state, dict):
+        for wrapper in ("state_dict_ema", "state_dict", "model"):
+            inner = state.get(wrapper)
+            if isinstance(inner, dict) and inner:
+                state, layout = inner, ("timm-checkpoint" if wrapper != "model" else layout)
+                break
+    if not isinstance(state, dict) or not state:
+        raise KeyError("the file does not hold a ResNet18 state dict")
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state, layout = {k[len("module."):]: v for k, v in state.items()}, "timm-checkpoint"
+    if any(k.startswith(DESTSEG_TEACHER_PREFIX) for k in state):
+        n = len(DESTSEG_TEACHER_PREFIX)
+        state = {k[n:]: v for k, v in state.items() if k.startswith(DESTSEG_TEACHER_PREFIX)}
+        layout = "destseg-checkpoint"
+    return layout, state
+
 
 class StudentNet(nn.Module):
-    def __init__(self):
+    def __init__(self, zero_init_last: bool = True):
         super().__init__()
         self.decoder4 = _res_layer(512, 512)
         self.decoder3 = _res_layer(512, 256)
@@ -101,6 +148,8 @@ class StudentNet(nn.Module):
         self.decoder1 = _res_layer(128, 64)
         _kaiming_init(self)
         self.encoder = ResNet18Features(4)  # torchvision's own (kaiming) initialisation
+        if zero_init_last:
+            self.encoder.zero_init_last()
 
     def forward(self, x: torch.Tensor, sizes: list[torch.Size]) -> list[torch.Tensor]:
         """``sizes``: spatial sizes of the teacher's level 1, 2, 3 features."""
@@ -153,12 +202,13 @@ class SegmentationNet(nn.Module):
 
 
 class DestsegNet(nn.Module):
-    def __init__(self):
+    def __init__(self, zero_init_last: bool = True):
         super().__init__()
         self.teacher = ResNet18Features(3)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.student = StudentNet()
+        self.teacher.eval()
+        self.student = StudentNet(zero_init_last)
         self.segmentation = SegmentationNet(448)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -172,6 +222,11 @@ class DestsegNet(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # The trainers switch student and segmentation net between train and eval one by
+        # one, never the whole model, so the teacher is put in eval mode here (as the
+        # official TeacherNet.forward does): its BatchNorm uses and keeps the ImageNet stats.
+        if self.teacher.training:
+            self.teacher.eval()
         with torch.no_grad():
             return [l2_normalize(f.detach()) for f in self.teacher(self.normalize(x))]
 

@@ -2,6 +2,9 @@
 
 Loss per step (DRAEM / AnoGen Eq. 3-4, 9):
     L = MSE(rec, clean) + ssim_weight * (1 - SSIM_11(rec, clean)) + focal_gamma(mask),
+with the official code's small numeric details by default: the focal loss clamps its
+one-hot target with ``focal_smooth = 1e-5`` (``losses.focal_map``), and SSIM infers its
+value range from the reconstruction (``ssim_value_range: null``; ``losses.infer_value_range``).
 with the focal term replaced by the weak box loss (``losses.weak_focal_loss``) for the
 samples the stream marks ``weak``. The discriminative input is ``rec ++ image`` and, as in
 the published code, the segmentation loss also trains the reconstructive network.
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from anogen.detectors.draem.network import DraemNet, count_parameters, init_weights
 from anogen.detectors.losses import ssim_loss, weak_focal_loss
-from anogen.devices import autocast
+from anogen.detectors.precision import detector_autocast, grad_scaler
 
 DRAEM_DEFAULTS = {
     "epochs": 700,
@@ -34,6 +37,8 @@ DRAEM_DEFAULTS = {
     "disc_base_width": 64,
     "ssim_weight": 1.0,
     "focal_gamma": 2.0,
+    "focal_smooth": 1e-5,
+    "ssim_value_range": None,
     "score_pool": 21,
 }
 
@@ -59,9 +64,13 @@ class DraemTrainer:
     name = "draem"
     log_columns = ("loss", "l2", "ssim", "focal", "weak_dropped", "lr")
 
-    def __init__(self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int):
+    def __init__(
+        self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int,
+        mixed_precision: str = "no",
+    ):
         self.cfg = {**DRAEM_DEFAULTS, **cfg}
         self.tau, self.device = float(tau), device
+        self.mixed_precision = mixed_precision
         torch.manual_seed(seed)
         self.model = DraemNet(self.cfg["recon_base_width"], self.cfg["disc_base_width"])
         init_weights(self.model)
@@ -76,7 +85,7 @@ class DraemTrainer:
         self.batch_size = int(self.cfg["batch_size"])
         self.steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
         self.total_steps = int(self.cfg["epochs"]) * self.steps_per_epoch
-        self.scaler = _grad_scaler(device)
+        self.scaler = grad_scaler(mixed_precision, device)
 
     # -- state
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -100,6 +109,7 @@ class DraemTrainer:
             "recon_base_width": int(self.cfg["recon_base_width"]),
             "disc_base_width": int(self.cfg["disc_base_width"]),
             "score_pool": int(self.cfg["score_pool"]),
+            "mixed_precision": self.mixed_precision,
         }
 
     # -- one step
@@ -113,13 +123,15 @@ class DraemTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with autocast(dev):
+        with detector_autocast(self.mixed_precision, dev):
             rec, logit = self.model(image)
         rec, logit = rec.float(), logit.float()
         l2 = F.mse_loss(rec, clean)
-        ssim = ssim_loss(rec, clean)
+        value_range = self.cfg["ssim_value_range"]
+        ssim = ssim_loss(rec, clean, value_range=None if value_range is None else float(value_range))
         focal, weight = weak_focal_loss(
-            logit, mask, self.tau, float(self.cfg["focal_gamma"]), apply=weak
+            logit, mask, self.tau, float(self.cfg["focal_gamma"]), apply=weak,
+            smooth=float(self.cfg["focal_smooth"]),
         )
         loss = l2 + float(self.cfg["ssim_weight"]) * ssim + focal
         self.optimizer.zero_grad(set_to_none=True)
@@ -135,20 +147,15 @@ class DraemTrainer:
 
 
 @torch.no_grad()
-def draem_predict(model: DraemNet, images: torch.Tensor, pool: int, device: str):
+def draem_predict(
+    model: DraemNet, images: torch.Tensor, pool: int, device: str, mixed_precision: str = "no"
+):
     model.eval()
-    with autocast(device):
+    with detector_autocast(mixed_precision, device):
         _, logit = model(images)
     p = torch.sigmoid(logit.float())
     scores = draem_scores(p, pool)
     return scores.cpu().numpy().astype(np.float64), p[:, 0].cpu().numpy().astype(np.float32)
-
-
-def _grad_scaler(device: str):
-    """Loss scaling only for fp16 autocast (GPUs without bf16); None otherwise."""
-    if device == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.amp.GradScaler("cuda")
-    return None
 
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
