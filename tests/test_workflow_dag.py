@@ -1,4 +1,4 @@
-"""The workflow as a user meets it: lint, the planned DAG for the demo and for MVTec AD,
+"""The workflow as a user meets it (lint: tests/test_style.py): the planned DAG for the demo and for MVTec AD,
 the report and the export target."""
 
 from __future__ import annotations
@@ -20,12 +20,6 @@ def _bench_tree():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_lint_is_clean(tmp_path):
-    workdir = e2e.make_workdir(tmp_path)
-    proc = e2e.run(workdir, "--lint")
-    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
 
 
 def test_demo_plans_one_embedding_and_generation_per_pair(tmp_path):
