@@ -224,7 +224,7 @@ def notes_html(rows: Iterable[Mapping[str, str]]) -> str:
     """The notes as an HTML fragment (a list), also inlined on the report's front page."""
     items = notes(rows)
     if not items:
-        return '<p class="anogen-notes">No notes: every result came from the configured models and data.</p>\n'
+        return '<p class="anogen-notes">No notes: the note column of summary.csv is empty.</p>\n'
     lines = ['<ul class="anogen-notes">']
     for text, where in items:
         shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")

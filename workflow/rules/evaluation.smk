@@ -27,7 +27,7 @@ rule evaluate_detector:
         loss_plot=report(
             f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/training_loss.png",
             caption="../report/detector_loss.rst",
-            category="Stage 3: training losses",
+            category="Stage 3, training losses",
             subcategory="{category}",
             labels={"detector": "{detector}", "variant": "{variant}"},
         ),
