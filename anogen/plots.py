@@ -90,7 +90,9 @@ def plot_loss_curves(
             ax.set_ylabel(ylabel)
             continue
         values = np.asarray(curves[name], dtype=np.float64)
-        ax.plot(steps, values, color="#9ab8e0", linewidth=0.8, label="per step")
+        # light under a moving average; dark when the run is too short to smooth
+        ax.plot(steps, values, color="#9ab8e0" if window > 1 else "#1f3f99", linewidth=0.8 if window > 1 else 1.4,
+                label="per step")
         if window > 1:
             ax.plot(steps, moving_average(values, window), color="#1f3f99", linewidth=1.6,
                     label=f"mean of {window} steps")

@@ -162,6 +162,13 @@ def test_detector_loss_plot_from_train_log(tmp_path):
 # ----------------------------------------------------------------------------- the report of a demo run
 
 
+def _result_entries(texts: str) -> dict[str, dict]:
+    """Result path -> labels, from the report's ``var results = {...}``."""
+    match = re.search(r'var results = (\{"results.*?\});?\s*\n', texts, re.S)
+    assert match, "the report holds no results table"
+    return {path: entry.get("labels") or {} for path, entry in json.loads(match.group(1)).items()}
+
+
 def _report_texts(zf: zipfile.ZipFile) -> str:
     return "\n".join(zf.read(n).decode("utf-8", "replace") for n in zf.namelist() if n.endswith((".html", ".js")))
 
@@ -175,8 +182,10 @@ def test_report_of_the_demo_run(demo_run, tmp_path):
     results = work / "results"
     with zipfile.ZipFile(work / "report.zip") as zf:
         names = zf.namelist()
-        by_suffix = lambda suffix: [n for n in names if n.endswith(suffix)]  # noqa: E731
         texts = _report_texts(zf)
+
+        def by_suffix(suffix):
+            return [n for n in names if n.endswith(suffix)]
 
         # both tables as HTML items, holding every number of the CSVs
         (table1_item,) = by_suffix("/table1.html")
@@ -198,23 +207,33 @@ def test_report_of_the_demo_run(demo_run, tmp_path):
                 assert row[metric] in summary_cells
         assert by_suffix("/comparison.png") and by_suffix("/notes.html")
 
-        # every anomaly-map example panel, each under its own label set
+        # every anomaly-map example panel (n per defect type), each under its own label set
         manifests = [json.loads(p.read_text()) for p in results.glob("evaluation/*/*/*/*/manifest.json")]
         assert len(manifests) == 3 * 2 * 2
-        expected = {(m["spec"]["category"], m["spec"]["detector"], m["spec"]["variant"], e)
-                    for m in manifests for e in m["extra"]["examples"]}
-        n_defects = sum(1 for _ in (e2e.REPO,))  # placeholder replaced below
-        del n_defects
-        per_run = {len(m["extra"]["examples"]) for m in manifests}
         n_vis = e2e.e2e_config()["evaluation"]["n_visualizations"]
-        assert min(per_run) >= 2 * n_vis  # good + at least one defect type, n each
-        example_items = [n for n in names if "/examples/" in n or re.search(r"examples/[^/]+/[^/]+\.png$", n)]
-        assert len([n for n in by_suffix(".png") if re.search(r"/[0-9]{3}\.png$", n)]) == len(expected)
-        del example_items
-        labels = re.findall(r'"labels":\s*(\{[^{}]*\})', texts)
-        label_sets = [json.loads(lbl) for lbl in labels]
-        example_labels = [tuple(sorted(d.items())) for d in label_sets if "image" in d]
-        assert len(example_labels) == len(set(example_labels)) == len(expected)
+        expected = set()
+        for m in manifests:
+            spec = m["spec"]
+            test_dir = work / e2e.e2e_config()["data_root"] / spec["category"] / "test"
+            excluded = set(m["extra"]["excluded"])
+            for defect_dir in sorted(test_dir.iterdir()):
+                available = [p for p in defect_dir.glob("*.png")
+                             if f"{spec['category']}/test/{defect_dir.name}/{p.name}" not in excluded]
+                shown = [e for e in m["extra"]["examples"] if e.split("/")[1] == defect_dir.name]
+                assert len(shown) == min(n_vis, len(available)), (spec, defect_dir.name)
+            expected |= {(spec["detector"], spec["variant"], *Path(e).with_suffix("").parts[1:])
+                         for e in m["extra"]["examples"]}
+        examples = [n for n in by_suffix(".png") if re.search(r"/[A-Za-z0-9_.-]+/[0-9]{3}\.png$", n)]
+        assert len(examples) == sum(len(m["extra"]["examples"]) for m in manifests)
+        entries = _result_entries(texts)
+        # results/evaluation/<category>/...: the category is the subcategory the labels live in
+        example_labels = [
+            (path.split("/")[2], lbl["detector"], lbl["variant"], lbl["defect"], lbl["image"])
+            for path, lbl in entries.items() if "/examples/" in path
+        ]
+        assert len(example_labels) == len(examples)
+        assert len(set(example_labels)) == len(example_labels)  # unique: every panel reachable
+        assert {lbl[1:] for lbl in example_labels} == expected
 
         # every montage, and the loss plots of every trained stage
         assert len(by_suffix("montage.png")) == 7
