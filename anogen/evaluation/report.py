@@ -237,7 +237,11 @@ def notes_html(rows: Iterable[Mapping[str, str]]) -> str:
 
 
 def plot_comparison(rows: Sequence[Mapping[str, str]], path: str | Path) -> None:
-    """Bars: baseline vs AnoGen per category (and mean), one panel per detector x metric."""
+    """Bars: baseline vs AnoGen per category (and mean); one panel per metric (rows) x detector (columns).
+
+    Each panel's y axis starts at a round value below its smallest bar (never above it), so
+    differences of a point or two between high AU-ROCs stay visible; the axis says where.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -251,16 +255,19 @@ def plot_comparison(rows: Sequence[Mapping[str, str]], path: str | Path) -> None
     colours = {"baseline": "#8c8c8c", "anogen": "#d9541e"}
     width = 0.8 / max(1, len(variants))
     x = np.arange(len(categories))
+    n_cols = max(1, len(detectors))
     fig, axes = plt.subplots(
-        max(1, len(detectors)), len(METRICS),
-        figsize=(max(12.0, 0.55 * len(categories) * len(METRICS)), 3.2 * max(1, len(detectors))),
+        len(METRICS), n_cols,
+        figsize=(max(5.0, 0.42 * len(categories) + 1.6) * n_cols, 2.4 * len(METRICS) + 0.8),
         squeeze=False,
     )
     for i, detector in enumerate(detectors):
         for j, metric in enumerate(METRICS):
-            ax = axes[i, j]
+            ax = axes[j, i]
+            shown: list[float] = []
             for k, variant in enumerate(variants):
                 values = [_num(index.get((c, detector, variant), {}).get(metric)) for c in categories]
+                shown += [v for v in values if math.isfinite(v)]
                 ax.bar(x + (k - (len(variants) - 1) / 2) * width, values, width, color=colours.get(variant),
                        label=variant)
             paper = PAPER_TABLE1.get(detector) if compare else None
@@ -268,22 +275,30 @@ def plot_comparison(rows: Sequence[Mapping[str, str]], path: str | Path) -> None
                 for k, variant in enumerate(variants):
                     value = paper.get(variant, {}).get(metric)
                     if value is not None:
+                        shown.append(value)
                         ax.plot([x[-1] + (k - (len(variants) - 1) / 2) * width], [value], marker="_",
-                                markersize=14, mew=2.5, color="black",
-                                label="paper" if k == 0 else None)
+                                markersize=14, mew=2.5, color="black", linestyle="none",
+                                label="paper (mean)" if k == 0 else None)
+            low = max(0.0, math.floor((min(shown) - 5.0) / 10.0) * 10.0) if shown else 0.0
+            ax.set_ylim(low, 100)
             ax.set_xticks(x)
-            ax.set_xticklabels(categories, rotation=60, ha="right", fontsize="small")
-            ax.set_ylim(0, 100)
+            ax.set_xticklabels(categories if j == len(METRICS) - 1 else [], rotation=60, ha="right",
+                               fontsize="small")
             ax.set_title(f"{detector}: {METRIC_LABELS[metric]}", fontsize="medium")
-            if j == 0:
+            if i == 0:
                 ax.set_ylabel("percent")
             ax.grid(True, axis="y", color="#e6e6e6", linewidth=0.6)
             ax.set_axisbelow(True)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     if handles:
         fig.legend(handles, labels, loc="upper right", ncol=len(labels), frameon=False)
     fig.suptitle("Baseline vs AnoGen per metric and category", x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
