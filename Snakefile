@@ -38,4 +38,6 @@ rule all:
         SUMMARY_CSV,
         TABLE1_CSV,
         [generation_output(c, d, "montage.png") for c, d in PLAN.pairs()],
+        # report items that no later rule reads (a missing one must still be made)
+        [evaluation_output(c, m, v, "training_loss.png") for c, m, v in PLAN.detector_runs()],
     default_target: True

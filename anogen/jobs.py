@@ -302,6 +302,7 @@ def evaluate_detector(sm, params):
     from anogen.data.mvtec import scan_category
     from anogen.detectors import load_trained_detector
     from anogen.evaluation.evaluate import evaluate_detector as run
+    from anogen.plots import plot_detector_training
 
     spec = params["spec"]
     # The support images the plan chose (the support jobs copy exactly these): see Plan.excluded_from_test.
@@ -315,10 +316,17 @@ def evaluate_detector(sm, params):
             inputs=params["inputs"], spec=spec, n_visualizations=spec["n_visualizations"],
             extra={"lease": lease.as_dict()},
         )
+    plot_detector_training(Path(sm.input.detector).parent, Path(sm.output.loss_plot))
 
 
 @job
 def summarize(sm, params):
+    from anogen.evaluation.report import write_report_items
     from anogen.evaluation.summary import summarize as run
 
     run([Path(p) for p in sm.input.metrics], Path(sm.output.summary), Path(sm.output.table1))
+    write_report_items(
+        sm.output.summary, sm.output.table1, summary_html_path=sm.output.summary_html,
+        table1_html_path=sm.output.table1_html, comparison_png=sm.output.comparison,
+        notes_html_path=sm.output.notes,
+    )

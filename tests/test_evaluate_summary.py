@@ -93,7 +93,7 @@ def _run(tmp_path, items, out="eval", **kw):
 
 def test_evaluate_detector_writes_metrics_examples_manifest(tmp_path):
     items = _make_category(tmp_path / "data")
-    result = _run(tmp_path, items)
+    result = _run(tmp_path, items, n_visualizations=2)
     out = tmp_path / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result
@@ -104,12 +104,12 @@ def test_evaluate_detector_writes_metrics_examples_manifest(tmp_path):
     assert metrics["image_auroc"] == pytest.approx(1.0)
     assert metrics["pixel_auroc"] > 0.95
 
-    examples = sorted((out / "examples").glob("*.png"))
-    assert len(examples) == 4
-    names = [p.name for p in examples]
-    assert sum("_good_" in n for n in names) == 2 and sum("_crack_" in n for n in names) == 2
+    # 2 per defect type, evenly spaced: good 000-003 -> 000, 002; crack 001-004 (000 excluded) -> 001, 003
+    examples = sorted((out / "examples").rglob("*.png"))
+    names = [p.relative_to(out / "examples").as_posix() for p in examples]
+    assert names == ["crack/001.png", "crack/003.png", "good/000.png", "good/002.png"]
     panel = np.asarray(Image.open(examples[0]))
-    assert panel.shape[1] >= 3 * 24 and panel.shape[2] == 3
+    assert panel.shape[1] >= 4 * 24 and panel.shape[2] == 3
 
     manifest = verify_manifest(out / "manifest.json")
     assert manifest["stage"] == "evaluation" and manifest["key"] == "abc123def456"
@@ -169,7 +169,21 @@ def test_visualize_panel():
     assert heat.dtype == np.uint8 and tuple(heat[0, 0]) == (0, 0, 128) and tuple(heat[-1, -1]) == (128, 0, 0)
     assert heat_colors(np.zeros((3, 3))).shape == (3, 3, 3)  # constant map: no division by zero
     panel = render_panel(np.zeros((8, 8, 3), np.uint8), np.ones((16, 16)), np.zeros((8, 8)), title="x")
-    assert panel.dtype == np.uint8 and panel.shape[1] == 3 * 8 + 8
+    assert panel.dtype == np.uint8 and panel.ndim == 3 and panel.shape[2] == 3
+
+
+def test_visualize_panel_shows_the_map_in_jet_with_a_colour_bar():
+    # left half 0, right half 1 on a shared [0, 1] scale: the map tile is dark blue left, dark red right
+    amap = np.zeros((32, 32))
+    amap[:, 16:] = 1.0
+    panel = render_panel(np.full((32, 32, 3), 128, np.uint8), amap > 0.5, amap, vmin=0.0, vmax=1.0)
+    px = panel.reshape(-1, 3).astype(int)
+    dark_blue = ((px[:, 0] < 30) & (px[:, 1] < 30) & (px[:, 2] > 100)).sum()
+    dark_red = ((px[:, 0] > 100) & (px[:, 1] < 30) & (px[:, 2] < 30)).sum()
+    assert dark_blue > 100 and dark_red > 100
+    # the colour bar runs through cyan and yellow (jet), which neither image nor mask contain
+    assert ((px[:, 0] < 60) & (px[:, 1] > 200) & (px[:, 2] > 200)).sum() > 20
+    assert ((px[:, 0] > 200) & (px[:, 1] > 200) & (px[:, 2] < 60)).sum() > 20
 
 
 # ----------------------------------------------------------------------------- summary

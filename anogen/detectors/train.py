@@ -49,6 +49,7 @@ from anogen.detectors.precision import effective_precision
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
 from anogen.errors import ConfigError, IntegrityError
+from anogen.progress import Progress
 from anogen.io import atomic_write_json, atomic_write_text, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,8 @@ def train_detector(
     csv_log = _CsvLog(out_dir / LOG_FILE, trainer.log_columns, start)
 
     t0 = time.perf_counter()
-    t_window, step_window = t0, start
+    progress = Progress(total, logger=log, what=f"{detector}/{variant} step", unit="steps", start=start,
+                        every=log_every)
     last: dict[str, float] = {}
     step = start
     try:
@@ -296,20 +298,11 @@ def train_detector(
             last = trainer.train_step(batch, step)
             step += 1
             csv_log.write({"step": step, **last, "seconds": time.perf_counter() - t0})
-            if step % log_every == 0 or step == total:
-                now = time.perf_counter()
-                rate = (step - step_window) / max(now - t_window, 1e-9)
-                eta = (total - step) / max(rate, 1e-9)
-                terms = " ".join(
-                    f"{k} {v:.4f}" for k, v in last.items()
-                    if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
-                )
-                log.info(
-                    "%s/%s step %d/%d %s lr %.3g | %.2f steps/s %.1f img/s eta %.0fs",
-                    detector, variant, step, total, terms, last["lr"], rate,
-                    rate * trainer.batch_size, eta,
-                )
-                t_window, step_window = now, step
+            terms = " ".join(
+                f"{k} {v:.4f}" for k, v in last.items()
+                if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
+            )
+            progress.update(step, f"{terms} lr {last['lr']:.3g}")
             if step % checkpoint_every == 0 and step < total:
                 csv_log.flush()
                 save_checkpoint(ckpt_path, _state(trainer, step, key))

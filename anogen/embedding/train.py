@@ -49,7 +49,8 @@ from PIL import Image
 from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from anogen.devices import autocast
 from anogen.errors import ConfigError, IntegrityError
-from anogen.io import MANIFEST_NAME, atomic_path, atomic_write_text, write_manifest
+from anogen.progress import Progress
+from anogen.io import MANIFEST_NAME, atomic_write_text, write_manifest
 
 log = logging.getLogger("anogen.embedding")
 
@@ -384,50 +385,12 @@ def write_loss_csv(path: Path, losses: Sequence[float], lr: float) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def render_loss_plot(path: Path, losses: Sequence[float], title: str = "embedding loss",
-                     size: tuple[int, int] = (640, 360)) -> None:
-    """A small line plot (raw loss light, moving average dark) drawn with PIL."""
-    from PIL import ImageDraw
+def render_loss_plot(path: Path, losses: Sequence[float], title: str = "embedding loss") -> None:
+    """The per-step loss and its moving average against the training step (matplotlib)."""
+    from anogen.plots import plot_loss_curves
 
-    w, h = size
-    left, right, top, bottom = 64, 16, 28, 36
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 8), title, fill="black")
-    x0, x1, y0, y1 = left, w - right, top, h - bottom
-    draw.rectangle([x0, y0, x1, y1], outline="black")
-    values = np.asarray(losses, dtype=np.float64)
-    values = values[np.isfinite(values)] if values.size else values
-    if values.size:
-        lo, hi = float(values.min()), float(values.max())
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5 * abs(lo) - 1e-6, hi + 0.5 * abs(hi) + 1e-6
-        n = values.size
-
-        def xy(i: int, v: float) -> tuple[float, float]:
-            x = x0 + (x1 - x0) * (i / max(n - 1, 1))
-            y = y1 - (y1 - y0) * ((v - lo) / (hi - lo))
-            return x, y
-
-        for frac in (0.25, 0.5, 0.75):  # light grid
-            gy = y1 - (y1 - y0) * frac
-            draw.line([(x0, gy), (x1, gy)], fill=(230, 230, 230))
-        if n > 1:
-            draw.line([xy(i, v) for i, v in enumerate(values)], fill=(160, 190, 230), width=1)
-            win = max(1, n // 50)
-            if win > 1:
-                smooth = np.convolve(values, np.ones(win) / win, mode="valid")
-                draw.line([xy(i + win - 1, v) for i, v in enumerate(smooth)], fill=(20, 60, 160), width=2)
-        else:
-            x, y = xy(0, values[0])
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(20, 60, 160))
-        draw.text((4, y0 - 4), f"{hi:.4g}", fill="black")
-        draw.text((4, y1 - 8), f"{lo:.4g}", fill="black")
-        draw.text((x0, y1 + 6), "1", fill="black")
-        draw.text((x1 - 40, y1 + 6), f"{n}", fill="black")
-    draw.text(((x0 + x1) // 2 - 12, y1 + 18), "step", fill="black")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    plot_loss_curves(path, np.arange(1, len(losses) + 1), {"loss": losses}, title=title,
+                     ylabel="mask-weighted noise MSE (Eq. 6)")
 
 
 # ----------------------------------------------------------------------------- the job
@@ -504,8 +467,8 @@ def learn_embedding(
         f", autocast {trainer.autocast_dtype}" if trainer.autocast_enabled else "",
     )
     kill_at = _kill_hook_step()
-    report_every = max(1, steps // 10)
     t_start = time.perf_counter()
+    progress = Progress(steps, logger=log, start=resumed_from)
     while trainer.step_count < steps:
         loss = trainer.step()
         step = trainer.step_count
@@ -513,9 +476,7 @@ def learn_embedding(
             raise FloatingPointError(f"embedding loss became {loss} at step {step}")
         if step % every == 0 or step == steps:
             save_checkpoint(ckpt_path, {**trainer.state_dict(), "key": key})
-        if step % report_every == 0 or step == steps:
-            rate = (step - resumed_from) / max(time.perf_counter() - t_start, 1e-9)
-            log.info("step %d/%d loss %.5f (%.2f steps/s)", step, steps, loss, rate)
+        progress.update(step, f"loss {loss:.5f}")
         if kill_at is not None and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     ran = trainer.step_count - resumed_from

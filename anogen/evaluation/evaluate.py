@@ -7,7 +7,8 @@ masks (brought to the evaluation resolution by ``spec["mask_resize"]``: nearest 
 by default, or the official DRAEM / DeSTSeg rules, see ``masks.py``; recorded in
 ``metrics.json`` and the manifest). Only the image scores
 and the few maps chosen for the example panels are kept. Writes ``metrics.json``,
-``examples/*.png`` and, last, ``manifest.json``.
+``examples/<defect>/<image>.png`` (``n_visualizations`` per defect type) and, last,
+``manifest.json``.
 """
 
 from __future__ import annotations
@@ -80,22 +81,18 @@ def _relpath(path: Path, data_root: Path) -> str:
     return path.as_posix()
 
 
-def _pick_examples(labels: Sequence[bool], n: int) -> list[int]:
-    """Up to ``n`` indices: half anomalous, half normal (evenly spaced), the rest filled."""
-    if n <= 0 or not labels:
+def _pick_examples(defects: Sequence[str], n: int) -> list[int]:
+    """Up to ``n`` indices per defect type (``good`` included), evenly spaced within each type."""
+    if n <= 0:
         return []
-    anom = [i for i, a in enumerate(labels) if a]
-    norm = [i for i, a in enumerate(labels) if not a]
-
-    def spaced(pool: list[int], k: int) -> list[int]:
-        k = min(k, len(pool))
-        if k <= 0:
-            return []
-        return [pool[int(j * len(pool) / k)] for j in range(k)]
-
-    n_anom = min(len(anom), n - min(len(norm), n // 2))
-    chosen = spaced(anom, n_anom) + spaced(norm, n - n_anom)
-    return sorted(set(chosen))
+    groups: dict[str, list[int]] = {}
+    for i, defect in enumerate(defects):
+        groups.setdefault(defect, []).append(i)
+    chosen = []
+    for pool in groups.values():
+        k = min(n, len(pool))
+        chosen += [pool[int(j * len(pool) / k)] for j in range(k)]
+    return sorted(chosen)
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[tuple[int, Sequence[Any]]]:
@@ -154,7 +151,7 @@ def evaluate_detector(
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     examples_dir = out_dir / "examples"
     if examples_dir.is_dir():
-        for stale in examples_dir.glob("*.png"):
+        for stale in examples_dir.rglob("*.png"):
             stale.unlink()
 
     items = []
@@ -173,7 +170,7 @@ def evaluate_detector(
         len(items), sum(labels), len(excluded), resolution,
     )
 
-    chosen = set(_pick_examples(labels, int(n_visualizations)))
+    chosen = set(_pick_examples([item.defect for _, item in items], int(n_visualizations)))
     kept: dict[int, dict[str, Any]] = {}
     accumulator = PixelMetricAccumulator(resolution, fpr_limit=fpr_limit, expected_images=len(items))
     scores = np.empty(len(items), dtype=np.float64)
@@ -231,13 +228,16 @@ def evaluate_detector(
     atomic_write_json(out_dir / "metrics.json", metrics)
 
     example_files = []
-    for n, index in enumerate(sorted(kept)):
+    for index in sorted(kept):
         entry = kept[index]
         rel = entry["rel"]
-        title = f"{rel}  score={scores[index]:.4g}"
-        panel = render_panel(entry["image"], entry["mask"], entry["map"], vmin=map_min, vmax=map_max, title=title)
         defect = items[index][1].defect
-        name = f"examples/{n:02d}_{defect}_{Path(rel).stem}.png"
+        title = (f"{spec.get('detector')} ({spec.get('variant')}) on {rel}: {defect}, "
+                 f"image score {scores[index]:.4g}")
+        panel = render_panel(entry["image"], entry["mask"], entry["map"], vmin=map_min, vmax=map_max, title=title)
+        # examples/<defect>/<image>.png: the report labels each panel by defect and image
+        # (workflow/rules/evaluation.smk), so every one of them is reachable there
+        name = f"examples/{defect}/{Path(rel).stem}.png"
         atomic_save_image(out_dir / name, panel)
         example_files.append(name)
 

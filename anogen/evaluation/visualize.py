@@ -1,14 +1,15 @@
-"""Example panels for the evaluation: image | ground truth | anomaly map (heat colours).
+"""Example panels for the evaluation: image | ground truth | anomaly map | overlay, colour bar.
 
-numpy and PIL only (no matplotlib). The heat colours are a jet-like ramp
-(dark blue -> blue -> cyan -> yellow -> red -> dark red); every panel of one evaluation
-uses the same value range so that colours are comparable between images.
+Panels are drawn with matplotlib (labelled tiles, a colour bar of the anomaly score). The heat
+colours are jet (dark blue -> blue -> cyan -> yellow -> red -> dark red; ``heat_colors`` is the
+same ramp in numpy for the overlay); every panel of one evaluation uses the same value range so
+that colours are comparable between images.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 __all__ = ["heat_colors", "overlay", "render_panel"]
 
@@ -24,8 +25,6 @@ _RAMP = np.array(
     ]
 )
 
-_GAP = 4
-_HEADER = 14
 
 
 def heat_colors(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -65,11 +64,18 @@ def render_panel(
     vmax: float | None = None,
     title: str | None = None,
 ) -> np.ndarray:
-    """Side-by-side uint8 panel: image | ground-truth mask | heat-coloured anomaly map.
+    """uint8 RGB panel: test image | ground truth | anomaly map | overlay, with a colour bar.
 
-    All three are shown at the anomaly map's size (image and mask resized if needed);
-    ``title`` (e.g. the image path and score) is written in a strip above.
+    All tiles are shown at the anomaly map's size (image and mask resized if needed);
+    ``title`` (e.g. the image path and score) is written above; the colour bar spans
+    [vmin, vmax] (the value range shared by every panel of one evaluation).
     """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
     amap = np.asarray(anomaly_map, dtype=np.float64)
     h, w = amap.shape
     img = _to_rgb(image)
@@ -78,16 +84,28 @@ def render_panel(
     m = (np.asarray(mask) > 0).astype(np.uint8) * 255
     if m.shape != (h, w):
         m = np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST))
-    gt = np.repeat(m[..., None], 3, axis=-1)
-    heat = heat_colors(amap, vmin, vmax)
+    lo = float(np.min(amap)) if vmin is None else float(vmin)
+    hi = float(np.max(amap)) if vmax is None else float(vmax)
+    if not hi > lo:
+        hi = lo + 1e-12
+    heat = heat_colors(amap, lo, hi)
 
-    top = _HEADER if title else 0
-    canvas = np.full((h + top, 3 * w + 2 * _GAP, 3), 255, dtype=np.uint8)
-    for i, part in enumerate((img, gt, heat)):
-        x0 = i * (w + _GAP)
-        canvas[top : top + h, x0 : x0 + w] = part
+    fig, axes = plt.subplots(1, 4, figsize=(9.6, 2.9), layout="constrained")
+    tiles = (("test image", img), ("ground truth", m), ("anomaly map", amap), ("overlay", overlay(img, heat)))
+    shown = None
+    for ax, (label, tile) in zip(axes, tiles):
+        if label == "anomaly map":
+            shown = ax.imshow(tile, cmap="jet", norm=Normalize(lo, hi), interpolation="nearest")
+        else:
+            ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(label, fontsize="medium")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bar = fig.colorbar(shown, ax=list(axes), fraction=0.02, pad=0.01)
+    bar.set_label("anomaly score")
     if title:
-        pil = Image.fromarray(canvas)
-        ImageDraw.Draw(pil).text((2, 1), title, fill=(0, 0, 0))
-        canvas = np.asarray(pil, dtype=np.uint8)
-    return canvas
+        fig.suptitle(title, fontsize="medium")
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba(), dtype=np.uint8)
+    plt.close(fig)
+    return np.ascontiguousarray(rgba[..., :3])

@@ -1,4 +1,5 @@
-"""One overview PNG per (category, defect): support images | normal + boxes | generated samples."""
+"""One overview PNG per (category, defect): a labelled grid of the support images, a normal
+image with its sampled boxes and the generated samples (matplotlib)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,10 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from anogen.generation.boxes import Box
 
-LABEL_H = 14
-GAP = 4
-TITLE_H = 16
 BOX_COLOUR = (255, 40, 40)
 
 
@@ -43,27 +41,59 @@ def make_montage(
     title: str = "",
     thumb: int = 128,
     max_generated: int = 8,
+    columns: int = 4,
 ) -> np.ndarray:
-    """One row of labelled thumbnails; returns uint8 HxWx3.
+    """A labelled grid; returns uint8 HxWx3.
 
-    ``boxes`` are in the pixel coordinates of ``normal_image``.
+    Row 1: the support anomalies (the few-shot real examples the embedding learned from);
+    row 2: a normal training image with its sampled boxes; rows 3+: generated samples,
+    ``columns`` per row. ``boxes`` are in the pixel coordinates of ``normal_image``; each tile
+    is ``thumb`` px (about; matplotlib lays the grid out at 100 dpi).
     """
-    tiles: list[tuple[str, Image.Image]] = []
-    for i, img in enumerate(support_images):
-        tiles.append((f"support {i + 1}", _thumb(img, thumb)))
-    thickness = max(1, round(2 * max(np.asarray(normal_image).shape[:2]) / thumb))  # ~2 px in the thumbnail
-    tiles.append(("normal + box", _thumb(outline_boxes(normal_image, boxes, thickness), thumb)))
-    for i, img in enumerate(list(generated)[:max_generated]):
-        tiles.append((f"generated {i + 1}", _thumb(img, thumb)))
+    import matplotlib
 
-    width = GAP + len(tiles) * (thumb + GAP)
-    height = TITLE_H + LABEL_H + thumb + GAP
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    draw.text((GAP, 2), title, fill=(0, 0, 0), font=font)
-    for k, (label, tile) in enumerate(tiles):
-        x = GAP + k * (thumb + GAP)
-        draw.text((x, TITLE_H), label, fill=(60, 60, 60), font=font)
-        canvas.paste(tile, (x, TITLE_H + LABEL_H))
-    return np.asarray(canvas, dtype=np.uint8)
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    support = [np.asarray(_thumb(img, thumb)) for img in support_images]
+    thickness = max(1, round(2 * max(np.asarray(normal_image).shape[:2]) / thumb))  # ~2 px in the thumbnail
+    normal = np.asarray(_thumb(outline_boxes(normal_image, boxes, thickness), thumb))
+    gen = [np.asarray(_thumb(img, thumb)) for img in list(generated)[:max_generated]]
+    columns = max(1, columns, len(support))
+    gen_rows = max(1, -(-len(gen) // columns))
+    rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = [
+        ("support (real)", [(f"support {i + 1}", t) for i, t in enumerate(support)]),
+        ("normal + box", [("sampled box", normal)]),
+    ]
+    for r in range(gen_rows):
+        chunk = gen[r * columns : (r + 1) * columns]
+        rows.append(("generated" if r == 0 else "",
+                     [(f"generated {r * columns + i + 1}", t) for i, t in enumerate(chunk)]))
+
+    tile_in = thumb / 100.0
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(columns * (tile_in + 0.15) + 0.4, len(rows) * (tile_in + 0.45) + 0.45),
+        squeeze=False,
+    )
+    for r, (row_label, tiles) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(tiles):
+                label, tile = tiles[c]
+                ax.imshow(tile, interpolation="nearest")
+                ax.set_title(label, fontsize=8)
+            else:
+                ax.axis("off")
+        if row_label:
+            axes[r, 0].set_ylabel(row_label, fontsize=8)
+    top = 1.0
+    if title:
+        fig.suptitle(title, fontsize=9, y=0.995, va="top")
+        top = 1.0 - 0.3 / fig.get_figheight()
+    fig.tight_layout(pad=0.4, h_pad=0.6, w_pad=0.3, rect=(0, 0, 1, top))
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba(), dtype=np.uint8)
+    plt.close(fig)
+    return np.ascontiguousarray(rgba[..., :3])

@@ -44,6 +44,7 @@ from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import Box, sample_boxes
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
+from anogen.progress import Progress
 from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file, write_manifest
 from anogen.keys import canonical_json
 
@@ -277,6 +278,7 @@ def generate_anomalies(
     batches = 0
     t0 = time.monotonic()
     n_done = len(done)
+    progress = Progress(total, logger=log, what="generated", unit="images", start=n_done)
     # PNG encoding and fsyncs of batch k overlap the sampling of batch k+1 (one writer
     # thread, at most one batch in flight; its errors surface at the next batch).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anogen-writer") as writer:
@@ -299,8 +301,7 @@ def generate_anomalies(
             generated += len(pending)
             n_done += len(pending)
             batches += 1
-            elapsed = time.monotonic() - t0
-            log.info("generated %d/%d images (%.3f images/s)", n_done, total, generated / max(elapsed, 1e-9))
+            progress.update(n_done)
             if kill_after and batches >= kill_after:
                 in_flight.result()
                 os.kill(os.getpid(), signal.SIGKILL)

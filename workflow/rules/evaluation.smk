@@ -10,11 +10,25 @@ rule evaluate_detector:
         manifest=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
         examples=report(
             directory(f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/examples"),
-            patterns=["{name}.png"],
+            patterns=["{defect}/{image}.png"],
             caption="../report/anomaly_maps.rst",
             category="Stage 3: anomaly maps",
             subcategory="{category}",
-            labels={"category": "{category}", "detector": "{detector}", "variant": "{variant}"},
+            labels={
+                "detector": "{detector}",
+                "variant": "{variant}",
+                "defect": "{defect}",
+                "image": "{image}",
+            },
+        ),
+        # drawn here from the detector's train_log.csv: train_detector's declared outputs are
+        # deleted before a rerun, and its log must survive one (see detectors.smk)
+        loss_plot=report(
+            f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/training_loss.png",
+            caption="../report/detector_loss.rst",
+            category="Stage 3, training losses",
+            subcategory="{category}",
+            labels={"detector": "{detector}", "variant": "{variant}"},
         ),
     params:
         spec=lambda w: as_json(PLAN.evaluation_spec(w.category, w.detector, w.variant)),
@@ -37,8 +51,43 @@ rule summarize:
     input:
         metrics=[evaluation_output(c, m, v) for c, m, v in PLAN.detector_runs()],
     output:
-        summary=report(SUMMARY_CSV, caption="../report/summary.rst", category="Summary"),
-        table1=report(TABLE1_CSV, caption="../report/table1.rst", category="Summary"),
+        summary=report(
+            SUMMARY_CSV,
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"item": "summary.csv (download)"},
+        ),
+        table1=report(
+            TABLE1_CSV,
+            caption="../report/table1.rst",
+            category="Summary",
+            labels={"item": "table1.csv (download)"},
+        ),
+        # the same numbers rendered for the report (anogen.evaluation.report)
+        table1_html=report(
+            f"{RESULTS}/report/table1.html",
+            caption="../report/table1.rst",
+            category="Summary",
+            labels={"item": "Table 1: baseline vs AnoGen"},
+        ),
+        summary_html=report(
+            f"{RESULTS}/report/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"item": "summary: every category"},
+        ),
+        comparison=report(
+            f"{RESULTS}/report/comparison.png",
+            caption="../report/comparison.rst",
+            category="Summary",
+            labels={"item": "figure: baseline vs AnoGen"},
+        ),
+        notes=report(
+            f"{RESULTS}/report/notes.html",
+            caption="../report/notes.rst",
+            category="Summary",
+            labels={"item": "notes (random models, fallbacks)"},
+        ),
     log:
         f"{LOGS}/summarize.log",
     resources:
