@@ -207,6 +207,7 @@ def learn_embedding(sm, params):
             support_items=items, model=params["model"], revision=params["revision"], spec=spec,
             out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
             mixed_precision=mixed_precision, extra={"lease": lease.as_dict()},
+            cuda_graph=bool(params.get("cuda_graph", False)),
         )
 
 
