@@ -25,7 +25,7 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
-_NOT_IN_KEYS = {"embedding": {"checkpoint_every", "cuda_graph"}, "generation": {"batch_size"}}
+_NOT_IN_KEYS = {"embedding": {"checkpoint_every", "cuda_graph"}, "generation": {"batch_size", "channels_last", "compile"}}
 
 
 @functools.lru_cache(maxsize=1)

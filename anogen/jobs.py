@@ -253,6 +253,7 @@ def generate_anomalies(sm, params):
             spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
             batch_size=params["batch_size"], device=lease.device, mixed_precision=mixed_precision,
             extra={"lease": lease.as_dict()}, support_images=support,
+            channels_last=bool(params.get("channels_last", False)), compile=bool(params.get("compile", False)),
         )
 
 
