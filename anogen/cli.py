@@ -1,4 +1,7 @@
-"""Command line: ``anogen keys`` and ``anogen gc``.
+"""Command line: ``anogen keys``, ``anogen gc`` and ``anogen estimate``.
+
+``anogen estimate`` prints the jobs, GPU-hours per stage and the wall time on N GPUs of a
+config from a measured throughput table (``anogen.estimate``).
 
 ``anogen gc`` lists the keyed artifact directories under the results folder that none of
 the given configs refers to any more (left behind by changed config values) and, with
@@ -92,6 +95,20 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from anogen import estimate as est
+
+    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    found = est.find_table(args.gpu_model, Path(args.results) if args.results else est.RESULTS_DIR)
+    if found is None:
+        print(f"anogen estimate: no throughput measurement for GPU {args.gpu_model or est.DEFAULT_GPU!r} "
+              f"under {args.results or est.RESULTS_DIR} (run bench/gpu_check.py on one)", file=sys.stderr)
+        return 1
+    estimate = est.build_jobs(config, found[1], found[0])
+    print(est.format_report(estimate, args.gpus))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--configfile", default="config/config.yaml")
     keys.add_argument("--config", nargs="*", default=[])
     keys.set_defaults(func=cmd_keys)
+    estimate = sub.add_parser("estimate", help="GPU-hours per stage and wall time on N GPUs from measured throughput")
+    estimate.add_argument("--configfile", default="config/config.yaml")
+    estimate.add_argument("--config", nargs="*", default=[])
+    estimate.add_argument("--gpus", type=int, default=1, help="GPUs to schedule the jobs on (default 1)")
+    estimate.add_argument("--gpu-model", default=None, help="GPU model of the throughput table (default H200)")
+    estimate.add_argument("--results", default=None, help="folder of throughput_*.json (default bench/results)")
+    estimate.set_defaults(func=cmd_estimate)
     args = parser.parse_args(argv)
     if getattr(args, "configfile", None) is None:
         args.configfile = ["config/config.yaml"]

@@ -30,7 +30,7 @@ TINY_MODEL_DIR = "resources/models/tiny-random-{family}"
 
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
-_NOT_IN_KEYS = {"embedding": {"checkpoint_every"}, "generation": {"batch_size"}}
+_NOT_IN_KEYS = {"embedding": {"checkpoint_every", "cuda_graph"}, "generation": {"batch_size", "channels_last", "compile"}}
 
 
 @functools.lru_cache(maxsize=1)

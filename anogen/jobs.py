@@ -224,6 +224,7 @@ def learn_embedding(sm, params):
             support_items=items, model=params["model"], revision=params["revision"], spec=spec,
             out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
             mixed_precision=mixed_precision, extra={"lease": lease.as_dict()},
+            cuda_graph=bool(params.get("cuda_graph", False)),
         )
 
 
@@ -269,6 +270,7 @@ def generate_anomalies(sm, params):
             spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
             batch_size=params["batch_size"], device=lease.device, mixed_precision=mixed_precision,
             extra={"lease": lease.as_dict()}, support_images=support,
+            channels_last=bool(params.get("channels_last", False)), compile=bool(params.get("compile", False)),
         )
 
 

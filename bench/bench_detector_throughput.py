@@ -11,8 +11,12 @@ and prints the projected training time for all 15 MVTec categories:
   DeSTSeg 1000 student steps + 4000 segmentation steps at batch 32,
 per variant (baseline, anogen: the same budget each).
 
+  - CPU sample synthesis (``TrainStream.batch`` per batch 8/16/32, baseline and anogen)
+    and the loader workers needed for 250 / 500 / 880 img/s;
+  - with --channels-last, the networks in channels_last (what train_detector uses on CUDA).
+
 Usage: python bench/bench_detector_throughput.py [--device auto|cpu|cuda] [--size 256]
-       [--steps 20] [--warmup 5] [--fp32]
+       [--steps 20] [--warmup 5] [--fp32] [--channels-last] [--synthesis-only]
 On a CPU the defaults shrink (size 64, 3 timed steps) unless given.
 """
 
@@ -81,10 +85,13 @@ def _precision(fp32: bool):
         rm.autocast, dm.autocast = saved
 
 
-def bench_draem(size, batch_size, device, warmup, steps, fp32):
+def bench_draem(size, batch_size, device, warmup, steps, fp32, channels_last=False):
     from anogen.detectors.draem.model import DraemTrainer
+    from anogen.detectors.train import to_channels_last
 
     tr = DraemTrainer({"batch_size": batch_size}, seed=0, tau=0.9, device=device, n_train=240)
+    if channels_last:
+        to_channels_last(tr)
     with _precision(fp32):
         rate = _time_steps(tr, _batch(batch_size, size, device), 0, warmup, steps, device)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
@@ -95,13 +102,16 @@ def bench_draem(size, batch_size, device, warmup, steps, fp32):
     return rate, mem
 
 
-def bench_destseg(size, batch_size, device, warmup, steps, fp32):
+def bench_destseg(size, batch_size, device, warmup, steps, fp32, channels_last=False):
     from anogen.detectors.destseg.model import DestsegTrainer
+    from anogen.detectors.train import to_channels_last
 
     tr = DestsegTrainer(
         {"batch_size": batch_size, "steps": 10**6, "student_steps": 10**5},
         seed=0, tau=0.9, device=device, n_train=240,
     )
+    if channels_last:
+        to_channels_last(tr)
     b = _batch(batch_size, size, device)
     with _precision(fp32):
         r1 = _time_steps(tr, b, 0, warmup, steps, device)
@@ -206,6 +216,44 @@ def bench_pipeline(size: int, steps: int, device: str, workers: int | None) -> N
               f"{scores.shape}, maps {maps.shape} {maps.dtype}")
 
 
+def bench_synthesis(size: int, batch_sizes=(8, 16, 32), n_batches: int = 3,
+                    targets=(250, 500, 880)) -> list[dict]:
+    """Is CPU-side sample synthesis the bottleneck? ``TrainStream.batch`` (what each loader
+    worker runs: Perlin + texture anomalies, DeSTSeg rotations, generated samples for
+    'anogen') timed in this process (CPU seconds, robust to a busy machine), and the loader
+    workers needed to feed the GPU at each target rate (images/s)."""
+    import tempfile
+
+    from anogen.detectors.data import TrainStream, load_generated_items
+    from anogen.detectors.textures import TextureSource
+
+    root = Path(tempfile.mkdtemp(prefix="bench_synth_"))
+    train, manifest = _make_pipeline_data(root, size)
+    generated = load_generated_items([manifest], train)
+    textures = TextureSource.from_config(None)
+    rows = []
+    for det in ("draem", "destseg"):
+        for variant in ("baseline", "anogen"):
+            for bs in batch_sizes:
+                stream = TrainStream(detector=det, variant=variant, image_size=size, seed=0, batch_size=bs,
+                                     train_images=train, generated=generated if variant != "baseline" else (),
+                                     textures=textures)
+                stream.batch(0)  # warm caches (texture files, permutation)
+                c0 = time.process_time()
+                for step in range(1, n_batches + 1):
+                    stream.batch(step)
+                per_batch = (time.process_time() - c0) / n_batches
+                ips = bs / per_batch
+                row = {"detector": det, "variant": variant, "batch": bs, "size": size,
+                       "cpu_s_per_batch": per_batch, "images_per_s_per_worker": ips,
+                       "workers_needed": {str(t): math.ceil(t / ips) for t in targets}}
+                rows.append(row)
+                need = ", ".join(f"{t} img/s: {math.ceil(t / ips)}" for t in targets)
+                print(f"synthesis {det:7s} {variant:8s} batch {bs:2d} @ {size}px: {per_batch * 1000:7.1f} ms CPU "
+                      f"per batch = {ips:6.1f} img/s per worker; workers needed for {need}", flush=True)
+    return rows
+
+
 def _fmt_h(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
@@ -224,7 +272,14 @@ def main() -> None:
     ap.add_argument("--pipeline-steps", type=int, default=0,
                     help="also run train_detector end to end for this many steps per detector")
     ap.add_argument("--workers", type=int, default=None, help="loader workers for --pipeline-steps")
+    ap.add_argument("--synthesis-only", action="store_true",
+                    help="only time CPU sample synthesis (TrainStream.batch) at --size and batch 8/16/32")
+    ap.add_argument("--channels-last", action="store_true", help="also time the networks in channels_last (GPU)")
     args = ap.parse_args()
+    if args.synthesis_only:
+        torch.set_num_threads(1)
+        bench_synthesis(args.size or 256)
+        return
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
@@ -257,6 +312,15 @@ def main() -> None:
         if fp32 is False:
             destseg_rates = (r1, r2)
 
+    if args.channels_last and gpu:
+        for bs in args.draem_batches:
+            rate, mem = bench_draem(size, bs, device, warmup, steps, False, channels_last=True)
+            print(f"DRAEM   channels_last  batch {bs:3d}: {rate:7.2f} steps/s {rate * bs:8.1f} img/s  peak {mem:.1f} GiB "
+                  f"({rate / draem_rate[(bs, False)]:.2f}x)")
+        r1c, r2c, mem = bench_destseg(size, args.destseg_batch, device, warmup, steps, False, channels_last=True)
+        print(f"DeSTSeg channels_last  batch {args.destseg_batch:3d}: student {r1c:7.2f} steps/s "
+              f"({r1c / destseg_rates[0]:.2f}x), segmentation {r2c:7.2f} steps/s ({r2c / destseg_rates[1]:.2f}x)")
+
     data = bench_data(size, args.data_samples)
     print(f"\ndata pipeline (one CPU process, {size} px): DRAEM {data['draem']:.1f} samples/s, "
           f"DeSTSeg {data['destseg']:.1f} samples/s")
@@ -274,6 +338,8 @@ def main() -> None:
     need = max(r1, r2) * args.destseg_batch
     print(f"  DeSTSeg batch {args.destseg_batch}: 1000 + 4000 steps per category -> {_fmt_h(per_cat)} "
           f"each, {_fmt_h(15 * per_cat)} for 15; data needs {need / data['destseg']:.1f} CPU workers")
+    print()
+    bench_synthesis(size)
     if args.pipeline_steps:
         print()
         bench_pipeline(size, args.pipeline_steps, device, args.workers)

@@ -68,7 +68,9 @@ def bench_family(family: str, args) -> dict:
     _sync(args.device)
     build_s = time.perf_counter() - t0
     if args.unet_weights == "amp":
-        prepare_for_inference(backbone, args.mixed_precision)  # what generate_anomalies does
+        prepare_for_inference(backbone, args.mixed_precision,  # what generate_anomalies does
+                              channels_last=getattr(args, "channels_last", False),
+                              compile=getattr(args, "compile", False))
     res = backbone.resolution
     with torch.no_grad():
         prompt = backbone.encode_text(backbone.tokenize(["<anomaly>"])).float()
@@ -137,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--unet-weights", choices=["amp", "fp32"], default="amp",
                    help="amp: UNet weights stored in the autocast dtype, as the generation job does; "
                         "fp32: float32 weights cast by autocast at every op")
+    p.add_argument("--channels-last", action="store_true", help="generation.channels_last")
+    p.add_argument("--compile", action="store_true", help="generation.compile (torch.compile of the UNet)")
     p.add_argument("--resolution", type=int, default=None,
                    help="default: native (256 ldm, 512 sd) at full size, 64 for tiny")
     p.add_argument("--repeats", type=int, default=1)

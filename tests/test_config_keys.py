@@ -182,7 +182,7 @@ def test_detector_budget_leaves_upstream_alone():
 def test_runtime_knobs_change_no_key():
     base = all_keys(plan(demo_raw()))
     new = all_keys(plan(deep_update(demo_raw(), {
-        "generation": {"batch_size": 3}, "embedding": {"checkpoint_every": 7},
+        "generation": {"batch_size": 3, "channels_last": True, "compile": True}, "embedding": {"checkpoint_every": 7, "cuda_graph": True},
         "detectors": {"checkpoint_every": 9}, "resources": {"gpu_slots": 2, "threads": 2}})))
     assert new == base
 

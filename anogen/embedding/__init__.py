@@ -2,9 +2,10 @@
 
 from anogen.embedding.train import (
     EmbeddingTrainer,
+    GroupedEmbeddingTrainer,
     effective_learning_rate,
     learn_embedding,
     masked_noise_loss,
 )
 
-__all__ = ["EmbeddingTrainer", "effective_learning_rate", "learn_embedding", "masked_noise_loss"]
+__all__ = ["EmbeddingTrainer", "GroupedEmbeddingTrainer", "effective_learning_rate", "learn_embedding", "masked_noise_loss"]

@@ -27,6 +27,28 @@ Per step (``EmbeddingTrainer.step``), with ``batch_size`` samples:
 All randomness comes from two CPU ``torch.Generator`` s seeded from ``spec['seed']``
 ("data": flips, templates; "noise": KL sample, eps, t), so a run is reproducible on any
 device and a resumed run continues the exact random stream.
+
+Speed paths (none changes what is computed; ``embedding.cuda_graph`` is runtime-only, not
+part of the content key):
+
+- no per-step host sync: ``step_async()`` keeps the loss on the device; ``flush_losses()``
+  copies the pending values in one transfer (``learn_embedding`` flushes at reports,
+  checkpoints and every ``SYNC_EVERY`` steps, and checks finiteness there);
+- static inputs (``static_inputs=True``, implied by ``cuda_graph``): the posterior
+  mean/std and latent masks of all (support item, orientation) pairs are stacked once on
+  the device; each step the same CPU draws as the plain path are copied into fixed device
+  buffers and gathered with ``index_select`` -- the same values, bit for bit, so the
+  plain and static paths give identical vectors and losses (tested on CPU);
+- CUDA graph (``cuda_graph=True``, CUDA with bf16 or no autocast only): after
+  ``GRAPH_WARMUP`` eager static steps, forward + backward + AdamW step are captured once
+  and replayed. AdamW then runs with ``capturable=True`` (same update rule, step count
+  kept on the device), so results match the eager path within float round-off, not bit
+  for bit; fp16 autocast (GradScaler) falls back to the eager static path;
+- ``GroupedEmbeddingTrainer``: K (category, defect) concepts on one frozen backbone in
+  one process, one forward/backward of batch K x b per step; each concept keeps its own
+  vector, AdamW state and generators, and its loss is computed on its own slice, so the
+  gradient of each vector is exactly that of training it alone (equal within float
+  round-off of the batched kernels; tested on CPU).
 """
 
 from __future__ import annotations
@@ -61,6 +83,8 @@ LOSS_PNG = "loss.png"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "state.pt"
 KILL_ENV = "ANOGEN_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process after that step
+SYNC_EVERY = 50  # steps between host syncs of the loss values (learn_embedding)
+GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured
 
 SPEC_KEYS = (
     "placeholder_token", "init_word", "steps", "batch_size", "learning_rate", "scale_lr",
@@ -185,6 +209,9 @@ class EmbeddingTrainer:
         device: str = "cpu",
         mixed_precision: str = "auto",
         n_devices: int = 1,
+        static_inputs: bool = False,
+        cuda_graph: bool = False,
+        _shared_token_id: int | None = None,
     ):
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing:
@@ -220,14 +247,21 @@ class EmbeddingTrainer:
         self.grad_scaler = (
             torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         )
+        self.cuda_graph = bool(cuda_graph) and device.startswith("cuda") and self.grad_scaler is None
+        if cuda_graph and not self.cuda_graph:
+            log.warning("embedding.cuda_graph needs CUDA without fp16 loss scaling; using the eager path")
+        self.static_inputs = bool(static_inputs) or self.cuda_graph
 
         backbone.to(device)
         backbone.freeze()
-        self.token_id = backbone.add_placeholder_token(self.token, spec["init_word"])
+        if _shared_token_id is None:
+            self.token_id = backbone.add_placeholder_token(self.token, spec["init_word"])
+        else:  # GroupedEmbeddingTrainer added the token and splices every concept's vector itself
+            self.token_id = int(_shared_token_id)
         emb = backbone.input_embeddings()
         emb.weight.requires_grad_(False)
         self.vector = torch.nn.Parameter(emb.weight[self.token_id].detach().to(device, torch.float32).clone())
-        self._hook = emb.register_forward_hook(self._splice)
+        self._hook = emb.register_forward_hook(self._splice) if _shared_token_id is None else None
 
         self.template_ids = backbone.tokenize([t.format(self.token) for t in self.templates])
         for t, ids in zip(self.templates, self.template_ids):
@@ -239,6 +273,8 @@ class EmbeddingTrainer:
                 )
 
         self._prepare_support()
+        if self.static_inputs:
+            self._prepare_static()
 
         self.optimizer = torch.optim.AdamW(
             [self.vector],
@@ -246,13 +282,37 @@ class EmbeddingTrainer:
             betas=(float(spec["adam_beta1"]), float(spec["adam_beta2"])),
             eps=float(spec["adam_epsilon"]),
             weight_decay=float(spec["weight_decay"]),
+            **({"capturable": True} if self.cuda_graph else {}),
         )
         self.generators = {
             "data": torch.Generator().manual_seed(self.seed % (1 << 63)),
             "noise": torch.Generator().manual_seed((self.seed + 1) % (1 << 63)),
         }
         self.step_count = 0
-        self.losses: list[float] = []
+        self._losses: list[float] = []
+        self._pending: list[torch.Tensor] = []
+        self._graph = None
+        self._graph_loss: torch.Tensor | None = None
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss of every step so far (syncs pending device values first)."""
+        self.flush_losses()
+        return self._losses
+
+    @losses.setter
+    def losses(self, values) -> None:
+        self._pending = []
+        self._losses = list(values)
+
+    def flush_losses(self) -> list[float]:
+        """Copy the losses still on the device to the host in one transfer; return them."""
+        if not self._pending:
+            return []
+        values = torch.stack(self._pending).cpu().tolist()
+        self._pending = []
+        self._losses.extend(values)
+        return values
 
     # ------------------------------------------------------------------ setup
     def _splice(self, module, args, output):
@@ -281,9 +341,27 @@ class EmbeddingTrainer:
                 lm = latent_mask(mask_px, tuple(mean.shape[-2:]))
                 self.masks[(i, flip)] = lm.to(self.device)
                 mask_area.append(float(lm.mean()))
+        self.flips_needed = flips
         self.latent_shape = tuple(next(iter(self.posterior.values()))[0].shape[1:])
         if self.mask_loss and min(mask_area) == 0.0:
             log.warning("a support mask is empty at latent size: that sample contributes zero loss")
+
+    def _prepare_static(self) -> None:
+        """Stack posterior mean/std and masks of all (item, orientation) pairs; fixed input buffers."""
+        n, nf = len(self.items), len(self.flips_needed)
+        order = [(i, f) for i in range(n) for f in self.flips_needed]  # row = i * nf + orientation
+        self._static_mean = torch.cat([self.posterior[k][0] for k in order])
+        self._static_std = torch.cat([self.posterior[k][1] for k in order])
+        self._static_mask = torch.cat([self.masks[k] for k in order])
+        self._template_ids_dev = self.template_ids.to(self.device)
+        b, dev = self.batch_size, self.device
+        self._buf = {
+            "rows": torch.zeros(b, dtype=torch.long, device=dev),
+            "tmpl": torch.zeros(b, dtype=torch.long, device=dev),
+            "kl": torch.zeros((b, *self.latent_shape), device=dev),
+            "noise": torch.zeros((b, *self.latent_shape), device=dev),
+            "timesteps": torch.zeros(b, dtype=torch.long, device=dev),
+        }
 
     def close(self) -> None:
         """Remove the hook and write the learned vector into the placeholder's embedding row."""
@@ -295,32 +373,62 @@ class EmbeddingTrainer:
             emb.weight[self.token_id] = self.vector.detach().to(emb.weight)
 
     # ------------------------------------------------------------------ one step
-    def sample_batch(self) -> dict[str, Any]:
-        """Draw the next batch from the explicit generators (advances them)."""
+    def _draw(self) -> dict[str, Any]:
+        """This step's random draws on the CPU, in the documented order (advances the generators)."""
         b, n = self.batch_size, len(self.items)
         g_data, g_noise = self.generators["data"], self.generators["noise"]
         idx = support_indices(self.seed, self.step_count * b, b, n)
-        flips = (torch.rand(b, generator=g_data) < self.flip_p).tolist()
+        flips = torch.rand(b, generator=g_data) < self.flip_p
         tmpl = torch.randint(len(self.templates), (b,), generator=g_data)
         kl = torch.randn((b, *self.latent_shape), generator=g_noise)
         noise = torch.randn((b, *self.latent_shape), generator=g_noise)
         timesteps = torch.randint(0, self.num_train_timesteps, (b,), generator=g_noise)
-        keys = list(zip(idx, flips))
+        return {"idx": idx, "flips": flips, "tmpl": tmpl, "kl": kl, "noise": noise, "timesteps": timesteps}
+
+    def sample_batch(self) -> dict[str, Any]:
+        """Draw the next batch from the explicit generators (advances them)."""
+        d = self._draw()
+        if self.static_inputs:
+            self._fill_static(d)
+            return self._static_batch()
+        keys = list(zip(d["idx"], d["flips"].tolist()))
         mean = torch.cat([self.posterior[k][0] for k in keys])
         std = torch.cat([self.posterior[k][1] for k in keys])
-        latents = (mean + std * kl.to(self.device)) * self.backbone.scaling_factor
+        latents = (mean + std * d["kl"].to(self.device)) * self.backbone.scaling_factor
         return {
-            "keys": keys,
             "latents": latents,
-            "noise": noise.to(self.device),
-            "timesteps": timesteps.to(self.device),
-            "input_ids": self.template_ids[tmpl],
+            "noise": d["noise"].to(self.device),
+            "timesteps": d["timesteps"].to(self.device),
+            "input_ids": self.template_ids[d["tmpl"]],
             "mask": torch.cat([self.masks[k] for k in keys]) if self.mask_loss else None,
+        }
+
+    def _fill_static(self, d: dict[str, Any]) -> None:
+        """Copy this step's draws into the fixed device buffers (the only host-to-device traffic)."""
+        orientation = d["flips"].long() if len(self.flips_needed) == 2 else torch.zeros(self.batch_size, dtype=torch.long)
+        rows = torch.tensor(d["idx"], dtype=torch.long) * len(self.flips_needed) + orientation
+        for name, value in (("rows", rows), ("tmpl", d["tmpl"]), ("kl", d["kl"]), ("noise", d["noise"]),
+                            ("timesteps", d["timesteps"])):
+            self._buf[name].copy_(value, non_blocking=True)
+
+    def _static_batch(self) -> dict[str, Any]:
+        """The batch as a function of the fixed buffers only (what a CUDA graph captures)."""
+        rows = self._buf["rows"]
+        mean = self._static_mean.index_select(0, rows)
+        std = self._static_std.index_select(0, rows)
+        return {
+            "latents": (mean + std * self._buf["kl"]) * self.backbone.scaling_factor,
+            "noise": self._buf["noise"],
+            "timesteps": self._buf["timesteps"],
+            "input_ids": self._template_ids_dev.index_select(0, self._buf["tmpl"]),
+            "mask": self._static_mask.index_select(0, rows) if self.mask_loss else None,
         }
 
     def _autocast(self):
         if not self.autocast_enabled:
             return contextlib.nullcontext()
+        if self.cuda_graph:  # a graph must not capture autocast's weight-cast cache
+            return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
         return autocast(self.device)
 
     def loss_on(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -336,8 +444,7 @@ class EmbeddingTrainer:
             pred = self.backbone.unet(noisy, t, encoder_hidden_states=text).sample
         return masked_noise_loss(target, pred, batch["mask"])
 
-    def step(self) -> float:
-        batch = self.sample_batch()
+    def _optimise(self, batch: dict[str, Any]) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_on(batch)
         if self.grad_scaler is not None:
@@ -347,10 +454,49 @@ class EmbeddingTrainer:
         else:
             loss.backward()
             self.optimizer.step()
+        return loss.detach()
+
+    def _capture_graph(self) -> None:
+        """Record forward + backward + AdamW step on the current buffers (executes nothing)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = self._optimise(self._static_batch())
+        self._graph, self._graph_loss = graph, loss
+
+    def step_async(self) -> torch.Tensor:
+        """One optimiser step; returns the loss as a device tensor (no host sync)."""
+        if not self.static_inputs:
+            loss = self._optimise(self.sample_batch())
+        else:
+            self._fill_static(self._draw())
+            if self.cuda_graph and self._graph is None and self.step_count >= self._graph_start + GRAPH_WARMUP:
+                try:
+                    self._capture_graph()
+                except RuntimeError as exc:  # pragma: no cover - GPU only
+                    log.warning("CUDA graph capture failed (%s); continuing eagerly", exc)
+                    self.cuda_graph = False
+            if self._graph is not None:
+                self._graph.replay()
+                loss = self._graph_loss.clone()
+            elif self.cuda_graph:
+                side = torch.cuda.Stream()  # eager warm-up off the default stream, as capture needs
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    loss = self._optimise(self._static_batch())
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                loss = self._optimise(self._static_batch())
         self.step_count += 1
-        value = float(loss.detach())
-        self.losses.append(value)
-        return value
+        self._pending.append(loss)
+        return loss
+
+    _graph_start = 0  # step at which this process started (warm-up counts from here)
+
+    def step(self) -> float:
+        """One optimiser step; returns the loss as a float (syncs the host)."""
+        self.step_async()
+        return self.flush_losses()[-1]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -367,14 +513,100 @@ class EmbeddingTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["token_id"]) != self.token_id or state["vector"].shape != self.vector.shape:
             raise ValueError("checkpoint belongs to a different model or token")
+        if self._graph is not None:
+            raise RuntimeError("load_state_dict after a CUDA graph was captured")
         with torch.no_grad():
             self.vector.copy_(state["vector"].to(self.vector))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.step_count = int(state["step"])
+        self._graph_start = self.step_count
         self.losses = [float(v) for v in state["losses"].tolist()]
         restore_rng(state["rng"], self.generators)
+
+
+class GroupedEmbeddingTrainer:
+    """K concepts ((category, defect) support sets) trained together on one frozen backbone.
+
+    Every concept is an ``EmbeddingTrainer`` of its own (vector, AdamW state, generators,
+    posterior cache) sharing the one placeholder token; per step their batches are
+    concatenated into one text-encoder + UNet pass of batch K x b, where one forward hook
+    splices concept k's vector into the placeholder positions of rows k*b .. k*b+b-1. The
+    loss of concept k is ``masked_noise_loss`` on its own rows; the sum is backpropagated,
+    and since no operation of either network mixes samples of a batch (GroupNorm,
+    attention and the loss are per sample) the gradient of vector k is exactly the
+    gradient of concept k's loss alone. Results equal training each concept alone up to
+    float round-off of the batched kernels. Library capability and benchmark: the DAG
+    keeps one job per (category, defect) so partial rebuilds stay per artifact.
+    """
+
+    def __init__(self, backbone, concepts: Sequence[Sequence], spec: dict, *, device: str = "cpu",
+                 mixed_precision: str = "auto", n_devices: int = 1):
+        if not concepts:
+            raise ValueError("no concept to train")
+        backbone.to(device)
+        backbone.freeze()
+        self.backbone = backbone
+        token_id = backbone.add_placeholder_token(str(spec["placeholder_token"]), spec["init_word"])
+        self.trainers = [
+            EmbeddingTrainer(backbone, items, spec, device=device, mixed_precision=mixed_precision,
+                             n_devices=n_devices, _shared_token_id=token_id)
+            for items in concepts
+        ]
+        first = self.trainers[0]
+        if first.grad_scaler is not None:
+            raise ConfigError("diffusion.mixed_precision", "grouped concepts need bf16 or fp32 (no fp16 loss scaling)")
+        self.token_id = token_id
+        self._rows: torch.Tensor | None = None
+        self._hook = backbone.input_embeddings().register_forward_hook(self._splice)
+
+    def _splice(self, module, args, output):
+        where = (args[0] == self.token_id).unsqueeze(-1)
+        return torch.where(where, self._rows.to(output.dtype), output)
+
+    def step(self) -> list[float]:
+        """One optimiser step of every concept; returns their losses."""
+        return torch.stack(self.step_async()).cpu().tolist()
+
+    def step_async(self) -> list[torch.Tensor]:
+        trainers = self.trainers
+        batches = [t.sample_batch() for t in trainers]
+        b = [bt["latents"].shape[0] for bt in batches]
+        for t in trainers:
+            t.optimizer.zero_grad(set_to_none=True)
+        self._rows = torch.cat([t.vector.expand(n, -1) for t, n in zip(trainers, b)])[:, None, :]
+        first = trainers[0]
+        cat = {k: torch.cat([bt[k] for bt in batches]) for k in ("latents", "noise", "timesteps")}
+        cat["input_ids"] = torch.cat([bt["input_ids"] for bt in batches])
+        cat["mask"] = torch.cat([bt["mask"] for bt in batches]) if first.mask_loss else None
+        latents, noise, ts = cat["latents"], cat["noise"], cat["timesteps"]
+        noisy = first.scheduler.add_noise(latents, noise, ts)
+        target = noise if first.prediction_type == "epsilon" else first.scheduler.get_velocity(latents, noise, ts)
+        with first._autocast():
+            text = self.backbone.encode_text(cat["input_ids"])
+            pred = self.backbone.unet(noisy, ts, encoder_hidden_states=text).sample
+        losses, start = [], 0
+        for n in b:
+            sl = slice(start, start + n)
+            losses.append(masked_noise_loss(target[sl], pred[sl], None if cat["mask"] is None else cat["mask"][sl]))
+            start += n
+        torch.stack(losses).sum().backward()
+        self._rows = None
+        out = []
+        for t, loss in zip(trainers, losses):
+            t.optimizer.step()
+            t.step_count += 1
+            t._pending.append(loss.detach())
+            out.append(loss.detach())
+        return out
+
+    def close(self) -> list[torch.Tensor]:
+        """Remove the hook; return every concept's learned vector (CPU). The backbone's row is untouched."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        return [t.vector.detach().cpu().clone() for t in self.trainers]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -414,6 +646,7 @@ def learn_embedding(
     mixed_precision: str = "auto",
     n_devices: int = 1,
     extra: dict | None = None,
+    cuda_graph: bool = False,
 ) -> Path:
     """Learn the anomaly embedding for one support set; return the manifest path.
 
@@ -435,7 +668,8 @@ def learn_embedding(
 
     backbone = load_backbone(model, revision, device)
     trainer = EmbeddingTrainer(
-        backbone, support_items, spec, device=device, mixed_precision=mixed_precision, n_devices=n_devices
+        backbone, support_items, spec, device=device, mixed_precision=mixed_precision, n_devices=n_devices,
+        cuda_graph=cuda_graph,
     )
     steps = int(spec["steps"])
     every = int(spec["checkpoint_every"])
@@ -469,14 +703,24 @@ def learn_embedding(
     kill_at = _kill_hook_step()
     t_start = time.perf_counter()
     progress = Progress(steps, logger=log, start=resumed_from)
+    report_every = progress.every  # progress lines show a synced loss: they are sync points too
+    loss = float("nan")
     while trainer.step_count < steps:
-        loss = trainer.step()
+        trainer.step_async()  # the loss stays on the device until the next sync point
         step = trainer.step_count
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"embedding loss became {loss} at step {step}")
-        if step % every == 0 or step == steps:
+        report = step % report_every == 0 or step == steps
+        save = step % every == 0 or step == steps
+        if report or save or step % SYNC_EVERY == 0 or (kill_at is not None and step == kill_at):
+            flushed = trainer.flush_losses()
+            bad = [v for v in flushed if not math.isfinite(v)]
+            if bad:
+                first = step - len(flushed) + 1 + next(i for i, v in enumerate(flushed) if not math.isfinite(v))
+                raise FloatingPointError(f"embedding loss became {bad[0]} at step {first}")
+            loss = flushed[-1]
+        if save:
             save_checkpoint(ckpt_path, {**trainer.state_dict(), "key": key})
-        progress.update(step, f"loss {loss:.5f}")
+        if report:
+            progress.update(step, f"loss {loss:.5f}")
         if kill_at is not None and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     ran = trainer.step_count - resumed_from
@@ -511,6 +755,7 @@ def learn_embedding(
             "resumed_from_step": resumed_from,
             "device": device,
             "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
+            "cuda_graph": trainer._graph is not None,
             **(extra or {}),
         },
     )

@@ -212,6 +212,8 @@ def generate_anomalies(
     extra: dict | None = None,
     support_images: list[np.ndarray] | tuple = (),
     backbone=None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Path:
     """Generate the (category, defect) set into ``out_dir``; return the manifest path.
 
@@ -230,7 +232,7 @@ def generate_anomalies(
     t_load = time.monotonic()
     if backbone is None:
         backbone = load_backbone(model, revision, device)
-    prepare_for_inference(backbone, mixed_precision)
+    prepare_for_inference(backbone, mixed_precision, channels_last=channels_last, compile=compile)
     res = backbone.resolution
     token, vector = load_learned_embedding(embedding_path)
     backbone.set_token_embedding(token, vector)
@@ -341,6 +343,8 @@ def generate_anomalies(
         "prompt": token,
         "device": device,
         "batch_size": batch_size,
+        "channels_last": channels_last,
+        "compile": compile,
         **(extra or {}),
     }
     log.info("wrote %d images to %s (%s images/s this run)", total, out_dir,

@@ -22,6 +22,7 @@ rule learn_embedding:
         model=PLAN.model_path,
         revision=config["diffusion"]["revision"],
         checkpoint_every=config["embedding"]["checkpoint_every"],
+        cuda_graph=config["embedding"]["cuda_graph"],
     log:
         f"{LOGS}/learn_embedding/{{category}}/{{defect}}/{{key}}.log",
     threads: THREADS

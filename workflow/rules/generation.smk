@@ -44,6 +44,8 @@ rule generate_anomalies:
         model=PLAN.model_path,
         revision=config["diffusion"]["revision"],
         batch_size=config["generation"]["batch_size"],
+        channels_last=config["generation"]["channels_last"],
+        compile=config["generation"]["compile"],
     log:
         f"{LOGS}/generate_anomalies/{{category}}/{{defect}}/{{key}}.log",
     threads: THREADS

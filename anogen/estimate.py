@@ -1,0 +1,299 @@
+"""``anogen estimate``: GPU-hours per stage and wall time on N GPUs for any config.
+
+The work of each job comes from ``Plan`` (which jobs exist) and the config (their budgets);
+the speed of a GPU comes from a measured throughput table in ``bench/results/``
+(``throughput_<gpu>.json``; ``bench/gpu_check.py`` writes one in the same format, so a new
+GPU run replaces the seeded one). Work model per job:
+
+- embedding (one per (category, defect)): ``steps`` / steps_per_s;
+- generation (one per (category, defect)): ``n_normal x boxes_per_image x images_per_box``
+  images / images_per_s, scaled linearly by DDIM steps (measured at ``steps`` of the table);
+- detector (one per (category, detector, variant)): DRAEM ``epochs x ceil(n_train / batch)
+  x batch`` images, DeSTSeg ``steps x batch`` images / images_per_s of that detector,
+  scaled by pixel count from the table's image size;
+- evaluation (one per detector run): test images / images_per_s;
+- plus the table's per-job ``overhead_s`` (model loading, warm-up) where it is measured.
+
+``n_normal``/``n_train``/test counts are counted in ``data_root`` when it exists, else the
+published MVTec AD counts below are used for MVTec category names (the demo's counts come
+from its config). Wall time: a greedy list schedule of all GPU jobs over N GPUs (longest
+ready job first), where a generation waits for its embedding, an ``anogen``/
+``generated_only`` detector for every generation of its category, and an evaluation for
+its detector. CPU-only jobs (support selection, foreground, export, summary) are not counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anogen.config import Plan
+from anogen.errors import ConfigError
+
+FORMAT = "anogen-throughput/1"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"
+DEFAULT_GPU = "H200"
+
+# category: (train/good, test/good, {defect: n_test}) -- MVTec AD's published counts
+MVTEC_AD: dict[str, tuple[int, int, dict[str, int]]] = {
+    "bottle": (209, 20, {"broken_large": 20, "broken_small": 22, "contamination": 21}),
+    "cable": (224, 58, {"bent_wire": 13, "cable_swap": 12, "combined": 11, "cut_inner_insulation": 14,
+                        "cut_outer_insulation": 10, "missing_cable": 12, "missing_wire": 10, "poke_insulation": 10}),
+    "capsule": (219, 23, {"crack": 23, "faulty_imprint": 22, "poke": 21, "scratch": 23, "squeeze": 20}),
+    "carpet": (280, 28, {"color": 19, "cut": 17, "hole": 17, "metal_contamination": 17, "thread": 19}),
+    "grid": (264, 21, {"bent": 12, "broken": 12, "glue": 11, "metal_contamination": 11, "thread": 11}),
+    "hazelnut": (391, 40, {"crack": 18, "cut": 17, "hole": 18, "print": 17}),
+    "leather": (245, 32, {"color": 19, "cut": 19, "fold": 17, "glue": 19, "poke": 18}),
+    "metal_nut": (220, 22, {"bent": 25, "color": 22, "flip": 23, "scratch": 23}),
+    "pill": (267, 26, {"color": 25, "combined": 17, "contamination": 21, "crack": 26, "faulty_imprint": 19,
+                       "pill_type": 9, "scratch": 24}),
+    "screw": (320, 41, {"manipulated_front": 24, "scratch_head": 24, "scratch_neck": 25, "thread_side": 23,
+                        "thread_top": 23}),
+    "tile": (230, 33, {"crack": 17, "glue_strip": 18, "gray_stroke": 16, "oil": 18, "rough": 15}),
+    "toothbrush": (60, 12, {"defective": 30}),
+    "transistor": (213, 60, {"bent_lead": 10, "cut_lead": 10, "damaged_case": 10, "misplaced": 10}),
+    "wood": (247, 19, {"color": 8, "combined": 11, "hole": 10, "liquid": 10, "scratch": 21}),
+    "zipper": (240, 32, {"broken_teeth": 19, "combined": 16, "fabric_border": 17, "fabric_interior": 16,
+                         "rough": 17, "split_teeth": 18, "squeezed_teeth": 16}),
+}
+
+STAGES = ("embedding", "generation", "detector", "evaluation")
+
+
+# ----------------------------------------------------------------------------- throughput tables
+
+
+def _slug(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def list_tables(results_dir: Path = RESULTS_DIR) -> list[tuple[Path, dict]]:
+    out = []
+    for path in sorted(glob.glob(str(Path(results_dir) / "throughput_*.json"))):
+        try:
+            table = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if table.get("format") == FORMAT and table.get("device") != "cpu":
+            out.append((Path(path), table))
+    return out
+
+
+def find_table(gpu_model: str | None = None, results_dir: Path = RESULTS_DIR) -> tuple[Path, dict] | None:
+    """The newest table whose ``gpu_model`` contains ``gpu_model`` (case and punctuation ignored)."""
+    want = _slug(gpu_model or DEFAULT_GPU)
+    hits = [(p, t) for p, t in list_tables(results_dir) if want in _slug(str(t.get("gpu_model", "")))]
+    if not hits:
+        return None
+    return max(hits, key=lambda pt: (str(pt[1].get("date", "")), str(pt[0])))
+
+
+def _rate(table: dict, stage: str) -> dict:
+    entry = table.get("stages", {}).get(stage)
+    if not entry or not entry.get("value"):
+        raise KeyError(stage)
+    return entry
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+@dataclass
+class Counts:
+    n_train: dict[str, int]
+    n_test: dict[str, int]
+    source: str
+
+
+def _plan_for(config: dict) -> tuple[Plan, str]:
+    """A Plan; when data_root is missing, the published MVTec AD layout stands in for it."""
+    plan = Plan(config)
+    if plan.is_demo or Path(config["data_root"]).is_dir():
+        return plan, "counted in " + ("the demo config" if plan.is_demo else config["data_root"])
+    layout = {c: {"defects": list(d), "texture": False} for c, (_, _, d) in MVTEC_AD.items()}
+    return Plan(config, layout=layout), f"published MVTec AD counts ({config['data_root']} does not exist)"
+
+
+def count_images(plan: Plan, source: str) -> Counts:
+    cfg = plan.config
+    n_train, n_test = {}, {}
+    for c in plan.categories:
+        if plan.is_demo:
+            d = cfg["demo"]
+            n_train[c] = int(d["n_train_good"])
+            n_test[c] = int(d["n_test_good"]) + int(d["n_test_per_defect"]) * len(plan.defects(c))
+        elif source.startswith("counted"):
+            from anogen.data.mvtec import scan_category
+
+            scan = scan_category(cfg["data_root"], c, defects=())
+            n_train[c] = len(scan.train_good)
+            root = Path(cfg["data_root"]) / c / "test"
+            n_test[c] = sum(1 for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+        else:
+            if c not in MVTEC_AD:
+                raise ConfigError("categories", f"{c!r} is not an MVTec AD category and {cfg['data_root']!r} does not exist")
+            tr, good, defects = MVTEC_AD[c]
+            n_train[c] = tr
+            n_test[c] = good + sum(defects.values())
+    return Counts(n_train, n_test, source)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+@dataclass
+class Job:
+    name: str
+    stage: str
+    seconds: float
+    deps: tuple[str, ...] = ()
+    work: float = 0.0
+    unit: str = ""
+
+
+@dataclass
+class Estimate:
+    jobs: list[Job]
+    table_path: Path
+    table: dict
+    counts: Counts
+    notes: list[str] = field(default_factory=list)
+
+    def stage_hours(self) -> dict[str, float]:
+        out = {s: 0.0 for s in STAGES}
+        for j in self.jobs:
+            out[j.stage] += j.seconds / 3600
+        return out
+
+    def stage_jobs(self) -> dict[str, int]:
+        out = {s: 0 for s in STAGES}
+        for j in self.jobs:
+            out[j.stage] += 1
+        return out
+
+
+def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
+    plan, source = _plan_for(config)
+    counts = count_images(plan, source)
+    notes: list[str] = []
+    gen_cfg, emb_cfg, det_cfg = config["generation"], config["embedding"], config["detectors"]
+    jobs: list[Job] = []
+
+    def overhead(entry: dict) -> float:
+        return float(entry.get("overhead_s") or 0.0)
+
+    emb = _rate(table, "embedding")
+    if int(emb_cfg["batch_size"]) != int(emb.get("batch_size", emb_cfg["batch_size"])):
+        notes.append(f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
+                     "(steps/s used unscaled)")
+    gen = _rate(table, "generation")
+    gen_steps = int(gen.get("steps") or gen_cfg["steps"])
+    gen_ips = float(gen["value"]) * gen_steps / int(gen_cfg["steps"])
+    for c, d in plan.pairs():
+        e_name, g_name = f"embedding/{c}/{d}", f"generation/{c}/{d}"
+        steps = int(emb_cfg["steps"])
+        jobs.append(Job(e_name, "embedding", steps / float(emb["value"]) + overhead(emb), work=steps, unit="steps"))
+        n_normal = counts.n_train[c]
+        if gen_cfg["max_normal_images"]:
+            n_normal = min(n_normal, int(gen_cfg["max_normal_images"]))
+        images = n_normal * int(gen_cfg["boxes_per_image"]) * int(gen_cfg["images_per_box"])
+        jobs.append(Job(g_name, "generation", images / gen_ips + overhead(gen), (e_name,), images, "images"))
+
+    evaluation = table.get("stages", {}).get("evaluation") or {}
+    if not evaluation.get("value"):
+        notes.append("evaluation not measured for this GPU: counted as 0 h")
+    size = int(det_cfg["image_size"])
+    for c, m, v in plan.detector_runs():
+        entry = _rate(table, f"detector_{m}")
+        ref = int(entry.get("image_size") or size)
+        ips = float(entry["value"]) * (ref / size) ** 2
+        if ref != size:
+            notes.append(f"{m}: measured at {ref} px, scaled by pixel count to {size} px")
+        section = det_cfg[m]
+        bs = int(section["batch_size"])
+        if m == "draem":
+            images = int(section["epochs"]) * math.ceil(counts.n_train[c] / bs) * bs
+        else:
+            images = int(section["steps"]) * bs
+        deps = () if v == "baseline" else tuple(f"generation/{c}/{d}" for d in plan.defects(c))
+        d_name = f"detector/{c}/{m}/{v}"
+        jobs.append(Job(d_name, "detector", images / ips + overhead(entry), deps, images, "images"))
+        n_test = counts.n_test[c]
+        secs = n_test / float(evaluation["value"]) + overhead(evaluation) if evaluation.get("value") else 0.0
+        jobs.append(Job(f"evaluation/{c}/{m}/{v}", "evaluation", secs, (d_name,), n_test, "images"))
+    return Estimate(jobs, table_path, table, counts, sorted(set(notes)))
+
+
+def list_schedule(jobs: list[Job], n_gpus: int) -> float:
+    """Makespan (s) of a greedy list schedule: whenever a GPU is free, it takes the longest
+    job whose dependencies have finished; if none is ready it waits for the next one."""
+    if n_gpus < 1:
+        raise ValueError("n_gpus must be >= 1")
+    by_name = {j.name: j for j in jobs}
+    finish: dict[str, float] = {}
+    remaining = {j.name for j in jobs}
+    gpus = [0.0] * n_gpus
+    heapq.heapify(gpus)
+    while remaining:
+        t = heapq.heappop(gpus)
+        ready, later = [], []
+        for name in remaining:
+            deps = [d for d in by_name[name].deps if d in by_name]
+            if all(d in finish for d in deps):
+                at = max((finish[d] for d in deps), default=0.0)
+                (ready if at <= t else later).append((name, at))
+        if not ready:
+            heapq.heappush(gpus, min(at for _, at in later))  # idle until the next job is ready
+            continue
+        name = max(ready, key=lambda na: (by_name[na[0]].seconds, na[0]))[0]
+        finish[name] = t + by_name[name].seconds
+        remaining.discard(name)
+        heapq.heappush(gpus, finish[name])
+    return max(finish.values(), default=0.0)
+
+
+def estimate(config: dict, n_gpus: int = 1, gpu_model: str | None = None,
+             results_dir: Path = RESULTS_DIR) -> Estimate | None:
+    found = find_table(gpu_model, results_dir)
+    if found is None:
+        return None
+    return build_jobs(config, found[1], found[0])
+
+
+def format_report(est: Estimate, n_gpus: int) -> str:
+    t = est.table
+    lines = [
+        f"throughput: {est.table_path.name} -- {t.get('gpu_model')} ({t.get('source', 'measured')}, {t.get('date', '?')})",
+        f"image counts: {est.counts.source}",
+        "",
+        f"{'stage':<11} {'jobs':>5} {'work':>14} {'rate (measured)':>28} {'GPU-hours':>10}",
+    ]
+    hours, njobs = est.stage_hours(), est.stage_jobs()
+    for stage in STAGES:
+        sj = [j for j in est.jobs if j.stage == stage]
+        work = sum(j.work for j in sj)
+        unit = sj[0].unit if sj else ""
+        keys = ["embedding"] if stage == "embedding" else ["generation"] if stage == "generation" else (
+            ["detector_draem", "detector_destseg"] if stage == "detector" else ["evaluation"])
+        rates = []
+        for k in keys:
+            e = t.get("stages", {}).get(k) or {}
+            if e.get("value"):
+                rates.append(f"{e['value']:g} {e.get('unit', '')}".strip())
+        lines.append(f"{stage:<11} {njobs[stage]:>5} {work:>10.0f} {unit:<3} {', '.join(rates) or 'n/a':>28} "
+                     f"{hours[stage]:>10.2f}")
+    total = sum(hours.values())
+    wall = list_schedule(est.jobs, n_gpus) / 3600
+    lines += [
+        f"{'total':<11} {len(est.jobs):>5} {'':>14} {'':>28} {total:>10.2f}",
+        "",
+        f"wall time on {n_gpus} GPU{'s' if n_gpus != 1 else ''}: {wall:.2f} h "
+        f"(greedy list schedule, longest ready job first; lower bound {total / n_gpus:.2f} h)",
+    ]
+    lines += [f"note: {n}" for n in est.notes]
+    return "\n".join(lines)
