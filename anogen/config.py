@@ -252,10 +252,17 @@ class Plan:
     def excluded_from_test(self, category: str) -> tuple[str, ...]:
         """Root-relative paths of the support images the evaluation leaves out (sorted)."""
         if not self.config["support"]["exclude_from_test"]:
-            return []
+            return ()
         return tuple(sorted(
-            f"{category}/test/{d}/{name}" for d in self.defects(category) for name in self.support_files(category, d) or ()
+            self._test_relpath(category, d, name)
+            for d in self.defects(category) for name in self.support_files(category, d) or ()
         ))
+
+    def _test_relpath(self, category: str, defect: str, name: str) -> str:
+        """Data-root-relative POSIX path of a test image, as evaluation items name it."""
+        if self.is_demo:
+            return f"{category}/test/{defect}/{name}"  # the demo is MVTec-layout
+        return self._category_files(category).relpath(defect, name)
 
     @functools.lru_cache(maxsize=None)
     def _data_fingerprint(self, category: str, role: str, defect: str | None = None) -> str:
@@ -284,7 +291,7 @@ class Plan:
         paths = []
         for defect_name, images in sorted(files.test.items()):
             for image in images:
-                if f"{category}/test/{defect_name}/{image.name}" in excluded:
+                if files.relpath(defect_name, image.name) in excluded:
                     continue
                 paths.append(image)
                 mask = files.mask_of(defect_name, image)

@@ -41,6 +41,13 @@ class CategoryFiles:
     def mask_of(self, defect: str, image: Path) -> Path | None:
         return self.masks.get(defect, {}).get(image.stem)
 
+    def relpath(self, defect: str, name: str) -> str:
+        """Root-relative POSIX path of the test image ``name`` of ``defect`` (as listed)."""
+        for path in self.test.get(defect, ()):
+            if path.name == name:
+                return Path(os.path.relpath(path, self.root)).as_posix()
+        raise KeyError(f"{defect}/{name}")
+
 
 def _files(folder: Path) -> tuple[Path, ...]:
     """Sorted non-hidden files of ``folder`` (empty when it does not exist)."""
