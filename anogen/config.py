@@ -26,6 +26,9 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
 _NOT_IN_KEYS = {"embedding": {"checkpoint_every"}, "generation": {"batch_size"}}
+# Selectors, not values: they decide which artifact a defect gets and reach the keys through
+# the per-defect fields they resolve to (an embedding's source sha256, a template's sha256).
+_SELECTORS = {"embedding": {"source"}, "generation": {"templates", "template_containment"}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,6 +107,16 @@ def _check_semantics(config: dict) -> None:
         raise ConfigError(
             "detectors.destseg.student_steps",
             f"{ds['student_steps']} must be smaller than detectors.destseg.steps ({ds['steps']})",
+        )
+    if config["embedding"]["source"] == "authors" and not config["authors_repo"]:
+        raise ConfigError("embedding.source", "'authors' imports the published embeddings: set authors_repo to a clone of github.com/gaobb/AnoGen")
+    det = config["detectors"]
+    if det["require_texture_source"] and not det["texture_source"]:
+        raise ConfigError(
+            "detectors.texture_source",
+            "this configuration requires a DTD-style texture folder (detectors.require_texture_source "
+            "is true, as in the authors' protocol); set detectors.texture_source to a copy of DTD "
+            "(https://www.robots.ox.ac.uk/~vgg/data/dtd/, its images/ folder)",
         )
     tiny = config["diffusion"]["tiny"]
     if tiny.get("family") and "://" in config["diffusion"]["model"]:
@@ -197,6 +210,66 @@ class Plan:
         opts = self.config["category_options"].get(category)
         return opts["foreground_template"] if opts else None
 
+    # ------------------------------------------------------------------ explicit and published inputs
+    @functools.cached_property
+    def authors_repo(self) -> Path | None:
+        repo = self.config.get("authors_repo")
+        if not repo:
+            return None
+        from anogen.authors import check_authors_repo
+
+        return check_authors_repo(repo)
+
+    def support_files(self, category: str, defect: str) -> list[str] | None:
+        """The named support files of (category, defect): support.files, else the authors' set, else None (seeded)."""
+        listed = (self.config["support"].get("files") or {}).get(category, {}).get(defect)
+        if listed:
+            return list(listed)
+        if self.authors_repo is not None:
+            from anogen.authors import published_support_files
+
+            return published_support_files(self.authors_repo, category, defect)
+        return None
+
+    def support_origin(self, category: str, defect: str) -> str:
+        """Where the named support files come from, for error messages (not part of any key)."""
+        if (self.config["support"].get("files") or {}).get(category, {}).get(defect):
+            return f"support.files.{category}.{defect}"
+        if self.authors_repo is not None:
+            from anogen.authors import published_support_dir
+
+            return f"the authors' published support set {published_support_dir(self.authors_repo, category, defect)}"
+        return "support.seed"
+
+    def box_template(self, category: str, defect: str) -> Path | None:
+        """The per-defect box template: generation.templates, else the authors' mask.png, else None."""
+        listed = self.config["generation"]["templates"].get(category, {}).get(defect)
+        if listed:
+            path = Path(listed)
+            if not path.is_file():
+                raise ConfigError(f"generation.templates.{category}.{defect}", f"{listed!r} is not a file")
+            return path
+        if self.authors_repo is not None:
+            from anogen.authors import published_template
+
+            return published_template(self.authors_repo, category, defect)
+        return None
+
+    def embedding_source(self, category: str, defect: str) -> Path | None:
+        """The authors' embeddings.pt to import for (category, defect); None when embeddings are learned."""
+        if self.config["embedding"]["source"] != "authors":
+            return None
+        from anogen.authors import published_embedding
+
+        path = published_embedding(self.authors_repo, category, defect)
+        if not path.is_file():
+            raise ConfigError(
+                "embedding.source",
+                f"'authors' but {path} does not exist (the authors published no embedding for "
+                f"{category}/{defect}); leave this defect out (defects:) or learn it (embedding.source: learn)",
+            )
+        return path
+
     def box(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
         box = gen["box_ranges"].get(category, {}).get(defect, gen["default_box"])
@@ -217,6 +290,10 @@ class Plan:
 
     def support_spec(self, category: str, defect: str) -> dict:
         s = self.config["support"]
+        files = self.support_files(category, defect)
+        if files is not None:
+            # Named files: shots and seed do not apply; the names (their order included) do.
+            return {"category": category, "defect": defect, "files": files}
         return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"]}
 
     def foreground_spec(self, category: str) -> dict:
@@ -229,14 +306,31 @@ class Plan:
         }
 
     def embedding_spec(self, category: str, defect: str) -> dict:
-        spec = _without(self.config["embedding"], _NOT_IN_KEYS["embedding"])
+        from anogen.io import sha256_file_cached
+
+        source = self.embedding_source(category, defect)
+        if source is not None:
+            # An imported vector depends on the published file and the token it is stored under.
+            return {
+                "source": "authors", "category": category, "defect": defect,
+                "placeholder_token": self.config["embedding"]["placeholder_token"],
+                "sha256": sha256_file_cached(source),
+            }
+        spec = _without(self.config["embedding"], _NOT_IN_KEYS["embedding"] | _SELECTORS["embedding"])
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
         return spec
 
     def generation_spec(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
-        spec = _without(gen, {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"]})
+        spec = _without(gen, {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"],
+                              *_SELECTORS["generation"]})
         spec.update(category=category, defect=defect, box=self.box(category, defect), texture=self.texture(category))
+        template = self.box_template(category, defect)
+        if template is not None:
+            from anogen.io import sha256_file_cached
+
+            # The template's content, not its path: moving the clone reruns nothing.
+            spec["template"] = {"sha256": sha256_file_cached(template), "containment": gen["template_containment"]}
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
         return spec
 
@@ -277,14 +371,15 @@ class Plan:
         return {"dataset": self.dataset_key}
 
     def embedding_inputs(self, category, defect) -> dict:
+        if self.embedding_source(category, defect) is not None:
+            return {}  # imported: neither the support set nor the diffusion model is read
         return {"support": self.support_key(category, defect), "model": self.model_key}
 
     def generation_inputs(self, category, defect) -> dict:
-        return {
-            "embedding": self.embedding_key(category, defect),
-            "foreground": self.foreground_key(category),
-            "model": self.model_key,
-        }
+        inputs = {"embedding": self.embedding_key(category, defect), "model": self.model_key}
+        if self.box_template(category, defect) is None:
+            inputs["foreground"] = self.foreground_key(category)  # a template replaces the foreground
+        return inputs
 
     def detector_inputs(self, category, detector, variant) -> dict:
         inputs = {"dataset": self.dataset_key}

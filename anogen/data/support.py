@@ -10,6 +10,11 @@ copies of the sources) and ``manifest.json``, written last. ``manifest.extra.ite
 per shot, the copied files and their sources relative to the data root
 (``bottle/test/broken_large/000.png``); ``excluded_test_images`` collects the latter so the
 evaluation can drop support images from the test set.
+
+A support set can instead be *named*: ``files`` (from ``support.files`` or the authors'
+published folders, see ``anogen.authors``) lists image file names in
+``<category>/test/<defect>/``; the set is exactly those files, in that order
+(``select_listed``), and a name missing from the data set stops the job with that file named.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from anogen.data.mvtec import (
 __all__ = [
     "support_rng_seed",
     "select_support",
+    "select_listed",
     "build_support_set",
     "read_support_set",
     "support_items",
@@ -74,6 +80,29 @@ def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> 
     return [items[i] for i in chosen]
 
 
+def select_listed(index: CategoryIndex, defect: str, files: list[str], origin: str = "support.files") -> list[TestItem]:
+    """The anomalous test items of ``defect`` named by ``files``, in that order.
+
+    ``origin`` says where the list came from, for the error naming a file the data set lacks.
+    """
+    if not files:
+        raise ValueError("an explicit support list needs at least one file name")
+    if len(set(files)) != len(files):
+        raise DataError(index.root / index.category / "test" / defect, f"{origin} names a file twice: {list(files)}")
+    by_name = {item.path.name: item for item in index.defect_items(defect)}
+    chosen = []
+    for name in files:
+        if name not in by_name:
+            raise DataError(
+                index.root / index.category / "test" / defect / name,
+                f"is named by {origin} for {index.category}/{defect} but is not an image of this "
+                f"data set's test/{defect}/ folder (it has {len(by_name)} image(s)); use the original "
+                "MVTec AD file names, or remove the entry",
+            )
+        chosen.append(by_name[name])
+    return chosen
+
+
 def _copy(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -91,13 +120,18 @@ def build_support_set(
     category: str,
     defect: str,
     *,
-    shots: int,
-    seed: int,
+    shots: int | None = None,
+    seed: int | None = None,
     out_dir: str | Path,
     key: str,
     inputs: dict[str, str] | None = None,
+    files: list[str] | None = None,
+    origin: str = "support.files",
 ) -> Path:
     """Select, copy and verify the support set; write ``out_dir/manifest.json`` last. Returns its path.
+
+    ``files`` names the set (``shots``/``seed`` are then unused); otherwise ``shots`` images
+    are chosen with ``seed``. The manifest's spec is the one the Plan keys the set with.
 
     Any previous ``manifest.json``, ``images/`` and ``masks/`` in ``out_dir`` are removed
     first; on error they stay removed, so no manifest.json is left behind.
@@ -107,9 +141,18 @@ def build_support_set(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     try:
-        index = scan_category(root, category, defects=[defect], min_shots=shots)
-        chosen = select_support(index, defect, shots, seed)
-        files: list[str] = []
+        if files is not None:
+            files = list(files)
+            index = scan_category(root, category, defects=[defect])
+            chosen = select_listed(index, defect, files, origin)
+            spec = {"category": category, "defect": defect, "files": files}
+        else:
+            if shots is None or seed is None:
+                raise ValueError("shots and seed are needed when no files are listed")
+            index = scan_category(root, category, defects=[defect], min_shots=shots)
+            chosen = select_support(index, defect, shots, seed)
+            spec = {"category": category, "defect": defect, "shots": shots, "seed": seed}
+        copied: list[str] = []
         records: list[dict[str, str]] = []
         for i, item in enumerate(chosen):
             assert item.mask is not None  # scan_category guarantees a mask for anomalies
@@ -129,7 +172,7 @@ def build_support_set(
                 )
             if not mask.any():
                 raise DataError(item.mask, "mask is empty (all zero) for an anomalous image")
-            files += [image_rel, mask_rel]
+            copied += [image_rel, mask_rel]
             records.append(
                 {
                     "image": image_rel,
@@ -142,10 +185,11 @@ def build_support_set(
             out_dir,
             stage=STAGE,
             key=key,
-            spec={"category": category, "defect": defect, "shots": shots, "seed": seed},
+            spec=spec,
             inputs=inputs,
-            files=files,
-            extra={"items": records, "grayscale": index.grayscale},
+            files=copied,
+            extra={"items": records, "grayscale": index.grayscale,
+                   "selection": "listed" if files is not None else "seeded"},
         )
     except BaseException:
         _clear(out_dir)
