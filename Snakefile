@@ -41,3 +41,40 @@ rule all:
         # report items that no later rule reads (a missing one must still be made)
         [evaluation_output(c, m, v, "training_loss.png") for c, m, v in PLAN.detector_runs()],
     default_target: True
+
+
+# ---------------------------------------------------------------------------- stage targets
+# `snakemake support embeddings` (or generated, detectors, evaluation) runs the named stages of
+# every planned (category, defect) and what they need, nothing downstream of them.
+
+
+rule support:
+    input:
+        [support_output(c, d) for c, d in PLAN.pairs()],
+    localrule: True
+
+
+rule embeddings:
+    input:
+        [embedding_output(c, d, name) for c, d in PLAN.pairs() for name in ("manifest.json", "learned_embeds.safetensors")],
+    localrule: True
+
+
+rule generated:
+    input:
+        [generation_output(c, d, name) for c, d in PLAN.pairs() for name in ("manifest.json", "montage.png")],
+    localrule: True
+
+
+rule detectors:
+    input:
+        [detector_output(c, m, v) for c, m, v in PLAN.detector_runs()],
+    localrule: True
+
+
+rule evaluation:
+    input:
+        [evaluation_output(c, m, v) for c, m, v in PLAN.detector_runs()],
+        SUMMARY_CSV,
+        TABLE1_CSV,
+    localrule: True

@@ -31,6 +31,9 @@ TINY_MODEL_DIR = "resources/models/tiny-random-{family}"
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
 _NOT_IN_KEYS = {"embedding": {"checkpoint_every", "cuda_graph"}, "generation": {"batch_size", "channels_last", "compile"}}
+# Selectors, not values: they decide which artifact a defect gets and reach the keys through
+# the per-defect fields they resolve to (an embedding's source sha256, a template's sha256).
+_SELECTORS = {"embedding": {"source"}, "generation": {"templates", "template_containment"}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,6 +119,16 @@ def _check_semantics(config: dict) -> None:
     model = config["diffusion"]["model"]
     if model.startswith("tiny:") and model[len("tiny:"):] not in TINY_FAMILIES:
         raise ConfigError("diffusion.model", f"{model!r}: a tiny random model is 'tiny:ldm' or 'tiny:sd'")
+    if config["embedding"]["source"] == "authors" and not config["authors_repo"]:
+        raise ConfigError("embedding.source", "'authors' imports the published embeddings: set authors_repo to a clone of github.com/gaobb/AnoGen")
+    det = config["detectors"]
+    if det["require_texture_source"] and not det["texture_source"]:
+        raise ConfigError(
+            "detectors.texture_source",
+            "this configuration requires a DTD-style texture folder (detectors.require_texture_source "
+            "is true, as in the authors' protocol); set detectors.texture_source to a copy of DTD "
+            "(https://www.robots.ox.ac.uk/~vgg/data/dtd/, its images/ folder)",
+        )
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:
@@ -205,6 +218,67 @@ class Plan:
         opts = self.config["category_options"].get(category)
         return opts["foreground_template"] if opts else None
 
+    # ------------------------------------------------------------------ explicit and published inputs
+    @functools.cached_property
+    def authors_repo(self) -> Path | None:
+        repo = self.config.get("authors_repo")
+        if not repo:
+            return None
+        from anogen.authors import check_authors_repo
+
+        return check_authors_repo(repo)
+
+    def named_support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
+        """The named support files of (category, defect): support.files, else the authors' set, else None (seeded)."""
+        listed = (self.config["support"].get("files") or {}).get(category, {}).get(defect)
+        if listed:
+            return tuple(listed)
+        if self.authors_repo is not None:
+            from anogen.authors import published_support_files
+
+            published = published_support_files(self.authors_repo, category, defect)
+            return None if published is None else tuple(published)
+        return None
+
+    def support_origin(self, category: str, defect: str) -> str:
+        """Where the named support files come from, for error messages (not part of any key)."""
+        if (self.config["support"].get("files") or {}).get(category, {}).get(defect):
+            return f"support.files.{category}.{defect}"
+        if self.authors_repo is not None:
+            from anogen.authors import published_support_dir
+
+            return f"the authors' published support set {published_support_dir(self.authors_repo, category, defect)}"
+        return "support.seed"
+
+    def box_template(self, category: str, defect: str) -> Path | None:
+        """The per-defect box template: generation.templates, else the authors' mask.png, else None."""
+        listed = self.config["generation"]["templates"].get(category, {}).get(defect)
+        if listed:
+            path = Path(listed)
+            if not path.is_file():
+                raise ConfigError(f"generation.templates.{category}.{defect}", f"{listed!r} is not a file")
+            return path
+        if self.authors_repo is not None:
+            from anogen.authors import published_template
+
+            return published_template(self.authors_repo, category, defect)
+        return None
+
+    def embedding_source(self, category: str, defect: str) -> Path | None:
+        """The authors' embeddings.pt to import for (category, defect); None when embeddings are learned."""
+        if self.config["embedding"]["source"] != "authors":
+            return None
+        from anogen.authors import published_embedding
+
+        path = published_embedding(self.authors_repo, category, defect)
+        if not path.is_file():
+            raise ConfigError(
+                "embedding.source",
+                f"'authors' but {path} does not exist (the authors published no embedding for "
+                f"{category}/{defect}); leave this defect out (defects:) or learn it (embedding.source: learn)",
+            )
+        return path
+
     def box(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
         box = gen["box_ranges"].get(category, {}).get(defect, gen["default_box"])
@@ -238,10 +312,14 @@ class Plan:
 
     @functools.lru_cache(maxsize=None)
     def support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
-        """The support image names the plan chooses (None: too few images, the job says so)."""
+        """The support image names: the named ones, else the plan's seeded choice among the
+        defect folder's file names (None: too few images; the support job says so)."""
         from anogen.data.mvtec import is_image_file
         from anogen.data.support import choose_support
 
+        named = self.named_support_files(category, defect)
+        if named is not None:
+            return named
         s = self.config["support"]
         names = [n for n in self.test_names_for_support(category, defect) if is_image_file(n)]
         if len(names) < s["shots"]:
@@ -321,8 +399,12 @@ class Plan:
 
     def support_spec(self, category: str, defect: str) -> dict:
         s = self.config["support"]
-        return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"],
-                "files": self.support_files(category, defect)}
+        files = self.support_files(category, defect)
+        if self.named_support_files(category, defect) is not None:
+            # Named files: shots and seed do not apply; the names (their order included) do.
+            return {"category": category, "defect": defect, "files": files}
+        # Seeded: the choice the plan made from the file names (copied exactly by the job).
+        return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"], "files": files}
 
     def foreground_spec(self, category: str) -> dict:
         return {
@@ -334,14 +416,31 @@ class Plan:
         }
 
     def embedding_spec(self, category: str, defect: str) -> dict:
-        spec = _without(self.config["embedding"], _NOT_IN_KEYS["embedding"])
+        from anogen.io import sha256_file_cached
+
+        source = self.embedding_source(category, defect)
+        if source is not None:
+            # An imported vector depends on the published file and the token it is stored under.
+            return {
+                "source": "authors", "category": category, "defect": defect,
+                "placeholder_token": self.config["embedding"]["placeholder_token"],
+                "sha256": sha256_file_cached(source),
+            }
+        spec = _without(self.config["embedding"], _NOT_IN_KEYS["embedding"] | _SELECTORS["embedding"])
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
         return spec
 
     def generation_spec(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
-        spec = _without(gen, {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"]})
+        spec = _without(gen, {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"],
+                              *_SELECTORS["generation"]})
         spec.update(category=category, defect=defect, box=self.box(category, defect), texture=self.texture(category))
+        template = self.box_template(category, defect)
+        if template is not None:
+            from anogen.io import sha256_file_cached
+
+            # The template's content, not its path: moving the clone reruns nothing.
+            spec["template"] = {"sha256": sha256_file_cached(template), "containment": gen["template_containment"]}
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
         return spec
 
@@ -406,14 +505,15 @@ class Plan:
         return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train", "foreground")}
 
     def embedding_inputs(self, category, defect) -> dict:
+        if self.embedding_source(category, defect) is not None:
+            return {}  # imported: neither the support set nor the diffusion model is read
         return {"support": self.support_key(category, defect), "model": self.model_key}
 
     def generation_inputs(self, category, defect) -> dict:
-        return {
-            "embedding": self.embedding_key(category, defect),
-            "foreground": self.foreground_key(category),
-            "model": self.model_key,
-        }
+        inputs = {"embedding": self.embedding_key(category, defect), "model": self.model_key}
+        if self.box_template(category, defect) is None:
+            inputs["foreground"] = self.foreground_key(category)  # a template replaces the foreground
+        return inputs
 
     def detector_inputs(self, category, detector, variant) -> dict:
         inputs = {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train")}

@@ -235,3 +235,21 @@ def verify_manifest(
     for rel in manifest["files"]:
         verify_file(manifest_path, rel, manifest, rebuild_hint)
     return manifest
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file_cached(path: str | Path) -> str:
+    """``sha256_file`` memoised on (absolute path, size, mtime_ns).
+
+    For small files whose hash goes into a content key at DAG-build time (box templates,
+    imported embeddings): Snakemake evaluates a key many times while it plans, and the dry
+    run stays cheap. A file rewritten in place gets a new mtime or size, hence a fresh hash.
+    """
+    full = Path(path).resolve()
+    st = full.stat()
+    cache_key = (str(full), st.st_size, st.st_mtime_ns)
+    if cache_key not in _SHA256_CACHE:
+        _SHA256_CACHE[cache_key] = sha256_file(full)
+    return _SHA256_CACHE[cache_key]

@@ -202,8 +202,9 @@ def select_support(sm, params):
 
     spec = params["spec"]
     build_support_set(
-        params["data_root"], spec["category"], spec["defect"], shots=spec["shots"], seed=spec["seed"],
-        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], files=spec["files"], spec=spec,
+        params["data_root"], spec["category"], spec["defect"], shots=spec.get("shots"), seed=spec.get("seed"),
+        files=spec.get("files"), origin=params.get("origin", "support.files"),
+        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
     )
 
 
@@ -226,6 +227,17 @@ def learn_embedding(sm, params):
             mixed_precision=mixed_precision, extra={"lease": lease.as_dict()},
             cuda_graph=bool(params.get("cuda_graph", False)),
         )
+
+
+@job
+def import_embedding(sm, params):
+    from anogen.embedding.imported import import_authors_embedding
+
+    # No device and no model: the vector is read from the authors' file and written out.
+    import_authors_embedding(
+        source=params["source"], spec=params["spec"], out_dir=_out_dir(sm), key=sm.wildcards.key,
+        inputs=params["inputs"],
+    )
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -262,10 +274,13 @@ def generate_anomalies(sm, params):
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
     support = [image for image, _ in read_support_set(sm.input.support)]
+    # A defect with a box template has no foreground input (the template replaces it).
+    foreground = Path(sm.input.foreground) if len(getattr(sm.input, "foreground", []) or []) else None
+    template = Path(params["template"]) if params.get("template") else None
     with _device() as lease:
         run(
             normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
-            data_root=Path(params["data_root"]), foreground_manifest=Path(sm.input.foreground),
+            data_root=Path(params["data_root"]), foreground_manifest=foreground, template=template,
             embedding_path=Path(sm.input.embedding), model=params["model"], revision=params["revision"],
             spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
             batch_size=params["batch_size"], device=lease.device, mixed_precision=mixed_precision,

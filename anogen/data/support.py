@@ -10,6 +10,11 @@ copies of the sources) and ``manifest.json``, written last. ``manifest.extra.ite
 per shot, the copied files and their sources relative to the data root
 (``bottle/test/broken_large/000.png``); ``excluded_test_images`` collects the latter so the
 evaluation can drop support images from the test set.
+
+A support set can instead be *named*: ``files`` (from ``support.files`` or the authors'
+published folders, see ``anogen.authors``) lists image file names in
+``<category>/test/<defect>/``; the set is exactly those files, in that order
+(``select_listed``), and a name missing from the data set stops the job with that file named.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from anogen.data.mvtec import (
 __all__ = [
     "support_rng_seed",
     "select_support",
+    "select_listed",
     "build_support_set",
     "read_support_set",
     "support_items",
@@ -74,27 +80,41 @@ def choose_support(names: Sequence[str], category: str, defect: str, shots: int,
     return [ordered[i] for i in chosen]
 
 
-def select_support(
-    index: CategoryIndex, defect: str, shots: int, seed: int, files: Sequence[str] | None = None
-) -> list[TestItem]:
-    """The support items of ``defect``: the named ``files`` in that order, else the seeded choice."""
+def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> list[TestItem]:
+    """Choose ``shots`` anomalous test items of ``defect``, deterministically, in file-name order."""
     items = sorted(index.defect_items(defect), key=lambda item: item.path.name)
     by_name = {item.path.name: item for item in items}
-    folder = index.root / index.category / "test" / defect
-    if files is not None:
-        missing = [name for name in files if name not in by_name]
-        if missing:
-            raise DataError(folder / missing[0], "support image named by the plan does not exist "
-                            f"(support files: {', '.join(files)})")
-        return [by_name[name] for name in files]
     if len(items) < shots:
         raise DataError(
-            folder,
+            index.root / index.category / "test" / defect,
             f"has {len(items)} image(s) but support.shots = {shots} real anomalies are "
             "needed for the support set; lower support.shots or exclude this defect",
         )
     names = choose_support(list(by_name), index.category, defect, shots, seed)
     return [by_name[name] for name in names]
+
+
+def select_listed(index: CategoryIndex, defect: str, files: list[str], origin: str = "support.files") -> list[TestItem]:
+    """The anomalous test items of ``defect`` named by ``files``, in that order.
+
+    ``origin`` says where the list came from, for the error naming a file the data set lacks.
+    """
+    if not files:
+        raise ValueError("an explicit support list needs at least one file name")
+    if len(set(files)) != len(files):
+        raise DataError(index.root / index.category / "test" / defect, f"{origin} names a file twice: {list(files)}")
+    by_name = {item.path.name: item for item in index.defect_items(defect)}
+    chosen = []
+    for name in files:
+        if name not in by_name:
+            raise DataError(
+                index.root / index.category / "test" / defect / name,
+                f"is named by {origin} for {index.category}/{defect} but is not an image of this "
+                f"data set's test/{defect}/ folder (it has {len(by_name)} image(s)); use the original "
+                "MVTec AD file names, or remove the entry",
+            )
+        chosen.append(by_name[name])
+    return chosen
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -114,19 +134,18 @@ def build_support_set(
     category: str,
     defect: str,
     *,
-    shots: int,
-    seed: int,
+    shots: int | None = None,
+    seed: int | None = None,
     out_dir: str | Path,
     key: str,
     inputs: dict[str, str] | None = None,
-    files: Sequence[str] | None = None,
-    spec: dict[str, Any] | None = None,
+    files: list[str] | None = None,
+    origin: str = "support.files",
 ) -> Path:
     """Select, copy and verify the support set; write ``out_dir/manifest.json`` last. Returns its path.
 
-    ``files``: the image names the plan chose (``Plan.support_spec``), copied in that order;
-    ``None`` chooses here by the seed (the same function). ``spec`` is recorded in the manifest
-    as the job's hashed spec (default: the arguments).
+    ``files`` names the set (``shots``/``seed`` are then unused); otherwise ``shots`` images
+    are chosen with ``seed``. The manifest's spec is the one the Plan keys the set with.
 
     Any previous ``manifest.json``, ``images/`` and ``masks/`` in ``out_dir`` are removed
     first; on error they stay removed, so no manifest.json is left behind.
@@ -136,9 +155,18 @@ def build_support_set(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     try:
-        index = scan_category(root, category, defects=[defect], min_shots=None if files else shots)
-        chosen = select_support(index, defect, shots, seed, files)
-        files: list[str] = []
+        if files is not None:
+            files = list(files)
+            index = scan_category(root, category, defects=[defect])
+            chosen = select_listed(index, defect, files, origin)
+            spec = {"category": category, "defect": defect, "files": files}
+        else:
+            if shots is None or seed is None:
+                raise ValueError("shots and seed are needed when no files are listed")
+            index = scan_category(root, category, defects=[defect], min_shots=shots)
+            chosen = select_support(index, defect, shots, seed)
+            spec = {"category": category, "defect": defect, "shots": shots, "seed": seed}
+        copied: list[str] = []
         records: list[dict[str, str]] = []
         for i, item in enumerate(chosen):
             assert item.mask is not None  # scan_category guarantees a mask for anomalies
@@ -158,7 +186,7 @@ def build_support_set(
                 )
             if not mask.any():
                 raise DataError(item.mask, "mask is empty (all zero) for an anomalous image")
-            files += [image_rel, mask_rel]
+            copied += [image_rel, mask_rel]
             records.append(
                 {
                     "image": image_rel,
@@ -171,10 +199,12 @@ def build_support_set(
             out_dir,
             stage=STAGE,
             key=key,
-            spec=spec if spec is not None else {"category": category, "defect": defect, "shots": shots, "seed": seed},
+            spec=spec,
             inputs=inputs,
-            files=files,
-            extra={"items": records, "grayscale": index.grayscale},
+            files=copied,
+            extra={"items": records, "grayscale": index.grayscale,
+                   # seeded sets arrive here as the names the plan chose (origin support.seed)
+                   "selection": "seeded" if files is None or origin == "support.seed" else "listed"},
         )
     except BaseException:
         _clear(out_dir)

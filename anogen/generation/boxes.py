@@ -7,7 +7,9 @@ A box is drawn as follows, from an explicit ``numpy.random.Generator``:
 3. the centre is uniform over the positions where the whole rotated rectangle lies inside
    the image (if the rotated rectangle is larger than the image, the try fails);
 4. the box is accepted when at least ``min_overlap`` of its rasterised area lies on the
-   foreground mask and its raster differs from every box already accepted for this image.
+   foreground mask (``strict``: more than ``min_overlap``, the authors' rule for their
+   per-defect templates, ``> 0.75``) and its raster differs from every box already
+   accepted for this image.
 
 Each box gets at most ``max_tries`` draws; then a :class:`~anogen.errors.DataError` names the
 image and the defect, so an impossible constraint stops the job instead of looping forever.
@@ -115,8 +117,15 @@ def sample_boxes(
     max_tries: int,
     image_name: str,
     defect: str,
+    *,
+    strict: bool = False,
+    overlap_key: str = "generation.min_overlap",
 ) -> list[Box]:
-    """Draw ``n`` distinct boxes on ``foreground`` (uint8 HxW, nonzero = foreground)."""
+    """Draw ``n`` distinct boxes on ``foreground`` (uint8 HxW, nonzero = foreground).
+
+    ``strict`` keeps a box only when MORE than ``min_overlap`` of it is inside (the authors'
+    template rule); ``overlap_key`` is the config key named when no box can be placed.
+    """
     fg = np.asarray(foreground) > 0
     if fg.ndim != 2:
         raise ValueError(f"foreground must be HxW, got shape {fg.shape}")
@@ -147,7 +156,7 @@ def sample_boxes(
                 stats["empty"] += 1
                 continue
             inside = int(np.count_nonzero(fg & (raster > 0)))
-            if inside < min_overlap * area:
+            if inside < min_overlap * area or (strict and inside <= min_overlap * area):
                 stats["overlap"] += 1
                 continue
             if any(np.array_equal(raster, r) for r in rasters):
@@ -161,10 +170,10 @@ def sample_boxes(
             raise DataError(
                 image_name,
                 f"could not place a box for defect '{defect}' (box {index + 1} of {n}) after "
-                f"{max_tries} tries (min_overlap={min_overlap}, range=width {[w_lo, w_hi]} x "
+                f"{max_tries} tries ({overlap_key}={min_overlap}{' (strict)' if strict else ''}, range=width {[w_lo, w_hi]} x "
                 f"height {[h_lo, h_hi]} of {width}x{height} px, rotate={bool(rotate)}, "
                 f"foreground fraction={fg.mean():.3f}; rejected: {reasons}). Lower "
-                f"generation.min_overlap, change the box range of this defect, or check the "
-                f"foreground mask of this image",
+                f"{overlap_key}, change the box range of this defect, or check the "
+                f"foreground mask (or box template) of this image",
             )
     return accepted

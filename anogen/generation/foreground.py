@@ -10,6 +10,10 @@
 - texture categories: the whole image;
 - a user template (white = foreground): that mask, resized with nearest neighbour.
 
+A per-defect box template (``generation.templates``, the authors' ``mask_template``) is not a
+foreground of the category: ``load_box_template`` reads it for that defect's box sampling
+only (``anogen.generation.run``), which then needs no foreground set at all.
+
 ``build_foreground_set`` computes the mask once per normal image of a category (every
 defect of the category shares it) and writes ``masks/<stem>.png`` (0/255) and, last,
 ``manifest.json`` whose ``extra["items"]`` lists ``source_image`` (data-root-relative POSIX
@@ -129,6 +133,22 @@ def load_template(template: str | Path, height: int, width: int) -> np.ndarray:
     if not mask.any():
         raise DataError(template, "foreground template has no white (foreground) pixel")
     return _resize_mask(mask, height, width)
+
+
+def load_box_template(template: str | Path, height: int, width: int) -> np.ndarray:
+    """A per-defect box template as the authors read it: grayscale, bilinear resize, any value > 0 inside.
+
+    (Their ``creatMask_v1.py`` resizes ``mask.png`` to 256 x 256 with ``cv2.resize``'s default
+    bilinear interpolation and intersects boxes with it by ``box & template``, so every
+    nonzero pixel counts.) Returns uint8 HxW in {0, 1}.
+    """
+    gray = read_image(template, "L")
+    if gray.shape != (height, width):
+        gray = cv2.resize(gray, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    mask = (gray > 0).astype(np.uint8)
+    if not mask.any():
+        raise DataError(template, "box template has no nonzero (allowed) pixel")
+    return mask
 
 
 def _mask_for(path: Path, texture: bool, template: Path | None, iterations: int) -> tuple[np.ndarray, str]:

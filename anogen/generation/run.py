@@ -2,7 +2,10 @@
 
 One model load per job. For every normal image (in the order given):
 
-- its foreground mask comes from the category's foreground manifest (sha256-verified);
+- its foreground mask comes from the category's foreground manifest (sha256-verified), or,
+  when the defect has a box template (``spec["template"]``: the authors' hand-drawn
+  ``mask_template`` or ``generation.templates``), the template replaces it: boxes are kept
+  when more than ``template.containment`` of them lies inside it (the authors' ``> 0.75``);
 - ``boxes_per_image`` distinct boxes are drawn on it (at the model resolution) with a numpy
   generator seeded by ``derive_seed("boxes", seed, category, defect, stem)``;
 - every box gets ``images_per_box`` samples, each with its own CPU ``torch.Generator``
@@ -109,10 +112,32 @@ def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def _box_template(spec: dict, template: Path | None, resolution: int) -> np.ndarray | None:
+    """The defect's box template at ``resolution``, checked against the sha256 the key was made with."""
+    from anogen.generation.foreground import load_box_template
+
+    wanted = spec.get("template")
+    if wanted is None:
+        if template is not None:
+            raise ConfigError("generation.templates", f"a template ({template}) was given but the generation spec has none")
+        return None
+    if template is None:
+        raise ConfigError("generation.templates", "the generation spec names a box template but no template file was given")
+    if sha256_file(template) != wanted["sha256"]:
+        raise DataError(template, "box template changed since the workflow was planned; rerun snakemake so the key follows it")
+    return load_box_template(template, resolution, resolution)
+
+
 def plan_generation(
-    *, normal_images: list[Path], data_root: Path, foreground_manifest: Path, spec: dict, resolution: int
+    *, normal_images: list[Path], data_root: Path, foreground_manifest: Path | None, spec: dict, resolution: int,
+    template: Path | None = None,
 ) -> tuple[list[Path], list[str], list[PlannedImage]]:
-    """Boxes and seeds of every image to generate: (normal images used, their root-relative paths, plan)."""
+    """Boxes and seeds of every image to generate: (normal images used, their root-relative paths, plan).
+
+    With a box template (``spec["template"]`` and its file ``template``) every image's boxes
+    are drawn on the template, strictly more than ``containment`` inside;
+    ``foreground_manifest`` is then not read (it may be None).
+    """
     category, defect = _get(spec, "category"), _get(spec, "defect")
     seed = int(_get(spec, "seed"))
     box_spec = _get(spec, "box")
@@ -128,19 +153,31 @@ def plan_generation(
             raise DataError(p, f"two normal images share the stem '{p.stem}' ({stems[p.stem]})")
         stems[p.stem] = p
 
-    fg_manifest = load_manifest(foreground_manifest)
-    masks = {item["source_image"]: item["mask"] for item in fg_manifest["extra"]["items"]}
+    template_mask = _box_template(spec, Path(template) if template is not None else None, resolution)
+    if template_mask is None:
+        if foreground_manifest is None:
+            raise ConfigError("generation.templates", f"{category}/{defect} has neither a box template nor a foreground set")
+        fg_manifest = load_manifest(foreground_manifest)
+        masks = {item["source_image"]: item["mask"] for item in fg_manifest["extra"]["items"]}
+        overlap, strict, overlap_key = float(_get(spec, "min_overlap")), False, "generation.min_overlap"
+    else:
+        overlap, strict = float(spec["template"]["containment"]), True
+        overlap_key = "generation.template_containment"
     rels = [_relpath(data_root, p) for p in images]
     plan: list[PlannedImage] = []
     for index, (path, rel) in enumerate(zip(images, rels)):
-        if rel not in masks:
-            raise DataError(foreground_manifest, f"has no foreground mask for {rel}; rebuild the foreground set")
-        fg = _foreground_at(Path(foreground_manifest), fg_manifest, masks[rel], resolution)
+        if template_mask is not None:
+            fg = template_mask
+        else:
+            if rel not in masks:
+                raise DataError(foreground_manifest, f"has no foreground mask for {rel}; rebuild the foreground set")
+            fg = _foreground_at(Path(foreground_manifest), fg_manifest, masks[rel], resolution)
         rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
         boxes = sample_boxes(
             rng, fg, int(_get(spec, "boxes_per_image")), box_spec["width"], box_spec["height"],
-            bool(box_spec.get("rotate", False)), float(_get(spec, "min_overlap")),
+            bool(box_spec.get("rotate", False)), overlap,
             int(_get(spec, "max_tries")), image_name=str(path), defect=defect,
+            strict=strict, overlap_key=overlap_key,
         )
         for b, box in enumerate(boxes):
             for j in range(int(_get(spec, "images_per_box"))):
@@ -198,7 +235,7 @@ def generate_anomalies(
     *,
     normal_images: list[Path],
     data_root: Path,
-    foreground_manifest: Path,
+    foreground_manifest: Path | None,
     embedding_path: Path,
     model: str,
     revision: str | None,
@@ -214,6 +251,7 @@ def generate_anomalies(
     backbone=None,
     channels_last: bool = False,
     compile: bool = False,
+    template: Path | None = None,
 ) -> Path:
     """Generate the (category, defect) set into ``out_dir``; return the manifest path.
 
@@ -235,6 +273,7 @@ def generate_anomalies(
     prepare_for_inference(backbone, mixed_precision, channels_last=channels_last, compile=compile)
     res = backbone.resolution
     token, vector = load_learned_embedding(embedding_path)
+    check_embedding_width(embedding_path, vector, backbone)
     backbone.set_token_embedding(token, vector)
     with torch.no_grad():
         prompt_embeds = backbone.encode_text(backbone.tokenize([token])).float()
@@ -243,8 +282,9 @@ def generate_anomalies(
              time.monotonic() - t_load)
 
     images, rels, plan = plan_generation(
-        normal_images=normal_images, data_root=data_root, foreground_manifest=Path(foreground_manifest),
-        spec=spec, resolution=res,
+        normal_images=normal_images, data_root=data_root,
+        foreground_manifest=Path(foreground_manifest) if foreground_manifest is not None else None,
+        spec=spec, resolution=res, template=template,
     )
     progress = _read_progress(out_dir, key)
     done = {item.name for item in plan if _is_done(out_dir, item, progress.get(item.name))}
@@ -345,12 +385,40 @@ def generate_anomalies(
         "batch_size": batch_size,
         "channels_last": channels_last,
         "compile": compile,
+        "box_region": "template" if template is not None else "foreground",
+        "template": str(template) if template is not None else None,
         **(extra or {}),
     }
     log.info("wrote %d images to %s (%s images/s this run)", total, out_dir,
              "n/a" if ips is None else f"{ips:.3f}")
     return write_manifest(out_dir, stage="generation", key=key, spec=spec, inputs=inputs, files=files,
                           extra=manifest_extra)
+
+
+def check_embedding_width(embedding_path: Path, vector: torch.Tensor, backbone) -> None:
+    """Refuse an embedding whose width is not the text encoder's, naming what to change.
+
+    The authors' published embeddings are 1280-d (LDMBert of CompVis/ldm-text2im-large-256);
+    a CLIP-based model (768-d) or a tiny test model cannot use them.
+    """
+    from anogen.diffusion.textual_inversion import read_embedding_metadata
+
+    width, expected = int(vector.numel()), int(backbone.embedding_dim)
+    if width == expected:
+        return
+    try:
+        imported = read_embedding_metadata(embedding_path).get("source") == "authors"
+    except Exception:  # metadata is informative only
+        imported = False
+    where = ("the authors' published embedding (embedding.source: authors) was learned on "
+             "CompVis/ldm-text2im-large-256, whose LDMBert text encoder is 1280-d; set diffusion.model to "
+             "that model (or a copy), or learn the embeddings here (embedding.source: learn)"
+             if imported else "the embedding was made for another diffusion model; rerun stage 1 for this one")
+    raise ConfigError(
+        "diffusion.model",
+        f"{embedding_path} holds a {width}-d vector but the text encoder of {backbone.model} "
+        f"({backbone.family}) is {expected}-d: {where}",
+    )
 
 
 def generation_items(manifest_path: str | Path, verify: bool = True) -> list[dict]:

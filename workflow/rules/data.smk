@@ -52,6 +52,7 @@ rule select_support:
         spec=lambda w: as_json(PLAN.support_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.support_inputs(w.category, w.defect)),
         data_root=DATA_ROOT,
+        origin=lambda w: PLAN.support_origin(w.category, w.defect),
     log:
         f"{LOGS}/select_support/{{category}}/{{defect}}/{{key}}.log",
     resources:

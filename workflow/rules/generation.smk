@@ -26,7 +26,8 @@ rule generate_anomalies:
     input:
         support=lambda w: support_output(w.category, w.defect),
         embedding=lambda w: embedding_output(w.category, w.defect, "learned_embeds.safetensors"),
-        foreground=lambda w: foreground_output(w.category),
+        # A defect with a box template samples its boxes on it: no foreground set is needed.
+        foreground=lambda w: [] if PLAN.box_template(w.category, w.defect) else foreground_output(w.category),
         model=model_inputs,
     output:
         manifest=f"{RESULTS}/generated/{{category}}/{{defect}}/{{key}}/manifest.json",
@@ -46,6 +47,8 @@ rule generate_anomalies:
         batch_size=config["generation"]["batch_size"],
         channels_last=config["generation"]["channels_last"],
         compile=config["generation"]["compile"],
+        # Its path only (moving a clone reruns nothing); its sha256 is in the spec.
+        template=lambda w: str(PLAN.box_template(w.category, w.defect) or ""),
     log:
         f"{LOGS}/generate_anomalies/{{category}}/{{defect}}/{{key}}.log",
     threads: THREADS
