@@ -105,9 +105,23 @@ def _check_semantics(config: dict) -> None:
             "detectors.destseg.student_steps",
             f"{ds['student_steps']} must be smaller than detectors.destseg.steps ({ds['steps']})",
         )
+    _check_layout_options(config)
     tiny = config["diffusion"]["tiny"]
     if tiny.get("family") and "://" in config["diffusion"]["model"]:
         raise ConfigError("diffusion.tiny.family", "a tiny model is built into a local folder; diffusion.model must be a path")
+
+
+def _check_layout_options(config: dict) -> None:
+    """Folder layout: the defect names of abnormal_dir and mask_dir must agree."""
+    if config["data_layout"] == "folder" and not config["folder"]["categories"]:
+        raise ConfigError("folder.categories", "data_layout is folder: name at least one data set here")
+    for name, opts in config["folder"]["categories"].items():
+        abnormal, masks = opts["abnormal_dir"], opts["mask_dir"]
+        if isinstance(masks, dict):
+            defects = sorted(abnormal) if isinstance(abnormal, dict) else [config["default_defect"]]
+            if sorted(masks) != defects:
+                raise ConfigError(f"folder.categories.{name}.mask_dir",
+                                  f"defect names {sorted(masks)} differ from abnormal_dir's {defects}")
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:
@@ -151,18 +165,29 @@ class Plan:
             from anogen.data.demo import demo_layout
 
             return demo_layout(self.config["demo"])
-        from anogen.data.mvtec import list_categories, list_defects
+        from anogen.data.layouts import discover, layout_spec
 
         root = self.config["data_root"]
         if not Path(root).is_dir():
-            raise ConfigError("data_root", f"{root!r} is not a folder (an MVTec-AD-layout data set is expected)")
-        return {c: {"defects": list_defects(root, c), "texture": False} for c in list_categories(root)}
+            raise ConfigError("data_root", f"{root!r} is not a folder (a {self.config['data_layout']}-layout data set is expected)")
+        layout, self._rejected_categories = discover(root, layout_spec(self.config))
+        return layout
+
+    _rejected_categories: list = []  # badly named category folders (anogen.data.layouts.discover)
+
+    @staticmethod
+    def _fail_on_rejected(rejected: list, key: str) -> None:
+        """A badly named folder stops the run only when the config selects it ('all')."""
+        if rejected:
+            first = rejected[0]
+            raise type(first)(first.path, f"{first.problem}, or leave it out by listing the ones to run in `{key}:`")
 
     @functools.cached_property
     def categories(self) -> list[str]:
         wanted = self.config["categories"]
         available = list(self.layout)
         if wanted == "all":
+            self._fail_on_rejected(self._rejected_categories, "categories")
             if not available:
                 raise ConfigError("data_root", f"no category (a folder with train/good) under {self.config['data_root']!r}")
             return available
@@ -176,6 +201,7 @@ class Plan:
         wanted = self.config["defects"]
         choice = "all" if wanted == "all" else wanted.get(category, "all")
         if choice == "all":
+            self._fail_on_rejected(self.layout[category].get("rejected", []), f"defects.{category}")
             if not available:
                 raise ConfigError("defects", f"category {category!r} has no defect folder under test/")
             return list(available)
@@ -206,7 +232,16 @@ class Plan:
     def dataset_spec(self) -> dict:
         if self.is_demo:
             return {"demo": self.config["demo"]}
-        return {"data_root": self.config["data_root"]}
+        # layout options are data identity (the lead adds data fingerprints here)
+        from anogen.data.layouts import layout_spec
+
+        return {"data_root": self.config["data_root"], **layout_spec(self.config)}
+
+    def dataset_params(self) -> dict:
+        """What a data-reading job gets as ``params.dataset``: the layout options."""
+        from anogen.data.layouts import layout_spec
+
+        return layout_spec(self.config)
 
     def model_spec(self) -> dict:
         d = self.config["diffusion"]
@@ -231,6 +266,7 @@ class Plan:
     def embedding_spec(self, category: str, defect: str) -> dict:
         spec = _without(self.config["embedding"], _NOT_IN_KEYS["embedding"])
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
+        spec["resize"] = self.config["resize"]
         return spec
 
     def generation_spec(self, category: str, defect: str) -> dict:
@@ -238,6 +274,7 @@ class Plan:
         spec = _without(gen, {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"]})
         spec.update(category=category, defect=defect, box=self.box(category, defect), texture=self.texture(category))
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
+        spec["resize"] = self.config["resize"]
         return spec
 
     def detector_spec(self, category: str, detector: str, variant: str) -> dict:
@@ -249,6 +286,7 @@ class Plan:
             "image_size": det["image_size"],
             "seed": det["seed"],
             "texture_source": det["texture_source"],
+            "resize": self.config["resize"],
             detector: det[detector],
         }
         if variant != "baseline":
@@ -258,7 +296,7 @@ class Plan:
     def evaluation_spec(self, category: str, detector: str, variant: str) -> dict:
         spec = dict(self.config["evaluation"])
         spec.update(category=category, detector=detector, variant=variant,
-                    exclude_from_test=self.config["support"]["exclude_from_test"])
+                    exclude_from_test=self.config["support"]["exclude_from_test"], resize=self.config["resize"])
         return spec
 
     # ------------------------------------------------------------------ keys (Merkle chain)

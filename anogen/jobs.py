@@ -40,7 +40,7 @@ def _params(sm) -> dict[str, Any]:
     out = {}
     for name in p.keys():
         value = getattr(p, name)
-        if name in ("spec", "inputs") and isinstance(value, str):
+        if name in ("spec", "inputs", "dataset") and isinstance(value, str):
             value = json.loads(value)
         out[name] = value
     return out
@@ -186,7 +186,7 @@ def select_support(sm, params):
     spec = params["spec"]
     build_support_set(
         params["data_root"], spec["category"], spec["defect"], shots=spec["shots"], seed=spec["seed"],
-        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], layout=params.get("dataset"),
     )
 
 
@@ -201,7 +201,7 @@ def learn_embedding(sm, params):
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
     spec["checkpoint_every"] = params["checkpoint_every"]
-    items = read_support_set(sm.input.support)
+    items = _squared(read_support_set(sm.input.support), spec.pop("resize", "squash"))
     with _device() as lease:
         run(
             support_items=items, model=params["model"], revision=params["revision"], spec=spec,
@@ -213,12 +213,19 @@ def learn_embedding(sm, params):
 # ----------------------------------------------------------------------------- stage 2
 
 
-def _train_images(data_root: str, category: str, limit: int | None) -> list[Path]:
-    from anogen.data.mvtec import scan_category
+def _squared(pairs, resize: str):
+    """Support (image, mask) pairs through the ``resize`` geometry (models square them next)."""
+    from anogen.data.geometry import square_pair
+
+    return [square_pair(image, mask, resize) for image, mask in pairs]
+
+
+def _train_images(data_root: str, category: str, limit: int | None, layout: dict | None = None) -> list[Path]:
+    from anogen.data.layouts import scan_category
 
     # Only what training reads: a broken test image or mask fails the jobs that use the test
     # set (support selection, evaluation), not every stage of the category.
-    images = scan_category(data_root, category, defects=()).train_good
+    images = scan_category(data_root, category, layout, defects=()).train_good
     return images[:limit] if limit else images
 
 
@@ -229,7 +236,7 @@ def estimate_foreground(sm, params):
     spec = params["spec"]
     template = spec["foreground_template"]
     build_foreground_set(
-        image_paths=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
+        image_paths=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),
         data_root=Path(params["data_root"]), texture=spec["texture"],
         template=Path(template) if template else None, iterations=spec["grabcut_iterations"],
         out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
@@ -243,10 +250,10 @@ def generate_anomalies(sm, params):
 
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
-    support = [image for image, _ in read_support_set(sm.input.support)]
+    support = [image for image, _ in _squared(read_support_set(sm.input.support), spec["resize"])]
     with _device() as lease:
         run(
-            normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
+            normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),
             data_root=Path(params["data_root"]), foreground_manifest=Path(sm.input.foreground),
             embedding_path=Path(sm.input.embedding), model=params["model"], revision=params["revision"],
             spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
@@ -273,7 +280,7 @@ def train_detector(sm, params):
     with _device() as lease:
         run(
             detector=spec["detector"], variant=spec["variant"], spec=spec,
-            train_images=_train_images(params["data_root"], spec["category"], None),
+            train_images=_train_images(params["data_root"], spec["category"], None, params.get("dataset")),
             generated_manifests=[Path(p) for p in sm.input.generated],
             out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
             checkpoint_every=params["checkpoint_every"], extra={"lease": lease.as_dict()},
@@ -282,7 +289,7 @@ def train_detector(sm, params):
 
 @job
 def evaluate_detector(sm, params):
-    from anogen.data.mvtec import scan_category
+    from anogen.data.layouts import scan_category
     from anogen.data.support import excluded_test_images
     from anogen.detectors import load_trained_detector
     from anogen.evaluation.evaluate import evaluate_detector as run
@@ -292,9 +299,9 @@ def evaluate_detector(sm, params):
     with _device() as lease:
         predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(
-            predictor=predictor, test_items=scan_category(params["data_root"], spec["category"]).test,
+            predictor=predictor, test_items=scan_category(params["data_root"], spec["category"], params.get("dataset")).test,
             data_root=Path(params["data_root"]), exclude=exclude, resolution=spec["resolution"],
-            fpr_limit=spec["aupro_fpr_limit"], out_dir=_out_dir(sm), key=sm.wildcards.key,
+            fpr_limit=spec["aupro_fpr_limit"], resize=spec["resize"], out_dir=_out_dir(sm), key=sm.wildcards.key,
             inputs=params["inputs"], spec=spec, n_visualizations=spec["n_visualizations"],
             extra={"lease": lease.as_dict()},
         )

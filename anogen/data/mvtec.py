@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anogen.data.geometry import to_square
 from anogen.errors import DataError
 from anogen.io import read_image
 
@@ -95,19 +96,32 @@ def _require_dir(path: Path, problem: str) -> None:
 # ----------------------------------------------------------------------------- listing
 
 
-def list_categories(root: str | Path) -> list[str]:
+def _checked_names(names, parent: Path, what: str, rejected: list | None) -> list[str]:
+    """Names that are valid result path components; invalid ones raise, or go to ``rejected``."""
+    out = []
+    for name in names:
+        try:
+            out.append(validate_name(name, parent / name, what))
+        except DataError as exc:
+            if rejected is None:
+                raise
+            rejected.append(exc)
+    return out
+
+
+def list_categories(root: str | Path, rejected: list | None = None) -> list[str]:
     """Sorted names of the subfolders of ``root`` that contain ``train/good``.
 
-    Cheap: only directories are listed. DataError if ``root`` is missing, holds no
-    category, or a category folder has a name that cannot be used in result paths.
+    Cheap: only directories are listed. DataError if ``root`` is missing or holds no
+    category. A category folder whose name cannot be used in result paths raises, unless
+    ``rejected`` is a list: then its DataError is appended there and the folder skipped
+    (``Plan`` fails only when the config selects such a folder).
     """
     root = Path(root)
     _require_dir(root, "data root does not exist or is not a directory")
-    categories = []
-    for name in _subdirs(root):
-        if (root / name / "train" / GOOD).is_dir():
-            categories.append(validate_name(name, root / name, "category"))
-    if not categories:
+    found = [name for name in _subdirs(root) if (root / name / "train" / GOOD).is_dir()]
+    categories = _checked_names(found, root, "category", rejected)
+    if not categories and not (rejected and found):
         raise DataError(
             root,
             "contains no category folder with train/good/ inside "
@@ -116,18 +130,17 @@ def list_categories(root: str | Path) -> list[str]:
     return categories
 
 
-def list_defects(root: str | Path, category: str) -> list[str]:
-    """Sorted defect types of a category: the subfolders of ``test/`` except ``good``. Cheap."""
+def list_defects(root: str | Path, category: str, rejected: list | None = None) -> list[str]:
+    """Sorted defect types of a category: the subfolders of ``test/`` except ``good``. Cheap.
+
+    Badly named defect folders raise, or with a ``rejected`` list are appended there.
+    """
     root = Path(root)
     cat_dir = root / category
     _require_dir(cat_dir, f"category folder of {category!r} does not exist")
     test_dir = cat_dir / "test"
     _require_dir(test_dir, "test folder is missing (expected test/<defect>/ and test/good/)")
-    return [
-        validate_name(name, test_dir / name, "defect")
-        for name in _subdirs(test_dir)
-        if name != GOOD
-    ]
+    return _checked_names([n for n in _subdirs(test_dir) if n != GOOD], test_dir, "defect", rejected)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -175,12 +188,17 @@ class CategoryIndex:
     test: list[TestItem]
     grayscale: bool
     defects: list[str] = field(default_factory=list)
+    # Where each defect's images come from, for error messages (other layouts than MVTec's).
+    defect_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def defect_path(self, defect: str) -> Path:
+        return self.defect_dirs.get(defect, self.root / self.category / "test" / defect)
 
     def defect_items(self, defect: str) -> list[TestItem]:
         """Test items of one defect type (``'good'`` gives the normal test images)."""
         if defect != GOOD and defect not in self.defects:
             raise DataError(
-                self.root / self.category / "test" / defect,
+                self.defect_path(defect),
                 f"defect type {defect!r} is not part of this scan "
                 f"(scanned: {', '.join(self.defects) or 'none'})",
             )
@@ -346,10 +364,16 @@ def _check_size(size: int | None) -> None:
         raise ValueError(f"size must be a positive int or None, got {size!r}")
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode fully to uint8 HxWx3 RGB (grayscale replicated); optional bicubic resize to size x size."""
+def load_image(path: str | Path, size: int | None = None, resize: str = "squash") -> np.ndarray:
+    """Decode fully to uint8 HxWx3 RGB (grayscale replicated); optional bicubic resize to size x size.
+
+    With a ``size``, a non-square image is first made square by ``resize``
+    (``anogen.data.geometry``: squash, pad or crop); without one it is returned as stored.
+    """
     _check_size(size)
     array = read_image(path, "RGB")
+    if size is not None:
+        array = to_square(array, resize)
     if size is not None and array.shape[:2] != (size, size):
         array = np.asarray(
             Image.fromarray(array).resize((int(size), int(size)), Image.Resampling.BICUBIC),
@@ -358,10 +382,15 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     return array
 
 
-def load_mask(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode fully to uint8 HxW in {0, 1} (any value > 0 is 1); NEAREST resize to size x size."""
+def load_mask(path: str | Path, size: int | None = None, resize: str = "squash") -> np.ndarray:
+    """Decode fully to uint8 HxW in {0, 1} (any value > 0 is 1); NEAREST resize to size x size.
+
+    With a ``size``, the same ``resize`` geometry as :func:`load_image` (padding is 0).
+    """
     _check_size(size)
     array = (read_image(path, "L") > 0).astype(np.uint8)
+    if size is not None:
+        array = to_square(array, resize)
     if size is not None and array.shape != (size, size):
         array = np.asarray(
             Image.fromarray(array).resize((int(size), int(size)), Image.Resampling.NEAREST),

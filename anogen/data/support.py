@@ -32,12 +32,12 @@ from anogen.io import (
     write_manifest,
 )
 from anogen.keys import canonical_json
+from anogen.data.layouts import scan_category
 from anogen.data.mvtec import (
     CategoryIndex,
     TestItem,
     load_image,
     load_mask,
-    scan_category,
 )
 
 __all__ = [
@@ -65,7 +65,7 @@ def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> 
     items = sorted(index.defect_items(defect), key=lambda item: item.path.name)
     if len(items) < shots:
         raise DataError(
-            index.root / index.category / "test" / defect,
+            index.defect_path(defect),
             f"has {len(items)} image(s) but support.shots = {shots} real anomalies are "
             "needed for the support set; lower support.shots or exclude this defect",
         )
@@ -96,18 +96,20 @@ def build_support_set(
     out_dir: str | Path,
     key: str,
     inputs: dict[str, str] | None = None,
+    layout: dict | None = None,
 ) -> Path:
     """Select, copy and verify the support set; write ``out_dir/manifest.json`` last. Returns its path.
 
     Any previous ``manifest.json``, ``images/`` and ``masks/`` in ``out_dir`` are removed
-    first; on error they stay removed, so no manifest.json is left behind.
+    first; on error they stay removed, so no manifest.json is left behind. ``layout`` is
+    the data layout options (``anogen.data.layouts.layout_spec``; None = MVTec layout).
     """
     root = Path(root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     try:
-        index = scan_category(root, category, defects=[defect], min_shots=shots)
+        index = scan_category(root, category, layout, defects=[defect], min_shots=shots)
         chosen = select_support(index, defect, shots, seed)
         files: list[str] = []
         records: list[dict[str, str]] = []

@@ -235,6 +235,7 @@ def train_detector(
         mix_prob=float(spec.get("mix_prob", 0.5)),
         weak_on_synthetic=bool(spec.get("weak_on_synthetic", True)),
         destseg_rotation=rotation,
+        resize=str(spec.get("resize", "squash")),
     )
     total = trainer.total_steps
 

@@ -35,7 +35,7 @@ __all__ = ["evaluate_detector", "METRIC_KEYS"]
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_image(path: Path, size: int) -> np.ndarray:
+def _load_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
     try:
         from anogen.data.mvtec import load_image
     except ImportError:  # pragma: no cover - data module not available
@@ -47,10 +47,10 @@ def _load_image(path: Path, size: int) -> np.ndarray:
         if arr.shape[:2] != (size, size):
             arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
         return arr
-    return load_image(path, size)
+    return load_image(path, size, resize)
 
 
-def _load_mask(path: Path, size: int) -> np.ndarray:
+def _load_mask(path: Path, size: int, resize: str = "squash") -> np.ndarray:
     try:
         from anogen.data.mvtec import load_mask
     except ImportError:  # pragma: no cover - data module not available
@@ -58,7 +58,7 @@ def _load_mask(path: Path, size: int) -> np.ndarray:
         from anogen.io import read_image
 
         return resize_mask(read_image(path, "L") > 0, size)
-    return load_mask(path, size)
+    return load_mask(path, size, resize)
 
 
 def _relpath(path: Path, data_root: Path) -> str:
@@ -116,8 +116,15 @@ def evaluate_detector(
     n_visualizations: int = 4,
     batch_size: int = 8,
     extra: dict[str, Any] | None = None,
+    resize: str = "squash",
 ) -> dict[str, Any]:
     """Score ``test_items`` with ``predictor`` and write metrics, example panels and manifest.
+
+    ``resize`` (``anogen.data.geometry``) makes each test image square for the detector
+    (at its ``image_size``) and each ground-truth mask square at ``resolution`` with the
+    same geometry, so the anomaly map and the mask cover the same part of the image: with
+    ``pad`` the padding counts as normal pixels, with ``crop`` the dropped strips are not
+    evaluated.
 
     ``predictor``: ``.image_size`` and ``.predict(images float32 N,3,S,S in [0,1]) ->
     (scores (N,), maps (N,S,S))``. ``test_items``: objects with ``.path``, ``.defect``
@@ -166,7 +173,7 @@ def evaluate_detector(
     map_min, map_max = math.inf, -math.inf
 
     for start, batch in _batches(items, batch_size):
-        images = np.stack([_load_image(Path(item.path), image_size) for _, item in batch])
+        images = np.stack([_load_image(Path(item.path), image_size, resize) for _, item in batch])
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         with torch.no_grad():
             batch_scores, batch_maps = predictor.predict(tensor)
@@ -190,7 +197,7 @@ def evaluate_detector(
             mask = (
                 np.zeros((resolution, resolution), dtype=np.uint8)
                 if item.mask is None
-                else _load_mask(Path(item.mask), resolution)
+                else _load_mask(Path(item.mask), resolution, resize)
             )
             accumulator.update(maps[j], mask)
             index = start + j

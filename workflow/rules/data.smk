@@ -51,6 +51,7 @@ rule select_support:
         spec=lambda w: as_json(PLAN.support_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.support_inputs(w.category, w.defect)),
         data_root=DATA_ROOT,
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
     log:
         f"{LOGS}/select_support/{{category}}/{{defect}}/{{key}}.log",
     resources:
