@@ -1,4 +1,8 @@
-"""Command line: ``anogen keys`` and ``anogen gc``.
+"""Command line: ``anogen keys``, ``anogen gc`` and ``anogen check-data``.
+
+``anogen check-data --configfile C`` reads the config's whole data set once, reports every
+problem at once and what the DAG would run (``anogen.data.check``); exit status 1 when a
+problem would stop a job.
 
 ``anogen gc`` lists the keyed artifact directories under the results folder that none of
 the given configs refers to any more (left behind by changed config values) and, with
@@ -92,6 +96,16 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_check_data(args) -> int:
+    from anogen.data.check import check_data
+
+    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    report = check_data(config, foreground_images=args.foreground_images,
+                        echo=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--configfile", default="config/config.yaml")
     keys.add_argument("--config", nargs="*", default=[])
     keys.set_defaults(func=cmd_keys)
+    check = sub.add_parser("check-data", help="read the whole data set once, report every problem and what would run")
+    check.add_argument("--configfile", default="config/config.yaml")
+    check.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    check.add_argument("--foreground-images", type=int, default=4,
+                       help="normal images per category on which GrabCut's foreground coverage is measured")
+    check.set_defaults(func=cmd_check_data)
     args = parser.parse_args(argv)
     if getattr(args, "configfile", None) is None:
         args.configfile = ["config/config.yaml"]

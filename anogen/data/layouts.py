@@ -49,6 +49,9 @@ import numpy as np
 from anogen.data import mvtec
 from anogen.data.mvtec import (
     GOOD,
+    check_pair,
+    checked_headers,
+    report,
     MASK_SUFFIX,
     CategoryIndex,
     TestItem,
@@ -173,24 +176,26 @@ def scan_category(
     options: dict | None = None,
     defects: Iterable[str] | None = None,
     min_shots: int | None = None,
+    errors: list | None = None,
 ) -> CategoryIndex:
     """List and validate one category from image headers only (see ``mvtec.scan_category``).
 
     ``defects`` restricts the anomalous test items (``()`` = none, ``None`` = all);
-    ``min_shots`` requires that many images per scanned defect type.
+    ``min_shots`` requires that many images per scanned defect type. The first problem
+    raises; with an ``errors`` list every problem is collected and the item left out.
     """
     root = Path(root)
     name = layout_name(options)
     if name == "mvtec":
-        return mvtec.scan_category(root, category, defects=defects, min_shots=min_shots)
+        return mvtec.scan_category(root, category, defects=defects, min_shots=min_shots, errors=errors)
     if name == "visa":
-        return _scan_visa(root, category, options, defects, min_shots)
+        return _scan_visa(root, category, options, defects, min_shots, errors)
     if name == "folder":
-        return _scan_folder(root, category, options, defects, min_shots)
+        return _scan_folder(root, category, options, defects, min_shots, errors)
     raise ValueError(f"unknown data layout {name!r} (expected one of {LAYOUTS})")
 
 
-def _choose(available: list[str], defects: Iterable[str] | None, where: Path, category: str) -> list[str]:
+def _choose(available: list[str], defects: Iterable[str] | None, where: Path, category: str, errors) -> list[str]:
     if defects is None:
         return list(available)
     chosen = []
@@ -199,41 +204,39 @@ def _choose(available: list[str], defects: Iterable[str] | None, where: Path, ca
         if defect == GOOD:
             continue
         if defect not in available:
-            raise DataError(
+            report(errors, DataError(
                 where, f"category {category} has no defect type {defect!r} (defect types: {', '.join(available) or 'none'})"
-            )
+            ))
+            continue
         if defect not in chosen:
             chosen.append(defect)
     return sorted(chosen)
 
 
-def _check_pair(image: Path, mask: Path) -> None:
-    img_size, _ = mvtec._header(image)
-    mask_size, _ = mvtec._header(mask)
-    if img_size != mask_size:
-        raise DataError(
-            mask,
-            f"mask size {mask_size[0]}x{mask_size[1]} differs from its image "
-            f"{image} ({img_size[0]}x{img_size[1]})",
-        )
-
-
-def _check_shots(where: Path, n: int, min_shots: int | None) -> None:
+def _check_shots(where: Path, n: int, min_shots: int | None, errors) -> None:
     if min_shots is not None and n < min_shots:
-        raise DataError(
+        report(errors, DataError(
             where,
             f"has {n} anomalous image(s) but support.shots = {min_shots} real anomalies "
             "are needed for the support set; lower support.shots or exclude this defect",
-        )
+        ))
+
+
+def _pair_ok(image: Path, mask: Path, errors) -> bool:
+    try:
+        check_pair(image, mask)
+    except DataError as exc:
+        report(errors, exc)
+        return False
+    return True
 
 
 def _index(root: Path, category: str, train: list[Path], test: list[TestItem], defects: list[str],
-           defect_dirs: dict[str, Path], where: Path) -> CategoryIndex:
+           defect_dirs: dict[str, Path], where: Path, errors) -> CategoryIndex:
     if not train:
-        raise DataError(where, f"category {category} has no normal training image")
-    grayscale = mvtec._header(train[0])[1] in mvtec._GRAY_MODES
-    for path in train:
-        mvtec._header(path)
+        report(errors, DataError(where, f"category {category} has no normal training image"))
+    train, modes = checked_headers(train, errors)
+    grayscale = bool(modes) and modes[0] in mvtec._GRAY_MODES
     return CategoryIndex(root=root, category=category, train_good=train, test=test, grayscale=grayscale,
                          defects=defects, defect_dirs=defect_dirs)
 
@@ -282,35 +285,40 @@ def _read_visa_csv(path_str: str, _mtime_ns: int, _size: int) -> dict[str, list[
     return out
 
 
-def _scan_visa(root: Path, category: str, options: dict, defects, min_shots) -> CategoryIndex:
+def _scan_visa(root: Path, category: str, options: dict, defects, min_shots, errors) -> CategoryIndex:
     csv_path = _visa_csv(root, options)
     rows = _visa_rows(root, options).get(category)
     if rows is None:
         raise DataError(csv_path, f"has no row for category {category!r}")
     default = options["default_defect"]
     available = list_defects(root, category, options)
-    chosen = _choose(available, defects, csv_path, category)
+    chosen = _choose(available, defects, csv_path, category, errors)
 
-    def image_at(row: dict, column: str) -> Path:
+    def image_at(row: dict, column: str) -> Path | None:
         path = root / row[column]
         if not is_image_file(path.name):
-            raise DataError(f"{csv_path}:{row['line']}", f"{column} {row[column]!r} is not an image file name")
+            report(errors, DataError(f"{csv_path}:{row['line']}", f"{column} {row[column]!r} is not an image file name"))
+            return None
         return path
 
-    train = sorted((image_at(r, "image") for r in rows if r["split"] == "train"), key=lambda p: p.as_posix())
+    train = sorted((p for r in rows if r["split"] == "train" and (p := image_at(r, "image"))), key=lambda p: p.as_posix())
     test: list[TestItem] = []
+    n_anomalous = 0
     for row in sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["image"]):
         path = image_at(row, "image")
+        if path is None:
+            continue
         if row["label"] == "normal":
-            mvtec._header(path)
-            test.append(TestItem(path, GOOD, None))
+            good, _ = checked_headers([path], errors)
+            test += [TestItem(p, GOOD, None) for p in good]
         elif default in chosen:
+            n_anomalous += 1
             mask = image_at(row, "mask")
-            _check_pair(path, mask)
-            test.append(TestItem(path, default, mask))
+            if mask is not None and _pair_ok(path, mask, errors):
+                test.append(TestItem(path, default, mask))
     if default in chosen:
-        _check_shots(csv_path, sum(item.defect == default for item in test), min_shots)
-    return _index(root, category, train, test, chosen, {d: csv_path for d in chosen}, csv_path)
+        _check_shots(csv_path, n_anomalous, min_shots, errors)
+    return _index(root, category, train, test, chosen, {d: csv_path for d in chosen}, csv_path, errors)
 
 
 # ----------------------------------------------------------------------------- Folder
@@ -335,11 +343,12 @@ def _mask_dir(root: Path, opts: dict, defect: str) -> Path:
     return _path(root, value if isinstance(value, str) else value[defect])
 
 
-def _folder_images(folder: Path, extensions: list[str] | None, what: str) -> list[Path]:
+def _folder_images(folder: Path, extensions: list[str] | None, what: str, errors=None) -> list[Path]:
     if not folder.is_dir():
-        raise DataError(folder, f"{what} does not exist or is not a directory")
+        report(errors, DataError(folder, f"{what} does not exist or is not a directory"))
+        return []
     if extensions is None:
-        return mvtec.list_images(folder)
+        return mvtec.list_images(folder, errors)
     endings = tuple(e.lower() for e in extensions)
     with os.scandir(folder) as it:
         paths = [folder / e.name for e in it
@@ -368,11 +377,12 @@ def _split_normals(images: list[Path], ratio: float, seed: int, category: str, w
     return train, test
 
 
-def _folder_masks(mask_dir: Path) -> dict[str, list[Path]]:
+def _folder_masks(mask_dir: Path, errors) -> dict[str, list[Path]]:
     """Image stem -> candidate masks ``<stem>.<ext>`` and ``<stem>_mask.<ext>``."""
     found: dict[str, list[Path]] = {}
     if not mask_dir.is_dir():
-        raise DataError(mask_dir, "mask_dir does not exist or is not a directory")
+        report(errors, DataError(mask_dir, "mask_dir does not exist or is not a directory"))
+        return found
     with os.scandir(mask_dir) as it:
         for entry in it:
             if entry.name.startswith(".") or not is_image_file(entry.name):
@@ -384,52 +394,62 @@ def _folder_masks(mask_dir: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _scan_folder(root: Path, category: str, options: dict, defects, min_shots) -> CategoryIndex:
+def _scan_folder(root: Path, category: str, options: dict, defects, min_shots, errors) -> CategoryIndex:
     opts = _folder_options(options, category)
     extensions = opts.get("extensions")
     abnormal = _abnormal_dirs(root, opts, options["default_defect"])
     available = sorted(abnormal)
     normal_dir = _path(root, opts["normal_dir"])
-    chosen = _choose(available, defects, normal_dir.parent, category)
+    chosen = _choose(available, defects, normal_dir.parent, category, errors)
+    where = f"folder.categories.{category}"
 
-    normals = _folder_images(normal_dir, extensions, f"normal_dir of folder.categories.{category}")
-    if not normals:
-        raise DataError(normal_dir, "normal_dir contains no image")
+    normals = _folder_images(normal_dir, extensions, f"normal_dir of {where}", errors)
+    train: list[Path] = []
+    normal_test: list[Path] = []
+    if normal_dir.is_dir() and not normals:
+        report(errors, DataError(normal_dir, "normal_dir contains no image"))
     if opts.get("normal_test_dir"):
         test_dir = _path(root, opts["normal_test_dir"])
         train = normals
-        normal_test = _folder_images(test_dir, extensions, f"normal_test_dir of folder.categories.{category}")
-        if not normal_test:
-            raise DataError(test_dir, "normal_test_dir contains no image")
-    else:
-        train, normal_test = _split_normals(normals, float(opts["normal_split_ratio"]), int(opts["seed"]), category, normal_dir)
+        normal_test = _folder_images(test_dir, extensions, f"normal_test_dir of {where}", errors)
+        if test_dir.is_dir() and not normal_test:
+            report(errors, DataError(test_dir, "normal_test_dir contains no image"))
+    elif normals:
+        try:
+            train, normal_test = _split_normals(normals, float(opts["normal_split_ratio"]), int(opts["seed"]),
+                                                category, normal_dir)
+        except DataError as exc:
+            report(errors, exc)
 
-    test = []
-    for path in normal_test:
-        mvtec._header(path)
-        test.append(TestItem(path, GOOD, None))
+    good, _ = checked_headers(normal_test, errors)
+    test = [TestItem(path, GOOD, None) for path in good]
     for defect in chosen:
         folder = abnormal[defect]
-        images = _folder_images(folder, extensions, f"abnormal_dir of folder.categories.{category}")
-        if not images:
-            raise DataError(folder, "abnormal_dir contains no image")
-        _check_shots(folder, len(images), min_shots)
+        images = _folder_images(folder, extensions, f"abnormal_dir of {where}", errors)
+        if folder.is_dir() and not images:
+            report(errors, DataError(folder, "abnormal_dir contains no image"))
+            continue
+        _check_shots(folder, len(images), min_shots, errors)
         mask_dir = _mask_dir(root, opts, defect)
-        masks = _folder_masks(mask_dir)
+        masks = _folder_masks(mask_dir, errors)
         seen: dict[str, Path] = {}
         for path in images:
             if path.stem in seen:
-                raise DataError(path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous")
+                report(errors, DataError(path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"))
+                continue
             seen[path.stem] = path
             candidates = sorted(set(masks.get(path.stem, [])))
             if not candidates:
-                raise DataError(
-                    path,
-                    f"anomalous image has no mask: expected {mask_dir / (path.stem + '.png')} or "
-                    f"{mask_dir / (path.stem + MASK_SUFFIX + '.png')} (any image extension)",
-                )
+                if mask_dir.is_dir():
+                    report(errors, DataError(
+                        path,
+                        f"anomalous image has no mask: expected {mask_dir / (path.stem + '.png')} or "
+                        f"{mask_dir / (path.stem + MASK_SUFFIX + '.png')} (any image extension)",
+                    ))
+                continue
             if len(candidates) > 1:
-                raise DataError(path, "has several candidate masks: " + ", ".join(str(p) for p in candidates))
-            _check_pair(path, candidates[0])
-            test.append(TestItem(path, defect, candidates[0]))
-    return _index(root, category, train, test, chosen, {d: abnormal[d] for d in chosen}, normal_dir)
+                report(errors, DataError(path, "has several candidate masks: " + ", ".join(str(p) for p in candidates)))
+                continue
+            if _pair_ok(path, candidates[0], errors):
+                test.append(TestItem(path, defect, candidates[0]))
+    return _index(root, category, train, test, chosen, {d: abnormal[d] for d in chosen}, normal_dir, errors)
