@@ -19,7 +19,8 @@ mixed in a category (everything is converted to RGB), non-square images (see
 AU-ROC is undefined), badly named folders the config leaves out. For each category it
 also reports image sizes and aspect ratios and the GrabCut foreground coverage on a few
 normal images, suggesting ``category_options.<c>.texture: true`` where the foreground
-covers nearly the whole image (a texture: boxes may then go anywhere).
+covers nearly the whole image (GrabCut keeps >= 90% of its initial rectangle: a texture or
+a close-up, where boxes may go anywhere).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import numpy as np
 
 from anogen.errors import AnogenError, DataError
 
-TEXTURE_COVERAGE = 0.9  # GrabCut foreground above this fraction: suggest texture: true
+# Suggest texture: true when GrabCut keeps this fraction of its initial rectangle (the image
+# less a 5% margin on every side, which GrabCut always treats as background): ~73% of the image.
+TEXTURE_COVERAGE = 0.9
 
-__all__ = ["CheckReport", "check_data", "planned_job_counts", "TEXTURE_COVERAGE"]
+__all__ = ["CheckReport", "check_data", "planned_job_counts", "texture_threshold", "TEXTURE_COVERAGE"]
 
 
 @dataclass
@@ -115,18 +118,28 @@ def _decode_all(index, report: CheckReport) -> dict[str, Any]:
     return {"sizes": sizes, "modes": modes, "bad": bad}
 
 
-def _coverage(paths: list[Path], n: int, iterations: int) -> float | None:
+def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None, collections.Counter]:
+    """Mean foreground fraction of the image over ``n`` evenly spaced images, and the methods used."""
     from anogen.data.mvtec import load_image
-    from anogen.generation.foreground import estimate_foreground
+    from anogen.generation.foreground import estimate_foreground_with_method
 
-    chosen = paths[:: max(1, len(paths) // n)][:n]
-    fractions = []
+    chosen = paths[:: max(1, len(paths) // max(1, n))][:n]
+    fractions, methods = [], collections.Counter()
     for path in chosen:
         try:
-            fractions.append(float(estimate_foreground(load_image(path), "grabcut", iterations).mean()))
+            mask, method = estimate_foreground_with_method(load_image(path), "grabcut", iterations)
         except AnogenError:
             continue  # already reported by the decode pass
-    return float(np.mean(fractions)) if fractions else None
+        fractions.append(float(mask.mean()))
+        methods[method] += 1
+    return (float(np.mean(fractions)) if fractions else None), methods
+
+
+def texture_threshold() -> float:
+    """Foreground fraction of the whole image above which check-data suggests texture: true."""
+    from anogen.generation.foreground import MARGIN
+
+    return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
 
 
 def _check_category(plan, category: str, defects: list[str], options: dict, report: CheckReport,
@@ -189,12 +202,13 @@ def _check_category(plan, category: str, defects: list[str], options: dict, repo
         report.lines.append("  foreground: " + ("texture (whole image)" if plan.texture(category) else "template"))
         return
     usable = [p for p in index.train_good if str(p) not in decoded["bad"]]
-    cover = _coverage(usable, foreground_images, config["generation"]["grabcut_iterations"])
+    cover, methods = _coverage(usable, foreground_images, config["generation"]["grabcut_iterations"])
     if cover is None:
         return
     report.coverage[category] = cover
-    line = f"  foreground (GrabCut on {min(foreground_images, len(usable))} normal images): {cover:.0%} of the image"
-    if cover >= TEXTURE_COVERAGE:
+    line = (f"  foreground (GrabCut on {sum(methods.values())} normal images, methods {dict(methods)}): "
+            f"{cover:.0%} of the image")
+    if cover >= texture_threshold():
         line += f"; nearly everything: if {category} is a texture, set category_options.{category}.texture: true"
     report.lines.append(line)
 
@@ -244,8 +258,9 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
                         + ", ".join(f"{c}/{d}" for c, d in selected_pairs))
     try:
         report.jobs = planned_job_counts(plan)
-    except AnogenError as exc:
-        if str(exc) not in report.problems:
+    except AnogenError as exc:  # the DAG would not build; say so unless that file is reported already
+        path = getattr(exc, "path", None)
+        if not any(p.startswith(f"{path}:") for p in report.problems):
             report.problems.append(str(exc))
     if report.jobs:
         report.lines.append("jobs: " + ", ".join(f"{rule} {n}" for rule, n in report.jobs.items())
