@@ -399,3 +399,22 @@ def test_folder_dag_end_to_end(tmp_path):
     make_folder_tree(tmp_path / "data" / "widget", n_normal=8, n_abnormal=4, size=40)
     workdir = _e2e_workdir(tmp_path, tmp_path / "data", {**folder_config("widget"), "resize": "crop"})
     _run_and_check(workdir, "widget", "crop")
+
+
+def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(tmp_path):
+    """Folder paths may be absolute and outside data_root: support and evaluation must still agree."""
+    from anogen.data.support import build_support_set, excluded_test_images
+    from anogen.evaluation.evaluate import _relpath
+
+    elsewhere = make_folder_tree(tmp_path / "elsewhere" / "widget")
+    root = tmp_path / "root"
+    root.mkdir()
+    options = layout_spec(_folder(root, normal_dir=str(elsewhere / "good"), abnormal_dir=str(elsewhere / "defect"),
+                                  mask_dir=str(elsewhere / "masks")))
+    manifest = build_support_set(root, "widget", "anomaly", shots=3, seed=0, out_dir=tmp_path / "support",
+                                 key="0" * 12, layout=options)
+    excluded = excluded_test_images([manifest])
+    index = scan_category(root, "widget", options)
+    evaluated = {_relpath(item.path, root) for item in index.test}
+    assert len(excluded) == 3 and excluded <= evaluated
+    assert all(rel.startswith("../elsewhere/widget/defect/") for rel in excluded)

@@ -68,7 +68,11 @@ def _relpath(path: Path, data_root: Path) -> str:
             return p.relative_to(r).as_posix()
         except ValueError:
             continue
-    return path.as_posix()
+    # Outside the data root (a Folder-layout folder given as an absolute path): the same
+    # "../" form the support manifest records (anogen.data.mvtec.relative_to_root).
+    import os
+
+    return Path(os.path.relpath(path, data_root)).as_posix()
 
 
 def _pick_examples(labels: Sequence[bool], n: int) -> list[int]:
