@@ -112,7 +112,10 @@ def _check_semantics(config: dict) -> None:
 
 
 def _check_layout_options(config: dict) -> None:
-    """Folder layout: the defect names of abnormal_dir and mask_dir must agree."""
+    """The demo is MVTec-layout; Folder layout: the defect names of abnormal_dir and mask_dir agree."""
+    is_demo = os.path.normpath(config["data_root"]) == os.path.normpath(config["demo"]["root"])
+    if is_demo and config["data_layout"] != "mvtec":
+        raise ConfigError("data_layout", f"data_root is the demo data set (demo.root), which is in the mvtec layout, not {config['data_layout']}")
     if config["data_layout"] == "folder" and not config["folder"]["categories"]:
         raise ConfigError("folder.categories", "data_layout is folder: name at least one data set here")
     for name, opts in config["folder"]["categories"].items():

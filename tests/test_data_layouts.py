@@ -157,7 +157,9 @@ def test_folder_options(tmp_path):
     with pytest.raises(ConfigError, match="folder.categories.widget.mask_dir"):
         _folder(tmp_path, abnormal_dir={"crack": "widget/defect"}, mask_dir={"dent": "widget/masks"})
     with pytest.raises(ConfigError, match="folder.categories"):
-        validate_config({"data_layout": "folder"})
+        validate_config({"data_root": str(tmp_path), "data_layout": "folder"})
+    with pytest.raises(ConfigError, match="data_layout.*demo data set"):
+        validate_config({"data_layout": "visa"})  # data_root defaults to the (MVTec-layout) demo
     make_folder_tree(tmp_path / "tiny", n_normal=1)
     with pytest.raises(DataError, match="too few to keep"):
         scan_category(tmp_path, "tiny", layout_spec(_folder(tmp_path, name="tiny")))
