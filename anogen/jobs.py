@@ -201,7 +201,7 @@ def learn_embedding(sm, params):
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
     spec["checkpoint_every"] = params["checkpoint_every"]
-    items = _squared(read_support_set(sm.input.support), spec.pop("resize", "squash"))
+    items = _squared(read_support_set(sm.input.support), spec.pop("resize", "squash"), sm.input.support)
     with _device() as lease:
         run(
             support_items=items, model=params["model"], revision=params["revision"], spec=spec,
@@ -213,11 +213,17 @@ def learn_embedding(sm, params):
 # ----------------------------------------------------------------------------- stage 2
 
 
-def _squared(pairs, resize: str):
+def _squared(pairs, resize: str, where: str):
     """Support (image, mask) pairs through the ``resize`` geometry (models square them next)."""
     from anogen.data.geometry import square_pair
+    from anogen.errors import DataError
 
-    return [square_pair(image, mask, resize) for image, mask in pairs]
+    out = [square_pair(image, mask, resize) for image, mask in pairs]
+    for i, (_, mask) in enumerate(out):
+        if not mask.any():  # only crop can do this: the anomaly lies in a dropped strip
+            raise DataError(where, f"support item {i}: its anomaly lies entirely outside the centre square "
+                                   f"kept by resize: {resize}; use resize: pad or squash, or another support.seed")
+    return out
 
 
 def _train_images(data_root: str, category: str, limit: int | None, layout: dict | None = None) -> list[Path]:
@@ -250,7 +256,7 @@ def generate_anomalies(sm, params):
 
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
-    support = [image for image, _ in _squared(read_support_set(sm.input.support), spec["resize"])]
+    support = [image for image, _ in _squared(read_support_set(sm.input.support), spec["resize"], sm.input.support)]
     with _device() as lease:
         run(
             normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),

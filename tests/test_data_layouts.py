@@ -420,3 +420,20 @@ def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(t
     evaluated = {_relpath(item.path, root) for item in index.test}
     assert len(excluded) == 3 and excluded <= evaluated
     assert all(rel.startswith("../elsewhere/widget/defect/") for rel in excluded)
+
+
+def test_crop_that_drops_an_anomaly_is_reported(tmp_path):
+    from anogen.jobs import _squared
+
+    root = make_visa_tree(tmp_path / "visa", ("candle",), height=32, width=48)
+    edge = np.zeros((32, 48), np.uint8)
+    edge[10:20, 0:6] = 1  # crop keeps columns 8..39 only
+    Image.fromarray(edge).save(root / "candle/Data/Masks/Anomaly/002.png")
+    report = check_data(_visa(root, resize="crop"), foreground_images=1)
+    assert report.ok and any("002.JPG" in w and "outside the centre square" in w for w in report.warnings)
+    assert not any("outside the centre" in w for w in check_data(_visa(root, resize="pad"), foreground_images=1).warnings)
+    image = np.zeros((32, 48, 3), np.uint8)
+    with pytest.raises(DataError, match="support item 1: its anomaly lies entirely outside") as exc:
+        _squared([(image, (edge * 0 + 1).astype(np.uint8)), (image, edge)], "crop", "support/manifest.json")
+    assert "support/manifest.json" in str(exc.value)
+    assert [m.shape for _, m in _squared([(image, edge)], "pad", "x")] == [(48, 48)]

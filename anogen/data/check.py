@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from anogen.data.geometry import to_square
 from anogen.errors import AnogenError, DataError
 
 # Suggest texture: true when GrabCut keeps this fraction of its initial rectangle (the image
@@ -88,7 +89,7 @@ def planned_job_counts(plan) -> dict[str, int]:
     return {rule: n for rule, n in counts.items() if n}
 
 
-def _decode_all(index, report: CheckReport) -> dict[str, Any]:
+def _decode_all(index, report: CheckReport, resize: str = "squash") -> dict[str, Any]:
     """Decode every image and mask of a scanned category; sizes, modes and bad files."""
     from anogen.data import mvtec
     from anogen.io import read_image
@@ -120,6 +121,9 @@ def _decode_all(index, report: CheckReport) -> dict[str, Any]:
         if mask is not None and not mask.any():
             report.problems.append(f"{item.mask}: mask is empty (all zero) for the anomalous image {item.path}")
             bad.add(str(item.mask))
+        elif mask is not None and resize == "crop" and not to_square(mask, "crop").any():
+            report.warnings.append(f"{item.path}: its anomaly lies entirely outside the centre square kept by "
+                                   "resize: crop (no model sees it; as a support image it stops the embedding job)")
     return {"sizes": sizes, "modes": modes, "bad": bad}
 
 
@@ -161,7 +165,7 @@ def _check_category(plan, category: str, defects: list[str], options: dict, repo
         report.problems.append(str(exc))
         return
     report.problems += [str(e) for e in errors]
-    decoded = _decode_all(index, report)
+    decoded = _decode_all(index, report, config["resize"])
 
     # What the evaluation would see after the support images are left out.
     excluded: set[str] = set()
