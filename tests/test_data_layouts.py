@@ -310,11 +310,14 @@ def test_check_data_reports_every_problem_at_once(tmp_path, capsys):
     assert any("test/crack/001.png" in p and "has no mask" in p for p in problems)
     assert any("crack/002_mask.png" in p and "mask size 9x9" in p for p in problems)
     assert any("test/hole" in p and "support.shots = 3" in p for p in problems)
-    assert "6 problem(s) that would stop a job" in out
+    # 'crack' has 4 files but only 2 usable anomalies once the broken ones are left out
+    assert any("test/crack:" in p and "only 2 usable" in p for p in problems)
+    assert "7 problem(s) that would stop a job" in out and "the DAG would not build" in out
     # leaving the bad folder out turns that problem into a warning
     report = check_data(validate_config({"data_root": str(tmp_path / "data"), "categories": ["widget"]}),
                         foreground_images=1)
-    assert len(report.problems) == 5 and any("bad name" in w for w in report.warnings)
+    assert len(report.problems) == 6 and any("bad name" in w for w in report.warnings)
+    assert report.jobs["select_support"] == 3  # the DAG builds; the jobs would fail on the files
 
 
 def test_check_data_on_the_demo_finds_nothing(tmp_path, capsys):

@@ -173,7 +173,12 @@ def _check_category(plan, category: str, defects: list[str], options: dict, repo
         try:
             chosen = select_support(index, defect, shots, seed)
         except AnogenError:
-            continue  # too few: already reported by the scan
+            where = str(index.defect_path(defect))
+            if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
+                usable = len(index.defect_items(defect))
+                report.problems.append(f"{where}: only {usable} usable anomalous image(s) (see the problems "
+                                       f"with its files) but support.shots = {shots} are needed")
+            continue
         excluded |= {str(item.path) for item in chosen}
     kept = [item for item in index.test if not (config["support"]["exclude_from_test"] and str(item.path) in excluded)]
     n_good = sum(not item.is_anomalous for item in kept)
@@ -271,7 +276,9 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
         path = getattr(exc, "path", None)
         if not any(p.startswith(f"{path}:") for p in report.problems):
             report.problems.append(str(exc))
-    if report.jobs:
+    if not report.jobs:
+        report.lines.append("jobs: none, the DAG would not build (see the problems)")
+    else:
         report.lines.append("jobs: " + ", ".join(f"{rule} {n}" for rule, n in report.jobs.items())
                             + f" (total {sum(report.jobs.values())})")
     return report
