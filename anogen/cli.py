@@ -1,7 +1,11 @@
-"""Command line: ``anogen keys``, ``anogen gc`` and ``anogen estimate``.
+"""Command line: ``anogen keys``, ``anogen gc``, ``anogen estimate`` and ``anogen check-data``.
 
 ``anogen estimate`` prints the jobs, GPU-hours per stage and the wall time on N GPUs of a
 config from a measured throughput table (``anogen.estimate``).
+
+``anogen check-data --configfile C`` reads the config's whole data set once, reports every
+problem at once and what the DAG would run (``anogen.data.check``); exit status 1 when a
+problem would stop a job.
 
 ``anogen gc`` lists the keyed artifact directories under the results folder that none of
 the given configs refers to any more (left behind by changed config values) and, with
@@ -107,6 +111,14 @@ def cmd_estimate(args) -> int:
     estimate = est.build_jobs(config, found[1], found[0])
     print(est.format_report(estimate, args.gpus))
     return 0
+def cmd_check_data(args) -> int:
+    from anogen.data.check import check_data
+
+    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    report = check_data(config, foreground_images=args.foreground_images,
+                        echo=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.render())
+    return 0 if report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     estimate.add_argument("--gpu-model", default=None, help="GPU model of the throughput table (default H200)")
     estimate.add_argument("--results", default=None, help="folder of throughput_*.json (default bench/results)")
     estimate.set_defaults(func=cmd_estimate)
+    check = sub.add_parser("check-data", help="read the whole data set once, report every problem and what would run")
+    check.add_argument("--configfile", default="config/config.yaml")
+    check.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    check.add_argument("--foreground-images", type=int, default=4,
+                       help="normal images per category on which GrabCut's foreground coverage is measured")
+    check.set_defaults(func=cmd_check_data)
     args = parser.parse_args(argv)
     if getattr(args, "configfile", None) is None:
         args.configfile = ["config/config.yaml"]

@@ -116,6 +116,7 @@ def _check_semantics(config: dict) -> None:
             "detectors.destseg.student_steps",
             f"{ds['student_steps']} must be smaller than detectors.destseg.steps ({ds['steps']})",
         )
+    _check_layout_options(config)
     model = config["diffusion"]["model"]
     if model.startswith("tiny:") and model[len("tiny:"):] not in TINY_FAMILIES:
         raise ConfigError("diffusion.model", f"{model!r}: a tiny random model is 'tiny:ldm' or 'tiny:sd'")
@@ -129,6 +130,22 @@ def _check_semantics(config: dict) -> None:
             "is true, as in the authors' protocol); set detectors.texture_source to a copy of DTD "
             "(https://www.robots.ox.ac.uk/~vgg/data/dtd/, its images/ folder)",
         )
+
+
+def _check_layout_options(config: dict) -> None:
+    """The demo is MVTec-layout; Folder layout: the defect names of abnormal_dir and mask_dir agree."""
+    is_demo = os.path.normpath(config["data_root"]) == os.path.normpath(config["demo"]["root"])
+    if is_demo and config["data_layout"] != "mvtec":
+        raise ConfigError("data_layout", f"data_root is the demo data set (demo.root), which is in the mvtec layout, not {config['data_layout']}")
+    if config["data_layout"] == "folder" and not config["folder"]["categories"]:
+        raise ConfigError("folder.categories", "data_layout is folder: name at least one data set here")
+    for name, opts in config["folder"]["categories"].items():
+        abnormal, masks = opts["abnormal_dir"], opts["mask_dir"]
+        if isinstance(masks, dict):
+            defects = sorted(abnormal) if isinstance(abnormal, dict) else [config["default_defect"]]
+            if sorted(masks) != defects:
+                raise ConfigError(f"folder.categories.{name}.mask_dir",
+                                  f"defect names {sorted(masks)} differ from abnormal_dir's {defects}")
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:
@@ -172,18 +189,29 @@ class Plan:
             from anogen.data.demo import demo_layout
 
             return demo_layout(self.config["demo"])
-        from anogen.data.mvtec import list_categories, list_defects
+        from anogen.data.layouts import discover, layout_spec
 
         root = self.config["data_root"]
         if not Path(root).is_dir():
-            raise ConfigError("data_root", f"{root!r} is not a folder (an MVTec-AD-layout data set is expected)")
-        return {c: {"defects": list_defects(root, c), "texture": False} for c in list_categories(root)}
+            raise ConfigError("data_root", f"{root!r} is not a folder (a {self.config['data_layout']}-layout data set is expected)")
+        layout, self._rejected_categories = discover(root, layout_spec(self.config))
+        return layout
+
+    _rejected_categories: list = []  # badly named category folders (anogen.data.layouts.discover)
+
+    @staticmethod
+    def _fail_on_rejected(rejected: list, key: str) -> None:
+        """A badly named folder stops the run only when the config selects it ('all')."""
+        if rejected:
+            first = rejected[0]
+            raise type(first)(first.path, f"{first.problem}, or leave it out by listing the ones to run in `{key}:`")
 
     @functools.cached_property
     def categories(self) -> list[str]:
         wanted = self.config["categories"]
         available = list(self.layout)
         if wanted == "all":
+            self._fail_on_rejected(self._rejected_categories, "categories")
             if not available:
                 raise ConfigError("data_root", f"no category (a folder with train/good) under {self.config['data_root']!r}")
             return available
@@ -197,6 +225,7 @@ class Plan:
         wanted = self.config["defects"]
         choice = "all" if wanted == "all" else wanted.get(category, "all")
         if choice == "all":
+            self._fail_on_rejected(self.layout[category].get("rejected", []), f"defects.{category}")
             if not available:
                 raise ConfigError("defects", f"category {category!r} has no defect folder under test/")
             return list(available)
@@ -306,9 +335,9 @@ class Plan:
 
     @functools.lru_cache(maxsize=None)
     def _category_files(self, category: str):
-        from anogen.data.fingerprint import list_mvtec_files
+        from anogen.data.layouts import category_files, layout_spec
 
-        return list_mvtec_files(self.config["data_root"], category)
+        return category_files(self.config["data_root"], category, layout_spec(self.config))
 
     @functools.lru_cache(maxsize=None)
     def support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
@@ -388,7 +417,16 @@ class Plan:
     def dataset_spec(self) -> dict:
         if self.is_demo:
             return {"demo": self.config["demo"]}
-        return {"data_root": self.config["data_root"]}
+        # layout options are data identity (the lead adds data fingerprints here)
+        from anogen.data.layouts import layout_spec
+
+        return {"data_root": self.config["data_root"], **layout_spec(self.config)}
+
+    def dataset_params(self) -> dict:
+        """What a data-reading job gets as ``params.dataset``: the layout options."""
+        from anogen.data.layouts import layout_spec
+
+        return layout_spec(self.config)
 
     def model_spec(self) -> dict:
         d = self.config["diffusion"]
@@ -428,6 +466,7 @@ class Plan:
             }
         spec = _without(self.config["embedding"], _NOT_IN_KEYS["embedding"] | _SELECTORS["embedding"])
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
+        spec["resize"] = self.config["resize"]
         return spec
 
     def generation_spec(self, category: str, defect: str) -> dict:
@@ -442,6 +481,7 @@ class Plan:
             # The template's content, not its path: moving the clone reruns nothing.
             spec["template"] = {"sha256": sha256_file_cached(template), "containment": gen["template_containment"]}
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
+        spec["resize"] = self.config["resize"]
         return spec
 
     # Per-detector values that only the generated branch or the weak loss read: they go into
@@ -464,6 +504,7 @@ class Plan:
             "image_size": det["image_size"],
             "seed": det["seed"],
             "mixed_precision": det["mixed_precision"],
+            "resize": self.config["resize"],
             detector: section,
         }
         if variant != "generated_only":
@@ -486,7 +527,7 @@ class Plan:
         spec = dict(self.config["evaluation"])
         spec.update(category=category, detector=detector, variant=variant,
                     exclude_from_test=self.config["support"]["exclude_from_test"],
-                    excluded=self.excluded_from_test(category))
+                    excluded=self.excluded_from_test(category), resize=self.config["resize"])
         return spec
 
     # ------------------------------------------------------------------ keys (Merkle chain)

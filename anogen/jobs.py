@@ -42,7 +42,7 @@ def _params(sm) -> dict[str, Any]:
     out = {}
     for name in p.keys():
         value = getattr(p, name)
-        if name in ("spec", "inputs") and isinstance(value, str):
+        if name in ("spec", "inputs", "dataset") and isinstance(value, str):
             value = json.loads(value)
         out[name] = value
     return out
@@ -204,7 +204,7 @@ def select_support(sm, params):
     build_support_set(
         params["data_root"], spec["category"], spec["defect"], shots=spec.get("shots"), seed=spec.get("seed"),
         files=spec.get("files"), origin=params.get("origin", "support.files"),
-        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], layout=params.get("dataset"),
     )
 
 
@@ -219,7 +219,7 @@ def learn_embedding(sm, params):
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
     spec["checkpoint_every"] = params["checkpoint_every"]
-    items = read_support_set(sm.input.support)
+    items = _squared(read_support_set(sm.input.support), spec.pop("resize", "squash"), sm.input.support)
     with _device() as lease:
         run(
             support_items=items, model=params["model"], revision=params["revision"], spec=spec,
@@ -243,12 +243,25 @@ def import_embedding(sm, params):
 # ----------------------------------------------------------------------------- stage 2
 
 
-def _train_images(data_root: str, category: str, limit: int | None) -> list[Path]:
-    from anogen.data.mvtec import scan_category
+def _squared(pairs, resize: str, where: str):
+    """Support (image, mask) pairs through the ``resize`` geometry (models square them next)."""
+    from anogen.data.geometry import square_pair
+    from anogen.errors import DataError
+
+    out = [square_pair(image, mask, resize) for image, mask in pairs]
+    for i, (_, mask) in enumerate(out):
+        if not mask.any():  # only crop can do this: the anomaly lies in a dropped strip
+            raise DataError(where, f"support item {i}: its anomaly lies entirely outside the centre square "
+                                   f"kept by resize: {resize}; use resize: pad or squash, or another support.seed")
+    return out
+
+
+def _train_images(data_root: str, category: str, limit: int | None, layout: dict | None = None) -> list[Path]:
+    from anogen.data.layouts import scan_category
 
     # Only what training reads: a broken test image or mask fails the jobs that use the test
     # set (support selection, evaluation), not every stage of the category.
-    images = scan_category(data_root, category, defects=()).train_good
+    images = scan_category(data_root, category, layout, defects=()).train_good
     return images[:limit] if limit else images
 
 
@@ -259,7 +272,7 @@ def estimate_foreground(sm, params):
     spec = params["spec"]
     template = spec["foreground_template"]
     build_foreground_set(
-        image_paths=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
+        image_paths=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),
         data_root=Path(params["data_root"]), texture=spec["texture"],
         template=Path(template) if template else None, iterations=spec["grabcut_iterations"],
         out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
@@ -273,13 +286,13 @@ def generate_anomalies(sm, params):
 
     spec = dict(params["spec"])
     mixed_precision = spec.pop("mixed_precision")
-    support = [image for image, _ in read_support_set(sm.input.support)]
+    support = [image for image, _ in _squared(read_support_set(sm.input.support), spec["resize"], sm.input.support)]
     # A defect with a box template has no foreground input (the template replaces it).
     foreground = Path(sm.input.foreground) if len(getattr(sm.input, "foreground", []) or []) else None
     template = Path(params["template"]) if params.get("template") else None
     with _device() as lease:
         run(
-            normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"]),
+            normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),
             data_root=Path(params["data_root"]), foreground_manifest=foreground, template=template,
             embedding_path=Path(sm.input.embedding), model=params["model"], revision=params["revision"],
             spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
@@ -307,7 +320,7 @@ def train_detector(sm, params):
     with _device() as lease:
         run(
             detector=spec["detector"], variant=spec["variant"], spec=spec,
-            train_images=_train_images(params["data_root"], spec["category"], None),
+            train_images=_train_images(params["data_root"], spec["category"], None, params.get("dataset")),
             generated_manifests=[Path(p) for p in sm.input.generated],
             out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
             checkpoint_every=params["checkpoint_every"], extra={"lease": lease.as_dict()},
@@ -316,7 +329,7 @@ def train_detector(sm, params):
 
 @job
 def evaluate_detector(sm, params):
-    from anogen.data.mvtec import scan_category
+    from anogen.data.layouts import scan_category
     from anogen.detectors import load_trained_detector
     from anogen.evaluation.evaluate import evaluate_detector as run
     from anogen.plots import plot_detector_training
@@ -327,9 +340,9 @@ def evaluate_detector(sm, params):
     with _device() as lease:
         predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(
-            predictor=predictor, test_items=scan_category(params["data_root"], spec["category"]).test,
+            predictor=predictor, test_items=scan_category(params["data_root"], spec["category"], params.get("dataset")).test,
             data_root=Path(params["data_root"]), exclude=exclude, resolution=spec["resolution"],
-            fpr_limit=spec["aupro_fpr_limit"], out_dir=_out_dir(sm), key=sm.wildcards.key,
+            fpr_limit=spec["aupro_fpr_limit"], resize=spec["resize"], out_dir=_out_dir(sm), key=sm.wildcards.key,
             inputs=params["inputs"], spec=spec, n_visualizations=spec["n_visualizations"],
             extra={"lease": lease.as_dict()},
         )

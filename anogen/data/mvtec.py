@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anogen.data.geometry import to_square
 from anogen.errors import DataError
 from anogen.io import read_image
 
@@ -95,19 +96,32 @@ def _require_dir(path: Path, problem: str) -> None:
 # ----------------------------------------------------------------------------- listing
 
 
-def list_categories(root: str | Path) -> list[str]:
+def _checked_names(names, parent: Path, what: str, rejected: list | None) -> list[str]:
+    """Names that are valid result path components; invalid ones raise, or go to ``rejected``."""
+    out = []
+    for name in names:
+        try:
+            out.append(validate_name(name, parent / name, what))
+        except DataError as exc:
+            if rejected is None:
+                raise
+            rejected.append(exc)
+    return out
+
+
+def list_categories(root: str | Path, rejected: list | None = None) -> list[str]:
     """Sorted names of the subfolders of ``root`` that contain ``train/good``.
 
-    Cheap: only directories are listed. DataError if ``root`` is missing, holds no
-    category, or a category folder has a name that cannot be used in result paths.
+    Cheap: only directories are listed. DataError if ``root`` is missing or holds no
+    category. A category folder whose name cannot be used in result paths raises, unless
+    ``rejected`` is a list: then its DataError is appended there and the folder skipped
+    (``Plan`` fails only when the config selects such a folder).
     """
     root = Path(root)
     _require_dir(root, "data root does not exist or is not a directory")
-    categories = []
-    for name in _subdirs(root):
-        if (root / name / "train" / GOOD).is_dir():
-            categories.append(validate_name(name, root / name, "category"))
-    if not categories:
+    found = [name for name in _subdirs(root) if (root / name / "train" / GOOD).is_dir()]
+    categories = _checked_names(found, root, "category", rejected)
+    if not categories and not (rejected and found):
         raise DataError(
             root,
             "contains no category folder with train/good/ inside "
@@ -116,35 +130,47 @@ def list_categories(root: str | Path) -> list[str]:
     return categories
 
 
-def list_defects(root: str | Path, category: str) -> list[str]:
-    """Sorted defect types of a category: the subfolders of ``test/`` except ``good``. Cheap."""
+def list_defects(root: str | Path, category: str, rejected: list | None = None) -> list[str]:
+    """Sorted defect types of a category: the subfolders of ``test/`` except ``good``. Cheap.
+
+    Badly named defect folders raise, or with a ``rejected`` list are appended there.
+    """
     root = Path(root)
     cat_dir = root / category
     _require_dir(cat_dir, f"category folder of {category!r} does not exist")
     test_dir = cat_dir / "test"
     _require_dir(test_dir, "test folder is missing (expected test/<defect>/ and test/good/)")
-    return [
-        validate_name(name, test_dir / name, "defect")
-        for name in _subdirs(test_dir)
-        if name != GOOD
-    ]
+    return _checked_names([n for n in _subdirs(test_dir) if n != GOOD], test_dir, "defect", rejected)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Sorted image files of ``folder``. A non-hidden file that is not an image is a DataError."""
+def report(errors: list | None, error: DataError) -> None:
+    """Raise ``error``, or collect it when ``errors`` is a list (``anogen check-data``)."""
+    if errors is None:
+        raise error
+    errors.append(error)
+
+
+def list_images(folder: str | Path, errors: list | None = None) -> list[Path]:
+    """Sorted image files of ``folder``. A non-hidden file that is not an image is a DataError.
+
+    With an ``errors`` list, problems are collected there and the offending files skipped.
+    """
     folder = Path(folder)
-    _require_dir(folder, "folder does not exist")
+    if not folder.is_dir():
+        report(errors, DataError(folder, "folder does not exist"))
+        return []
     paths = []
     with os.scandir(folder) as it:
         for entry in it:
             if entry.name.startswith(".") or entry.is_dir():
                 continue
             if not is_image_file(entry.name):
-                raise DataError(
+                report(errors, DataError(
                     folder / entry.name,
                     "is not an image (accepted extensions: "
                     f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); move it out of the data folder",
-                )
+                ))
+                continue
             paths.append(folder / entry.name)
     return sorted(paths, key=lambda p: p.name)
 
@@ -175,12 +201,17 @@ class CategoryIndex:
     test: list[TestItem]
     grayscale: bool
     defects: list[str] = field(default_factory=list)
+    # Where each defect's images come from, for error messages (other layouts than MVTec's).
+    defect_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def defect_path(self, defect: str) -> Path:
+        return self.defect_dirs.get(defect, self.root / self.category / "test" / defect)
 
     def defect_items(self, defect: str) -> list[TestItem]:
         """Test items of one defect type (``'good'`` gives the normal test images)."""
         if defect != GOOD and defect not in self.defects:
             raise DataError(
-                self.root / self.category / "test" / defect,
+                self.defect_path(defect),
                 f"defect type {defect!r} is not part of this scan "
                 f"(scanned: {', '.join(self.defects) or 'none'})",
             )
@@ -250,12 +281,15 @@ def scan_category(
     category: str,
     defects: Iterable[str] | None = None,
     min_shots: int | None = None,
+    errors: list | None = None,
 ) -> CategoryIndex:
     """List and validate one category from image headers only.
 
     ``defects`` restricts the anomalous test items to these defect types (normal test
     images are always included); ``None`` means every defect folder. ``min_shots``
     requires at least that many images per scanned defect type (the support set size).
+    The first problem raises a DataError naming the file; with an ``errors`` list every
+    problem is collected there instead and the offending items are left out.
     """
     root = Path(root)
     validate_name(category, root / category, "category")
@@ -263,15 +297,22 @@ def scan_category(
     _require_dir(cat_dir, f"category folder of {category!r} does not exist under {root}")
 
     train_dir = cat_dir / "train" / GOOD
-    _require_dir(train_dir, "train/good folder is missing (it holds the normal training images)")
-    train_good = list_images(train_dir)
-    if not train_good:
-        raise DataError(train_dir, "contains no training images (expected *.png etc.)")
-    modes = [_header(path)[1] for path in train_good]
-    grayscale = modes[0] in _GRAY_MODES
+    train_good: list[Path] = []
+    if not train_dir.is_dir():
+        report(errors, DataError(train_dir, "train/good folder is missing (it holds the normal training images)"))
+    else:
+        train_good = list_images(train_dir, errors)
+        if not train_good:
+            report(errors, DataError(train_dir, "contains no training images (expected *.png etc.)"))
+    train_good, modes = checked_headers(train_good, errors)
+    grayscale = bool(modes) and modes[0] in _GRAY_MODES
 
-    available = list_defects(root, category)
     test_dir = cat_dir / "test"
+    try:
+        available = list_defects(root, category, [] if errors is not None else None)
+    except DataError as exc:
+        report(errors, exc)
+        available = []
     if defects is None:
         chosen = available
     else:
@@ -281,11 +322,12 @@ def scan_category(
             if defect == GOOD:
                 continue
             if defect not in available:
-                raise DataError(
+                report(errors, DataError(
                     test_dir / defect,
                     f"defect folder does not exist (defect types of {category}: "
                     f"{', '.join(available) or 'none'})",
-                )
+                ))
+                continue
             if defect not in chosen:
                 chosen.append(defect)
         chosen.sort()
@@ -293,39 +335,37 @@ def scan_category(
     test: list[TestItem] = []
     good_dir = test_dir / GOOD
     if good_dir.is_dir():
-        for path in list_images(good_dir):
-            _header(path)
-            test.append(TestItem(path, GOOD, None))
+        good, _ = checked_headers(list_images(good_dir, errors), errors)
+        test += [TestItem(path, GOOD, None) for path in good]
 
     for defect in chosen:
         defect_dir = test_dir / defect
         gt_dir = cat_dir / "ground_truth" / defect
-        images = list_images(defect_dir)
+        images = list_images(defect_dir, errors)
         if not images:
-            raise DataError(defect_dir, "defect folder contains no images")
+            report(errors, DataError(defect_dir, "defect folder contains no images"))
+            continue
         if min_shots is not None and len(images) < min_shots:
-            raise DataError(
+            report(errors, DataError(
                 defect_dir,
                 f"has {len(images)} image(s) but support.shots = {min_shots} real anomalies "
                 "are needed for the support set; lower support.shots or exclude this defect",
-            )
+            ))
         masks = _mask_candidates(gt_dir)
         seen: dict[str, Path] = {}
         for path in images:
             if path.stem in seen:
-                raise DataError(
+                report(errors, DataError(
                     path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"
-                )
+                ))
+                continue
             seen[path.stem] = path
-            mask = _find_mask(masks, gt_dir, path)
-            img_size, _ = _header(path)
-            mask_size, _ = _header(mask)
-            if img_size != mask_size:
-                raise DataError(
-                    mask,
-                    f"mask size {mask_size[0]}x{mask_size[1]} differs from its image "
-                    f"{path} ({img_size[0]}x{img_size[1]})",
-                )
+            try:
+                mask = _find_mask(masks, gt_dir, path)
+                check_pair(path, mask)
+            except DataError as exc:
+                report(errors, exc)
+                continue
             test.append(TestItem(path, defect, mask))
 
     return CategoryIndex(
@@ -338,6 +378,31 @@ def scan_category(
     )
 
 
+def checked_headers(paths: list[Path], errors: list | None) -> tuple[list[Path], list[str]]:
+    """The paths whose header reads, and their modes (unreadable ones raise or are collected)."""
+    kept, modes = [], []
+    for path in paths:
+        try:
+            modes.append(_header(path)[1])
+        except DataError as exc:
+            report(errors, exc)
+            continue
+        kept.append(path)
+    return kept, modes
+
+
+def check_pair(image: Path, mask: Path) -> None:
+    """Both headers readable and the same size, else DataError naming the file."""
+    img_size, _ = _header(image)
+    mask_size, _ = _header(mask)
+    if img_size != mask_size:
+        raise DataError(
+            mask,
+            f"mask size {mask_size[0]}x{mask_size[1]} differs from its image "
+            f"{image} ({img_size[0]}x{img_size[1]})",
+        )
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -346,10 +411,16 @@ def _check_size(size: int | None) -> None:
         raise ValueError(f"size must be a positive int or None, got {size!r}")
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode fully to uint8 HxWx3 RGB (grayscale replicated); optional bicubic resize to size x size."""
+def load_image(path: str | Path, size: int | None = None, resize: str = "squash") -> np.ndarray:
+    """Decode fully to uint8 HxWx3 RGB (grayscale replicated); optional bicubic resize to size x size.
+
+    With a ``size``, a non-square image is first made square by ``resize``
+    (``anogen.data.geometry``: squash, pad or crop); without one it is returned as stored.
+    """
     _check_size(size)
     array = read_image(path, "RGB")
+    if size is not None:
+        array = to_square(array, resize)
     if size is not None and array.shape[:2] != (size, size):
         array = np.asarray(
             Image.fromarray(array).resize((int(size), int(size)), Image.Resampling.BICUBIC),
@@ -358,10 +429,15 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     return array
 
 
-def load_mask(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode fully to uint8 HxW in {0, 1} (any value > 0 is 1); NEAREST resize to size x size."""
+def load_mask(path: str | Path, size: int | None = None, resize: str = "squash") -> np.ndarray:
+    """Decode fully to uint8 HxW in {0, 1} (any value > 0 is 1); NEAREST resize to size x size.
+
+    With a ``size``, the same ``resize`` geometry as :func:`load_image` (padding is 0).
+    """
     _check_size(size)
     array = (read_image(path, "L") > 0).astype(np.uint8)
+    if size is not None:
+        array = to_square(array, resize)
     if size is not None and array.shape != (size, size):
         array = np.asarray(
             Image.fromarray(array).resize((int(size), int(size)), Image.Resampling.NEAREST),

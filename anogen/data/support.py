@@ -37,12 +37,12 @@ from anogen.io import (
     write_manifest,
 )
 from anogen.keys import canonical_json
+from anogen.data.layouts import scan_category
 from anogen.data.mvtec import (
     CategoryIndex,
     TestItem,
     load_image,
     load_mask,
-    scan_category,
 )
 
 __all__ = [
@@ -86,7 +86,7 @@ def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> 
     by_name = {item.path.name: item for item in items}
     if len(items) < shots:
         raise DataError(
-            index.root / index.category / "test" / defect,
+            index.defect_path(defect),
             f"has {len(items)} image(s) but support.shots = {shots} real anomalies are "
             "needed for the support set; lower support.shots or exclude this defect",
         )
@@ -102,13 +102,13 @@ def select_listed(index: CategoryIndex, defect: str, files: list[str], origin: s
     if not files:
         raise ValueError("an explicit support list needs at least one file name")
     if len(set(files)) != len(files):
-        raise DataError(index.root / index.category / "test" / defect, f"{origin} names a file twice: {list(files)}")
+        raise DataError(index.defect_path(defect), f"{origin} names a file twice: {list(files)}")
     by_name = {item.path.name: item for item in index.defect_items(defect)}
     chosen = []
     for name in files:
         if name not in by_name:
             raise DataError(
-                index.root / index.category / "test" / defect / name,
+                index.defect_path(defect) / name,
                 f"is named by {origin} for {index.category}/{defect} but is not an image of this "
                 f"data set's test/{defect}/ folder (it has {len(by_name)} image(s)); use the original "
                 "MVTec AD file names, or remove the entry",
@@ -141,6 +141,7 @@ def build_support_set(
     inputs: dict[str, str] | None = None,
     files: list[str] | None = None,
     origin: str = "support.files",
+    layout: dict | None = None,
 ) -> Path:
     """Select, copy and verify the support set; write ``out_dir/manifest.json`` last. Returns its path.
 
@@ -148,7 +149,8 @@ def build_support_set(
     are chosen with ``seed``. The manifest's spec is the one the Plan keys the set with.
 
     Any previous ``manifest.json``, ``images/`` and ``masks/`` in ``out_dir`` are removed
-    first; on error they stay removed, so no manifest.json is left behind.
+    first; on error they stay removed, so no manifest.json is left behind. ``layout`` is
+    the data layout options (``anogen.data.layouts.layout_spec``; None = MVTec layout).
     """
     root = Path(root)
     out_dir = Path(out_dir)
@@ -157,13 +159,13 @@ def build_support_set(
     try:
         if files is not None:
             files = list(files)
-            index = scan_category(root, category, defects=[defect])
+            index = scan_category(root, category, layout, defects=[defect])
             chosen = select_listed(index, defect, files, origin)
             spec = {"category": category, "defect": defect, "files": files}
         else:
             if shots is None or seed is None:
                 raise ValueError("shots and seed are needed when no files are listed")
-            index = scan_category(root, category, defects=[defect], min_shots=shots)
+            index = scan_category(root, category, layout, defects=[defect], min_shots=shots)
             chosen = select_support(index, defect, shots, seed)
             spec = {"category": category, "defect": defect, "shots": shots, "seed": seed}
         copied: list[str] = []

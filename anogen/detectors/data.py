@@ -97,11 +97,15 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def load_rgb(path: str | Path, size: int) -> np.ndarray:
-    """uint8 size x size x 3 (via anogen.data.mvtec.load_image when that module exists)."""
+def load_rgb(path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
+    """uint8 size x size x 3 (via anogen.data.mvtec.load_image when that module exists).
+
+    ``resize`` (``anogen.data.geometry``) makes a non-square image square first; generated
+    images are square already, so only the normal training images depend on it.
+    """
     loader = _mvtec_loader()
     if loader is not None:
-        image = np.asarray(loader(path, size=size))
+        image = np.asarray(loader(path, size=size, resize=resize))
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         return resize_image(np.ascontiguousarray(image, dtype=np.uint8), size)
@@ -210,6 +214,7 @@ class TrainStream:
         augment_generated: bool = False,
         synthetic_source: str = "draem",
         cutpaste: dict[str, Any] | None = None,
+        resize: str = "squash",
     ):
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}")
@@ -246,7 +251,8 @@ class TrainStream:
         else:
             self.synth = None
         # Normal images are small at training size: keep them all in memory.
-        self._normals = [load_rgb(p, self.size) for p in self.train_images]
+        self.resize = resize
+        self._normals = [load_rgb(p, self.size, resize) for p in self.train_images]
         self._by_path = {str(p): i for i, p in enumerate(self.train_images)}
         self._extra_sources: dict[str, np.ndarray] = {}
         self._perm_cache: tuple[int, np.ndarray] | None = None
@@ -273,7 +279,7 @@ class TrainStream:
             return self._normals[idx]
         key = str(path)
         if key not in self._extra_sources:
-            self._extra_sources[key] = load_rgb(path, self.size)
+            self._extra_sources[key] = load_rgb(path, self.size, self.resize)
         return self._extra_sources[key]
 
     # -- samples

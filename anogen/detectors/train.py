@@ -292,6 +292,7 @@ def train_detector(
         augment_generated=bool(spec.get("augment_generated", False)),
         synthetic_source=source,
         cutpaste=_cutpaste_args(spec.get("cutpaste")) if source == "cutpaste" else None,
+        resize=str(spec.get("resize", "squash")),
     )
     total = trainer.total_steps
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from anogen.errors import AnogenError, DataError
-from anogen.evaluation.masks import MASK_RESIZE_METHODS, load_gt_mask
+from anogen.evaluation.masks import MASK_RESIZE_METHODS, resize_gt_mask
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
 from anogen.evaluation.visualize import render_panel
 from anogen.io import MANIFEST_NAME, atomic_save_image, atomic_write_json, write_manifest
@@ -39,7 +39,7 @@ __all__ = ["evaluate_detector", "METRIC_KEYS"]
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_image(path: Path, size: int) -> np.ndarray:
+def _load_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
     try:
         from anogen.data.mvtec import load_image
     except ImportError:  # pragma: no cover - data module not available
@@ -51,24 +51,18 @@ def _load_image(path: Path, size: int) -> np.ndarray:
         if arr.shape[:2] != (size, size):
             arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
         return arr
-    return load_image(path, size)
+    return load_image(path, size, resize)
 
 
-def _load_mask(path: Path, size: int) -> np.ndarray:
-    try:
-        from anogen.data.mvtec import load_mask
-    except ImportError:  # pragma: no cover - data module not available
-        from anogen.evaluation.metrics import resize_mask
-        from anogen.io import read_image
+def _load_gt_mask(path: Path, size: int, method: str, resize: str = "squash") -> np.ndarray:
+    """The ground truth at ``size`` in the ``resize`` geometry of the images, by ``method``."""
+    from anogen.data.geometry import to_square
+    from anogen.data.mvtec import load_mask
+    from anogen.io import read_image
 
-        return resize_mask(read_image(path, "L") > 0, size)
-    return load_mask(path, size)
-
-
-def _load_gt_mask(path: Path, size: int, method: str) -> np.ndarray:
     if method == "nearest":
-        return _load_mask(path, size)  # the data module's loader, as before
-    return load_gt_mask(path, size, method)
+        return load_mask(path, size, resize)  # the data module's loader, as before
+    return resize_gt_mask(to_square(read_image(path, "L"), resize), size, method)
 
 
 def _relpath(path: Path, data_root: Path) -> str:
@@ -78,7 +72,11 @@ def _relpath(path: Path, data_root: Path) -> str:
             return p.relative_to(r).as_posix()
         except ValueError:
             continue
-    return path.as_posix()
+    # Outside the data root (a Folder-layout folder given as an absolute path): the same
+    # "../" form the support manifest records (anogen.data.mvtec.relative_to_root).
+    import os
+
+    return Path(os.path.relpath(path, data_root)).as_posix()
 
 
 def _pick_examples(defects: Sequence[str], n: int) -> list[int]:
@@ -122,8 +120,15 @@ def evaluate_detector(
     n_visualizations: int = 4,
     batch_size: int = 8,
     extra: dict[str, Any] | None = None,
+    resize: str = "squash",
 ) -> dict[str, Any]:
     """Score ``test_items`` with ``predictor`` and write metrics, example panels and manifest.
+
+    ``resize`` (``anogen.data.geometry``) makes each test image square for the detector
+    (at its ``image_size``) and each ground-truth mask square at ``resolution`` with the
+    same geometry, so the anomaly map and the mask cover the same part of the image: with
+    ``pad`` the padding counts as normal pixels, with ``crop`` the dropped strips are not
+    evaluated.
 
     ``predictor``: ``.image_size`` and ``.predict(images float32 N,3,S,S in [0,1]) ->
     (scores (N,), maps (N,S,S))``. ``test_items``: objects with ``.path``, ``.defect``
@@ -177,7 +182,7 @@ def evaluate_detector(
     map_min, map_max = math.inf, -math.inf
 
     for start, batch in _batches(items, batch_size):
-        images = np.stack([_load_image(Path(item.path), image_size) for _, item in batch])
+        images = np.stack([_load_image(Path(item.path), image_size, resize) for _, item in batch])
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         with torch.no_grad():
             batch_scores, batch_maps = predictor.predict(tensor)
@@ -201,7 +206,7 @@ def evaluate_detector(
             mask = (
                 np.zeros((resolution, resolution), dtype=np.uint8)
                 if item.mask is None
-                else _load_gt_mask(Path(item.mask), resolution, mask_resize)
+                else _load_gt_mask(Path(item.mask), resolution, mask_resize, resize)
             )
             accumulator.update(maps[j], mask)
             index = start + j

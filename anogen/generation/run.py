@@ -81,7 +81,7 @@ class PlannedImage:
         return f"masks/{self.name}"
 
 
-def _load_image(path: Path, size: int) -> np.ndarray:
+def _load_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
     try:
         from anogen.data.mvtec import load_image
     except ImportError:  # pragma: no cover - written in parallel
@@ -89,7 +89,7 @@ def _load_image(path: Path, size: int) -> np.ndarray:
 
         arr = read_image(path, "RGB")
         return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
-    return load_image(path, size=size)
+    return load_image(path, size=size, resize=resize)
 
 
 def _relpath(root: Path, path: Path) -> str:
@@ -104,11 +104,14 @@ def _get(spec: dict, key: str, default: Any = ...) -> Any:
     return default
 
 
-def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int) -> np.ndarray:
+def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int, resize: str = "squash") -> np.ndarray:
+    """The foreground mask (stored at the image's own size) in the same geometry as the image."""
     import cv2
 
+    from anogen.data.geometry import to_square
+
     full = verify_file(manifest_path, rel_mask, manifest)
-    mask = (read_image(full, "L") > 0).astype(np.uint8)
+    mask = to_square((read_image(full, "L") > 0).astype(np.uint8), resize)
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
@@ -141,6 +144,7 @@ def plan_generation(
     category, defect = _get(spec, "category"), _get(spec, "defect")
     seed = int(_get(spec, "seed"))
     box_spec = _get(spec, "box")
+    resize = str(_get(spec, "resize", "squash"))  # boxes are drawn on the foreground in the model's geometry
     limit = _get(spec, "max_normal_images", None)
     images = [Path(p) for p in normal_images]
     if limit is not None:
@@ -171,7 +175,7 @@ def plan_generation(
         else:
             if rel not in masks:
                 raise DataError(foreground_manifest, f"has no foreground mask for {rel}; rebuild the foreground set")
-            fg = _foreground_at(Path(foreground_manifest), fg_manifest, masks[rel], resolution)
+            fg = _foreground_at(Path(foreground_manifest), fg_manifest, masks[rel], resolution, resize)
         rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
         boxes = sample_boxes(
             rng, fg, int(_get(spec, "boxes_per_image")), box_spec["width"], box_spec["height"],
@@ -296,6 +300,7 @@ def generate_anomalies(
     guidance = float(_get(spec, "guidance_scale"))
     eta = float(_get(spec, "eta", 0.0))
     paste_back = bool(_get(spec, "paste_back", False))
+    resize = str(_get(spec, "resize", "squash"))
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
     cache: dict[int, np.ndarray] = {}
@@ -304,7 +309,7 @@ def generate_anomalies(
         if index not in cache:
             if len(cache) > 4 * batch_size:
                 cache.clear()
-            cache[index] = _load_image(images[index], res)
+            cache[index] = _load_image(images[index], res, resize)
         return cache[index]
 
     def write_batch(pending: list[PlannedImage], arrays: np.ndarray, box_np: list[np.ndarray]) -> None:

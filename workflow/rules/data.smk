@@ -53,6 +53,7 @@ rule select_support:
         inputs=lambda w: as_json(PLAN.support_inputs(w.category, w.defect)),
         data_root=DATA_ROOT,
         origin=lambda w: PLAN.support_origin(w.category, w.defect),
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
     log:
         f"{LOGS}/select_support/{{category}}/{{defect}}/{{key}}.log",
     resources:

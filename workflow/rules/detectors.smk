@@ -14,6 +14,7 @@ rule train_detector:
         spec=lambda w: as_json(PLAN.detector_spec(w.category, w.detector, w.variant)),
         inputs=lambda w: as_json(PLAN.detector_inputs(w.category, w.detector, w.variant)),
         data_root=DATA_ROOT,
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
         checkpoint_every=config["detectors"]["checkpoint_every"],
     log:
         f"{LOGS}/train_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",

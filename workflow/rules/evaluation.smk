@@ -34,6 +34,7 @@ rule evaluate_detector:
         spec=lambda w: as_json(PLAN.evaluation_spec(w.category, w.detector, w.variant)),
         inputs=lambda w: as_json(PLAN.evaluation_inputs(w.category, w.detector, w.variant)),
         data_root=DATA_ROOT,
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
     log:
         f"{LOGS}/evaluate_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
     threads: THREADS

@@ -10,6 +10,7 @@ rule estimate_foreground:
         spec=lambda w: as_json(PLAN.foreground_spec(w.category)),
         inputs=lambda w: as_json(PLAN.foreground_inputs(w.category)),
         data_root=DATA_ROOT,
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
     log:
         f"{LOGS}/estimate_foreground/{{category}}/{{key}}.log",
     threads: THREADS
@@ -42,6 +43,7 @@ rule generate_anomalies:
         spec=lambda w: as_json(PLAN.generation_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.generation_inputs(w.category, w.defect)),
         data_root=DATA_ROOT,
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
         model=PLAN.model_path,
         revision=config["diffusion"]["revision"],
         batch_size=config["generation"]["batch_size"],

@@ -1,0 +1,284 @@
+"""``anogen check-data``: read the whole data set once and report every problem at once.
+
+A run of the workflow stops at the first bad file it meets, possibly hours in. This check
+walks the data set of a config the way the jobs will (``anogen.data.layouts``, the
+config's ``Plan``), collects *every* problem instead of stopping, and says what the DAG
+would run. Problems are what would stop a job (exit status 1):
+
+- names the DAG rejects (category/defect folders that ``categories: all`` / ``defects:
+  all`` select), categories or defects the config names that do not exist;
+- unreadable or truncated images and masks (every file is decoded fully), files that are
+  not images, empty folders, missing masks, masks whose size differs from their image,
+  empty masks of anomalous images, several masks for one image;
+- too few anomalies of a defect type for ``support.shots``; no test image left once the
+  support images are excluded (``support.exclude_from_test``).
+
+Warnings do not stop a job but change what the results mean: grayscale and colour images
+mixed in a category (everything is converted to RGB), non-square images (see
+``resize``), no normal or no anomalous test image left after the support sets (image
+AU-ROC is undefined), badly named folders the config leaves out. For each category it
+also reports image sizes and aspect ratios and the GrabCut foreground coverage on a few
+normal images, suggesting ``category_options.<c>.texture: true`` where the foreground
+covers nearly the whole image (GrabCut keeps >= 90% of its initial rectangle: a texture or
+a close-up, where boxes may go anywhere).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from anogen.data.geometry import to_square
+from anogen.errors import AnogenError, DataError
+
+# Suggest texture: true when GrabCut keeps this fraction of its initial rectangle (the image
+# less a 5% margin on every side, which GrabCut always treats as background): ~73% of the image.
+TEXTURE_COVERAGE = 0.9
+
+__all__ = ["CheckReport", "check_data", "planned_job_counts", "texture_threshold", "TEXTURE_COVERAGE"]
+
+
+@dataclass
+class CheckReport:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    jobs: dict[str, int] = field(default_factory=dict)
+    coverage: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        out = list(self.lines)
+        out += [f"PROBLEM  {p}" for p in self.problems]
+        out += [f"warning  {w}" for w in self.warnings]
+        if self.problems:
+            out.append(f"{len(self.problems)} problem(s) that would stop a job, {len(self.warnings)} warning(s)")
+        else:
+            out.append(f"no problem found ({len(self.warnings)} warning(s))")
+        return "\n".join(out)
+
+
+def _builds_tiny_model(diffusion: dict) -> bool:
+    """Whether the tiny_model rule is part of the DAG (diffusion.tiny.family, or a "tiny:" model)."""
+    return bool(diffusion.get("tiny", {}).get("family")) or str(diffusion["model"]).startswith("tiny:")
+
+
+def planned_job_counts(plan) -> dict[str, int]:
+    """Jobs per rule of the default target, as the Snakefile plans them from ``Plan``."""
+    pairs = plan.pairs()
+    runs = plan.detector_runs()
+    counts = {
+        "demo_data": 1 if plan.is_demo else 0,
+        "tiny_model": 1 if _builds_tiny_model(plan.config["diffusion"]) else 0,
+        "select_support": len(pairs),
+        "estimate_foreground": len(plan.categories),
+        "learn_embedding": len(pairs),
+        "generate_anomalies": len(pairs),
+        "train_detector": len(runs),
+        "evaluate_detector": len(runs),
+        "summarize": 1,
+        "all": 1,
+    }
+    return {rule: n for rule, n in counts.items() if n}
+
+
+def _decode_all(index, report: CheckReport, resize: str = "squash") -> dict[str, Any]:
+    """Decode every image and mask of a scanned category; sizes, modes and bad files."""
+    from anogen.data import mvtec
+    from anogen.io import read_image
+
+    sizes: collections.Counter = collections.Counter()
+    modes: collections.Counter = collections.Counter()
+    bad: set[str] = set()
+
+    def decode(path: Path, mode: str) -> np.ndarray | None:
+        try:
+            array = read_image(path, mode)
+        except DataError as exc:
+            report.problems.append(str(exc))
+            bad.add(str(path))
+            return None
+        return array
+
+    for path in index.train_good + [item.path for item in index.test]:
+        array = decode(path, "RGB")
+        if array is None:
+            continue
+        modes["grayscale" if mvtec._header(path)[1] in mvtec._GRAY_MODES else "colour"] += 1
+        if array is not None:
+            sizes[(array.shape[1], array.shape[0])] += 1
+    for item in index.test:
+        if item.mask is None:
+            continue
+        mask = decode(item.mask, "L")
+        if mask is not None and not mask.any():
+            report.problems.append(f"{item.mask}: mask is empty (all zero) for the anomalous image {item.path}")
+            bad.add(str(item.mask))
+        elif mask is not None and resize == "crop" and not to_square(mask, "crop").any():
+            report.warnings.append(f"{item.path}: its anomaly lies entirely outside the centre square kept by "
+                                   "resize: crop (no model sees it; as a support image it stops the embedding job)")
+    return {"sizes": sizes, "modes": modes, "bad": bad}
+
+
+def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None, collections.Counter]:
+    """Mean foreground fraction of the image over ``n`` evenly spaced images, and the methods used."""
+    from anogen.data.mvtec import load_image
+    from anogen.generation.foreground import estimate_foreground_with_method
+
+    chosen = paths[:: max(1, len(paths) // max(1, n))][:n]
+    fractions, methods = [], collections.Counter()
+    for path in chosen:
+        try:
+            mask, method = estimate_foreground_with_method(load_image(path), "grabcut", iterations)
+        except AnogenError:
+            continue  # already reported by the decode pass
+        fractions.append(float(mask.mean()))
+        methods[method] += 1
+    return (float(np.mean(fractions)) if fractions else None), methods
+
+
+def texture_threshold() -> float:
+    """Foreground fraction of the whole image above which check-data suggests texture: true."""
+    from anogen.generation.foreground import MARGIN
+
+    return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
+
+
+def _check_category(plan, category: str, defects: list[str], options: dict, report: CheckReport,
+                    foreground_images: int) -> None:
+    from anogen.data.layouts import scan_category
+    from anogen.data.support import select_support
+
+    config = plan.config
+    shots, seed = config["support"]["shots"], config["support"]["seed"]
+    errors: list[DataError] = []
+    try:
+        index = scan_category(config["data_root"], category, options, defects=defects, min_shots=shots, errors=errors)
+    except AnogenError as exc:
+        report.problems.append(str(exc))
+        return
+    report.problems += [str(e) for e in errors]
+    decoded = _decode_all(index, report, config["resize"])
+
+    # What the evaluation would see after the support images are left out.
+    excluded: set[str] = set()
+    for defect in index.defects:
+        try:
+            chosen = select_support(index, defect, shots, seed)
+        except AnogenError:
+            where = str(index.defect_path(defect))
+            if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
+                usable = len(index.defect_items(defect))
+                report.problems.append(f"{where}: only {usable} usable anomalous image(s) (see the problems "
+                                       f"with its files) but support.shots = {shots} are needed")
+            continue
+        excluded |= {str(item.path) for item in chosen}
+    kept = [item for item in index.test if not (config["support"]["exclude_from_test"] and str(item.path) in excluded)]
+    n_good = sum(not item.is_anomalous for item in kept)
+    n_bad = len(kept) - n_good
+    if not kept:
+        report.problems.append(f"{category}: no test image left after excluding the support images")
+    elif not n_good or not n_bad:
+        which = "normal" if not n_good else "anomalous"
+        report.warnings.append(f"{category}: no {which} test image left after excluding the support images "
+                               "(image AU-ROC is undefined)")
+
+    modes = decoded["modes"]
+    if len(modes) > 1:
+        report.warnings.append(f"{category}: grayscale and colour images mixed ({dict(modes)}); all are read as RGB")
+    sizes = decoded["sizes"]
+    ratios = sorted({round(w / h, 3) for w, h in sizes})
+    if any(r != 1.0 for r in ratios) and config["resize"] == "squash":
+        report.warnings.append(
+            f"{category}: non-square images (aspect ratios {ratios}) are squashed to squares (resize: squash); "
+            "resize: pad or crop keeps the aspect ratio"
+        )
+    per_defect = collections.Counter(item.defect for item in index.test if item.is_anomalous)
+    size_text = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(4))
+    if len(sizes) > 4:
+        size_text += f", ... ({len(sizes)} sizes)"
+    report.lines.append(
+        f"category {category}: {len(index.train_good)} normal training images, "
+        f"{sum(not i.is_anomalous for i in index.test)} normal test images, anomalies "
+        + (", ".join(f"{d} {per_defect[d]}" for d in index.defects) or "none")
+        + f"; after excluding the support sets: {n_good} normal + {n_bad} anomalous test images"
+    )
+    report.lines.append(f"  sizes {size_text}; aspect ratios {ratios}; {dict(modes)}")
+
+    if plan.texture(category) or plan.foreground_template(category):
+        report.lines.append("  foreground: " + ("texture (whole image)" if plan.texture(category) else "template"))
+        return
+    usable = [p for p in index.train_good if str(p) not in decoded["bad"]]
+    cover, methods = _coverage(usable, foreground_images, config["generation"]["grabcut_iterations"])
+    if cover is None:
+        return
+    report.coverage[category] = cover
+    line = (f"  foreground (GrabCut on {sum(methods.values())} normal images, methods {dict(methods)}): "
+            f"{cover:.0%} of the image")
+    if cover >= texture_threshold():
+        line += f"; nearly everything: if {category} is a texture, set category_options.{category}.texture: true"
+    report.lines.append(line)
+
+
+def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str], None] | None = None) -> CheckReport:
+    """Check the data set of a validated config (``load_config_file``); see the module docstring."""
+    from anogen.config import Plan
+    from anogen.data.layouts import layout_spec
+
+    report = CheckReport()
+    plan = Plan(config)
+    options = layout_spec(config)
+    report.lines.append(f"data {config['data_root']} (data_layout {config['data_layout']}, resize {config['resize']})")
+    try:
+        layout = plan.layout
+    except AnogenError as exc:
+        report.problems.append(str(exc))
+        return report
+    rejected = getattr(plan, "_rejected_categories", [])
+    wanted = config["categories"]
+    for exc in rejected:
+        (report.problems if wanted == "all" else report.warnings).append(
+            str(exc) + ("" if wanted == "all" else " (not selected by categories:, so ignored)")
+        )
+    if wanted == "all":
+        categories = list(layout)
+    else:
+        categories = [c for c in wanted if c in layout]
+        report.problems += [f"categories: {c!r} not found under {config['data_root']!r}" for c in wanted if c not in layout]
+    selected_pairs = []
+    for category in categories:
+        choice = "all" if config["defects"] == "all" else config["defects"].get(category, "all")
+        available = layout[category]["defects"]
+        for exc in layout[category].get("rejected", []):
+            (report.problems if choice == "all" else report.warnings).append(str(exc))
+        defects = available if choice == "all" else [d for d in choice if d in available]
+        if choice != "all":
+            report.problems += [f"defects.{category}: {d!r} not found (available: {available})" for d in choice if d not in available]
+        if not defects:
+            report.problems.append(f"{category}: no defect type to learn from (no anomalous test image)")
+        selected_pairs += [(category, d) for d in defects]
+        if echo:
+            echo(f"checking {category} ...")
+        _check_category(plan, category, defects, options, report, foreground_images)
+
+    report.lines.append(f"plan: {len(categories)} categories, {len(selected_pairs)} (category, defect) pairs: "
+                        + ", ".join(f"{c}/{d}" for c, d in selected_pairs))
+    try:
+        report.jobs = planned_job_counts(plan)
+    except AnogenError as exc:  # the DAG would not build; say so unless that file is reported already
+        path = getattr(exc, "path", None)
+        if not any(p.startswith(f"{path}:") for p in report.problems):
+            report.problems.append(str(exc))
+    if not report.jobs:
+        report.lines.append("jobs: none, the DAG would not build (see the problems)")
+    else:
+        report.lines.append("jobs: " + ", ".join(f"{rule} {n}" for rule, n in report.jobs.items())
+                            + f" (total {sum(report.jobs.values())})")
+    return report
