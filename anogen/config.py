@@ -438,6 +438,7 @@ class Plan:
     def support_spec(self, category: str, defect: str) -> dict:
         s = self.config["support"]
         files = self.support_files(category, defect)
+        files = None if files is None else list(files)
         if self.named_support_files(category, defect) is not None:
             # Named files: shots and seed do not apply; the names (their order included) do.
             return {"category": category, "defect": defect, "files": files}

@@ -36,3 +36,30 @@ def build_fake_mvtec(root: Path, per_folder: int = 4, categories=None) -> Path:
                 (images / f"{i:03d}.png").write_bytes(image)
                 (masks / f"{i:03d}_mask.png").write_bytes(mask)
     return root
+
+
+def build_fake_authors_repo(root: Path, data_root: Path, dim: int = 1280) -> Path:
+    """A stand-in for a clone of the authors' repository over a fake MVTec tree: for every
+    defect folder of ``data_root``, 3 published support images (by name), a box template and
+    an ``embeddings.pt`` in the authors' format (string_to_token, ParameterDict string_to_param)."""
+    import torch
+
+    mask = _png(255)
+    for category_dir in sorted(p for p in Path(data_root).iterdir() if p.is_dir()):
+        category = category_dir.name
+        for defect_dir in sorted(p for p in (category_dir / "test").iterdir() if p.is_dir() and p.name != "good"):
+            defect = defect_dir.name
+            support = root / "DIFFUSION" / "images" / "train_images" / category
+            (support / defect).mkdir(parents=True, exist_ok=True)
+            (support / f"{defect}_mask").mkdir(parents=True, exist_ok=True)
+            for image in sorted(defect_dir.iterdir())[:3]:
+                (support / defect / image.name).write_bytes(image.read_bytes())
+                (support / f"{defect}_mask" / f"{image.stem}_mask.png").write_bytes(mask)
+            template = root / "DIFFUSION" / "images" / "mask_template" / category / defect / "mask.png"
+            template.parent.mkdir(parents=True, exist_ok=True)
+            template.write_bytes(mask)
+            params = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, dim))})
+            path = root / "DIFFUSION" / "logs" / f"{category}_{defect}" / "embeddings.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"string_to_token": {"*": torch.tensor(1008)}, "string_to_param": params}, path)
+    return root

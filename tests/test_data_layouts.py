@@ -159,7 +159,7 @@ def test_folder_options(tmp_path):
     with pytest.raises(ConfigError, match="folder.categories"):
         validate_config({"data_root": str(tmp_path), "data_layout": "folder"})
     with pytest.raises(ConfigError, match="data_layout.*demo data set"):
-        validate_config({"data_layout": "visa"})  # data_root defaults to the (MVTec-layout) demo
+        validate_config({"data_root": "resources/demo_mvtec", "data_layout": "visa"})  # the (MVTec-layout) demo
     make_folder_tree(tmp_path / "tiny", n_normal=1)
     with pytest.raises(DataError, match="too few to keep"):
         scan_category(tmp_path, "tiny", layout_spec(_folder(tmp_path, name="tiny")))

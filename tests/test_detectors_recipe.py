@@ -301,7 +301,7 @@ def test_generated_branch_values_reach_only_the_generated_variants():
 
 def test_precision_switch_defaults_to_fp32_and_reaches_the_key():
     p = _plan({})
-    assert validate_config({})["detectors"]["mixed_precision"] == "no"
+    assert validate_config({"data_root": "/data"})["detectors"]["mixed_precision"] == "no"
     assert p.detector_spec("cat_a", "draem", "baseline")["mixed_precision"] == p.config["detectors"]["mixed_precision"]
     q = _plan({"detectors": {"mixed_precision": "bf16"}})
     for m in ("draem", "destseg"):
@@ -414,7 +414,7 @@ def test_draem_trainer_uses_smoothing_and_ssim_range_from_config():
 
     tr = DraemTrainer({"recon_base_width": 4, "disc_base_width": 4}, seed=0, tau=0.9, device="cpu", n_train=4)
     assert tr.cfg["focal_smooth"] == 1e-5 and tr.cfg["ssim_value_range"] is None
-    schema = validate_config({})["detectors"]["draem"]
+    schema = validate_config({"data_root": "/data"})["detectors"]["draem"]
     assert schema["focal_smooth"] == 1e-5 and schema["ssim_value_range"] is None
 
 
@@ -439,7 +439,7 @@ def test_zero_init_last_zeroes_the_last_bn_of_every_student_encoder_block():
     assert torch.allclose(blocks[0](x), torch.relu(x))
     off = DestsegNet(zero_init_last=False)
     assert torch.equal(off.student.encoder.layers[0][0].bn2.weight, torch.ones(64))
-    assert validate_config({})["detectors"]["destseg"]["zero_init_last"] is True
+    assert validate_config({"data_root": "/data"})["detectors"]["destseg"]["zero_init_last"] is True
 
 
 def test_destseg_teacher_statistics_stay_frozen_during_training():

@@ -31,7 +31,7 @@ def make_spec(**overrides) -> dict:
     """The schema's embedding section (defaults filled) with tiny-run values."""
     from anogen.config import validate_config
 
-    spec = validate_config({})["embedding"]
+    spec = validate_config({"data_root": "/data"})["embedding"]
     spec.update(
         placeholder_token=TOKEN, steps=3, batch_size=2, resolution=64, checkpoint_every=2,
         templates=["a photo of a {}", "a close-up photo of the {}", "a photo of a small {}"],

@@ -95,9 +95,9 @@ def test_zero_one_masks_are_read_like_zero_255(tmp_path):
 
 
 def test_schema_default_and_values():
-    assert validate_config({})["evaluation"]["mask_resize"] == "nearest"
+    assert validate_config({"data_root": "/data"})["evaluation"]["mask_resize"] == "nearest"
     with pytest.raises(ConfigError, match="evaluation.mask_resize"):
-        validate_config({"evaluation": {"mask_resize": "area"}})
+        validate_config({"data_root": "/data", "evaluation": {"mask_resize": "area"}})
 
 
 def test_evaluate_detector_applies_and_records_the_rule(tmp_path):
