@@ -67,8 +67,11 @@ class Progress:
         text = f"{self.what} {done}/{self.total}, {rate_text}, ETA {format_eta(self.eta(done))}"
         return f"{text}, {extra}" if extra else text
 
-    def update(self, done: int, extra: str = "") -> bool:
-        """Log a line if due; returns whether one was written."""
+    def update(self, done: int, extra: str | Callable[[], str] = "") -> bool:
+        """Log a line if due; returns whether one was written.
+
+        ``extra`` (e.g. the current losses) may be a function, called only when a line is due.
+        """
         now = self.clock()
         due = (
             done >= self.total
@@ -77,6 +80,6 @@ class Progress:
         )
         if not due or done == self._last_done:
             return False
-        self.logger.info("%s", self.line(done, extra))
+        self.logger.info("%s", self.line(done, extra() if callable(extra) else extra))
         self._last_time, self._last_done = now, done
         return True

@@ -36,6 +36,16 @@ def test_progress_line_rate_and_eta(caplog):
     assert lines == ["step 10/100, 2 it/s, ETA 00:00:45, loss 0.5", "step 100/100, 2 it/s, ETA 00:00:00"]
 
 
+def test_progress_extra_is_computed_only_when_a_line_is_due():
+    now = [0.0]
+    calls = []
+    progress = Progress(10, logger=logging.getLogger("t.p3"), every=5, seconds=1e9, clock=lambda: now[0])
+    for step in range(1, 11):
+        now[0] = float(step)
+        progress.update(step, lambda: calls.append(step) or "x")
+    assert calls == [5, 10]
+
+
 def test_progress_counts_only_the_resumed_part_and_the_time_limit():
     now = [0.0]
     progress = Progress(1000, logger=logging.getLogger("t.p2"), start=600, every=1000, seconds=60, clock=lambda: now[0])

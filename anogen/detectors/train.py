@@ -49,8 +49,8 @@ from anogen.detectors.precision import effective_precision
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
 from anogen.errors import ConfigError, IntegrityError
-from anogen.progress import Progress
 from anogen.io import atomic_write_json, atomic_write_text, sha256_file, write_manifest
+from anogen.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -338,11 +338,10 @@ def train_detector(
             last = trainer.train_step(batch, step)
             step += 1
             csv_log.write({"step": step, **last, "seconds": time.perf_counter() - t0})
-            terms = " ".join(
+            progress.update(step, lambda: " ".join(
                 f"{k} {v:.4f}" for k, v in last.items()
                 if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
-            )
-            progress.update(step, f"{terms} lr {last['lr']:.3g}")
+            ) + f" lr {last['lr']:.3g}")
             if step % checkpoint_every == 0 and step < total:
                 csv_log.flush()
                 save_checkpoint(ckpt_path, _state(trainer, step, key))

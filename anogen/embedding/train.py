@@ -71,8 +71,8 @@ from PIL import Image
 from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from anogen.devices import autocast
 from anogen.errors import ConfigError, IntegrityError
-from anogen.progress import Progress
 from anogen.io import MANIFEST_NAME, atomic_write_text, write_manifest
+from anogen.progress import Progress
 
 log = logging.getLogger("anogen.embedding")
 

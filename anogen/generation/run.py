@@ -47,9 +47,9 @@ from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import Box, sample_boxes
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
-from anogen.progress import Progress
 from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file, write_manifest
 from anogen.keys import canonical_json
+from anogen.progress import Progress
 
 log = logging.getLogger("anogen.generation")
 
