@@ -34,13 +34,16 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         SUMMARY_CSV,
         TABLE1_CSV,
         [generation_output(c, d, "montage.png") for c, d in PLAN.pairs()],
         # report items that no later rule reads (a missing one must still be made)
-        [evaluation_output(c, m, v, "training_loss.png") for c, m, v in PLAN.detector_runs()],
-    default_target: True
+        [
+            evaluation_output(c, m, v, "training_loss.png")
+            for c, m, v in PLAN.detector_runs()
+        ],
 
 
 # ---------------------------------------------------------------------------- stage targets
@@ -56,13 +59,21 @@ rule support:
 
 rule embeddings:
     input:
-        [embedding_output(c, d, name) for c, d in PLAN.pairs() for name in ("manifest.json", "learned_embeds.safetensors")],
+        [
+            embedding_output(c, d, name)
+            for c, d in PLAN.pairs()
+            for name in ("manifest.json", "learned_embeds.safetensors")
+        ],
     localrule: True
 
 
 rule generated:
     input:
-        [generation_output(c, d, name) for c, d in PLAN.pairs() for name in ("manifest.json", "montage.png")],
+        [
+            generation_output(c, d, name)
+            for c, d in PLAN.pairs()
+            for name in ("manifest.json", "montage.png")
+        ],
     localrule: True
 
 

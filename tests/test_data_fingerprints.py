@@ -110,7 +110,7 @@ def test_support_job_copies_exactly_the_files_the_plan_chose(tmp_path):
     plan = _plan(root)
     spec = plan.support_spec("bottle", "broken_small")
     manifest = build_support_set(root, "bottle", "broken_small", shots=spec["shots"], seed=spec["seed"],
-                                 out_dir=tmp_path / "s", key="0" * 12, files=spec["files"], spec=spec)
+                                 out_dir=tmp_path / "s", key="0" * 12, files=spec["files"], origin="support.seed")
     sources = [item["source_image"] for item in support_items(manifest)]
     assert sources == [f"bottle/test/broken_small/{n}" for n in spec["files"]]
     # the seeded choice made in the job (no plan) is the same

@@ -62,8 +62,10 @@ def as_json(value):
 # Which GPU a job runs on is a property of the machine, not of any result: the slot count and
 # lock folder reach the jobs through the environment (anogen.devices reads them), so changing
 # them never reruns a job. Under Slurm they are unused (Slurm assigns the devices).
-for _var, _value in (("ANOGEN_GPU_SLOTS", config["resources"]["gpu_slots"]),
-                     ("ANOGEN_LOCK_DIR", config["resources"]["lock_dir"])):
+for _var, _value in (
+    ("ANOGEN_GPU_SLOTS", config["resources"]["gpu_slots"]),
+    ("ANOGEN_LOCK_DIR", config["resources"]["lock_dir"]),
+):
     if _value is not None:
         os.environ[_var] = str(_value)
 THREADS = config["resources"]["threads"]
@@ -77,7 +79,11 @@ from snakemake.logging import logger
 
 logger.info(
     f"anogen: diffusion model {PLAN.model_path}"
-    + (" (tiny, randomly initialised; built by rule tiny_model)" if PLAN.tiny_family else "")
+    + (
+        " (tiny, randomly initialised; built by rule tiny_model)"
+        if PLAN.tiny_family
+        else ""
+    )
     + f"; data {config['data_root']}"
 )
 for _note in plan_warnings(config):
@@ -129,4 +135,7 @@ def evaluation_output(category, detector, variant, name="metrics.json"):
 def generated_for_detector(wildcards):
     if wildcards.variant == "baseline":
         return []
-    return [generation_output(wildcards.category, d) for d in PLAN.defects(wildcards.category)]
+    return [
+        generation_output(wildcards.category, d)
+        for d in PLAN.defects(wildcards.category)
+    ]

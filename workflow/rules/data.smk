@@ -4,15 +4,15 @@
 rule demo_data:
     output:
         marker=f"{config['demo']['root']}/demo_spec.json",
-    params:
-        spec=as_json(config["demo"]),
     log:
         f"{LOGS}/demo_data.log",
+    conda:
+        "../../envs/anogen.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/anogen.yaml"
+    params:
+        spec=as_json(config["demo"]),
     script:
         "../scripts/demo_data.py"
 
@@ -24,6 +24,13 @@ if PLAN.tiny_family:
     rule tiny_model:
         output:
             index=f"{PLAN.model_path}/model_index.json",
+        log:
+            f"{LOGS}/tiny_model.log",
+        conda:
+            "../../envs/anogen.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=10,
         params:
             spec=as_json(
                 {
@@ -32,13 +39,6 @@ if PLAN.tiny_family:
                     "resolution": config["diffusion"]["tiny"]["resolution"],
                 }
             ),
-        log:
-            f"{LOGS}/tiny_model.log",
-        resources:
-            mem_mb=2000,
-            runtime=10,
-        conda:
-            "../../envs/anogen.yaml"
         script:
             "../scripts/tiny_model.py"
 
@@ -48,19 +48,18 @@ rule select_support:
         dataset_inputs,
     output:
         manifest=f"{RESULTS}/support/{{category}}/{{defect}}/{{key}}/manifest.json",
+    log:
+        f"{LOGS}/select_support/{{category}}/{{defect}}/{{key}}.log",
+    conda:
+        "../../envs/anogen.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         spec=lambda w: as_json(PLAN.support_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.support_inputs(w.category, w.defect)),
         data_root=DATA_ROOT,
         origin=lambda w: PLAN.support_origin(w.category, w.defect),
         dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
-    log:
-        f"{LOGS}/select_support/{{category}}/{{defect}}/{{key}}.log",
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../../envs/anogen.yaml"
     script:
         "../scripts/select_support.py"
-

@@ -13,17 +13,17 @@ if config["embedding"]["source"] == "authors":
             embedding=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/learned_embeds.safetensors",
             loss_csv=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.csv",
             loss_plot=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.png",
+        log:
+            f"{LOGS}/import_embedding/{{category}}/{{defect}}/{{key}}.log",
+        conda:
+            "../../envs/anogen.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=5,
         params:
             spec=lambda w: as_json(PLAN.embedding_spec(w.category, w.defect)),
             inputs=lambda w: as_json(PLAN.embedding_inputs(w.category, w.defect)),
             source=lambda w: str(PLAN.embedding_source(w.category, w.defect)),
-        log:
-            f"{LOGS}/import_embedding/{{category}}/{{defect}}/{{key}}.log",
-        resources:
-            mem_mb=1000,
-            runtime=5,
-        conda:
-            "../../envs/anogen.yaml"
         script:
             "../scripts/import_embedding.py"
 
@@ -44,6 +44,15 @@ else:
                 subcategory="{category}",
                 labels={"category": "{category}", "defect": "{defect}"},
             ),
+        log:
+            f"{LOGS}/learn_embedding/{{category}}/{{defect}}/{{key}}.log",
+        conda:
+            "../../envs/anogen.yaml"
+        threads: THREADS
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=240,
         params:
             spec=lambda w: as_json(PLAN.embedding_spec(w.category, w.defect)),
             inputs=lambda w: as_json(PLAN.embedding_inputs(w.category, w.defect)),
@@ -51,14 +60,5 @@ else:
             revision=config["diffusion"]["revision"],
             checkpoint_every=config["embedding"]["checkpoint_every"],
             cuda_graph=config["embedding"]["cuda_graph"],
-        log:
-            f"{LOGS}/learn_embedding/{{category}}/{{defect}}/{{key}}.log",
-        threads: THREADS
-        resources:
-            gpu=1,
-            mem_mb=16000,
-            runtime=240,
-        conda:
-            "../../envs/anogen.yaml"
         script:
             "../scripts/learn_embedding.py"

@@ -9,7 +9,9 @@ rule evaluate_detector:
         metrics=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/metrics.json",
         manifest=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
         examples=report(
-            directory(f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/examples"),
+            directory(
+                f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/examples"
+            ),
             patterns=["{defect}/{image}.png"],
             caption="../report/anomaly_maps.rst",
             category="Stage 3: anomaly maps",
@@ -30,20 +32,22 @@ rule evaluate_detector:
             subcategory="{category}",
             labels={"detector": "{detector}", "variant": "{variant}"},
         ),
-    params:
-        spec=lambda w: as_json(PLAN.evaluation_spec(w.category, w.detector, w.variant)),
-        inputs=lambda w: as_json(PLAN.evaluation_inputs(w.category, w.detector, w.variant)),
-        data_root=DATA_ROOT,
-        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
     log:
         f"{LOGS}/evaluate_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
+    conda:
+        "../../envs/anogen.yaml"
     threads: THREADS
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/anogen.yaml"
+    params:
+        spec=lambda w: as_json(PLAN.evaluation_spec(w.category, w.detector, w.variant)),
+        inputs=lambda w: as_json(
+            PLAN.evaluation_inputs(w.category, w.detector, w.variant)
+        ),
+        data_root=DATA_ROOT,
+        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
     script:
         "../scripts/evaluate_detector.py"
 
@@ -91,10 +95,10 @@ rule summarize:
         ),
     log:
         f"{LOGS}/summarize.log",
+    conda:
+        "../../envs/anogen.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/anogen.yaml"
     script:
         "../scripts/summarize.py"

@@ -6,19 +6,19 @@ rule estimate_foreground:
         dataset_inputs,
     output:
         manifest=f"{RESULTS}/foreground/{{category}}/{{key}}/manifest.json",
+    log:
+        f"{LOGS}/estimate_foreground/{{category}}/{{key}}.log",
+    conda:
+        "../../envs/anogen.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         spec=lambda w: as_json(PLAN.foreground_spec(w.category)),
         inputs=lambda w: as_json(PLAN.foreground_inputs(w.category)),
         data_root=DATA_ROOT,
         dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
-    log:
-        f"{LOGS}/estimate_foreground/{{category}}/{{key}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../../envs/anogen.yaml"
     script:
         "../scripts/estimate_foreground.py"
 
@@ -26,9 +26,15 @@ rule estimate_foreground:
 rule generate_anomalies:
     input:
         support=lambda w: support_output(w.category, w.defect),
-        embedding=lambda w: embedding_output(w.category, w.defect, "learned_embeds.safetensors"),
+        embedding=lambda w: embedding_output(
+            w.category, w.defect, "learned_embeds.safetensors"
+        ),
         # A defect with a box template samples its boxes on it: no foreground set is needed.
-        foreground=lambda w: [] if PLAN.box_template(w.category, w.defect) else foreground_output(w.category),
+        foreground=lambda w: (
+            []
+            if PLAN.box_template(w.category, w.defect)
+            else foreground_output(w.category)
+        ),
         model=model_inputs,
     output:
         manifest=f"{RESULTS}/generated/{{category}}/{{defect}}/{{key}}/manifest.json",
@@ -39,6 +45,15 @@ rule generate_anomalies:
             subcategory="{category}",
             labels={"category": "{category}", "defect": "{defect}"},
         ),
+    log:
+        f"{LOGS}/generate_anomalies/{{category}}/{{defect}}/{{key}}.log",
+    conda:
+        "../../envs/anogen.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
     params:
         spec=lambda w: as_json(PLAN.generation_spec(w.category, w.defect)),
         inputs=lambda w: as_json(PLAN.generation_inputs(w.category, w.defect)),
@@ -51,15 +66,6 @@ rule generate_anomalies:
         compile=config["generation"]["compile"],
         # Its path only (moving a clone reruns nothing); its sha256 is in the spec.
         template=lambda w: str(PLAN.box_template(w.category, w.defect) or ""),
-    log:
-        f"{LOGS}/generate_anomalies/{{category}}/{{defect}}/{{key}}.log",
-    threads: THREADS
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,
-    conda:
-        "../../envs/anogen.yaml"
     script:
         "../scripts/generate_anomalies.py"
 
@@ -69,14 +75,20 @@ rule export_generated:
         generated=[generation_output(c, d) for c, d in PLAN.pairs()],
     output:
         marker=f"{RESULTS}/export/generated-{PLAN.export_key}/dataset.json",
-    params:
-        spec=as_json({"generation": {f"{c}/{d}": PLAN.generation_key(c, d) for c, d in PLAN.pairs()}}),
     log:
         f"{LOGS}/export_generated/{PLAN.export_key}.log",
+    conda:
+        "../../envs/anogen.yaml"
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../envs/anogen.yaml"
+    params:
+        spec=as_json(
+            {
+                "generation": {
+                    f"{c}/{d}": PLAN.generation_key(c, d) for c, d in PLAN.pairs()
+                }
+            }
+        ),
     script:
         "../scripts/export_generated.py"
