@@ -26,8 +26,10 @@ pytestmark = pytest.mark.e2e
 README = e2e.REPO / "README.md"
 DATA_PLACEHOLDER = "/path/to/mvtec_anomaly_detection"
 MODEL_PLACEHOLDER = "/path/to/ldm-text2im-large-256"
+DTD_PLACEHOLDER = "/path/to/dtd/images"
+AUTHORS_PLACEHOLDER = "/path/to/AnoGen"
 REAL_MODEL = "CompVis/ldm-text2im-large-256"
-CHECKOUT = ("Snakefile", "workflow", "config", "envs", "profiles")
+CHECKOUT = ("Snakefile", "workflow", "config", "envs", "profiles", "bench")
 
 
 # ----------------------------------------------------------------------------- reading the README
@@ -76,6 +78,26 @@ def fake_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, fake_mvtec, fake_model) -> dict[str, Path]:
+    """What each README placeholder stands for here: small stand-ins a test can plan against."""
+    from tests.fake_trees import _png, build_fake_authors_repo
+
+    dtd = tmp_path_factory.mktemp("dtd") / "images"
+    (dtd / "banded").mkdir(parents=True)
+    for i in range(3):
+        (dtd / "banded" / f"banded_{i:04d}.jpg").write_bytes(_png(40 * i))
+    authors = build_fake_authors_repo(tmp_path_factory.mktemp("authors") / "AnoGen", fake_mvtec)
+    return {DATA_PLACEHOLDER: fake_mvtec, MODEL_PLACEHOLDER: fake_model, DTD_PLACEHOLDER: dtd,
+            AUTHORS_PLACEHOLDER: authors}
+
+
+def substitute(statement: str, places: dict[str, Path]) -> str:
+    for placeholder, path in places.items():
+        statement = statement.replace(placeholder, str(path))
+    return statement
+
+
 def fresh_checkout(path: Path) -> Path:
     import shutil
 
@@ -91,8 +113,8 @@ def fresh_checkout(path: Path) -> Path:
     return path
 
 
-def dry_run(checkout: Path, statement: str, data: Path, model: Path) -> subprocess.CompletedProcess:
-    words = shlex.split(statement.replace(DATA_PLACEHOLDER, str(data)).replace(MODEL_PLACEHOLDER, str(model)))
+def dry_run(checkout: Path, statement: str, places: dict[str, Path]) -> subprocess.CompletedProcess:
+    words = shlex.split(substitute(statement, places))
     assert words[0] == ".venv/bin/snakemake", statement
     # The venv's snakemake as written, run through this interpreter (the symlinked venv's
     # entry-point scripts carry the CI clone's absolute shebang).
@@ -115,9 +137,9 @@ def planned(stdout: str) -> tuple[collections.Counter, dict[str, list[str]]]:
     return counts, outputs
 
 
-def config_of(statement: str, checkout: Path, data: Path, model: Path) -> dict:
+def config_of(statement: str, checkout: Path, places: dict[str, Path]) -> dict:
     """The config Snakemake builds from the statement's --configfile files and --config pairs."""
-    words = shlex.split(statement.replace(DATA_PLACEHOLDER, str(data)).replace(MODEL_PLACEHOLDER, str(model)))
+    words = shlex.split(substitute(statement, places))
     files, pairs, mode = [], [], None
     for word in words[1:]:
         if word.startswith("-"):
@@ -155,7 +177,45 @@ def expected_manifests(plan: Plan) -> dict[str, set[str]]:
 # ----------------------------------------------------------------------------- the test
 
 
-def test_every_readme_command_plans_what_it_says(tmp_path, fake_mvtec, fake_model):
+def run_anogen(checkout: Path, statement: str, places: dict[str, Path]) -> subprocess.CompletedProcess:
+    """``.venv/bin/anogen ...`` as written (through this interpreter, see dry_run)."""
+    words = shlex.split(substitute(statement, places))
+    cmd = [sys.executable, "-m", "anogen.cli", *words[1:]]
+    return subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=900, env=e2e.env())
+
+
+STAGE_TARGETS = {"support": "select_support", "embeddings": "learn_embedding|import_embedding",
+                 "generated": "generate_anomalies", "detectors": "train_detector", "evaluation": "evaluate_detector"}
+
+
+def check_full_run(statement: str, words: list[str], counts, outputs, text: str, config: dict, places) -> None:
+    """A real run: no demo job, the named model, one job per (category, defect), this config's keys."""
+    plan = Plan(config)
+    assert "demo_data" not in counts and "tiny_model" not in counts, (statement, counts)
+    assert "random diffusion model" not in text, statement
+    model = config["diffusion"]["model"]
+    assert model in (REAL_MODEL, str(places[MODEL_PLACEHOLDER])), model
+    assert f"anogen: diffusion model {model};" in text
+    n_pairs = len(plan.pairs())
+    assert n_pairs == (72 if "mvtec-authors" in statement else 73), n_pairs
+    embedding_rule = "import_embedding" if config["embedding"]["source"] == "authors" else "learn_embedding"
+    targets = [w for w in words[1:] if w in STAGE_TARGETS]
+    if targets:  # stage targets: their rules and nothing downstream
+        assert set(counts) == {*targets, "select_support", embedding_rule} or "generated" in targets, counts
+    for rule in ("select_support", embedding_rule, "generate_anomalies"):
+        if not targets or rule in counts:
+            assert counts[rule] == n_pairs, (statement, rule, counts)
+    # The keys of every planned artifact are those of exactly this config over the schema
+    # defaults: no value of the demo's config reached the run.
+    for rule, expected in expected_manifests(plan).items():
+        got = {p for p in outputs.get(rule, []) if p.endswith("manifest.json")}
+        if rule == "learn_embedding":
+            got |= {p for p in outputs.get("import_embedding", []) if p.endswith("manifest.json")}
+        if got:
+            assert got == expected, (statement, rule, sorted(got ^ expected)[:4])
+
+
+def test_every_readme_command_plans_what_it_says(tmp_path, places):
     checked = collections.Counter()
     checkout = fresh_checkout(tmp_path / "checkout")
     for statement in readme_statements():
@@ -169,60 +229,50 @@ def test_every_readme_command_plans_what_it_says(tmp_path, fake_mvtec, fake_mode
         if words[:2] == [".venv/bin/hf", "download"]:
             # No network here: the command and its arguments must still be what hf accepts.
             assert words[2] == REAL_MODEL, statement
-            proc = subprocess.run([sys.executable, "-m", "huggingface_hub.cli.hf", "download", "--help"],
+            proc = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", "--help"],
                                   capture_output=True, text=True)
-            if proc.returncode != 0:  # older huggingface_hub: the script itself
-                proc = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", "--help"],
-                                      capture_output=True, text=True)
             assert proc.returncode == 0, proc.stderr
             checked["hf"] += 1
             continue
         if words[0] == "printf":
-            local = statement.replace(DATA_PLACEHOLDER, str(fake_mvtec)).replace(MODEL_PLACEHOLDER, str(fake_model))
-            subprocess.run(["bash", "-c", local], cwd=checkout, check=True)
+            subprocess.run(["bash", "-c", substitute(statement, places)], cwd=checkout, check=True)
             checked["printf"] += 1
+            continue
+        if words[0] == ".venv/bin/anogen":
+            proc = run_anogen(checkout, statement, places)
+            assert proc.returncode == 0, f"{statement}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            expect = {"estimate": "total", "check-data": "jobs: select_support 73", "gc": "referenced kept"}[words[1]]
+            assert expect in proc.stdout, (statement, proc.stdout[-2000:])
+            checked[f"anogen {words[1]}"] += 1
             continue
         assert words[0] == ".venv/bin/snakemake", f"README command not exercised by this test: {statement}"
         if "--report" in words:
-            checked["report"] += 1  # needs a finished run: tests/test_workflow_dag.py builds it
+            checked["report"] += 1  # needs a finished run: tests/test_report.py builds it
             continue
-        proc = dry_run(checkout, statement, fake_mvtec, fake_model)
+        proc = dry_run(checkout, statement, places)
         assert proc.returncode == 0, f"{statement}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         counts, outputs = planned(proc.stdout)
         text = proc.stdout + proc.stderr
-        config = config_of(statement, checkout, fake_mvtec, fake_model)
-        plan = Plan(config)
+        config = config_of(statement, checkout, places)
         if "--configfile" not in words:
             # The demo: its data and its tiny random model, and the warning that says so.
             assert counts["demo_data"] == 1 and counts["tiny_model"] == 1, (statement, counts)
-            assert counts["learn_embedding"] == len(plan.pairs()) == 7
+            assert counts["learn_embedding"] == len(Plan(config).pairs()) == 7
             assert "random diffusion model" in text
+            if "export_generated" in words:
+                assert counts["export_generated"] == 1 and "summarize" not in counts, counts
             checked["demo"] += 1
         else:
-            assert "demo_data" not in counts and "tiny_model" not in counts, (statement, counts)
-            assert "random diffusion model" not in text, statement
-            model = config["diffusion"]["model"]
-            assert model in (REAL_MODEL, str(fake_model)), model
-            assert f"anogen: diffusion model {model};" in text
-            n_pairs = len(plan.pairs())
-            assert n_pairs == 73 or "mvtec-authors" in statement, n_pairs
-            for rule in ("select_support", "learn_embedding", "generate_anomalies"):
-                if rule in counts or "support" not in words:
-                    assert counts[rule] == n_pairs, (statement, rule, counts)
-            # The keys of every planned artifact are those of exactly this config over the
-            # schema defaults: no value of the demo's config reached the run.
-            for rule, expected in expected_manifests(plan).items():
-                got = {p for p in outputs.get(rule, []) if p.endswith("manifest.json")}
-                if got:
-                    assert got == expected, (statement, rule, sorted(got ^ expected)[:4])
+            check_full_run(statement, words, counts, outputs, text, config, places)
             checked["full run"] += 1
-    assert checked["demo"] >= 1 and checked["full run"] >= 3 and checked["printf"] >= 1, checked
+    assert checked["demo"] >= 2 and checked["full run"] >= 5 and checked["printf"] >= 2, checked
+    assert {"anogen estimate", "anogen check-data", "anogen gc"} <= set(checked), checked
 
 
-def test_demo_config_is_not_used_for_other_data(tmp_path, fake_mvtec):
+def test_demo_config_is_not_used_for_other_data(tmp_path, places):
     """Without --configfile the demo's config would run on the given data: that stops, with the fix named."""
     checkout = fresh_checkout(tmp_path / "checkout")
-    proc = dry_run(checkout, f".venv/bin/snakemake --cores all --config data_root={fake_mvtec}", fake_mvtec, fake_mvtec)
+    proc = dry_run(checkout, f".venv/bin/snakemake --cores all --config data_root={DATA_PLACEHOLDER}", places)
     assert proc.returncode != 0
     assert "--configfile config/mvtec.yaml" in proc.stdout + proc.stderr
 
