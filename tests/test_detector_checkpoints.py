@@ -1,6 +1,5 @@
 """Foreign checkpoints: the DeSTSeg teacher in timm / DeSTSeg layouts, the official DRAEM .pckl files."""
 
-import json
 
 import pytest
 import torch

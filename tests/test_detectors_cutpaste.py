@@ -1,6 +1,5 @@
 """CutPaste as the synthetic anomaly source (Table 4: CutPaste, CutPaste + ours)."""
 
-import copy
 from pathlib import Path
 
 import numpy as np

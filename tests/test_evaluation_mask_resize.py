@@ -10,7 +10,7 @@ from PIL import Image
 
 from anogen.config import validate_config
 from anogen.errors import ConfigError
-from anogen.evaluation.masks import MASK_RESIZE_METHODS, load_gt_mask, resize_gt_mask
+from anogen.evaluation.masks import MASK_RESIZE_METHODS, load_gt_mask, resize_gt_mask, resolve_mask_resize
 
 from tests.test_evaluate_summary import _make_category, _run
 
@@ -94,6 +94,15 @@ def test_zero_one_masks_are_read_like_zero_255(tmp_path):
         resize_gt_mask(m, 2, "bicubic")
 
 
+def test_official_setting_resolves_per_detector():
+    assert resolve_mask_resize("official", "draem") == "bilinear_uint8"
+    assert resolve_mask_resize("official", "destseg") == "bilinear_antialias"
+    assert resolve_mask_resize("nearest", "draem") == "nearest"
+    with pytest.raises(ValueError):
+        resolve_mask_resize("official", None)
+    assert validate_config({"evaluation": {"mask_resize": "official"}})["evaluation"]["mask_resize"] == "official"
+
+
 def test_schema_default_and_values():
     assert validate_config({"data_root": "/data"})["evaluation"]["mask_resize"] == "nearest"
     with pytest.raises(ConfigError, match="evaluation.mask_resize"):
@@ -118,3 +127,8 @@ def test_evaluate_detector_applies_and_records_the_rule(tmp_path):
     assert extra["lin"]["n_anomalous_pixels"] == n
     with pytest.raises(ConfigError, match="mask_resize"):
         _run(tmp_path, items, out="bad", spec={**spec, "mask_resize": "area"})
+    # 'official': each detector's own test-script rule, recorded resolved
+    off = _run(tmp_path, items, out="off", spec={**spec, "mask_resize": "official"})
+    assert off["mask_resize"] == "bilinear_uint8" and off["pixel_aupr"] == lin["pixel_aupr"]
+    off2 = _run(tmp_path, items, out="off2", spec={**spec, "detector": "destseg", "mask_resize": "official"})
+    assert off2["mask_resize"] == "bilinear_antialias" and off2["pixel_aupr"] == aa["pixel_aupr"]

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from anogen.errors import AnogenError, DataError
-from anogen.evaluation.masks import MASK_RESIZE_METHODS, resize_gt_mask
+from anogen.evaluation.masks import resize_gt_mask, resolve_mask_resize
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
 from anogen.evaluation.visualize import render_panel
 from anogen.io import MANIFEST_NAME, atomic_save_image, atomic_write_json, write_manifest
@@ -144,11 +144,12 @@ def evaluate_detector(
     resolution = int(resolution)
     batch_size = max(int(batch_size), 1)
     image_size = int(predictor.image_size)
-    mask_resize = spec.get("mask_resize", "nearest")
-    if mask_resize not in MASK_RESIZE_METHODS:
+    try:
+        mask_resize = resolve_mask_resize(spec.get("mask_resize", "nearest"), spec.get("detector"))
+    except ValueError as exc:
         from anogen.errors import ConfigError
 
-        raise ConfigError("evaluation.mask_resize", f"must be one of {MASK_RESIZE_METHODS}, got {mask_resize!r}")
+        raise ConfigError("evaluation.mask_resize", str(exc)) from exc
     t_start = time.perf_counter()
 
     # an interrupted earlier attempt must never look complete

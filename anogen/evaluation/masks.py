@@ -12,6 +12,9 @@ label map, which moves pixel AU-PR by a visible amount on thin defects:
   antialiased bilinear filter (torchvision ``Resize(antialias=True)`` on a tensor, i.e.
   ``torch.nn.functional.interpolate(..., antialias=True)``), anomalous where >= 0.5.
 
+``official`` picks each detector's own rule (DRAEM: ``bilinear_uint8``, DeSTSeg:
+``bilinear_antialias``; ``resolve_mask_resize``), as the two official test scripts do.
+
 Masks stored as 0/1 (not 0/255) are scaled to 0/255 first, so that the bilinear rules see
 the same grey levels as for MVTec's files.
 """
@@ -24,8 +27,24 @@ import cv2
 import numpy as np
 
 MASK_RESIZE_METHODS = ("nearest", "bilinear_uint8", "bilinear_antialias")
+MASK_RESIZE_SETTINGS = (*MASK_RESIZE_METHODS, "official")
+OFFICIAL_MASK_RESIZE = {"draem": "bilinear_uint8", "destseg": "bilinear_antialias"}
 
-__all__ = ["MASK_RESIZE_METHODS", "resize_gt_mask", "load_gt_mask"]
+__all__ = [
+    "MASK_RESIZE_METHODS", "MASK_RESIZE_SETTINGS", "OFFICIAL_MASK_RESIZE",
+    "resolve_mask_resize", "resize_gt_mask", "load_gt_mask",
+]
+
+
+def resolve_mask_resize(setting: str, detector: str | None) -> str:
+    """The rule a setting means for ``detector`` (``official`` -> that detector's own)."""
+    if setting == "official":
+        if detector not in OFFICIAL_MASK_RESIZE:
+            raise ValueError(f"mask_resize 'official' needs a known detector, got {detector!r}")
+        return OFFICIAL_MASK_RESIZE[detector]
+    if setting not in MASK_RESIZE_METHODS:
+        raise ValueError(f"unknown mask_resize {setting!r} (one of {MASK_RESIZE_SETTINGS})")
+    return setting
 
 
 def _as_255(raw: np.ndarray) -> np.ndarray:
