@@ -74,6 +74,8 @@ def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
                                        unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    # the same marker the tiny models carry: these weights are random, nothing here is a result
+    (out_dir / "anogen_tiny.json").write_text(json.dumps({"family": family, "size": "full", "random": True}) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
@@ -293,7 +295,8 @@ def bench_stage3(args) -> tuple[list[dict], list[dict]]:
         torch.backends.cudnn.benchmark = True
     for name, cl in (("before: NCHW", False), ("channels_last", True)):
         _peak_reset(device)
-        rate, mem = bench_draem(size, bs_draem, device, warmup, steps, False, channels_last=cl)
+        rate, mem = bench_draem(size, bs_draem, device, warmup, steps, False, channels_last=cl,
+                                widths=(16, 8) if args.tiny else None)
         rows.append({"stage": "detector_draem", "variant": name, "value": rate * bs_draem, "unit": "images/s",
                      "batch_size": bs_draem, "image_size": size, "peak_gib": mem if device == "cuda" else None})
         _peak_reset(device)
