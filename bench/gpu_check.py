@@ -45,6 +45,7 @@ import yaml  # noqa: E402
 
 KILL_AT = 6  # embedding steps 8, checkpoint every 4: the rerun resumes from step 4
 CATEGORY, DEFECTS = "nut_object", ["chip", "scratch"]
+DEFECTS_TINY = ["chip"]  # the CPU check: one (category, defect) pair keeps it within minutes
 GIB24 = 24.0
 
 
@@ -93,7 +94,7 @@ def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool
         "data_root": str(data_root),
         "results_dir": str(work / "results"),
         "categories": [CATEGORY],
-        "defects": {CATEGORY: list(DEFECTS)},
+        "defects": {CATEGORY: list(DEFECTS_TINY if tiny else DEFECTS)},
         "category_options": {},
         "demo": {"root": str(work / "no-demo")},  # != data_root: the MVTec scanning path runs
         "support": {"shots": 2, "seed": 0, "exclude_from_test": True},
