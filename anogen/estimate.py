@@ -192,6 +192,9 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
         notes.append(f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
                      "(steps/s used unscaled)")
     gen = _rate(table, "generation")
+    if gen.get("batch_size") and int(gen["batch_size"]) != int(gen_cfg["batch_size"]):
+        notes.append(f"generation measured at batch {gen['batch_size']}, config batch {gen_cfg['batch_size']} "
+                     "(images/s used unscaled)")
     gen_steps = int(gen.get("steps") or gen_cfg["steps"])
     gen_ips = float(gen["value"]) * gen_steps / int(gen_cfg["steps"])
     for c, d in plan.pairs():
