@@ -33,34 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from anogen.config import Plan
+# category: (train/good, test/good, {defect: n_test}), used when the data set is not at hand
+from anogen.data.mvtec_counts import MVTEC_AD_COUNTS as MVTEC_AD
 from anogen.errors import ConfigError
 
 FORMAT = "anogen-throughput/1"
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"
 DEFAULT_GPU = "H200"
-
-# category: (train/good, test/good, {defect: n_test}) -- MVTec AD's published counts
-MVTEC_AD: dict[str, tuple[int, int, dict[str, int]]] = {
-    "bottle": (209, 20, {"broken_large": 20, "broken_small": 22, "contamination": 21}),
-    "cable": (224, 58, {"bent_wire": 13, "cable_swap": 12, "combined": 11, "cut_inner_insulation": 14,
-                        "cut_outer_insulation": 10, "missing_cable": 12, "missing_wire": 10, "poke_insulation": 10}),
-    "capsule": (219, 23, {"crack": 23, "faulty_imprint": 22, "poke": 21, "scratch": 23, "squeeze": 20}),
-    "carpet": (280, 28, {"color": 19, "cut": 17, "hole": 17, "metal_contamination": 17, "thread": 19}),
-    "grid": (264, 21, {"bent": 12, "broken": 12, "glue": 11, "metal_contamination": 11, "thread": 11}),
-    "hazelnut": (391, 40, {"crack": 18, "cut": 17, "hole": 18, "print": 17}),
-    "leather": (245, 32, {"color": 19, "cut": 19, "fold": 17, "glue": 19, "poke": 18}),
-    "metal_nut": (220, 22, {"bent": 25, "color": 22, "flip": 23, "scratch": 23}),
-    "pill": (267, 26, {"color": 25, "combined": 17, "contamination": 21, "crack": 26, "faulty_imprint": 19,
-                       "pill_type": 9, "scratch": 24}),
-    "screw": (320, 41, {"manipulated_front": 24, "scratch_head": 24, "scratch_neck": 25, "thread_side": 23,
-                        "thread_top": 23}),
-    "tile": (230, 33, {"crack": 17, "glue_strip": 18, "gray_stroke": 16, "oil": 18, "rough": 15}),
-    "toothbrush": (60, 12, {"defective": 30}),
-    "transistor": (213, 60, {"bent_lead": 10, "cut_lead": 10, "damaged_case": 10, "misplaced": 10}),
-    "wood": (247, 19, {"color": 8, "combined": 11, "hole": 10, "liquid": 10, "scratch": 21}),
-    "zipper": (240, 32, {"broken_teeth": 19, "combined": 16, "fabric_border": 17, "fabric_interior": 16,
-                         "rough": 17, "split_teeth": 18, "squeezed_teeth": 16}),
-}
 
 STAGES = ("embedding", "generation", "detector", "evaluation")
 
@@ -192,6 +171,9 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
         notes.append(f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
                      "(steps/s used unscaled)")
     gen = _rate(table, "generation")
+    if gen.get("batch_size") and int(gen["batch_size"]) != int(gen_cfg["batch_size"]):
+        notes.append(f"generation measured at batch {gen['batch_size']}, config batch {gen_cfg['batch_size']} "
+                     "(images/s used unscaled)")
     gen_steps = int(gen.get("steps") or gen_cfg["steps"])
     gen_ips = float(gen["value"]) * gen_steps / int(gen_cfg["steps"])
     for c, d in plan.pairs():

@@ -85,11 +85,14 @@ def _precision(fp32: bool):
         rm.autocast, dm.autocast = saved
 
 
-def bench_draem(size, batch_size, device, warmup, steps, fp32, channels_last=False):
+def bench_draem(size, batch_size, device, warmup, steps, fp32, channels_last=False, widths=None):
     from anogen.detectors.draem.model import DraemTrainer
     from anogen.detectors.train import to_channels_last
 
-    tr = DraemTrainer({"batch_size": batch_size}, seed=0, tau=0.9, device=device, n_train=240)
+    cfg = {"batch_size": batch_size}
+    if widths:  # (recon, disc); default: the published 128 / 64
+        cfg.update(recon_base_width=widths[0], disc_base_width=widths[1])
+    tr = DraemTrainer(cfg, seed=0, tau=0.9, device=device, n_train=240)
     if channels_last:
         to_channels_last(tr)
     with _precision(fp32):

@@ -1,0 +1,480 @@
+#!/usr/bin/env python
+"""One device check: the whole workflow on CUDA, then throughput, peak memory and projection.
+
+1. The real ``snakemake`` DAG over a small MVTec-layout tree (``anogen.data.demo`` images
+   written as a plain data set, so the MVTec scanning path runs) with full-size random models
+   (LDM text2im-large architecture saved with ``save_pretrained``; DRAEM 128/64 and DeSTSeg at
+   published width, 256 px) and budgets of a few steps per job: every job of every stage runs
+   on the device (lease, autocast, checkpoints, export, evaluation, summary). One embedding job
+   is killed mid-run (SIGKILL after its first checkpoint) and the rerun must resume it.
+2. Throughput and peak memory of each stage at full size, the plain path ("before") against
+   the fast paths, measured in this run (functions of bench_embedding.py / bench_generation.py /
+   bench_detector_throughput.py).
+3. The projected full reproduction (config/mvtec.yaml, ``anogen.estimate``) on 1 and 4 GPUs.
+
+Prints one table, writes ``bench/results/throughput_<gpu>.json`` (the format ``anogen
+estimate`` reads; it replaces the seeded table of that GPU) and exits 1 if any job or check failed.
+
+    python bench/gpu_check.py                      # on a GPU: full size (< 8 min on one H200)
+    python bench/gpu_check.py --cpu --tiny         # CPU logic check: tiny models, 64 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+KILL_AT = 6  # embedding steps 8, checkpoint every 4: the rerun resumes from step 4
+CATEGORY, DEFECTS = "nut_object", ["chip", "scratch"]
+DEFECTS_TINY = ["chip"]  # the CPU check: one (category, defect) pair keeps it within minutes
+GIB24 = 24.0
+
+
+# ----------------------------------------------------------------------------- 1. the DAG
+
+
+def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
+    """Full-size random pipeline of ``family`` written with save_pretrained (initialised on the GPU)."""
+    from diffusers import LDMTextToImagePipeline, StableDiffusionPipeline
+    from transformers import AutoTokenizer
+
+    from anogen.diffusion import tiny
+
+    tmp = Path(tempfile.mkdtemp(prefix="tok_"))
+    n_vocab = (tiny._write_bert_tokenizer if family == "ldm" else tiny._write_clip_tokenizer)(tmp)
+    del n_vocab  # full size keeps the real vocabulary size; the tokenizer uses a prefix of it
+    tokenizer = AutoTokenizer.from_pretrained(tmp)
+    ctx = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    with ctx:
+        parts = tiny.build_components(family, "full")
+    parts = {k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in parts.items()}
+    if family == "ldm":
+        pipe = LDMTextToImagePipeline(vqvae=parts["vae"], bert=parts["text_encoder"], tokenizer=tokenizer,
+                                      unet=parts["unet"], scheduler=parts["scheduler"])
+    else:
+        pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tokenizer,
+                                       unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    # the same marker the tiny models carry: these weights are random, nothing here is a result
+    (out_dir / "anogen_tiny.json").write_text(json.dumps({"family": family, "size": "full", "random": True}) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool) -> dict:
+    """Every key the check needs, written out (the Snakefile's default config is not read)."""
+    px = 64 if tiny else 256
+    if tiny:
+        # TODO(lead): tiny:ldm -- becomes diffusion.model: "tiny:ldm" once that lands.
+        diffusion = {"model": str(model), "revision": None, "mixed_precision": "auto",
+                     "tiny": {"family": "ldm", "seed": 0, "resolution": 64}}
+    else:
+        diffusion = {"model": str(model), "revision": None, "mixed_precision": "auto", "tiny": {"family": None}}
+    return {
+        "data_root": str(data_root),
+        "results_dir": str(work / "results"),
+        "categories": [CATEGORY],
+        "defects": {CATEGORY: list(DEFECTS_TINY if tiny else DEFECTS)},
+        "category_options": {},
+        "demo": {"root": str(work / "no-demo")},  # != data_root: the MVTec scanning path runs
+        "support": {"shots": 2, "seed": 0, "exclude_from_test": True},
+        "resources": {"gpu_slots": None, "lock_dir": None, "threads": 1 if cpu else 4},
+        "diffusion": diffusion,
+        "embedding": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "resolution": None,
+                      "cuda_graph": not cpu},
+        "generation": {"steps": 4, "guidance_scale": 10.0, "boxes_per_image": 1, "images_per_box": 1,
+                       "max_normal_images": 4, "batch_size": 4, "paste_back": False,
+                       "channels_last": not cpu, "compile": False},
+        "detectors": {
+            "models": ["draem", "destseg"], "variants": ["baseline", "anogen"], "image_size": px,
+            "checkpoint_every": 2,
+            "draem": {"epochs": 2, "batch_size": 4, **({"recon_base_width": 16, "disc_base_width": 8} if tiny else {})},
+            "destseg": {"steps": 6, "student_steps": 2, "batch_size": 4},
+        },
+        "evaluation": {"resolution": px, "n_visualizations": 2},
+    }
+
+
+def _snakemake(work: Path, cfg: Path, cores: int, gpus: int, *targets: str, env_extra=None,
+               timeout: float = 1200) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           "--configfile", str(cfg), "--cores", str(cores), "--resources", f"gpu={gpus}",
+           "--rerun-incomplete", *targets]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
+    env.pop("SLURM_JOB_ID", None)
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_dag(work: Path, args, checks: list[dict]) -> dict:
+    from anogen.cli import referenced_dirs
+    from anogen.config import Plan, load_config_file
+    from anogen.data.demo import generate_demo_dataset
+
+    t0 = time.perf_counter()
+    data_root = work / "mvtec"
+    generate_demo_dataset({"root": str(data_root), "seed": 0, "image_size": 64 if args.tiny else 256,
+                           "n_train_good": 8, "n_test_good": 4, "n_test_per_defect": 3})
+    (data_root / "demo_spec.json").unlink(missing_ok=True)  # a plain MVTec-layout tree now
+    if args.tiny:
+        model = work / "models" / "tiny-ldm"
+    else:
+        model = build_random_full_model(work / "models" / "random-ldm-full")
+    prep_s = time.perf_counter() - t0
+    cfg = check_config(work, data_root, model, args.tiny, args.cpu)
+    cfg_path = work / "check_config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    plan = Plan(load_config_file(cfg_path))
+    cores, gpus = (2, 2) if args.cpu else (max(2, os.cpu_count() or 2), max(1, torch.cuda.device_count()))
+
+    def check(name: str, ok: bool, detail: str = "") -> None:
+        checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        print(f"[{'ok' if ok else 'FAILED'}] {name}{': ' + detail if detail else ''}", flush=True)
+
+    # a) one embedding job killed after its first checkpoint
+    emb_dir = Path(cfg["results_dir"]) / "embeddings" / CATEGORY / DEFECTS[0] / plan.embedding_key(CATEGORY, DEFECTS[0])
+    t1 = time.perf_counter()
+    killed = _snakemake(work, cfg_path, cores, gpus, str(emb_dir / "manifest.json"),
+                        env_extra={"ANOGEN_TEST_KILL_AT_STEP": str(KILL_AT)})
+    check("embedding job killed mid-run", killed.returncode != 0 and (emb_dir / "checkpoints" / "state.pt").is_file()
+          and not (emb_dir / "manifest.json").exists(), f"snakemake rc {killed.returncode}")
+    # b) the whole DAG, resuming the killed job, and the export of the generated set
+    export = Path(cfg["results_dir"]) / "export" / f"generated-{plan.export_key}" / "dataset.json"
+    full = _snakemake(work, cfg_path, cores, gpus, "all", str(export))
+    dag_s = time.perf_counter() - t1
+    check("whole DAG completed", full.returncode == 0, f"rc {full.returncode}")
+    if full.returncode != 0:
+        print(full.stdout[-4000:], full.stderr[-6000:], sep="\n", file=sys.stderr)
+    want = "cpu" if args.cpu else "cuda"
+    manifests = sorted(d / "manifest.json" for d in referenced_dirs(plan))
+    missing = [str(m) for m in manifests if not m.is_file()]
+    check("every planned artifact has a manifest", not missing, f"{len(manifests) - len(missing)}/{len(manifests)}")
+    results = Path(cfg["results_dir"])
+    check("summary and Table 1 written", (results / "summary.csv").is_file() and (results / "table1.csv").is_file())
+    check("generated set exported", export.is_file())
+    by_stage: dict[str, list[dict]] = {}
+    for m in manifests:
+        if m.is_file():
+            man = json.loads(m.read_text())
+            by_stage.setdefault(man["stage"], []).append(man)
+    for stage in ("embedding", "generation", "detector"):
+        devices = sorted({str(man["extra"].get("device")) for man in by_stage.get(stage, [])})
+        check(f"{stage} jobs ran on {want}", devices == [want], f"devices {devices}")
+    resumed = [man["extra"].get("resumed_from_step") for man in by_stage.get("embedding", [])
+               if man["key"] == plan.embedding_key(CATEGORY, DEFECTS[0])]
+    check("killed embedding resumed from its checkpoint", resumed == [4], f"resumed_from_step {resumed}")
+    if not args.cpu:
+        autocast = sorted({str(man["extra"].get("autocast")) for man in by_stage.get("embedding", [])})
+        check("embedding autocast on the GPU", all(a.startswith("torch.") for a in autocast), str(autocast))
+        graphs = [man["extra"].get("cuda_graph") for man in by_stage.get("embedding", [])]
+        check("embedding steps ran as a CUDA graph", all(graphs) and graphs, str(graphs))
+    finished = list(results.glob("detectors/*/*/*/*/checkpoints/finished.json"))
+    check("detectors checkpointed and finished", len(finished) == len(plan.detector_runs()), f"{len(finished)}")
+    return {"prepare_s": prep_s, "dag_s": dag_s, "artifacts": len(manifests), "results": str(results),
+            "detector_dirs": {f"{c}/{m}/{v}": str(results / "detectors" / c / m / v / plan.detector_key(c, m, v))
+                              for c, m, v in plan.detector_runs()}}
+
+
+# ----------------------------------------------------------------------------- 2. throughput
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_reset(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+
+def bench_stage1(args) -> list[dict]:
+    """Steps/s of one concept: today's loop (float(loss) every step), no host sync, CUDA graph,
+    and K concepts grouped on one backbone (concept-steps/s)."""
+    from bench_embedding import default_spec, support_items
+    from bench_generation import build_backbone
+
+    from anogen.embedding import EmbeddingTrainer, GroupedEmbeddingTrainer
+
+    device, size = args.device, ("tiny" if args.tiny else "full")
+    backbone, _ = build_backbone("ldm", size, 64 if args.tiny else None, device)
+    steps, warmup = (3, 1) if args.cpu else (30, 6)
+    rows = []
+    variants = [("before: plain, sync every step", {}, "sync", 1),
+                ("no per-step sync", {}, "async", 1),
+                ("static buffers" if args.cpu else "CUDA graph", {"static_inputs": True, "cuda_graph": not args.cpu},
+                 "async", 1),
+                (f"{args.group} concepts grouped", {}, "group", args.group)]
+    for i, (name, kw, mode, k) in enumerate(variants):
+        spec = default_spec(4, None)
+        spec["placeholder_token"] = f"<anomaly{i}>"  # a fresh token per variant on the shared backbone
+        _peak_reset(device)
+        items = support_items(3, 128 if args.tiny else 512)
+        if mode == "group":
+            tr = GroupedEmbeddingTrainer(backbone, [support_items(3, 128 if args.tiny else 512, seed=j)
+                                                    for j in range(k)], spec, device=device)
+            run = tr.step_async
+        else:
+            tr = EmbeddingTrainer(backbone, items, spec, device=device, **kw)
+            run = tr.step if mode == "sync" else tr.step_async
+        for _ in range(warmup):
+            run()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        _sync(device)
+        sps = steps / (time.perf_counter() - t0)
+        rows.append({"stage": "embedding", "variant": name, "value": sps * k, "unit": "concept-steps/s",
+                     "batch_size": 4, "peak_gib": _peak(device)})
+        tr.close()
+        del tr
+    del backbone
+    return rows
+
+
+def bench_stage2(args) -> list[dict]:
+    from bench_generation import bench_family
+
+    rows = []
+    bs = [2] if args.tiny else [8, 16, 32]  # 16: config/mvtec.yaml's generation.batch_size
+    variants = [("before: plain", {}), ("channels_last", {"channels_last": True})]
+    if args.compile:
+        variants.append(("channels_last + compile", {"channels_last": True, "compile": True}))
+    for name, kw in variants:
+        _peak_reset(args.device)
+        ns = SimpleNamespace(size="tiny" if args.tiny else "full", steps=2 if args.cpu else 50, batch_sizes=bs,
+                             guidance=10.0, device=args.device, mixed_precision="auto", unet_weights="amp",
+                             resolution=64 if args.tiny else None, repeats=1, total=70_760,
+                             channels_last=kw.get("channels_last", False), compile=kw.get("compile", False))
+        res = bench_family("ldm", ns)
+        for r in res["rows"]:
+            if "error" in r:
+                rows.append({"stage": "generation", "variant": f"{name}, batch {r['batch_size']}", "value": None,
+                             "unit": "images/s", "error": r["error"]})
+                continue
+            rows.append({"stage": "generation", "variant": f"{name}, batch {r['batch_size']}",
+                         "value": r["images_per_second"], "unit": "images/s", "batch_size": r["batch_size"],
+                         "steps": ns.steps, "peak_gib": r["peak_gib"]})
+    return rows
+
+
+def bench_stage3(args) -> tuple[list[dict], list[dict]]:
+    from bench_detector_throughput import bench_destseg, bench_draem, bench_synthesis
+
+    device = args.device
+    size = 64 if args.tiny else 256
+    steps, warmup = (2, 1) if args.cpu else (20, 5)
+    # the paper's batches at full size; on the CPU check DeSTSeg at 8 (its cost is the same code)
+    bs_draem, bs_destseg = 8, (8 if args.cpu else 32)
+    rows = []
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    for name, cl in (("before: NCHW", False), ("channels_last", True)):
+        _peak_reset(device)
+        rate, mem = bench_draem(size, bs_draem, device, warmup, steps, False, channels_last=cl,
+                                widths=(16, 8) if args.tiny else None)
+        rows.append({"stage": "detector_draem", "variant": name, "value": rate * bs_draem, "unit": "images/s",
+                     "batch_size": bs_draem, "image_size": size, "peak_gib": mem if device == "cuda" else None})
+        _peak_reset(device)
+        r1, r2, mem = bench_destseg(size, bs_destseg, device, warmup, steps, False, channels_last=cl)
+        # images/s over the paper budget: 1000 student + 4000 segmentation steps
+        ips = bs_destseg * 5000 / (1000 / r1 + 4000 / r2)
+        rows.append({"stage": "detector_destseg", "variant": name, "value": ips, "unit": "images/s",
+                     "batch_size": bs_destseg, "image_size": size, "student_steps_per_s": r1, "seg_steps_per_s": r2,
+                     "peak_gib": mem if device == "cuda" else None})
+    synth = bench_synthesis(size, batch_sizes=(8, 32), n_batches=1 if args.cpu else 3)
+    return rows, synth
+
+
+def bench_evaluation(args, detector_dirs: dict[str, str]) -> list[dict]:
+    from anogen.detectors import load_trained_detector
+
+    size = 64 if args.tiny else 256
+    rows = []
+    for name, d in sorted(detector_dirs.items()):
+        if "/baseline" not in name or not Path(d, "manifest.json").is_file():
+            continue
+        det = load_trained_detector(d, device=args.device)
+        x = torch.rand(16, 3, size, size)
+        det.predict(x)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        reps = 1 if args.cpu else 5
+        for _ in range(reps):
+            det.predict(x)
+        _sync(args.device)
+        rows.append({"stage": "evaluation", "variant": name.split("/")[1], "value": 16 * reps / (time.perf_counter() - t0),
+                     "unit": "images/s", "image_size": size})
+    return rows
+
+
+# ----------------------------------------------------------------------------- 3. table + projection
+
+
+def _best(rows: list[dict], stage: str, dag_only: bool = True) -> dict | None:
+    cands = [r for r in rows if r["stage"] == stage and r.get("value")
+             and not (dag_only and "grouped" in r["variant"])]
+    return max(cands, key=lambda r: r["value"]) if cands else None
+
+
+def _before(rows: list[dict], stage: str) -> dict | None:
+    cands = [r for r in rows if r["stage"] == stage and r["variant"].startswith("before") and r.get("value")]
+    return max(cands, key=lambda r: r["value"]) if cands else None
+
+
+def throughput_table(rows: list[dict], gpu: str, args) -> dict:
+    import diffusers
+
+    stages = {}
+    for stage in ("embedding", "generation", "detector_draem", "detector_destseg"):
+        best = _best(rows, stage)
+        if best is None:
+            continue
+        entry = {k: v for k, v in best.items() if k not in ("stage",)}
+        entry["unit"] = "steps/s" if stage == "embedding" else "images/s"
+        before = _before(rows, stage)
+        entry["before"] = before["value"] if before else None
+        stages[stage] = entry
+    evals = [r for r in rows if r["stage"] == "evaluation" and r.get("value")]
+    stages["evaluation"] = {"value": min(r["value"] for r in evals) if evals else None, "unit": "images/s",
+                            "variant": "slowest trained detector"}
+    grouped = [r for r in rows if r["stage"] == "embedding" and "grouped" in r["variant"]]
+    if grouped:
+        stages["embedding"]["grouped_concept_steps_per_s"] = grouped[0]["value"]
+    return {
+        "format": "anogen-throughput/1",
+        "gpu_model": gpu,
+        "device": args.device,
+        "size": "tiny" if args.tiny else "full",
+        "source": "bench/gpu_check.py",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "cuda": torch.version.cuda, "python": platform.python_version()},
+        "stages": stages,
+    }
+
+
+def projection(table: dict) -> dict:
+    from anogen import estimate as est
+    from anogen.config import load_config_file
+
+    config = load_config_file(REPO / "config" / "mvtec.yaml")
+    out = {}
+    for label, tab in (("this run", table), ("seeded H200 figures", (est.find_table("H200") or (None, None))[1])):
+        if tab is None:
+            continue
+        e = est.build_jobs(config, tab, Path("."))
+        out[label] = {"gpu_hours": e.stage_hours(), "total_gpu_hours": sum(e.stage_hours().values()),
+                      "wall_h_1gpu": est.list_schedule(e.jobs, 1) / 3600,
+                      "wall_h_4gpu": est.list_schedule(e.jobs, 4) / 3600, "notes": e.notes}
+    return out
+
+
+def _fmt(v, nd=2):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def print_table(rows: list[dict], checks: list[dict], proj: dict, dag: dict, gpu: str) -> None:
+    print(f"\n=== anogen GPU check on {gpu} ===")
+    print(f"DAG: {sum(c['ok'] for c in checks)}/{len(checks)} checks passed; data + model prepared in "
+          f"{dag.get('prepare_s', 0):.0f} s, DAG (kill + resume + rest) {dag.get('dag_s', 0):.0f} s")
+    print(f"\n{'stage':<17} {'variant':<38} {'rate':>12} {'unit':<16} {'x before':>8} {'peak GiB':>9} {'24 GB':>6}")
+    for r in rows:
+        before = _before(rows, r["stage"])
+        ratio = r["value"] / before["value"] if before and r.get("value") else None
+        fits = None if r.get("peak_gib") is None else ("yes" if r["peak_gib"] < GIB24 else "no")
+        print(f"{r['stage']:<17} {r['variant']:<38} {_fmt(r.get('value')):>12} {r['unit']:<16} "
+              f"{_fmt(ratio):>8} {_fmt(r.get('peak_gib'), 1):>9} {fits or '-':>6}")
+    for label, p in proj.items():
+        hours = ", ".join(f"{k} {v:.2f}" for k, v in p["gpu_hours"].items())
+        print(f"\nprojected full reproduction ({label}): {p['total_gpu_hours']:.2f} GPU-h ({hours}); "
+              f"wall {p['wall_h_1gpu']:.2f} h on 1 GPU, {p['wall_h_4gpu']:.2f} h on 4")
+        for n in p["notes"]:
+            print(f"  note: {n}")
+
+
+def gpu_slug(name: str) -> str:
+    s = re.sub(r"^nvidia\s+", "", name.strip().lower())
+    return re.sub(r"[^a-z0-9]+", "_", s).strip("_") or "gpu"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU (logic check; not committed)")
+    ap.add_argument("--tiny", action="store_true", help="tiny models and 64 px instead of full size")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the DAG run here (default: a temp folder)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/throughput_<gpu>.json)")
+    ap.add_argument("--group", type=int, default=4, help="concepts in the grouped stage-1 benchmark")
+    ap.add_argument("--compile", action="store_true", help="also time generation with torch.compile (minutes)")
+    ap.add_argument("--skip-dag", action="store_true", help="throughput only")
+    args = ap.parse_args(argv)
+    if not args.cpu and not torch.cuda.is_available():
+        print("no CUDA device: run with --cpu --tiny for the CPU logic check", file=sys.stderr)
+        return 2
+    args.device = "cpu" if args.cpu else "cuda"
+    if args.cpu:
+        torch.set_num_threads(1)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    gpu = "cpu" if args.cpu else torch.cuda.get_device_name()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="anogen_gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"anogen GPU check: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}, workdir {work}", flush=True)
+
+    checks: list[dict] = []
+    dag: dict = {}
+    if not args.skip_dag:
+        dag = run_dag(work, args, checks)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    rows += bench_stage1(args)
+    rows += bench_stage2(args)
+    det_rows, synth = bench_stage3(args)
+    rows += det_rows
+    if dag.get("detector_dirs"):
+        rows += bench_evaluation(args, dag["detector_dirs"])
+    bench_s = time.perf_counter() - t0
+    table = throughput_table(rows, gpu, args)
+    proj = projection(table)
+    print_table(rows, checks, proj, dag, gpu)
+    table.update(rows=rows, synthesis=synth, checks=checks, dag={k: v for k, v in dag.items() if k != "detector_dirs"},
+                 projection=proj, bench_s=bench_s)
+    out = args.out or (REPO / "bench" / "results" / f"throughput_{'cpu' if args.cpu else gpu_slug(gpu)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=1, default=str) + "\n")
+    print(f"\nwrote {out}")
+    failed = [c for c in checks if not c["ok"]]
+    if failed:
+        print(f"{len(failed)} check(s) FAILED: {[c['check'] for c in failed]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
