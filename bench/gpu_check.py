@@ -85,11 +85,11 @@ def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool
     """Every key the check needs, written out (the Snakefile's default config is not read)."""
     px = 64 if tiny else 256
     if tiny:
-        # TODO(lead): tiny:ldm -- becomes diffusion.model: "tiny:ldm" once that lands.
-        diffusion = {"model": str(model), "revision": None, "mixed_precision": "auto",
-                     "tiny": {"family": "ldm", "seed": 0, "resolution": 64}}
+        # the tiny random LDM, built by the workflow's own tiny_model rule
+        diffusion = {"model": "tiny:ldm", "revision": None, "mixed_precision": "auto",
+                     "tiny": {"seed": 0, "resolution": 64}}
     else:
-        diffusion = {"model": str(model), "revision": None, "mixed_precision": "auto", "tiny": {"family": None}}
+        diffusion = {"model": str(model), "revision": None, "mixed_precision": "auto"}
     return {
         "data_root": str(data_root),
         "results_dir": str(work / "results"),
