@@ -143,12 +143,17 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, channels: int = 3) -> to
     return window.expand(channels, 1, size, size).contiguous()
 
 
-def infer_value_range(img: torch.Tensor) -> float:
+def infer_value_range(img: torch.Tensor) -> torch.Tensor:
     """The official DRAEM ``ssim(val_range=None)`` rule, applied to its first argument:
     ``max = 255 if max(img) > 128 else 1``, ``min = -1 if min(img) < -0.5 else 0``,
-    range = max - min (so 1 for [0, 1] images, 2 once a value drops below -0.5)."""
-    hi = 255.0 if float(img.max()) > 128 else 1.0
-    lo = -1.0 if float(img.min()) < -0.5 else 0.0
+    range = max - min (so 1 for [0, 1] images, 2 once a value drops below -0.5).
+
+    A 0-d float64 tensor on ``img``'s device: no host sync per training step (the official
+    code's Python ``if`` waits for the GPU twice a step), and the constants it scales keep
+    the precision of a Python float."""
+    one = torch.ones((), dtype=torch.float64, device=img.device)
+    hi = torch.where(img.max() > 128, 255.0 * one, one)
+    lo = torch.where(img.min() < -0.5, -one, 0.0 * one)
     return hi - lo
 
 
