@@ -51,9 +51,18 @@ def test_quick_run_structure_and_dropped_fraction(tmp_path):
     assert len(result["runs"]) == len(taus) * len(result["config"]["seeds"])
     assert 2.0 <= result["data"]["box_to_defect_area"]["mean"] <= 4.0
 
-    md = out_md.read_text().splitlines()
-    assert md[0].startswith("| tau | dropped box px | pixel AU-PR")
-    assert len(md) == 2 + len(taus)
+    md = out_md.read_text()
+    lines = md.splitlines()
+    head = lines.index("| tau | dropped box px | pixel AU-PR | pixel AU-ROC | image AU-ROC "
+                       "| p_anom box-normal (train) | p_anom defect (train) |")
+    assert [row.split(" | ")[0] for row in lines[head + 2 : head + 2 + len(taus)]] == [
+        "| 1", "| 0.95", "| 0.9", "| 0.8"]
+    paired = lines.index("| tau | Δ pixel AU-PR (mean ± std) | per seed |")
+    assert [row.split(" | ")[0] for row in lines[paired + 2 : paired + 5]] == ["| 0.95", "| 0.9", "| 0.8"]
+    # The report re-rendered from the JSON alone is the same text.
+    out_md.unlink()
+    bench.main(["--from-json", str(out_json), "--out-md", str(out_md)])
+    assert out_md.read_text() == md
 
     for run in result["runs"]:
         assert run["steps"] == result["config"]["epochs"] * math.ceil(
@@ -72,3 +81,19 @@ def test_quick_run_structure_and_dropped_fraction(tmp_path):
     assert all(a <= b for a, b in zip(ordered, ordered[1:])), ordered
     # The quick run is calibrated so that the lowest tau does drop pixels.
     assert dropped[0.8] > 0.0
+
+
+def test_summary_and_paired_differences_by_hand():
+    bench = _bench()
+    keys = [k for k, _ in bench.COLUMNS]
+    runs = []
+    for seed, (base, weak) in enumerate([(0.5, 0.6), (0.7, 0.7), (0.9, 0.8)]):
+        runs.append({"tau": 1.0, "seed": seed, **{k: base for k in keys}})
+        runs.append({"tau": 0.9, "seed": seed, **{k: weak for k in keys}})
+    table = bench.summarise(runs, [1.0, 0.9, 0.8])  # 0.8 has no run: left out
+    assert [row["tau"] for row in table] == [1.0, 0.9]
+    assert table[0]["pixel_aupr"]["mean"] == pytest.approx(0.7)
+    assert table[0]["pixel_aupr"]["std"] == pytest.approx(0.2)  # sample std of 0.5, 0.7, 0.9
+    d = bench.paired_differences(runs)[0.9]
+    assert d["per_seed"] == pytest.approx([0.1, 0.0, -0.1])
+    assert d["mean"] == pytest.approx(0.0) and d["std"] == pytest.approx(0.1)
