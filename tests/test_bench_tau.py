@@ -38,7 +38,6 @@ def test_loose_box_contains_the_defect_at_the_asked_area():
     assert (y0, x0, y1, x1) == (0, 56, 8, 64) and (box[edge > 0] == 1).all()
 
 
-@pytest.mark.slow
 def test_quick_run_structure_and_dropped_fraction(tmp_path):
     bench = _bench()
     out_json = tmp_path / "tau.json"
