@@ -366,7 +366,10 @@ def test_preset_holds_the_authors_protocol(tmp_path):
     assert cfg["defects"] == {"metal_nut": ["bent", "color", "scratch"]}
     assert cfg["generation"]["template_containment"] == 0.75
     # Everything else is config/mvtec.yaml's.
-    differ = {"authors_repo", "defects", "support", "embedding", "detectors", "generation"}
+    assert cfg["evaluation"]["mask_resize"] == "official"  # each detector's own test-script rule
+    differ = {"authors_repo", "defects", "support", "embedding", "detectors", "generation", "evaluation"}
+    assert {k: v for k, v in cfg["evaluation"].items() if k != "mask_resize"} == {
+        k: v for k, v in mvtec["evaluation"].items() if k != "mask_resize"}
     for section in set(mvtec) - differ:
         assert cfg[section] == mvtec[section], section
     assert cfg["generation"]["box_ranges"] == mvtec["generation"]["box_ranges"]

@@ -100,7 +100,7 @@ def test_official_setting_resolves_per_detector():
     assert resolve_mask_resize("nearest", "draem") == "nearest"
     with pytest.raises(ValueError):
         resolve_mask_resize("official", None)
-    assert validate_config({"evaluation": {"mask_resize": "official"}})["evaluation"]["mask_resize"] == "official"
+    assert validate_config({"data_root": "/data", "evaluation": {"mask_resize": "official"}})["evaluation"]["mask_resize"] == "official"
 
 
 def test_schema_default_and_values():
