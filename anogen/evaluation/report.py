@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from anogen.evaluation.summary import METRIC_LABELS, METRICS
 from anogen.io import atomic_path, atomic_write_text
 
 __all__ = [
@@ -39,14 +40,6 @@ __all__ = [
     "write_report_items",
 ]
 
-METRICS = ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupr", "pixel_aupro")
-METRIC_LABELS = {
-    "image_auroc": "Image AU-ROC",
-    "image_aupr": "Image AU-PR",
-    "pixel_auroc": "Pixel AU-ROC",
-    "pixel_aupr": "Pixel AU-PR",
-    "pixel_aupro": "Pixel AUPRO",
-}
 LABEL_METRICS = {label: name for name, label in METRIC_LABELS.items()}
 
 MVTEC_CATEGORIES = (
