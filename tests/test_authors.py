@@ -343,10 +343,21 @@ def authors_preset() -> dict:
 
 
 def test_preset_needs_dtd_and_the_clone(tmp_path):
+    from anogen.config import check_required_sources
+
     raw = authors_preset()
-    with pytest.raises(ConfigError) as err:
-        validate_config(deep_update(raw, {"authors_repo": str(tmp_path)}))
-    assert err.value.key == "detectors.texture_source"
+    cfg = validate_config(deep_update(raw, {"authors_repo": str(tmp_path)}))
+    # DTD: any run that trains a detector stops before its first job, naming the key ...
+    for targets in ((), ("all",), ("detectors",), ("support", "evaluation"),
+                    ("results/detectors/bottle/draem/anogen/0123456789ab/manifest.json",)):
+        with pytest.raises(ConfigError) as err:
+            check_required_sources(cfg, targets)
+        assert err.value.key == "detectors.texture_source", targets
+    # ... the stages before the detectors need none (a Slurm job's target is its output file)
+    for targets in (("support", "embeddings"), ("generated",), ("export_generated",),
+                    ("results/embeddings/bottle/crack/0123456789ab/manifest.json",)):
+        check_required_sources(cfg, targets)
+    check_required_sources(deep_update(cfg, {"detectors": {"texture_source": str(tmp_path)}}), ())
     with pytest.raises(ConfigError) as err:
         validate_config(deep_update(raw, {"detectors": {"texture_source": str(tmp_path)}}))
     assert err.value.key == "embedding.source"
@@ -392,10 +403,8 @@ def test_support_and_embeddings_stages_run_without_diffusion_weights(trees, tmp_
     data, authors = trees
     workdir = tmp_path / "work"
     workdir.mkdir()  # no config/config.yaml: the preset alone, plus the overrides below
-    dtd = tmp_path / "dtd"
-    dtd.mkdir()
-    overrides = tmp_path / "overrides.yaml"
-    overrides.write_text(yaml.safe_dump({"categories": ["bottle", "screw"], "detectors": {"texture_source": str(dtd)}}))
+    overrides = tmp_path / "overrides.yaml"  # no DTD: the stages before the detectors need none
+    overrides.write_text(yaml.safe_dump({"categories": ["bottle", "screw"]}))
     # Targets before --configfile/--config (which take every following word), after a flag
     # (planned_jobs ends its own arguments with --quiet rules, which would take them too).
     args = ("--configfile", str(REPO / "config" / "mvtec-authors.yaml"), str(overrides),
@@ -405,6 +414,9 @@ def test_support_and_embeddings_stages_run_without_diffusion_weights(trees, tmp_
     # Generation would need GrabCut only for screw (bottle's defects have templates).
     later = e2e.planned_jobs(workdir, "-p", "generated", *args)
     assert later["estimate_foreground"] == 1 and later["generate_anomalies"] == 3
+    # The whole run trains detectors: without DTD it stops before any job, naming the key.
+    whole = e2e.run(workdir, "-n", *args, check=False)
+    assert whole.returncode != 0 and "detectors.texture_source" in whole.stdout + whole.stderr
 
     e2e.run(workdir, "support", "embeddings", *args)
     results = workdir / "results"

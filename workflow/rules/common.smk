@@ -9,7 +9,7 @@ from pathlib import Path
 # installed: `pip install -e .`, or the conda env in envs/).
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from anogen.config import Plan, validate_config
+from anogen.config import Plan, check_required_sources, validate_config
 from anogen.errors import AnogenError
 from anogen.keys import canonical_json
 
@@ -32,6 +32,7 @@ if not workflow.overwrite_configfiles and not PLAN.is_demo:
 
 try:
     PLAN.pairs()  # discover categories x defects now: bad data_root / names stop here
+    check_required_sources(config, workflow.dag_settings.targets)
 except AnogenError as _error:
     raise WorkflowError(f"invalid configuration: {_error}") from None
 
