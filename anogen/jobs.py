@@ -337,6 +337,9 @@ def evaluate_detector(sm, params):
     spec = params["spec"]
     # The support images the plan chose (the support jobs copy exactly these): see Plan.excluded_from_test.
     exclude = set(spec["excluded"])
+    # The detector's loss curves first, so that the evaluation manifest (written last) lists them.
+    loss_plot = Path(sm.output.loss_plot)
+    plot_detector_training(Path(sm.input.detector).parent, loss_plot)
     with _device() as lease:
         predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(
@@ -344,9 +347,8 @@ def evaluate_detector(sm, params):
             data_root=Path(params["data_root"]), exclude=exclude, resolution=spec["resolution"],
             fpr_limit=spec["aupro_fpr_limit"], resize=spec["resize"], out_dir=_out_dir(sm), key=sm.wildcards.key,
             inputs=params["inputs"], spec=spec, n_visualizations=spec["n_visualizations"],
-            extra={"lease": lease.as_dict()},
+            extra={"lease": lease.as_dict()}, extra_files=[loss_plot.relative_to(_out_dir(sm)).as_posix()],
         )
-    plot_detector_training(Path(sm.input.detector).parent, Path(sm.output.loss_plot))
 
 
 @job

@@ -33,7 +33,7 @@ def default_spec(batch_size: int, resolution: int | None) -> dict:
     """The schema's embedding defaults (the paper's values), at the given batch and resolution."""
     from anogen.config import validate_config
 
-    spec = validate_config({})["embedding"]
+    spec = validate_config({"data_root": "unused"})["embedding"]  # the schema's defaults
     spec.update(steps=STEPS_PER_EMBEDDING, batch_size=batch_size, resolution=resolution)
     return spec
 

@@ -121,8 +121,12 @@ def evaluate_detector(
     batch_size: int = 8,
     extra: dict[str, Any] | None = None,
     resize: str = "squash",
+    extra_files: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score ``test_items`` with ``predictor`` and write metrics, example panels and manifest.
+
+    ``extra_files``: files already in ``out_dir`` (e.g. the detector's loss plot) that the
+    manifest lists and hashes too.
 
     ``resize`` (``anogen.data.geometry``) makes each test image square for the detector
     (at its ``image_size``) and each ground-truth mask square at ``resolution`` with the
@@ -268,7 +272,7 @@ def evaluate_detector(
         key=key,
         spec=spec,
         inputs=inputs,
-        files=["metrics.json", *example_files],
+        files=["metrics.json", *example_files, *extra_files],
         extra=json.loads(json.dumps(manifest_extra, allow_nan=False)),
     )
     log.info("metrics: %s", {name: metrics[name] for name in METRIC_KEYS})

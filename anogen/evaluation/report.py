@@ -144,8 +144,9 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
     """table1.csv as HTML; for MVTec AD runs with the paper's Table 1 and ours - paper beside it."""
     if not table1_rows:
         return _page("table 1", "<p>No results.</p>")
-    columns = [c for c in table1_rows[0] if c != "metric"]
+    columns = [c for c in table1_rows[0] if c not in ("metric", "note")]
     detectors = sorted({c.split(" ", 1)[0] for c in columns})
+    has_note = "note" in table1_rows[0]
     compare = is_mvtec_run(summary_rows)
     n_categories = len(_categories(summary_rows))
 
@@ -161,6 +162,8 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
                     f'<th class="paper">paper {html.escape(d)} delta</th>',
                     f'<th class="paper">{html.escape(d)} anogen - paper</th>',
                 ]
+    if has_note:
+        head.append("<th>note</th>")
     lines = ["<table>", "<tr>" + "".join(head) + "</tr>"]
     for r in table1_rows:
         label = r["metric"]
@@ -181,6 +184,8 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
                 cells.append(f'<td class="num paper">{_fmt(ours_paper) or "-"}</td>')
                 cells.append(_delta_cell(ours_paper - base, "num paper"))
                 cells.append(_delta_cell(ours - ours_paper, "num paper"))
+        if has_note:  # what these means were computed from (random models, fallbacks): as text
+            cells.append(f'<td class="note">{html.escape(r.get("note") or "", quote=False)}</td>')
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines.append("</table>")
     if compare:
