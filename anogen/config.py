@@ -140,36 +140,23 @@ def _check_layout_options(config: dict) -> None:
                                   f"defect names {sorted(masks)} differ from abnormal_dir's {defects}")
 
 
-# Targets that run no detector: support sets, embeddings, generations and their export.
-_DETECTOR_FREE_TARGETS = {"support", "embeddings", "generated", "export_generated"}
-_DETECTOR_FREE_STAGES = ("support", "foreground", "embeddings", "generated", "export", "logs")
+def check_required_sources(config: dict) -> None:
+    """Stop a run whose detectors need a source the config requires but lacks.
 
-
-def check_required_sources(config: dict, targets=()) -> None:
-    """Stop before any job when the requested targets need a source the config requires but lacks.
-
-    ``detectors.require_texture_source`` (the authors' protocol): DTD must be given for any run
-    that trains a detector; the stages before (``snakemake support embeddings`` ...) need none.
-    ``targets``: Snakemake's requested targets (rule names or files; empty = the default target).
+    ``detectors.require_texture_source`` (the authors' protocol): DTD must be given to train a
+    detector. The workflow calls this from train_detector's input function, i.e. while the DAG
+    is built and only when it holds a detector job: ``snakemake support embeddings`` needs no
+    DTD, a run that trains detectors stops before its first job (dry runs included).
     """
     det = config["detectors"]
-    if not det["require_texture_source"] or det["texture_source"]:
-        return
-    results = config["results_dir"].rstrip("/")
-    free_prefixes = tuple(f"{results}/{stage}/" for stage in _DETECTOR_FREE_STAGES) + ("resources/",)
-
-    def detector_free(target: str) -> bool:
-        return target in _DETECTOR_FREE_TARGETS or str(target).startswith(free_prefixes)
-
-    if targets and all(detector_free(str(t)) for t in targets):
-        return
-    raise ConfigError(
-        "detectors.texture_source",
-        "this configuration requires a DTD-style texture folder for the detectors' synthetic "
-        "anomalies (detectors.require_texture_source is true, as in the authors' protocol); set "
-        "detectors.texture_source to a copy of DTD's images/ folder (the stages support, "
-        "embeddings and generated run without it)",
-    )
+    if det["require_texture_source"] and not det["texture_source"]:
+        raise ConfigError(
+            "detectors.texture_source",
+            "this configuration requires a DTD-style texture folder for the detectors' synthetic "
+            "anomalies (detectors.require_texture_source is true, as in the authors' protocol); set "
+            "detectors.texture_source to a copy of DTD's images/ folder (the stages support, "
+            "embeddings and generated run without it)",
+        )
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:

@@ -32,7 +32,6 @@ if not workflow.overwrite_configfiles and not PLAN.is_demo:
 
 try:
     PLAN.pairs()  # discover categories x defects now: bad data_root / names stop here
-    check_required_sources(config, workflow.dag_settings.targets)
 except AnogenError as _error:
     raise WorkflowError(f"invalid configuration: {_error}") from None
 
@@ -134,6 +133,11 @@ def evaluation_output(category, detector, variant, name="metrics.json"):
 
 
 def generated_for_detector(wildcards):
+    # Evaluated only when the DAG holds a detector job: a required DTD folder is checked here.
+    try:
+        check_required_sources(config)
+    except AnogenError as error:
+        raise WorkflowError(f"invalid configuration: {error}") from None
     if wildcards.variant == "baseline":
         return []
     return [
