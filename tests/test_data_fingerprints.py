@@ -17,6 +17,7 @@ from PIL import Image
 
 from anogen.config import Plan, deep_update, validate_config
 from tests import e2e
+from tests.test_config_keys import all_keys  # every key of a plan, by artifact
 
 
 def _touch_new(path: Path, value: int) -> None:
@@ -35,28 +36,14 @@ def _tree(tmp_path: Path) -> Path:
     return build_fake_mvtec(tmp_path / "data", per_folder=5, categories=["bottle", "hazelnut"])
 
 
-def _keys(plan: Plan) -> dict[str, str]:
-    keys = {}
-    for c, d in plan.pairs():
-        keys[f"support/{c}/{d}"] = plan.support_key(c, d)
-        keys[f"embedding/{c}/{d}"] = plan.embedding_key(c, d)
-        keys[f"generation/{c}/{d}"] = plan.generation_key(c, d)
-    for c in plan.categories:
-        keys[f"foreground/{c}"] = plan.foreground_key(c)
-    for c, m, v in plan.detector_runs():
-        keys[f"detector/{c}/{m}/{v}"] = plan.detector_key(c, m, v)
-        keys[f"evaluation/{c}/{m}/{v}"] = plan.evaluation_key(c, m, v)
-    return keys
-
-
 def _plan(root: Path) -> Plan:
     return Plan(validate_config({"data_root": str(root)}))
 
 
 def _changed(root: Path, mutate) -> set[str]:
-    before = _keys(_plan(root))
+    before = all_keys(_plan(root))
     mutate()
-    after = _keys(_plan(root))
+    after = all_keys(_plan(root))
     return {k for k in before if before[k] != after[k]}
 
 
