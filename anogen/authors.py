@@ -71,7 +71,8 @@ def published_support_files(repo: str | Path, category: str, defect: str) -> lis
     if not folder.is_dir():
         return None
     names = sorted(
-        p.name for p in folder.iterdir()
+        p.name
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not names:
@@ -105,7 +106,9 @@ def load_authors_embedding(path: str | Path) -> tuple[str, torch.Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for a disallowed global, RuntimeError/zip errors otherwise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(path, f"refused or unreadable as a weights-only torch file ({type(exc).__name__}: {first})") from exc
+        raise DataError(
+            path, f"refused or unreadable as a weights-only torch file ({type(exc).__name__}: {first})"
+        ) from exc
     if not isinstance(data, dict) or "string_to_param" not in data:
         raise DataError(path, "is not an embeddings file of the authors' EmbeddingManager (no 'string_to_param')")
     params = data["string_to_param"]
@@ -113,10 +116,15 @@ def load_authors_embedding(path: str | Path) -> tuple[str, torch.Tensor]:
         # Older torch: the parameters live in the module's _parameters only (no _keys).
         params = dict(params.__dict__.get("_parameters", {}))
     if not isinstance(params, dict) or len(params) != 1:
-        raise DataError(path, f"expected one placeholder vector in string_to_param, found {len(params) if isinstance(params, dict) else type(params).__name__}")
-    (token, value), = params.items()
+        raise DataError(
+            path,
+            f"expected one placeholder vector in string_to_param, found {len(params) if isinstance(params, dict) else type(params).__name__}",
+        )
+    ((token, value),) = params.items()
     if not isinstance(value, torch.Tensor) or value.dim() not in (1, 2) or (value.dim() == 2 and value.shape[0] != 1):
-        raise DataError(path, f"string_to_param[{token!r}] must be one vector [1, dim], got {getattr(value, 'shape', type(value))}")
+        raise DataError(
+            path, f"string_to_param[{token!r}] must be one vector [1, dim], got {getattr(value, 'shape', type(value))}"
+        )
     vector = value.detach().to(torch.float32).reshape(-1).clone()
     if not bool(torch.isfinite(vector).all()):
         raise DataError(path, f"string_to_param[{token!r}] holds non-finite values")

@@ -105,18 +105,24 @@ def cmd_estimate(args) -> int:
     config = load_config_file(args.configfile, _parse_overrides(args.config))
     found = est.find_table(args.gpu_model, Path(args.results) if args.results else est.RESULTS_DIR)
     if found is None:
-        print(f"anogen estimate: no throughput measurement for GPU {args.gpu_model or est.DEFAULT_GPU!r} "
-              f"under {args.results or est.RESULTS_DIR} (run bench/gpu_check.py on one)", file=sys.stderr)
+        print(
+            f"anogen estimate: no throughput measurement for GPU {args.gpu_model or est.DEFAULT_GPU!r} "
+            f"under {args.results or est.RESULTS_DIR} (run bench/gpu_check.py on one)",
+            file=sys.stderr,
+        )
         return 1
     estimate = est.build_jobs(config, found[1], found[0])
     print(est.format_report(estimate, args.gpus))
     return 0
+
+
 def cmd_check_data(args) -> int:
     from anogen.data.check import check_data
 
     config = load_config_file(args.configfile, _parse_overrides(args.config))
-    report = check_data(config, foreground_images=args.foreground_images,
-                        echo=lambda line: print(line, file=sys.stderr, flush=True))
+    report = check_data(
+        config, foreground_images=args.foreground_images, echo=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     print(report.render())
     return 0 if report.ok else 1
 
@@ -125,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gc = sub.add_parser("gc", help="list (and with --delete remove) keyed directories no config refers to")
-    gc.add_argument("--configfile", action="append", default=None,
-                    help="config(s) whose artifacts are kept (repeatable; default config/config.yaml)")
+    gc.add_argument(
+        "--configfile",
+        action="append",
+        default=None,
+        help="config(s) whose artifacts are kept (repeatable; default config/config.yaml)",
+    )
     gc.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value, applied to every config")
     gc.add_argument("--delete", action="store_true", help="really delete (default: dry run)")
     gc.set_defaults(func=cmd_gc)
@@ -144,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-data", help="read the whole data set once, report every problem and what would run")
     check.add_argument("--configfile", default="config/config.yaml")
     check.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
-    check.add_argument("--foreground-images", type=int, default=4,
-                       help="normal images per category on which GrabCut's foreground coverage is measured")
+    check.add_argument(
+        "--foreground-images",
+        type=int,
+        default=4,
+        help="normal images per category on which GrabCut's foreground coverage is measured",
+    )
     check.set_defaults(func=cmd_check_data)
     args = parser.parse_args(argv)
     if getattr(args, "configfile", None) is None:

@@ -14,7 +14,6 @@ import copy
 import functools
 import os
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -30,7 +29,10 @@ TINY_MODEL_DIR = "resources/models/tiny-random-{family}"
 
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
-_NOT_IN_KEYS = {"embedding": {"checkpoint_every", "cuda_graph"}, "generation": {"batch_size", "channels_last", "compile"}}
+_NOT_IN_KEYS = {
+    "embedding": {"checkpoint_every", "cuda_graph"},
+    "generation": {"batch_size", "channels_last", "compile"},
+}
 # Selectors, not values: they decide which artifact a defect gets and reach the keys through
 # the per-defect fields they resolve to (an embedding's source sha256, a template's sha256).
 _SELECTORS = {"embedding": {"source"}, "generation": {"templates", "template_containment"}}
@@ -118,17 +120,23 @@ def _check_semantics(config: dict) -> None:
         )
     _check_layout_options(config)
     model = config["diffusion"]["model"]
-    if model.startswith("tiny:") and model[len("tiny:"):] not in TINY_FAMILIES:
+    if model.startswith("tiny:") and model[len("tiny:") :] not in TINY_FAMILIES:
         raise ConfigError("diffusion.model", f"{model!r}: a tiny random model is 'tiny:ldm' or 'tiny:sd'")
     if config["embedding"]["source"] == "authors" and not config["authors_repo"]:
-        raise ConfigError("embedding.source", "'authors' imports the published embeddings: set authors_repo to a clone of github.com/gaobb/AnoGen")
+        raise ConfigError(
+            "embedding.source",
+            "'authors' imports the published embeddings: set authors_repo to a clone of github.com/gaobb/AnoGen",
+        )
 
 
 def _check_layout_options(config: dict) -> None:
     """The demo is MVTec-layout; Folder layout: the defect names of abnormal_dir and mask_dir agree."""
     is_demo = os.path.normpath(config["data_root"]) == os.path.normpath(config["demo"]["root"])
     if is_demo and config["data_layout"] != "mvtec":
-        raise ConfigError("data_layout", f"data_root is the demo data set (demo.root), which is in the mvtec layout, not {config['data_layout']}")
+        raise ConfigError(
+            "data_layout",
+            f"data_root is the demo data set (demo.root), which is in the mvtec layout, not {config['data_layout']}",
+        )
     if config["data_layout"] == "folder" and not config["folder"]["categories"]:
         raise ConfigError("folder.categories", "data_layout is folder: name at least one data set here")
     for name, opts in config["folder"]["categories"].items():
@@ -136,8 +144,10 @@ def _check_layout_options(config: dict) -> None:
         if isinstance(masks, dict):
             defects = sorted(abnormal) if isinstance(abnormal, dict) else [config["default_defect"]]
             if sorted(masks) != defects:
-                raise ConfigError(f"folder.categories.{name}.mask_dir",
-                                  f"defect names {sorted(masks)} differ from abnormal_dir's {defects}")
+                raise ConfigError(
+                    f"folder.categories.{name}.mask_dir",
+                    f"defect names {sorted(masks)} differ from abnormal_dir's {defects}",
+                )
 
 
 def check_required_sources(config: dict) -> None:
@@ -204,7 +214,9 @@ class Plan:
 
         root = self.config["data_root"]
         if not Path(root).is_dir():
-            raise ConfigError("data_root", f"{root!r} is not a folder (a {self.config['data_layout']}-layout data set is expected)")
+            raise ConfigError(
+                "data_root", f"{root!r} is not a folder (a {self.config['data_layout']}-layout data set is expected)"
+            )
         layout, self._rejected_categories = discover(root, layout_spec(self.config))
         return layout
 
@@ -224,11 +236,15 @@ class Plan:
         if wanted == "all":
             self._fail_on_rejected(self._rejected_categories, "categories")
             if not available:
-                raise ConfigError("data_root", f"no category (a folder with train/good) under {self.config['data_root']!r}")
+                raise ConfigError(
+                    "data_root", f"no category (a folder with train/good) under {self.config['data_root']!r}"
+                )
             return available
         missing = [c for c in wanted if c not in self.layout]
         if missing:
-            raise ConfigError("categories", f"{missing} not found under {self.config['data_root']!r} (available: {available})")
+            raise ConfigError(
+                "categories", f"{missing} not found under {self.config['data_root']!r} (available: {available})"
+            )
         return list(wanted)
 
     def defects(self, category: str) -> list[str]:
@@ -329,7 +345,7 @@ class Plan:
     def tiny_family(self) -> str | None:
         """``ldm``/``sd`` when the config asks explicitly for a tiny random model, else None."""
         model = self.config["diffusion"]["model"]
-        return model[len("tiny:"):] if model.startswith("tiny:") else None
+        return model[len("tiny:") :] if model.startswith("tiny:") else None
 
     @property
     def model_path(self) -> str:
@@ -344,13 +360,13 @@ class Plan:
             return None
         return self._category_files(category)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def _category_files(self, category: str):
         from anogen.data.layouts import category_files, layout_spec
 
         return category_files(self.config["data_root"], category, layout_spec(self.config))
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
         """The support image names: the named ones, else the plan's seeded choice among the
         defect folder's file names (None: too few images; the support job says so)."""
@@ -366,15 +382,18 @@ class Plan:
             return None
         return tuple(choose_support(names, category, defect, s["shots"], s["seed"]))
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def excluded_from_test(self, category: str) -> tuple[str, ...]:
         """Root-relative paths of the support images the evaluation leaves out (sorted)."""
         if not self.config["support"]["exclude_from_test"]:
             return ()
-        return tuple(sorted(
-            self._test_relpath(category, d, name)
-            for d in self.defects(category) for name in self.support_files(category, d) or ()
-        ))
+        return tuple(
+            sorted(
+                self._test_relpath(category, d, name)
+                for d in self.defects(category)
+                for name in self.support_files(category, d) or ()
+            )
+        )
 
     def _test_relpath(self, category: str, defect: str, name: str) -> str:
         """Data-root-relative POSIX path of a test image, as evaluation items name it."""
@@ -382,7 +401,7 @@ class Plan:
             return f"{category}/test/{defect}/{name}"  # the demo is MVTec-layout
         return self._category_files(category).relpath(defect, name)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def _data_fingerprint(self, category: str, role: str, defect: str | None = None) -> str:
         """Fingerprint of the data files one artifact reads (see anogen.data.fingerprint)."""
         if self.is_demo:
@@ -472,7 +491,9 @@ class Plan:
         if source is not None:
             # An imported vector depends on the published file and the token it is stored under.
             return {
-                "source": "authors", "category": category, "defect": defect,
+                "source": "authors",
+                "category": category,
+                "defect": defect,
                 "placeholder_token": self.config["embedding"]["placeholder_token"],
                 "sha256": sha256_file_cached(source),
             }
@@ -483,8 +504,10 @@ class Plan:
 
     def generation_spec(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
-        spec = _without(gen, {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"],
-                              *_SELECTORS["generation"]})
+        spec = _without(
+            gen,
+            {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"], *_SELECTORS["generation"]},
+        )
         spec.update(category=category, defect=defect, box=self.box(category, defect), texture=self.texture(category))
         template = self.box_template(category, defect)
         if template is not None:
@@ -537,9 +560,14 @@ class Plan:
 
     def evaluation_spec(self, category: str, detector: str, variant: str) -> dict:
         spec = dict(self.config["evaluation"])
-        spec.update(category=category, detector=detector, variant=variant,
-                    exclude_from_test=self.config["support"]["exclude_from_test"],
-                    excluded=self.excluded_from_test(category), resize=self.config["resize"])
+        spec.update(
+            category=category,
+            detector=detector,
+            variant=variant,
+            exclude_from_test=self.config["support"]["exclude_from_test"],
+            excluded=self.excluded_from_test(category),
+            resize=self.config["resize"],
+        )
         return spec
 
     # ------------------------------------------------------------------ keys (Merkle chain)
@@ -598,10 +626,14 @@ class Plan:
         return content_key(self.generation_spec(category, defect), self.generation_inputs(category, defect))
 
     def detector_key(self, category, detector, variant) -> str:
-        return content_key(self.detector_spec(category, detector, variant), self.detector_inputs(category, detector, variant))
+        return content_key(
+            self.detector_spec(category, detector, variant), self.detector_inputs(category, detector, variant)
+        )
 
     def evaluation_key(self, category, detector, variant) -> str:
-        return content_key(self.evaluation_spec(category, detector, variant), self.evaluation_inputs(category, detector, variant))
+        return content_key(
+            self.evaluation_spec(category, detector, variant), self.evaluation_inputs(category, detector, variant)
+        )
 
     @functools.cached_property
     def export_key(self) -> str:

@@ -30,9 +30,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from anogen.config import Plan
+
 # category: (train/good, test/good, {defect: n_test}), used when the data set is not at hand
 from anogen.data.mvtec_counts import MVTEC_AD_COUNTS as MVTEC_AD
 from anogen.errors import ConfigError
@@ -115,7 +115,9 @@ def count_images(plan: Plan, source: str) -> Counts:
             n_test[c] = sum(1 for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
         else:
             if c not in MVTEC_AD:
-                raise ConfigError("categories", f"{c!r} is not an MVTec AD category and {cfg['data_root']!r} does not exist")
+                raise ConfigError(
+                    "categories", f"{c!r} is not an MVTec AD category and {cfg['data_root']!r} does not exist"
+                )
             tr, good, defects = MVTEC_AD[c]
             n_train[c] = tr
             n_test[c] = good + sum(defects.values())
@@ -168,12 +170,16 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
 
     emb = _rate(table, "embedding")
     if int(emb_cfg["batch_size"]) != int(emb.get("batch_size", emb_cfg["batch_size"])):
-        notes.append(f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
-                     "(steps/s used unscaled)")
+        notes.append(
+            f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
+            "(steps/s used unscaled)"
+        )
     gen = _rate(table, "generation")
     if gen.get("batch_size") and int(gen["batch_size"]) != int(gen_cfg["batch_size"]):
-        notes.append(f"generation measured at batch {gen['batch_size']}, config batch {gen_cfg['batch_size']} "
-                     "(images/s used unscaled)")
+        notes.append(
+            f"generation measured at batch {gen['batch_size']}, config batch {gen_cfg['batch_size']} "
+            "(images/s used unscaled)"
+        )
     gen_steps = int(gen.get("steps") or gen_cfg["steps"])
     gen_ips = float(gen["value"]) * gen_steps / int(gen_cfg["steps"])
     for c, d in plan.pairs():
@@ -239,8 +245,9 @@ def list_schedule(jobs: list[Job], n_gpus: int) -> float:
     return max(finish.values(), default=0.0)
 
 
-def estimate(config: dict, n_gpus: int = 1, gpu_model: str | None = None,
-             results_dir: Path = RESULTS_DIR) -> Estimate | None:
+def estimate(
+    config: dict, n_gpus: int = 1, gpu_model: str | None = None, results_dir: Path = RESULTS_DIR
+) -> Estimate | None:
     found = find_table(gpu_model, results_dir)
     if found is None:
         return None
@@ -260,15 +267,22 @@ def format_report(est: Estimate, n_gpus: int) -> str:
         sj = [j for j in est.jobs if j.stage == stage]
         work = sum(j.work for j in sj)
         unit = sj[0].unit if sj else ""
-        keys = ["embedding"] if stage == "embedding" else ["generation"] if stage == "generation" else (
-            ["detector_draem", "detector_destseg"] if stage == "detector" else ["evaluation"])
+        keys = (
+            ["embedding"]
+            if stage == "embedding"
+            else ["generation"]
+            if stage == "generation"
+            else (["detector_draem", "detector_destseg"] if stage == "detector" else ["evaluation"])
+        )
         rates = []
         for k in keys:
             e = t.get("stages", {}).get(k) or {}
             if e.get("value"):
                 rates.append(f"{e['value']:g} {e.get('unit', '')}".strip())
-        lines.append(f"{stage:<11} {njobs[stage]:>5} {work:>10.0f} {unit:<3} {', '.join(rates) or 'n/a':>28} "
-                     f"{hours[stage]:>10.2f}")
+        lines.append(
+            f"{stage:<11} {njobs[stage]:>5} {work:>10.0f} {unit:<3} {', '.join(rates) or 'n/a':>28} "
+            f"{hours[stage]:>10.2f}"
+        )
     total = sum(hours.values())
     wall = list_schedule(est.jobs, n_gpus) / 3600
     lines += [

@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -225,9 +226,7 @@ def verify_file(
     return full
 
 
-def verify_manifest(
-    manifest_path: str | Path, rebuild_hint: str | None = None
-) -> dict[str, Any]:
+def verify_manifest(manifest_path: str | Path, rebuild_hint: str | None = None) -> dict[str, Any]:
     """Verify every file a manifest lists; return the manifest."""
     manifest = load_manifest(manifest_path)
     if rebuild_hint is None:

@@ -26,8 +26,9 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from anogen import provenance
 from anogen.errors import AnogenError
@@ -202,9 +203,17 @@ def select_support(sm, params):
 
     spec = params["spec"]
     build_support_set(
-        params["data_root"], spec["category"], spec["defect"], shots=spec.get("shots"), seed=spec.get("seed"),
-        files=spec.get("files"), origin=params.get("origin", "support.files"),
-        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], layout=params.get("dataset"),
+        params["data_root"],
+        spec["category"],
+        spec["defect"],
+        shots=spec.get("shots"),
+        seed=spec.get("seed"),
+        files=spec.get("files"),
+        origin=params.get("origin", "support.files"),
+        out_dir=_out_dir(sm),
+        key=sm.wildcards.key,
+        inputs=params["inputs"],
+        layout=params.get("dataset"),
     )
 
 
@@ -222,9 +231,16 @@ def learn_embedding(sm, params):
     items = _squared(read_support_set(sm.input.support), spec.pop("resize", "squash"), sm.input.support)
     with _device() as lease:
         run(
-            support_items=items, model=params["model"], revision=params["revision"], spec=spec,
-            out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
-            mixed_precision=mixed_precision, extra={"lease": lease.as_dict()},
+            support_items=items,
+            model=params["model"],
+            revision=params["revision"],
+            spec=spec,
+            out_dir=_out_dir(sm),
+            key=sm.wildcards.key,
+            inputs=params["inputs"],
+            device=lease.device,
+            mixed_precision=mixed_precision,
+            extra={"lease": lease.as_dict()},
             cuda_graph=bool(params.get("cuda_graph", False)),
         )
 
@@ -235,7 +251,10 @@ def import_embedding(sm, params):
 
     # No device and no model: the vector is read from the authors' file and written out.
     import_authors_embedding(
-        source=params["source"], spec=params["spec"], out_dir=_out_dir(sm), key=sm.wildcards.key,
+        source=params["source"],
+        spec=params["spec"],
+        out_dir=_out_dir(sm),
+        key=sm.wildcards.key,
         inputs=params["inputs"],
     )
 
@@ -251,8 +270,11 @@ def _squared(pairs, resize: str, where: str):
     out = [square_pair(image, mask, resize) for image, mask in pairs]
     for i, (_, mask) in enumerate(out):
         if not mask.any():  # only crop can do this: the anomaly lies in a dropped strip
-            raise DataError(where, f"support item {i}: its anomaly lies entirely outside the centre square "
-                                   f"kept by resize: {resize}; use resize: pad or squash, or another support.seed")
+            raise DataError(
+                where,
+                f"support item {i}: its anomaly lies entirely outside the centre square "
+                f"kept by resize: {resize}; use resize: pad or squash, or another support.seed",
+            )
     return out
 
 
@@ -272,10 +294,16 @@ def estimate_foreground(sm, params):
     spec = params["spec"]
     template = spec["foreground_template"]
     build_foreground_set(
-        image_paths=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),
-        data_root=Path(params["data_root"]), texture=spec["texture"],
-        template=Path(template) if template else None, iterations=spec["grabcut_iterations"],
-        out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
+        image_paths=_train_images(
+            params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")
+        ),
+        data_root=Path(params["data_root"]),
+        texture=spec["texture"],
+        template=Path(template) if template else None,
+        iterations=spec["grabcut_iterations"],
+        out_dir=_out_dir(sm),
+        key=sm.wildcards.key,
+        inputs=params["inputs"],
     )
 
 
@@ -292,13 +320,26 @@ def generate_anomalies(sm, params):
     template = Path(params["template"]) if params.get("template") else None
     with _device() as lease:
         run(
-            normal_images=_train_images(params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")),
-            data_root=Path(params["data_root"]), foreground_manifest=foreground, template=template,
-            embedding_path=Path(sm.input.embedding), model=params["model"], revision=params["revision"],
-            spec=spec, out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"],
-            batch_size=params["batch_size"], device=lease.device, mixed_precision=mixed_precision,
-            extra={"lease": lease.as_dict()}, support_images=support,
-            channels_last=bool(params.get("channels_last", False)), compile=bool(params.get("compile", False)),
+            normal_images=_train_images(
+                params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")
+            ),
+            data_root=Path(params["data_root"]),
+            foreground_manifest=foreground,
+            template=template,
+            embedding_path=Path(sm.input.embedding),
+            model=params["model"],
+            revision=params["revision"],
+            spec=spec,
+            out_dir=_out_dir(sm),
+            key=sm.wildcards.key,
+            inputs=params["inputs"],
+            batch_size=params["batch_size"],
+            device=lease.device,
+            mixed_precision=mixed_precision,
+            extra={"lease": lease.as_dict()},
+            support_images=support,
+            channels_last=bool(params.get("channels_last", False)),
+            compile=bool(params.get("compile", False)),
         )
 
 
@@ -319,11 +360,17 @@ def train_detector(sm, params):
     spec = params["spec"]
     with _device() as lease:
         run(
-            detector=spec["detector"], variant=spec["variant"], spec=spec,
+            detector=spec["detector"],
+            variant=spec["variant"],
+            spec=spec,
             train_images=_train_images(params["data_root"], spec["category"], None, params.get("dataset")),
             generated_manifests=[Path(p) for p in sm.input.generated],
-            out_dir=_out_dir(sm), key=sm.wildcards.key, inputs=params["inputs"], device=lease.device,
-            checkpoint_every=params["checkpoint_every"], extra={"lease": lease.as_dict()},
+            out_dir=_out_dir(sm),
+            key=sm.wildcards.key,
+            inputs=params["inputs"],
+            device=lease.device,
+            checkpoint_every=params["checkpoint_every"],
+            extra={"lease": lease.as_dict()},
         )
 
 
@@ -343,11 +390,20 @@ def evaluate_detector(sm, params):
     with _device() as lease:
         predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(
-            predictor=predictor, test_items=scan_category(params["data_root"], spec["category"], params.get("dataset")).test,
-            data_root=Path(params["data_root"]), exclude=exclude, resolution=spec["resolution"],
-            fpr_limit=spec["aupro_fpr_limit"], resize=spec["resize"], out_dir=_out_dir(sm), key=sm.wildcards.key,
-            inputs=params["inputs"], spec=spec, n_visualizations=spec["n_visualizations"],
-            extra={"lease": lease.as_dict()}, extra_files=[loss_plot.relative_to(_out_dir(sm)).as_posix()],
+            predictor=predictor,
+            test_items=scan_category(params["data_root"], spec["category"], params.get("dataset")).test,
+            data_root=Path(params["data_root"]),
+            exclude=exclude,
+            resolution=spec["resolution"],
+            fpr_limit=spec["aupro_fpr_limit"],
+            resize=spec["resize"],
+            out_dir=_out_dir(sm),
+            key=sm.wildcards.key,
+            inputs=params["inputs"],
+            spec=spec,
+            n_visualizations=spec["n_visualizations"],
+            extra={"lease": lease.as_dict()},
+            extra_files=[loss_plot.relative_to(_out_dir(sm)).as_posix()],
         )
 
 
@@ -358,7 +414,10 @@ def summarize(sm, params):
 
     run([Path(p) for p in sm.input.metrics], Path(sm.output.summary), Path(sm.output.table1))
     write_report_items(
-        sm.output.summary, sm.output.table1, summary_html_path=sm.output.summary_html,
-        table1_html_path=sm.output.table1_html, comparison_png=sm.output.comparison,
+        sm.output.summary,
+        sm.output.table1,
+        summary_html_path=sm.output.summary_html,
+        table1_html_path=sm.output.table1_html,
+        comparison_png=sm.output.comparison,
         notes_html_path=sm.output.notes,
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -91,11 +91,17 @@ def plot_loss_curves(
             continue
         values = np.asarray(curves[name], dtype=np.float64)
         # light under a moving average; dark when the run is too short to smooth
-        ax.plot(steps, values, color="#9ab8e0" if window > 1 else "#1f3f99", linewidth=0.8 if window > 1 else 1.4,
-                label="per step")
+        ax.plot(
+            steps,
+            values,
+            color="#9ab8e0" if window > 1 else "#1f3f99",
+            linewidth=0.8 if window > 1 else 1.4,
+            label="per step",
+        )
         if window > 1:
-            ax.plot(steps, moving_average(values, window), color="#1f3f99", linewidth=1.6,
-                    label=f"mean of {window} steps")
+            ax.plot(
+                steps, moving_average(values, window), color="#1f3f99", linewidth=1.6, label=f"mean of {window} steps"
+            )
         finite = values[np.isfinite(values)]
         if log_y and finite.size and (finite > 0).all():
             ax.set_yscale("log")

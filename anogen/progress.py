@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Progress", "format_eta"]
 
@@ -73,11 +73,7 @@ class Progress:
         ``extra`` (e.g. the current losses) may be a function, called only when a line is due.
         """
         now = self.clock()
-        due = (
-            done >= self.total
-            or done - self._last_done >= self.every
-            or now - self._last_time >= self.seconds
-        )
+        due = done >= self.total or done - self._last_done >= self.every or now - self._last_time >= self.seconds
         if not due or done == self._last_done:
             return False
         self.logger.info("%s", self.line(done, extra() if callable(extra) else extra))

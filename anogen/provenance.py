@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 RANDOM_MODEL = "random diffusion model (tiny, randomly initialised): generated anomalies are not an LDM's"
 RANDOM_TEACHER = "random DeSTSeg teacher (no ImageNet ResNet18 weights)"

@@ -35,9 +35,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 MVTEC_TRAIN = {
-    "bottle": 209, "cable": 224, "capsule": 219, "carpet": 280, "grid": 264,
-    "hazelnut": 391, "leather": 245, "metal_nut": 220, "pill": 267, "screw": 320,
-    "tile": 230, "toothbrush": 60, "transistor": 213, "wood": 247, "zipper": 240,
+    "bottle": 209,
+    "cable": 224,
+    "capsule": 219,
+    "carpet": 280,
+    "grid": 264,
+    "hazelnut": 391,
+    "leather": 245,
+    "metal_nut": 220,
+    "pill": 267,
+    "screw": 320,
+    "tile": 230,
+    "toothbrush": 60,
+    "transistor": 213,
+    "wood": 247,
+    "zipper": 240,
 }
 
 
@@ -111,7 +123,10 @@ def bench_destseg(size, batch_size, device, warmup, steps, fp32, channels_last=F
 
     tr = DestsegTrainer(
         {"batch_size": batch_size, "steps": 10**6, "student_steps": 10**5},
-        seed=0, tau=0.9, device=device, n_train=240,
+        seed=0,
+        tau=0.9,
+        device=device,
+        n_train=240,
     )
     if channels_last:
         to_channels_last(tr)
@@ -173,10 +188,10 @@ def _make_pipeline_data(root: Path, size: int, n: int = 32) -> tuple[list[Path],
         Image.fromarray(img).save(gen / "images" / f"{i}.png")
         Image.fromarray(box).save(gen / "masks" / f"{i}.png")
         files += [f"images/{i}.png", f"masks/{i}.png"]
-        items.append({"image": f"images/{i}.png", "mask": f"masks/{i}.png",
-                      "source_image": str(train[i]), "box": {}, "seed": i})
-    manifest = write_manifest(gen, stage="generation", key="bench", spec={}, files=files,
-                              extra={"items": items})
+        items.append(
+            {"image": f"images/{i}.png", "mask": f"masks/{i}.png", "source_image": str(train[i]), "box": {}, "seed": i}
+        )
+    manifest = write_manifest(gen, stage="generation", key="bench", spec={}, files=files, extra={"items": items})
     return train, manifest
 
 
@@ -190,8 +205,14 @@ def bench_pipeline(size: int, steps: int, device: str, workers: int | None) -> N
 
     root = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     train, manifest = _make_pipeline_data(root, size)
-    base = {"image_size": size, "seed": 0, "tau": 0.9, "mix_prob": 0.5,
-            "weak_on_synthetic": True, "texture_source": None}
+    base = {
+        "image_size": size,
+        "seed": 0,
+        "tau": 0.9,
+        "mix_prob": 0.5,
+        "weak_on_synthetic": True,
+        "texture_source": None,
+    }
     runs = [
         ("draem", "anogen", {"draem": {"epochs": max(2, steps // 4), "batch_size": 8}}),
         ("destseg", "anogen", {"destseg": {"steps": steps, "student_steps": steps // 2, "batch_size": 32}}),
@@ -200,10 +221,20 @@ def bench_pipeline(size: int, steps: int, device: str, workers: int | None) -> N
         spec = {**base, "detector": det, "variant": variant, **section}
         out = root / f"{det}_{variant}"
         t0 = time.perf_counter()
-        train_detector(detector=det, variant=variant, spec=spec, train_images=train,
-                       generated_manifests=[manifest], out_dir=out, key="bench", inputs={},
-                       device=device, checkpoint_every=max(2, steps // 2), log_every=10**9,
-                       num_workers=workers)
+        train_detector(
+            detector=det,
+            variant=variant,
+            spec=spec,
+            train_images=train,
+            generated_manifests=[manifest],
+            out_dir=out,
+            key="bench",
+            inputs={},
+            device=device,
+            checkpoint_every=max(2, steps // 2),
+            log_every=10**9,
+            num_workers=workers,
+        )
         wall = time.perf_counter() - t0
         with open(out / "train_log.csv") as fh:
             rows = list(csv.DictReader(fh))
@@ -214,13 +245,14 @@ def bench_pipeline(size: int, steps: int, device: str, workers: int | None) -> N
         detector = load_trained_detector(out, device=device)
         x = torch.rand(4, 3, size, size)
         scores, maps = detector.predict(x)
-        print(f"pipeline {det:7s} {variant}: {len(rows)} steps in {wall:.1f} s wall; steady "
-              f"{rate:.2f} steps/s = {rate * bs:.1f} img/s (batch {bs}); predict -> scores "
-              f"{scores.shape}, maps {maps.shape} {maps.dtype}")
+        print(
+            f"pipeline {det:7s} {variant}: {len(rows)} steps in {wall:.1f} s wall; steady "
+            f"{rate:.2f} steps/s = {rate * bs:.1f} img/s (batch {bs}); predict -> scores "
+            f"{scores.shape}, maps {maps.shape} {maps.dtype}"
+        )
 
 
-def bench_synthesis(size: int, batch_sizes=(8, 16, 32), n_batches: int = 3,
-                    targets=(250, 500, 880)) -> list[dict]:
+def bench_synthesis(size: int, batch_sizes=(8, 16, 32), n_batches: int = 3, targets=(250, 500, 880)) -> list[dict]:
     """Is CPU-side sample synthesis the bottleneck? ``TrainStream.batch`` (what each loader
     worker runs: Perlin + texture anomalies, DeSTSeg rotations, generated samples for
     'anogen') timed in this process (CPU seconds, robust to a busy machine), and the loader
@@ -238,22 +270,38 @@ def bench_synthesis(size: int, batch_sizes=(8, 16, 32), n_batches: int = 3,
     for det in ("draem", "destseg"):
         for variant in ("baseline", "anogen"):
             for bs in batch_sizes:
-                stream = TrainStream(detector=det, variant=variant, image_size=size, seed=0, batch_size=bs,
-                                     train_images=train, generated=generated if variant != "baseline" else (),
-                                     textures=textures)
+                stream = TrainStream(
+                    detector=det,
+                    variant=variant,
+                    image_size=size,
+                    seed=0,
+                    batch_size=bs,
+                    train_images=train,
+                    generated=generated if variant != "baseline" else (),
+                    textures=textures,
+                )
                 stream.batch(0)  # warm caches (texture files, permutation)
                 c0 = time.process_time()
                 for step in range(1, n_batches + 1):
                     stream.batch(step)
                 per_batch = (time.process_time() - c0) / n_batches
                 ips = bs / per_batch
-                row = {"detector": det, "variant": variant, "batch": bs, "size": size,
-                       "cpu_s_per_batch": per_batch, "images_per_s_per_worker": ips,
-                       "workers_needed": {str(t): math.ceil(t / ips) for t in targets}}
+                row = {
+                    "detector": det,
+                    "variant": variant,
+                    "batch": bs,
+                    "size": size,
+                    "cpu_s_per_batch": per_batch,
+                    "images_per_s_per_worker": ips,
+                    "workers_needed": {str(t): math.ceil(t / ips) for t in targets},
+                }
                 rows.append(row)
                 need = ", ".join(f"{t} img/s: {math.ceil(t / ips)}" for t in targets)
-                print(f"synthesis {det:7s} {variant:8s} batch {bs:2d} @ {size}px: {per_batch * 1000:7.1f} ms CPU "
-                      f"per batch = {ips:6.1f} img/s per worker; workers needed for {need}", flush=True)
+                print(
+                    f"synthesis {det:7s} {variant:8s} batch {bs:2d} @ {size}px: {per_batch * 1000:7.1f} ms CPU "
+                    f"per batch = {ips:6.1f} img/s per worker; workers needed for {need}",
+                    flush=True,
+                )
     return rows
 
 
@@ -272,11 +320,18 @@ def main() -> None:
     ap.add_argument("--destseg-batch", type=int, default=32)
     ap.add_argument("--data-samples", type=int, default=50)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--pipeline-steps", type=int, default=0,
-                    help="also run train_detector end to end for this many steps per detector")
+    ap.add_argument(
+        "--pipeline-steps",
+        type=int,
+        default=0,
+        help="also run train_detector end to end for this many steps per detector",
+    )
     ap.add_argument("--workers", type=int, default=None, help="loader workers for --pipeline-steps")
-    ap.add_argument("--synthesis-only", action="store_true",
-                    help="only time CPU sample synthesis (TrainStream.batch) at --size and batch 8/16/32")
+    ap.add_argument(
+        "--synthesis-only",
+        action="store_true",
+        help="only time CPU sample synthesis (TrainStream.batch) at --size and batch 8/16/32",
+    )
     ap.add_argument("--channels-last", action="store_true", help="also time the networks in channels_last (GPU)")
     args = ap.parse_args()
     if args.synthesis_only:
@@ -294,8 +349,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if gpu:
         torch.backends.cudnn.benchmark = True
-        print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__}), "
-              f"bf16 autocast: {torch.cuda.is_bf16_supported()}")
+        print(
+            f"device: {torch.cuda.get_device_name()} (torch {torch.__version__}), "
+            f"bf16 autocast: {torch.cuda.is_bf16_supported()}"
+        )
     else:
         print(f"device: CPU, {torch.get_num_threads()} threads (torch {torch.__version__})")
     print(f"image size {size}, {steps} timed steps after {warmup} warm-up steps\n")
@@ -310,37 +367,49 @@ def main() -> None:
             print(f"DRAEM   {tag:14s} batch {bs:3d}: {rate:7.2f} steps/s {rate * bs:8.1f} img/s  peak {mem:.1f} GiB")
         bs = args.destseg_batch
         r1, r2, mem = bench_destseg(size, bs, device, warmup, steps, fp32)
-        print(f"DeSTSeg {tag:14s} batch {bs:3d}: student {r1:7.2f} steps/s ({r1 * bs:7.1f} img/s), "
-              f"segmentation {r2:7.2f} steps/s ({r2 * bs:7.1f} img/s)  peak {mem:.1f} GiB")
+        print(
+            f"DeSTSeg {tag:14s} batch {bs:3d}: student {r1:7.2f} steps/s ({r1 * bs:7.1f} img/s), "
+            f"segmentation {r2:7.2f} steps/s ({r2 * bs:7.1f} img/s)  peak {mem:.1f} GiB"
+        )
         if fp32 is False:
             destseg_rates = (r1, r2)
 
     if args.channels_last and gpu:
         for bs in args.draem_batches:
             rate, mem = bench_draem(size, bs, device, warmup, steps, False, channels_last=True)
-            print(f"DRAEM   channels_last  batch {bs:3d}: {rate:7.2f} steps/s {rate * bs:8.1f} img/s  peak {mem:.1f} GiB "
-                  f"({rate / draem_rate[(bs, False)]:.2f}x)")
+            print(
+                f"DRAEM   channels_last  batch {bs:3d}: {rate:7.2f} steps/s {rate * bs:8.1f} img/s  peak {mem:.1f} GiB "
+                f"({rate / draem_rate[(bs, False)]:.2f}x)"
+            )
         r1c, r2c, mem = bench_destseg(size, args.destseg_batch, device, warmup, steps, False, channels_last=True)
-        print(f"DeSTSeg channels_last  batch {args.destseg_batch:3d}: student {r1c:7.2f} steps/s "
-              f"({r1c / destseg_rates[0]:.2f}x), segmentation {r2c:7.2f} steps/s ({r2c / destseg_rates[1]:.2f}x)")
+        print(
+            f"DeSTSeg channels_last  batch {args.destseg_batch:3d}: student {r1c:7.2f} steps/s "
+            f"({r1c / destseg_rates[0]:.2f}x), segmentation {r2c:7.2f} steps/s ({r2c / destseg_rates[1]:.2f}x)"
+        )
 
     data = bench_data(size, args.data_samples)
-    print(f"\ndata pipeline (one CPU process, {size} px): DRAEM {data['draem']:.1f} samples/s, "
-          f"DeSTSeg {data['destseg']:.1f} samples/s")
+    print(
+        f"\ndata pipeline (one CPU process, {size} px): DRAEM {data['draem']:.1f} samples/s, "
+        f"DeSTSeg {data['destseg']:.1f} samples/s"
+    )
 
     print("\nProjected training time, 15 MVTec categories (one variant; baseline + anogen = x2):")
     for bs in args.draem_batches:
         rate = draem_rate[(bs, False)]
         total_steps = sum(700 * math.ceil(n / bs) for n in MVTEC_TRAIN.values())
         need = rate * bs
-        print(f"  DRAEM batch {bs:2d}: {total_steps} steps -> {_fmt_h(total_steps / rate)} "
-              f"(~240 images: {_fmt_h(15 * 700 * math.ceil(240 / bs) / rate)}); data needs "
-              f"{need / data['draem']:.1f} CPU workers to keep up")
+        print(
+            f"  DRAEM batch {bs:2d}: {total_steps} steps -> {_fmt_h(total_steps / rate)} "
+            f"(~240 images: {_fmt_h(15 * 700 * math.ceil(240 / bs) / rate)}); data needs "
+            f"{need / data['draem']:.1f} CPU workers to keep up"
+        )
     r1, r2 = destseg_rates
     per_cat = 1000 / r1 + 4000 / r2
     need = max(r1, r2) * args.destseg_batch
-    print(f"  DeSTSeg batch {args.destseg_batch}: 1000 + 4000 steps per category -> {_fmt_h(per_cat)} "
-          f"each, {_fmt_h(15 * per_cat)} for 15; data needs {need / data['destseg']:.1f} CPU workers")
+    print(
+        f"  DeSTSeg batch {args.destseg_batch}: 1000 + 4000 steps per category -> {_fmt_h(per_cat)} "
+        f"each, {_fmt_h(15 * per_cat)} for 15; data needs {need / data['destseg']:.1f} CPU workers"
+    )
     print()
     bench_synthesis(size)
     if args.pipeline_steps:

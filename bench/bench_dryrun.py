@@ -59,8 +59,19 @@ def build_tree(root: Path) -> dict[str, int]:
 
 
 def dry_run(workdir: Path, extra: list[str]) -> tuple[float, int]:
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"),
-           "-d", str(workdir), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "rules",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        *extra,
+    ]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     elapsed = time.perf_counter() - start
@@ -81,8 +92,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="anogen-dryrun-"))
     try:
         counts = build_tree(tmp / "mvtec")
-        print(f"MVTec-layout tree: 15 categories, {counts['defects']} defect types, "
-              f"{counts['train']} train, {counts['test']} test images, {counts['masks']} masks")
+        print(
+            f"MVTec-layout tree: 15 categories, {counts['defects']} defect types, "
+            f"{counts['train']} train, {counts['test']} test images, {counts['masks']} masks"
+        )
         demo_cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
         mvtec_cfg = yaml.safe_load((REPO / "config" / "mvtec.yaml").read_text())
         mvtec_cfg["data_root"] = str(tmp / "mvtec")

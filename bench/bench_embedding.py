@@ -69,7 +69,7 @@ def support_items(n: int, size: int, seed: int = 0):
     for _ in range(n):
         image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         mask = np.zeros((size, size), np.uint8)
-        mask[size // 4: size // 2, size // 3: size // 2] = 1
+        mask[size // 4 : size // 2, size // 3 : size // 2] = 1
         items.append((image, mask))
     return items
 
@@ -86,8 +86,12 @@ def bench_family(family: str, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     trainer = EmbeddingTrainer(
-        backbone, support_items(3, args.image_size), spec,
-        device=device, mixed_precision=args.mixed_precision, n_devices=1,
+        backbone,
+        support_items(3, args.image_size),
+        spec,
+        device=device,
+        mixed_precision=args.mixed_precision,
+        n_devices=1,
     )
     setup_s = time.perf_counter() - t0
     for _ in range(args.warmup):
@@ -135,8 +139,9 @@ def bench_family(family: str, args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", nargs="+", default=["ldm", "sd"], choices=["ldm", "sd"])
-    p.add_argument("--size", choices=["full", "tiny"], default=None,
-                   help="model size (default: full on a GPU, tiny on CPU)")
+    p.add_argument(
+        "--size", choices=["full", "tiny"], default=None, help="model size (default: full on a GPU, tiny on CPU)"
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=20, help="timed steps")

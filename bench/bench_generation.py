@@ -45,12 +45,21 @@ def build_backbone(family: str, size: str, resolution: int | None, device: str):
     ctx = torch.device(device) if device != "cpu" else contextlib.nullcontext()
     with ctx:
         parts = tiny.build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab)
-    backbone = Backbone(family, f"random-{family}-{size}", parts["vae"], parts["text_encoder"], tokenizer,
-                        parts["unet"], dict(parts["scheduler"].config))
+    backbone = Backbone(
+        family,
+        f"random-{family}-{size}",
+        parts["vae"],
+        parts["text_encoder"],
+        tokenizer,
+        parts["unet"],
+        dict(parts["scheduler"].config),
+    )
     backbone = backbone.freeze().to(device)
     backbone.set_token_embedding("<anomaly>", torch.randn(backbone.embedding_dim))
-    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in
-                (("unet", backbone.unet), ("vae", backbone.vae), ("text_encoder", backbone.text_encoder))}
+    n_params = {
+        k: sum(p.numel() for p in m.parameters())
+        for k, m in (("unet", backbone.unet), ("vae", backbone.vae), ("text_encoder", backbone.text_encoder))
+    }
     return backbone, n_params
 
 
@@ -68,9 +77,12 @@ def bench_family(family: str, args) -> dict:
     _sync(args.device)
     build_s = time.perf_counter() - t0
     if args.unet_weights == "amp":
-        prepare_for_inference(backbone, args.mixed_precision,  # what generate_anomalies does
-                              channels_last=getattr(args, "channels_last", False),
-                              compile=getattr(args, "compile", False))
+        prepare_for_inference(
+            backbone,
+            args.mixed_precision,  # what generate_anomalies does
+            channels_last=getattr(args, "channels_last", False),
+            compile=getattr(args, "compile", False),
+        )
     res = backbone.resolution
     with torch.no_grad():
         prompt = backbone.encode_text(backbone.tokenize(["<anomaly>"])).float()
@@ -81,14 +93,35 @@ def bench_family(family: str, args) -> dict:
     rows = []
     for bs in args.batch_sizes:
         images = torch.from_numpy(rng.random((bs, 3, res, res), dtype=np.float32))
-        masks = torch.from_numpy(np.stack([
-            Box(res * rng.uniform(0.3, 0.7), res * rng.uniform(0.3, 0.7), res * 0.2, res * 0.3,
-                float(rng.uniform(0, 180))).to_mask(res, res) for _ in range(bs)]))[:, None].float()
+        masks = torch.from_numpy(
+            np.stack(
+                [
+                    Box(
+                        res * rng.uniform(0.3, 0.7),
+                        res * rng.uniform(0.3, 0.7),
+                        res * 0.2,
+                        res * 0.3,
+                        float(rng.uniform(0, 180)),
+                    ).to_mask(res, res)
+                    for _ in range(bs)
+                ]
+            )
+        )[:, None].float()
 
-        def run(steps: int):
+        def run(steps: int, bs=bs, images=images, masks=masks, backbone=backbone):  # bound per batch size
             gens = [torch.Generator().manual_seed(i) for i in range(bs)]
-            return inpaint(backbone, images, masks, prompt, uncond, gens, steps, args.guidance,
-                           eta=0.0, mixed_precision=args.mixed_precision)
+            return inpaint(
+                backbone,
+                images,
+                masks,
+                prompt,
+                uncond,
+                gens,
+                steps,
+                args.guidance,
+                eta=0.0,
+                mixed_precision=args.mixed_precision,
+            )
 
         try:
             run(min(2, args.steps))  # warm-up: kernels, allocator, cuDNN autotuning
@@ -110,17 +143,26 @@ def bench_family(family: str, args) -> dict:
         best = min(times)
         ips = bs / best
         row = {
-            "family": family, "size": args.size, "unet_weights": args.unet_weights, "resolution": res,
-            "batch_size": bs, "steps": args.steps,
-            "guidance_scale": args.guidance, "seconds_per_batch": best, "images_per_second": ips,
+            "family": family,
+            "size": args.size,
+            "unet_weights": args.unet_weights,
+            "resolution": res,
+            "batch_size": bs,
+            "steps": args.steps,
+            "guidance_scale": args.guidance,
+            "seconds_per_batch": best,
+            "images_per_second": ips,
             "seconds_per_unet_step": best / args.steps,
             "projected_hours_full_mvtec": args.total / ips / 3600,
             "peak_gib": (torch.cuda.max_memory_allocated() / 2**30) if args.device.startswith("cuda") else None,
         }
         rows.append(row)
-        print(f"[{family}] batch {bs:3d}: {best:8.3f} s/batch  {ips:8.3f} images/s  "
-              f"-> {args.total} images in {row['projected_hours_full_mvtec']:.2f} h"
-              + (f"  (peak {row['peak_gib']:.1f} GiB)" if row["peak_gib"] is not None else ""), flush=True)
+        print(
+            f"[{family}] batch {bs:3d}: {best:8.3f} s/batch  {ips:8.3f} images/s  "
+            f"-> {args.total} images in {row['projected_hours_full_mvtec']:.2f} h"
+            + (f"  (peak {row['peak_gib']:.1f} GiB)" if row["peak_gib"] is not None else ""),
+            flush=True,
+        )
     del backbone
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -136,13 +178,18 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=10.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--mixed-precision", choices=["auto", "no"], default="auto")
-    p.add_argument("--unet-weights", choices=["amp", "fp32"], default="amp",
-                   help="amp: UNet weights stored in the autocast dtype, as the generation job does; "
-                        "fp32: float32 weights cast by autocast at every op")
+    p.add_argument(
+        "--unet-weights",
+        choices=["amp", "fp32"],
+        default="amp",
+        help="amp: UNet weights stored in the autocast dtype, as the generation job does; "
+        "fp32: float32 weights cast by autocast at every op",
+    )
     p.add_argument("--channels-last", action="store_true", help="generation.channels_last")
     p.add_argument("--compile", action="store_true", help="generation.compile (torch.compile of the UNet)")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="default: native (256 ldm, 512 sd) at full size, 64 for tiny")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="default: native (256 ldm, 512 sd) at full size, 64 for tiny"
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--total", type=int, default=MVTEC_FULL_RUN_IMAGES, help="images of the projected run")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -160,19 +207,29 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, python {platform.python_version()}, device {args.device}", flush=True)
 
     results = [bench_family(f.strip(), args) for f in args.families.split(",") if f.strip()]
-    print("\nsummary (images/s; projected hours for %d images):" % args.total)
+    print(f"\nsummary (images/s; projected hours for {args.total} images):")
     for res in results:
         for row in res["rows"]:
             if "error" in row:
                 print(f"  {row['family']:3s} bs={row['batch_size']:3d}: {row['error']}")
             else:
-                print(f"  {row['family']:3s} bs={row['batch_size']:3d}: {row['images_per_second']:8.3f} img/s, "
-                      f"{row['projected_hours_full_mvtec']:8.2f} h")
+                print(
+                    f"  {row['family']:3s} bs={row['batch_size']:3d}: {row['images_per_second']:8.3f} img/s, "
+                    f"{row['projected_hours_full_mvtec']:8.2f} h"
+                )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()},
-                                         "torch": torch.__version__, "results": results}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "torch": torch.__version__,
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -67,9 +67,8 @@ def make_pair(i: int, n_maps: int, size: int, seed: int) -> tuple[np.ndarray, np
 
 
 def worker(kind: str, n_maps: int, size: int, seed: int) -> dict:
-    import torch  # noqa: F401  (imported before the baseline so both workers pay it)
-
     import sklearn.metrics  # noqa: F401
+    import torch  # noqa: F401  (imported before the baseline so both workers pay it)
 
     from anogen.evaluation.metrics import PixelMetricAccumulator
 
@@ -135,8 +134,18 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     results = {}
     for kind in ("ours", "sklearn"):
-        cmd = [sys.executable, __file__, "--worker", kind, "--n-maps", str(args.n_maps),
-               "--size", str(args.size), "--seed", str(args.seed)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            kind,
+            "--n-maps",
+            str(args.n_maps),
+            "--size",
+            str(args.size),
+            "--seed",
+            str(args.seed),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             sys.exit(f"{kind} worker failed (rc {proc.returncode}):\n{proc.stderr}")
@@ -144,20 +153,28 @@ def main() -> None:
 
     ours, skl = results["ours"], results["sklearn"]
     n_pix = args.n_maps * args.size * args.size
-    print(f"test set: {args.n_maps} maps of {args.size}x{args.size} = {n_pix / 1e6:.1f} M pixels, "
-          f"{100 * skl['anomalous_fraction']:.2f} % anomalous, {ours['n_regions']} regions")
-    print(f"sklearn  roc_auc_score + average_precision_score: {skl['seconds']:.2f} s "
-          f"(auroc {skl['seconds_auroc']:.2f} s, ap {skl['seconds_aupr']:.2f} s); "
-          f"peak RSS {skl['rss_peak_mib']:.0f} MiB, {skl['rss_peak_above_baseline_mib']:.0f} MiB above "
-          f"baseline (of which input arrays {skl['data_mib']:.0f} MiB)")
-    print(f"ours     update x{args.n_maps} + compute (AUROC, AP, AUPRO): {ours['seconds']:.2f} s "
-          f"(update {ours['seconds_update']:.2f} s, compute {ours['seconds_compute']:.2f} s); "
-          f"peak RSS {ours['rss_peak_mib']:.0f} MiB, {ours['rss_peak_above_baseline_mib']:.0f} MiB above "
-          f"baseline (buffers {ours['buffer_mib']:.0f} MiB)")
+    print(
+        f"test set: {args.n_maps} maps of {args.size}x{args.size} = {n_pix / 1e6:.1f} M pixels, "
+        f"{100 * skl['anomalous_fraction']:.2f} % anomalous, {ours['n_regions']} regions"
+    )
+    print(
+        f"sklearn  roc_auc_score + average_precision_score: {skl['seconds']:.2f} s "
+        f"(auroc {skl['seconds_auroc']:.2f} s, ap {skl['seconds_aupr']:.2f} s); "
+        f"peak RSS {skl['rss_peak_mib']:.0f} MiB, {skl['rss_peak_above_baseline_mib']:.0f} MiB above "
+        f"baseline (of which input arrays {skl['data_mib']:.0f} MiB)"
+    )
+    print(
+        f"ours     update x{args.n_maps} + compute (AUROC, AP, AUPRO): {ours['seconds']:.2f} s "
+        f"(update {ours['seconds_update']:.2f} s, compute {ours['seconds_compute']:.2f} s); "
+        f"peak RSS {ours['rss_peak_mib']:.0f} MiB, {ours['rss_peak_above_baseline_mib']:.0f} MiB above "
+        f"baseline (buffers {ours['buffer_mib']:.0f} MiB)"
+    )
     print(f"cpu time: sklearn {skl['cpu_seconds']:.2f} s, ours {ours['cpu_seconds']:.2f} s")
-    print(f"speed-up: {skl['seconds'] / ours['seconds']:.1f}x wall, "
-          f"{skl['cpu_seconds'] / ours['cpu_seconds']:.1f}x cpu   "
-          f"memory above baseline: {skl['rss_peak_above_baseline_mib'] / max(ours['rss_peak_above_baseline_mib'], 1):.1f}x less")
+    print(
+        f"speed-up: {skl['seconds'] / ours['seconds']:.1f}x wall, "
+        f"{skl['cpu_seconds'] / ours['cpu_seconds']:.1f}x cpu   "
+        f"memory above baseline: {skl['rss_peak_above_baseline_mib'] / max(ours['rss_peak_above_baseline_mib'], 1):.1f}x less"
+    )
     d_roc = abs(ours["pixel_auroc"] - skl["pixel_auroc"])
     d_ap = abs(ours["pixel_aupr"] - skl["pixel_aupr"])
     print(f"pixel_auroc ours {ours['pixel_auroc']:.12f} sklearn {skl['pixel_auroc']:.12f}")

@@ -152,26 +152,43 @@ def build_data(work: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         atomic_save_image(gen / "masks" / f"{name}.png", box * np.uint8(255))
         atomic_save_image(gen / "exact" / f"{name}.png", mask * np.uint8(255))
         files += [f"images/{name}.png", f"masks/{name}.png"]
-        items.append({
-            "image": f"images/{name}.png", "mask": f"masks/{name}.png",
-            "source_image": f"{category}/train/good/{k:03d}.png", "box": list(coords),
-        })
+        items.append(
+            {
+                "image": f"images/{name}.png",
+                "mask": f"masks/{name}.png",
+                "source_image": f"{category}/train/good/{k:03d}.png",
+                "box": list(coords),
+            }
+        )
         ratios.append(float(box.sum() / mask.sum()))
         exact[f"images/{name}.png"] = f"exact/{name}.png"
     manifest = write_manifest(
-        gen, stage="generation", key="bench-tau-boxes",
-        spec={"bench": "bench_tau", "category": category, "image_size": size,
-              "data_seed": cfg["data_seed"], "box_ratio": [lo, hi]},
+        gen,
+        stage="generation",
+        key="bench-tau-boxes",
+        spec={
+            "bench": "bench_tau",
+            "category": category,
+            "image_size": size,
+            "data_seed": cfg["data_seed"],
+            "box_ratio": [lo, hi],
+        },
         files=files,
         extra={"items": items, "note": "demo defects (exact masks kept in exact/) labelled by loose boxes"},
     )
     return {
-        "root": root, "manifest": manifest, "exact": exact,
+        "root": root,
+        "manifest": manifest,
+        "exact": exact,
         "train_images": sorted((cat / "train" / "good").glob("*.png")),
-        "box_to_defect_area": {"mean": float(np.mean(ratios)), "min": float(np.min(ratios)),
-                               "max": float(np.max(ratios))},
-        "box_fraction_of_image": float(np.mean([np.prod(np.subtract(it["box"][2:], it["box"][:2]))
-                                                for it in items]) / size**2),
+        "box_to_defect_area": {
+            "mean": float(np.mean(ratios)),
+            "min": float(np.min(ratios)),
+            "max": float(np.max(ratios)),
+        },
+        "box_fraction_of_image": float(
+            np.mean([np.prod(np.subtract(it["box"][2:], it["box"][:2])) for it in items]) / size**2
+        ),
     }
 
 
@@ -180,16 +197,25 @@ def build_data(work: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def detector_spec(cfg: dict[str, Any], tau: float, seed: int) -> dict[str, Any]:
     return {
-        "detector": "draem", "variant": cfg["variant"], "image_size": int(cfg["image_size"]),
-        "seed": int(seed), "tau": float(tau),
+        "detector": "draem",
+        "variant": cfg["variant"],
+        "image_size": int(cfg["image_size"]),
+        "seed": int(seed),
+        "tau": float(tau),
         "mix_prob": 1.0 if cfg["variant"] == "generated_only" else float(cfg["mix_prob"]),
         "weak_on_synthetic": False,
-        "texture_source": None, "category": cfg["category"],
+        "texture_source": None,
+        "category": cfg["category"],
         "draem": {
-            "epochs": int(cfg["epochs"]), "batch_size": int(cfg["batch_size"]),
-            "learning_rate": float(cfg["learning_rate"]), "schedule": "original",
-            "recon_base_width": int(cfg["recon_width"]), "disc_base_width": int(cfg["disc_width"]),
-            "ssim_weight": 1.0, "focal_gamma": 2.0, "score_pool": 21,
+            "epochs": int(cfg["epochs"]),
+            "batch_size": int(cfg["batch_size"]),
+            "learning_rate": float(cfg["learning_rate"]),
+            "schedule": "original",
+            "recon_base_width": int(cfg["recon_width"]),
+            "disc_base_width": int(cfg["disc_width"]),
+            "ssim_weight": 1.0,
+            "focal_gamma": 2.0,
+            "score_pool": 21,
         },
     }
 
@@ -204,9 +230,15 @@ def box_pixels_per_step(spec: dict[str, Any], train_images, generated, n_steps: 
     if spec["variant"] != "generated_only":
         textures = TextureSource.from_config(spec["texture_source"], [])
     stream = TrainStream(
-        detector="draem", variant=spec["variant"], image_size=spec["image_size"],
-        seed=spec["seed"], batch_size=spec["draem"]["batch_size"], train_images=train_images,
-        generated=generated, textures=textures, mix_prob=spec["mix_prob"],
+        detector="draem",
+        variant=spec["variant"],
+        image_size=spec["image_size"],
+        seed=spec["seed"],
+        batch_size=spec["draem"]["batch_size"],
+        train_images=train_images,
+        generated=generated,
+        textures=textures,
+        mix_prob=spec["mix_prob"],
         weak_on_synthetic=spec["weak_on_synthetic"],
     )
     out = np.empty(n_steps)
@@ -225,9 +257,7 @@ def train_item_probabilities(predictor, generated, exact: dict[str, str], size: 
 
     images = np.stack([load_rgb(it.image, size) for it in generated]).astype(np.float32) / 255.0
     boxes = np.stack([load_binary_mask(it.mask, size) for it in generated]).astype(bool)
-    defects = np.stack([
-        load_binary_mask(it.manifest.parent / exact[it.name], size) for it in generated
-    ]).astype(bool)
+    defects = np.stack([load_binary_mask(it.manifest.parent / exact[it.name], size) for it in generated]).astype(bool)
     _, maps = predictor.predict(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     p_normal = 1.0 - maps
     out = {
@@ -256,9 +286,18 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
     model_dir = out_dir / f"tau{tau:g}_seed{seed}"
     t0 = time.perf_counter()
     train_detector(
-        detector="draem", variant=spec["variant"], spec=spec, train_images=data["train_images"],
-        generated_manifests=[data["manifest"]], out_dir=model_dir, key=f"tau{tau:g}-s{seed}",
-        inputs={}, device="cpu", checkpoint_every=10**9, log_every=10**9, category=cfg["category"],
+        detector="draem",
+        variant=spec["variant"],
+        spec=spec,
+        train_images=data["train_images"],
+        generated_manifests=[data["manifest"]],
+        out_dir=model_dir,
+        key=f"tau{tau:g}-s{seed}",
+        inputs={},
+        device="cpu",
+        checkpoint_every=10**9,
+        log_every=10**9,
+        category=cfg["category"],
         num_workers=0,
     )
     train_s = time.perf_counter() - t0
@@ -282,15 +321,24 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
     predictor = load_trained_detector(model_dir)
     index = scan_category(data["root"], cfg["category"])
     metrics = evaluate_detector(
-        predictor=predictor, test_items=index.test, data_root=data["root"], exclude=set(),
-        resolution=int(cfg["image_size"]), fpr_limit=0.3, out_dir=model_dir / "evaluation",
-        key=f"eval-tau{tau:g}-s{seed}", inputs={},
+        predictor=predictor,
+        test_items=index.test,
+        data_root=data["root"],
+        exclude=set(),
+        resolution=int(cfg["image_size"]),
+        fpr_limit=0.3,
+        out_dir=model_dir / "evaluation",
+        key=f"eval-tau{tau:g}-s{seed}",
+        inputs={},
         spec={"category": cfg["category"], "detector": "draem", "variant": f"tau{tau:g}"},
         n_visualizations=0,
     )
     probs = train_item_probabilities(predictor, generated, data["exact"], int(cfg["image_size"]))
     return {
-        "tau": tau, "seed": seed, "steps": len(rows), "train_seconds": round(train_s, 1),
+        "tau": tau,
+        "seed": seed,
+        "steps": len(rows),
+        "train_seconds": round(train_s, 1),
         "dropped_box_fraction_tail": fraction(slice(len(rows) - tail, len(rows))),
         "dropped_box_fraction_by_decile": deciles,
         "focal_tail": float(focal[-tail:].mean()),
@@ -350,8 +398,11 @@ def paired_differences(runs: list[dict[str, Any]], key: str = "pixel_aupr") -> d
     for tau in sorted({r["tau"] for r in runs if r["tau"] != 1.0}, reverse=True):
         d = np.array([r[key] - base[r["seed"]] for r in runs if r["tau"] == tau and r["seed"] in base])
         if d.size:
-            out[tau] = {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if d.size > 1 else 0.0,
-                        "per_seed": [float(x) for x in d]}
+            out[tau] = {
+                "mean": float(d.mean()),
+                "std": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+                "per_seed": [float(x) for x in d],
+            }
     return out
 
 
@@ -403,27 +454,46 @@ def parse_args(argv=None) -> dict[str, Any]:
     ap.add_argument("--taus", type=float, nargs="+", help=f"default {DEFAULTS['taus']}")
     ap.add_argument("--seeds", type=int, nargs="+", help=f"detector seeds (default {DEFAULTS['seeds']})")
     ap.add_argument("--image-size", type=int, help=f"default {DEFAULTS['image_size']}")
-    ap.add_argument("--n-train-items", type=int, help=f"box-labelled defect images (default {DEFAULTS['n_train_items']})")
+    ap.add_argument(
+        "--n-train-items", type=int, help=f"box-labelled defect images (default {DEFAULTS['n_train_items']})"
+    )
     ap.add_argument("--n-test-good", type=int, help=f"default {DEFAULTS['n_test_good']}")
     ap.add_argument("--n-test-per-defect", type=int, help=f"default {DEFAULTS['n_test_per_defect']}")
-    ap.add_argument("--box-ratio", type=float, nargs=2, help=f"box area / defect area range (default {DEFAULTS['box_ratio']})")
+    ap.add_argument(
+        "--box-ratio", type=float, nargs=2, help=f"box area / defect area range (default {DEFAULTS['box_ratio']})"
+    )
     ap.add_argument("--data-seed", type=int, help=f"default {DEFAULTS['data_seed']}")
     ap.add_argument("--epochs", type=int, help=f"passes over the training items (default {DEFAULTS['epochs']})")
     ap.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
-    ap.add_argument("--learning-rate", type=float, help=f"Adam, DRAEM's 'original' schedule (default {DEFAULTS['learning_rate']})")
+    ap.add_argument(
+        "--learning-rate", type=float, help=f"Adam, DRAEM's 'original' schedule (default {DEFAULTS['learning_rate']})"
+    )
     ap.add_argument("--recon-width", type=int, help=f"DRAEM recon_base_width (default {DEFAULTS['recon_width']})")
     ap.add_argument("--disc-width", type=int, help=f"DRAEM disc_base_width (default {DEFAULTS['disc_width']})")
-    ap.add_argument("--tail", type=float, help=f"fraction of training the dropped fraction is averaged over (default {DEFAULTS['tail']})")
-    ap.add_argument("--variant", choices=["generated_only", "anogen"],
-                    help="generated_only: box-labelled defects only; anogen: mixed with DRAEM's "
-                         f"synthetic branch (exact masks, half normal) (default {DEFAULTS['variant']})")
-    ap.add_argument("--mix-prob", type=float, help=f"anogen variant: share of box-labelled samples (default {DEFAULTS['mix_prob']})")
+    ap.add_argument(
+        "--tail",
+        type=float,
+        help=f"fraction of training the dropped fraction is averaged over (default {DEFAULTS['tail']})",
+    )
+    ap.add_argument(
+        "--variant",
+        choices=["generated_only", "anogen"],
+        help="generated_only: box-labelled defects only; anogen: mixed with DRAEM's "
+        f"synthetic branch (exact masks, half normal) (default {DEFAULTS['variant']})",
+    )
+    ap.add_argument(
+        "--mix-prob", type=float, help=f"anogen variant: share of box-labelled samples (default {DEFAULTS['mix_prob']})"
+    )
     ap.add_argument("--jobs", type=int, help=f"runs in parallel, one torch thread each (default {DEFAULTS['jobs']})")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temp dir)")
     ap.add_argument("--out-json", type=Path, default=None)
     ap.add_argument("--out-md", type=Path, default=None)
-    ap.add_argument("--from-json", type=Path, default=None,
-                    help="only re-render --out-md (or print) from a JSON written by an earlier run")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="only re-render --out-md (or print) from a JSON written by an earlier run",
+    )
     args = ap.parse_args(argv)
     cfg = dict(DEFAULTS)
     if args.quick:
@@ -498,8 +568,10 @@ def main(argv=None) -> dict[str, Any]:
     wall = result["wall_seconds"]
     md = markdown_report(result)
     print(md)
-    print(f"wall {wall:.0f} s, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}, "
-          f"box/defect area {data['box_to_defect_area']['mean']:.2f}, work dir {work}")
+    print(
+        f"wall {wall:.0f} s, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}, "
+        f"box/defect area {data['box_to_defect_area']['mean']:.2f}, work dir {work}"
+    )
     if out_md:
         out_md.parent.mkdir(parents=True, exist_ok=True)
         out_md.write_text(md)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import re
@@ -68,12 +67,24 @@ def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
         parts = tiny.build_components(family, "full")
     parts = {k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in parts.items()}
     if family == "ldm":
-        pipe = LDMTextToImagePipeline(vqvae=parts["vae"], bert=parts["text_encoder"], tokenizer=tokenizer,
-                                      unet=parts["unet"], scheduler=parts["scheduler"])
+        pipe = LDMTextToImagePipeline(
+            vqvae=parts["vae"],
+            bert=parts["text_encoder"],
+            tokenizer=tokenizer,
+            unet=parts["unet"],
+            scheduler=parts["scheduler"],
+        )
     else:
-        pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tokenizer,
-                                       unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            vae=parts["vae"],
+            text_encoder=parts["text_encoder"],
+            tokenizer=tokenizer,
+            unet=parts["unet"],
+            scheduler=parts["scheduler"],
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     # the same marker the tiny models carry: these weights are random, nothing here is a result
     (out_dir / "anogen_tiny.json").write_text(json.dumps({"family": family, "size": "full", "random": True}) + "\n")
@@ -86,8 +97,12 @@ def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool
     px = 64 if tiny else 256
     if tiny:
         # the tiny random LDM, built by the workflow's own tiny_model rule
-        diffusion = {"model": "tiny:ldm", "revision": None, "mixed_precision": "auto",
-                     "tiny": {"seed": 0, "resolution": 64}}
+        diffusion = {
+            "model": "tiny:ldm",
+            "revision": None,
+            "mixed_precision": "auto",
+            "tiny": {"seed": 0, "resolution": 64},
+        }
     else:
         diffusion = {"model": str(model), "revision": None, "mixed_precision": "auto"}
     return {
@@ -100,13 +115,22 @@ def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool
         "support": {"shots": 2, "seed": 0, "exclude_from_test": True},
         "resources": {"gpu_slots": None, "lock_dir": None, "threads": 1 if cpu else 4},
         "diffusion": diffusion,
-        "embedding": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "resolution": None,
-                      "cuda_graph": not cpu},
-        "generation": {"steps": 4, "guidance_scale": 10.0, "boxes_per_image": 1, "images_per_box": 1,
-                       "max_normal_images": 4, "batch_size": 4, "paste_back": False,
-                       "channels_last": not cpu, "compile": False},
+        "embedding": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "resolution": None, "cuda_graph": not cpu},
+        "generation": {
+            "steps": 4,
+            "guidance_scale": 10.0,
+            "boxes_per_image": 1,
+            "images_per_box": 1,
+            "max_normal_images": 4,
+            "batch_size": 4,
+            "paste_back": False,
+            "channels_last": not cpu,
+            "compile": False,
+        },
         "detectors": {
-            "models": ["draem", "destseg"], "variants": ["baseline", "anogen"], "image_size": px,
+            "models": ["draem", "destseg"],
+            "variants": ["baseline", "anogen"],
+            "image_size": px,
             "checkpoint_every": 2,
             "draem": {"epochs": 2, "batch_size": 4, **({"recon_base_width": 16, "disc_base_width": 8} if tiny else {})},
             "destseg": {"steps": 6, "student_steps": 2, "batch_size": 4},
@@ -115,11 +139,26 @@ def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool
     }
 
 
-def _snakemake(work: Path, cfg: Path, cores: int, gpus: int, *targets: str, env_extra=None,
-               timeout: float = 1200) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-           "--configfile", str(cfg), "--cores", str(cores), "--resources", f"gpu={gpus}",
-           "--rerun-incomplete", *targets]
+def _snakemake(
+    work: Path, cfg: Path, cores: int, gpus: int, *targets: str, env_extra=None, timeout: float = 1200
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--configfile",
+        str(cfg),
+        "--cores",
+        str(cores),
+        "--resources",
+        f"gpu={gpus}",
+        "--rerun-incomplete",
+        *targets,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
     env.pop("SLURM_JOB_ID", None)
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
@@ -132,8 +171,16 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
 
     t0 = time.perf_counter()
     data_root = work / "mvtec"
-    generate_demo_dataset({"root": str(data_root), "seed": 0, "image_size": 64 if args.tiny else 256,
-                           "n_train_good": 8, "n_test_good": 4, "n_test_per_defect": 3})
+    generate_demo_dataset(
+        {
+            "root": str(data_root),
+            "seed": 0,
+            "image_size": 64 if args.tiny else 256,
+            "n_train_good": 8,
+            "n_test_good": 4,
+            "n_test_per_defect": 3,
+        }
+    )
     (data_root / "demo_spec.json").unlink(missing_ok=True)  # a plain MVTec-layout tree now
     if args.tiny:
         model = work / "models" / "tiny-ldm"
@@ -153,10 +200,21 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
     # a) one embedding job killed after its first checkpoint
     emb_dir = Path(cfg["results_dir"]) / "embeddings" / CATEGORY / DEFECTS[0] / plan.embedding_key(CATEGORY, DEFECTS[0])
     t1 = time.perf_counter()
-    killed = _snakemake(work, cfg_path, cores, gpus, str(emb_dir / "manifest.json"),
-                        env_extra={"ANOGEN_TEST_KILL_AT_STEP": str(KILL_AT)})
-    check("embedding job killed mid-run", killed.returncode != 0 and (emb_dir / "checkpoints" / "state.pt").is_file()
-          and not (emb_dir / "manifest.json").exists(), f"snakemake rc {killed.returncode}")
+    killed = _snakemake(
+        work,
+        cfg_path,
+        cores,
+        gpus,
+        str(emb_dir / "manifest.json"),
+        env_extra={"ANOGEN_TEST_KILL_AT_STEP": str(KILL_AT)},
+    )
+    check(
+        "embedding job killed mid-run",
+        killed.returncode != 0
+        and (emb_dir / "checkpoints" / "state.pt").is_file()
+        and not (emb_dir / "manifest.json").exists(),
+        f"snakemake rc {killed.returncode}",
+    )
     # b) the whole DAG, resuming the killed job, and the export of the generated set
     export = Path(cfg["results_dir"]) / "export" / f"generated-{plan.export_key}" / "dataset.json"
     full = _snakemake(work, cfg_path, cores, gpus, "all", str(export))
@@ -179,8 +237,11 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
     for stage in ("embedding", "generation", "detector"):
         devices = sorted({str(man["extra"].get("device")) for man in by_stage.get(stage, [])})
         check(f"{stage} jobs ran on {want}", devices == [want], f"devices {devices}")
-    resumed = [man["extra"].get("resumed_from_step") for man in by_stage.get("embedding", [])
-               if man["key"] == plan.embedding_key(CATEGORY, DEFECTS[0])]
+    resumed = [
+        man["extra"].get("resumed_from_step")
+        for man in by_stage.get("embedding", [])
+        if man["key"] == plan.embedding_key(CATEGORY, DEFECTS[0])
+    ]
     check("killed embedding resumed from its checkpoint", resumed == [4], f"resumed_from_step {resumed}")
     if not args.cpu:
         autocast = sorted({str(man["extra"].get("autocast")) for man in by_stage.get("embedding", [])})
@@ -189,9 +250,16 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
         check("embedding steps ran as a CUDA graph", all(graphs) and graphs, str(graphs))
     finished = list(results.glob("detectors/*/*/*/*/checkpoints/finished.json"))
     check("detectors checkpointed and finished", len(finished) == len(plan.detector_runs()), f"{len(finished)}")
-    return {"prepare_s": prep_s, "dag_s": dag_s, "artifacts": len(manifests), "results": str(results),
-            "detector_dirs": {f"{c}/{m}/{v}": str(results / "detectors" / c / m / v / plan.detector_key(c, m, v))
-                              for c, m, v in plan.detector_runs()}}
+    return {
+        "prepare_s": prep_s,
+        "dag_s": dag_s,
+        "artifacts": len(manifests),
+        "results": str(results),
+        "detector_dirs": {
+            f"{c}/{m}/{v}": str(results / "detectors" / c / m / v / plan.detector_key(c, m, v))
+            for c, m, v in plan.detector_runs()
+        },
+    }
 
 
 # ----------------------------------------------------------------------------- 2. throughput
@@ -224,19 +292,26 @@ def bench_stage1(args) -> list[dict]:
     backbone, _ = build_backbone("ldm", size, 64 if args.tiny else None, device)
     steps, warmup = (3, 1) if args.cpu else (30, 6)
     rows = []
-    variants = [("before: plain, sync every step", {}, "sync", 1),
-                ("no per-step sync", {}, "async", 1),
-                ("static buffers" if args.cpu else "CUDA graph", {"static_inputs": True, "cuda_graph": not args.cpu},
-                 "async", 1),
-                (f"{args.group} concepts grouped", {}, "group", args.group)]
+    variants = [
+        ("before: plain, sync every step", {}, "sync", 1),
+        ("no per-step sync", {}, "async", 1),
+        (
+            "static buffers" if args.cpu else "CUDA graph",
+            {"static_inputs": True, "cuda_graph": not args.cpu},
+            "async",
+            1,
+        ),
+        (f"{args.group} concepts grouped", {}, "group", args.group),
+    ]
     for i, (name, kw, mode, k) in enumerate(variants):
         spec = default_spec(4, None)
         spec["placeholder_token"] = f"<anomaly{i}>"  # a fresh token per variant on the shared backbone
         _peak_reset(device)
         items = support_items(3, 128 if args.tiny else 512)
         if mode == "group":
-            tr = GroupedEmbeddingTrainer(backbone, [support_items(3, 128 if args.tiny else 512, seed=j)
-                                                    for j in range(k)], spec, device=device)
+            tr = GroupedEmbeddingTrainer(
+                backbone, [support_items(3, 128 if args.tiny else 512, seed=j) for j in range(k)], spec, device=device
+            )
             run = tr.step_async
         else:
             tr = EmbeddingTrainer(backbone, items, spec, device=device, **kw)
@@ -249,8 +324,16 @@ def bench_stage1(args) -> list[dict]:
             run()
         _sync(device)
         sps = steps / (time.perf_counter() - t0)
-        rows.append({"stage": "embedding", "variant": name, "value": sps * k, "unit": "concept-steps/s",
-                     "batch_size": 4, "peak_gib": _peak(device)})
+        rows.append(
+            {
+                "stage": "embedding",
+                "variant": name,
+                "value": sps * k,
+                "unit": "concept-steps/s",
+                "batch_size": 4,
+                "peak_gib": _peak(device),
+            }
+        )
         tr.close()
         del tr
     del backbone
@@ -267,19 +350,44 @@ def bench_stage2(args) -> list[dict]:
         variants.append(("channels_last + compile", {"channels_last": True, "compile": True}))
     for name, kw in variants:
         _peak_reset(args.device)
-        ns = SimpleNamespace(size="tiny" if args.tiny else "full", steps=2 if args.cpu else 50, batch_sizes=bs,
-                             guidance=10.0, device=args.device, mixed_precision="auto", unet_weights="amp",
-                             resolution=64 if args.tiny else None, repeats=1, total=70_760,
-                             channels_last=kw.get("channels_last", False), compile=kw.get("compile", False))
+        ns = SimpleNamespace(
+            size="tiny" if args.tiny else "full",
+            steps=2 if args.cpu else 50,
+            batch_sizes=bs,
+            guidance=10.0,
+            device=args.device,
+            mixed_precision="auto",
+            unet_weights="amp",
+            resolution=64 if args.tiny else None,
+            repeats=1,
+            total=70_760,
+            channels_last=kw.get("channels_last", False),
+            compile=kw.get("compile", False),
+        )
         res = bench_family("ldm", ns)
         for r in res["rows"]:
             if "error" in r:
-                rows.append({"stage": "generation", "variant": f"{name}, batch {r['batch_size']}", "value": None,
-                             "unit": "images/s", "error": r["error"]})
+                rows.append(
+                    {
+                        "stage": "generation",
+                        "variant": f"{name}, batch {r['batch_size']}",
+                        "value": None,
+                        "unit": "images/s",
+                        "error": r["error"],
+                    }
+                )
                 continue
-            rows.append({"stage": "generation", "variant": f"{name}, batch {r['batch_size']}",
-                         "value": r["images_per_second"], "unit": "images/s", "batch_size": r["batch_size"],
-                         "steps": ns.steps, "peak_gib": r["peak_gib"]})
+            rows.append(
+                {
+                    "stage": "generation",
+                    "variant": f"{name}, batch {r['batch_size']}",
+                    "value": r["images_per_second"],
+                    "unit": "images/s",
+                    "batch_size": r["batch_size"],
+                    "steps": ns.steps,
+                    "peak_gib": r["peak_gib"],
+                }
+            )
     return rows
 
 
@@ -296,17 +404,37 @@ def bench_stage3(args) -> tuple[list[dict], list[dict]]:
         torch.backends.cudnn.benchmark = True
     for name, cl in (("before: NCHW", False), ("channels_last", True)):
         _peak_reset(device)
-        rate, mem = bench_draem(size, bs_draem, device, warmup, steps, False, channels_last=cl,
-                                widths=(16, 8) if args.tiny else None)
-        rows.append({"stage": "detector_draem", "variant": name, "value": rate * bs_draem, "unit": "images/s",
-                     "batch_size": bs_draem, "image_size": size, "peak_gib": mem if device == "cuda" else None})
+        rate, mem = bench_draem(
+            size, bs_draem, device, warmup, steps, False, channels_last=cl, widths=(16, 8) if args.tiny else None
+        )
+        rows.append(
+            {
+                "stage": "detector_draem",
+                "variant": name,
+                "value": rate * bs_draem,
+                "unit": "images/s",
+                "batch_size": bs_draem,
+                "image_size": size,
+                "peak_gib": mem if device == "cuda" else None,
+            }
+        )
         _peak_reset(device)
         r1, r2, mem = bench_destseg(size, bs_destseg, device, warmup, steps, False, channels_last=cl)
         # images/s over the paper budget: 1000 student + 4000 segmentation steps
         ips = bs_destseg * 5000 / (1000 / r1 + 4000 / r2)
-        rows.append({"stage": "detector_destseg", "variant": name, "value": ips, "unit": "images/s",
-                     "batch_size": bs_destseg, "image_size": size, "student_steps_per_s": r1, "seg_steps_per_s": r2,
-                     "peak_gib": mem if device == "cuda" else None})
+        rows.append(
+            {
+                "stage": "detector_destseg",
+                "variant": name,
+                "value": ips,
+                "unit": "images/s",
+                "batch_size": bs_destseg,
+                "image_size": size,
+                "student_steps_per_s": r1,
+                "seg_steps_per_s": r2,
+                "peak_gib": mem if device == "cuda" else None,
+            }
+        )
     synth = bench_synthesis(size, batch_sizes=(8, 32), n_batches=1 if args.cpu else 3)
     return rows, synth
 
@@ -328,8 +456,15 @@ def bench_evaluation(args, detector_dirs: dict[str, str]) -> list[dict]:
         for _ in range(reps):
             det.predict(x)
         _sync(args.device)
-        rows.append({"stage": "evaluation", "variant": name.split("/")[1], "value": 16 * reps / (time.perf_counter() - t0),
-                     "unit": "images/s", "image_size": size})
+        rows.append(
+            {
+                "stage": "evaluation",
+                "variant": name.split("/")[1],
+                "value": 16 * reps / (time.perf_counter() - t0),
+                "unit": "images/s",
+                "image_size": size,
+            }
+        )
     return rows
 
 
@@ -337,8 +472,7 @@ def bench_evaluation(args, detector_dirs: dict[str, str]) -> list[dict]:
 
 
 def _best(rows: list[dict], stage: str, dag_only: bool = True) -> dict | None:
-    cands = [r for r in rows if r["stage"] == stage and r.get("value")
-             and not (dag_only and "grouped" in r["variant"])]
+    cands = [r for r in rows if r["stage"] == stage and r.get("value") and not (dag_only and "grouped" in r["variant"])]
     return max(cands, key=lambda r: r["value"]) if cands else None
 
 
@@ -361,8 +495,11 @@ def throughput_table(rows: list[dict], gpu: str, args) -> dict:
         entry["before"] = before["value"] if before else None
         stages[stage] = entry
     evals = [r for r in rows if r["stage"] == "evaluation" and r.get("value")]
-    stages["evaluation"] = {"value": min(r["value"] for r in evals) if evals else None, "unit": "images/s",
-                            "variant": "slowest trained detector"}
+    stages["evaluation"] = {
+        "value": min(r["value"] for r in evals) if evals else None,
+        "unit": "images/s",
+        "variant": "slowest trained detector",
+    }
     grouped = [r for r in rows if r["stage"] == "embedding" and "grouped" in r["variant"]]
     if grouped:
         stages["embedding"]["grouped_concept_steps_per_s"] = grouped[0]["value"]
@@ -373,8 +510,12 @@ def throughput_table(rows: list[dict], gpu: str, args) -> dict:
         "size": "tiny" if args.tiny else "full",
         "source": "bench/gpu_check.py",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "cuda": torch.version.cuda, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+        },
         "stages": stages,
     }
 
@@ -389,9 +530,13 @@ def projection(table: dict) -> dict:
         if tab is None:
             continue
         e = est.build_jobs(config, tab, Path("."))
-        out[label] = {"gpu_hours": e.stage_hours(), "total_gpu_hours": sum(e.stage_hours().values()),
-                      "wall_h_1gpu": est.list_schedule(e.jobs, 1) / 3600,
-                      "wall_h_4gpu": est.list_schedule(e.jobs, 4) / 3600, "notes": e.notes}
+        out[label] = {
+            "gpu_hours": e.stage_hours(),
+            "total_gpu_hours": sum(e.stage_hours().values()),
+            "wall_h_1gpu": est.list_schedule(e.jobs, 1) / 3600,
+            "wall_h_4gpu": est.list_schedule(e.jobs, 4) / 3600,
+            "notes": e.notes,
+        }
     return out
 
 
@@ -401,19 +546,25 @@ def _fmt(v, nd=2):
 
 def print_table(rows: list[dict], checks: list[dict], proj: dict, dag: dict, gpu: str) -> None:
     print(f"\n=== anogen GPU check on {gpu} ===")
-    print(f"DAG: {sum(c['ok'] for c in checks)}/{len(checks)} checks passed; data + model prepared in "
-          f"{dag.get('prepare_s', 0):.0f} s, DAG (kill + resume + rest) {dag.get('dag_s', 0):.0f} s")
+    print(
+        f"DAG: {sum(c['ok'] for c in checks)}/{len(checks)} checks passed; data + model prepared in "
+        f"{dag.get('prepare_s', 0):.0f} s, DAG (kill + resume + rest) {dag.get('dag_s', 0):.0f} s"
+    )
     print(f"\n{'stage':<17} {'variant':<38} {'rate':>12} {'unit':<16} {'x before':>8} {'peak GiB':>9} {'24 GB':>6}")
     for r in rows:
         before = _before(rows, r["stage"])
         ratio = r["value"] / before["value"] if before and r.get("value") else None
         fits = None if r.get("peak_gib") is None else ("yes" if r["peak_gib"] < GIB24 else "no")
-        print(f"{r['stage']:<17} {r['variant']:<38} {_fmt(r.get('value')):>12} {r['unit']:<16} "
-              f"{_fmt(ratio):>8} {_fmt(r.get('peak_gib'), 1):>9} {fits or '-':>6}")
+        print(
+            f"{r['stage']:<17} {r['variant']:<38} {_fmt(r.get('value')):>12} {r['unit']:<16} "
+            f"{_fmt(ratio):>8} {_fmt(r.get('peak_gib'), 1):>9} {fits or '-':>6}"
+        )
     for label, p in proj.items():
         hours = ", ".join(f"{k} {v:.2f}" for k, v in p["gpu_hours"].items())
-        print(f"\nprojected full reproduction ({label}): {p['total_gpu_hours']:.2f} GPU-h ({hours}); "
-              f"wall {p['wall_h_1gpu']:.2f} h on 1 GPU, {p['wall_h_4gpu']:.2f} h on 4")
+        print(
+            f"\nprojected full reproduction ({label}): {p['total_gpu_hours']:.2f} GPU-h ({hours}); "
+            f"wall {p['wall_h_1gpu']:.2f} h on 1 GPU, {p['wall_h_4gpu']:.2f} h on 4"
+        )
         for n in p["notes"]:
             print(f"  note: {n}")
 
@@ -463,8 +614,14 @@ def main(argv=None) -> int:
     table = throughput_table(rows, gpu, args)
     proj = projection(table)
     print_table(rows, checks, proj, dag, gpu)
-    table.update(rows=rows, synthesis=synth, checks=checks, dag={k: v for k, v in dag.items() if k != "detector_dirs"},
-                 projection=proj, bench_s=bench_s)
+    table.update(
+        rows=rows,
+        synthesis=synth,
+        checks=checks,
+        dag={k: v for k, v in dag.items() if k != "detector_dirs"},
+        projection=proj,
+        bench_s=bench_s,
+    )
     out = args.out or (REPO / "bench" / "results" / f"throughput_{'cpu' if args.cpu else gpu_slug(gpu)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1, default=str) + "\n")

@@ -54,7 +54,9 @@ def run(workdir: Path, *args: str, check: bool = True, timeout: float = 1800, **
     cmd = snakemake_cmd(workdir, "--cores", "2", *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=workdir, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

@@ -7,8 +7,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-                   "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
+VISA_CATEGORIES = (
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
+)
 
 
 def _normal(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -30,8 +42,17 @@ def _anomalous(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
     return image, mask
 
 
-def make_visa_tree(root: Path, categories=("candle",), *, n_train: int = 6, n_test_normal: int = 3,
-                   n_anomaly: int = 4, height: int = 32, width: int = 48, seed: int = 0) -> Path:
+def make_visa_tree(
+    root: Path,
+    categories=("candle",),
+    *,
+    n_train: int = 6,
+    n_test_normal: int = 3,
+    n_anomaly: int = 4,
+    height: int = 32,
+    width: int = 48,
+    seed: int = 0,
+) -> Path:
     """``<root>/<c>/Data/Images/{Normal,Anomaly}/*.JPG``, ``Masks/Anomaly/*.png`` and
     ``split_csv/1cls.csv``, as VisA ships them (masks hold small values, not 255)."""
     rng = np.random.default_rng(seed)
@@ -51,15 +72,18 @@ def make_visa_tree(root: Path, categories=("candle",), *, n_train: int = 6, n_te
             image, mask = _anomalous(rng, height, width)
             Image.fromarray(image).save(anomaly_dir / f"{i:03d}.JPG", format="JPEG", quality=95)
             Image.fromarray(mask * 3).save(mask_dir / f"{i:03d}.png")
-            rows.append(f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,"
-                        f"{category}/Data/Masks/Anomaly/{i:03d}.png")
+            rows.append(
+                f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,"
+                f"{category}/Data/Masks/Anomaly/{i:03d}.png"
+            )
     (root / "split_csv").mkdir(parents=True, exist_ok=True)
     (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
     return root
 
 
-def make_folder_tree(root: Path, *, n_normal: int = 8, n_abnormal: int = 4, size: int = 40,
-                     mask_suffix: str = "_mask", seed: int = 1) -> Path:
+def make_folder_tree(
+    root: Path, *, n_normal: int = 8, n_abnormal: int = 4, size: int = 40, mask_suffix: str = "_mask", seed: int = 1
+) -> Path:
     """anomalib Folder layout: ``good/``, ``defect/``, ``masks/<stem>_mask.png`` (plus a
     ``notes.txt`` that ``extensions`` must skip)."""
     rng = np.random.default_rng(seed)
@@ -76,7 +100,13 @@ def make_folder_tree(root: Path, *, n_normal: int = 8, n_abnormal: int = 4, size
 
 
 def folder_config(name: str = "widget", **extra) -> dict:
-    opts = {"normal_dir": f"{name}/good", "abnormal_dir": f"{name}/defect", "mask_dir": f"{name}/masks",
-            "extensions": [".png"], "normal_split_ratio": 0.25, "seed": 0}
+    opts = {
+        "normal_dir": f"{name}/good",
+        "abnormal_dir": f"{name}/defect",
+        "mask_dir": f"{name}/masks",
+        "extensions": [".png"],
+        "normal_split_ratio": 0.25,
+        "seed": 0,
+    }
     opts.update(extra)
     return {"data_layout": "folder", "folder": {"categories": {name: opts}}}

@@ -9,8 +9,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tests import e2e
 
@@ -40,7 +40,8 @@ def run(workdir: Path, *args: str, env: dict, check: bool = True, timeout: float
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -49,8 +50,7 @@ def start(workdir: Path, *args: str, env: dict, log: Path) -> subprocess.Popen:
     cmd = e2e.snakemake_cmd(workdir, "--cores", "2", *args)
     out = open(log, "ab")
     try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
-                                start_new_session=True)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True)
     finally:
         out.close()
 
@@ -65,7 +65,7 @@ def group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         state, pgrp = fields[0], int(fields[2])
         if pgrp == pgid and state != "Z":
             members.append(int(entry.name))
@@ -86,8 +86,14 @@ def kill_group(proc: subprocess.Popen) -> list[int]:
     return members
 
 
-def wait_for(proc: subprocess.Popen, condition: Callable[[], object], what: str, log: Path,
-             timeout: float = 900, poll: float = 0.02):
+def wait_for(
+    proc: subprocess.Popen,
+    condition: Callable[[], object],
+    what: str,
+    log: Path,
+    timeout: float = 900,
+    poll: float = 0.02,
+):
     """Poll ``condition`` until it returns something truthy; fail if snakemake ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,8 +101,9 @@ def wait_for(proc: subprocess.Popen, condition: Callable[[], object], what: str,
         if found:
             return found
         if proc.poll() is not None:
-            raise AssertionError(f"snakemake ended ({proc.returncode}) before {what}:\n"
-                                 + log.read_text(errors="replace")[-6000:])
+            raise AssertionError(
+                f"snakemake ended ({proc.returncode}) before {what}:\n" + log.read_text(errors="replace")[-6000:]
+            )
         time.sleep(poll)
     kill_group(proc)
     raise AssertionError(f"timed out waiting for {what}")

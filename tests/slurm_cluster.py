@@ -34,9 +34,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 # Binaries that must all exist for the packages to count as installed.
@@ -64,7 +64,9 @@ def _missing_binaries() -> list[str]:
     return [b for b in BINARIES if _which(b) is None]
 
 
-def _run(cmd: Sequence[str], timeout: float, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    cmd: Sequence[str], timeout: float, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     try:
         result = subprocess.run(
             list(cmd), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
@@ -166,7 +168,7 @@ class SlurmCluster:
     def conf_path(self) -> Path:
         return self.root / "etc" / "slurm.conf"
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         self.start()
         return self
 
@@ -250,12 +252,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
-StateSaveLocation={self.root / 'state'}
-SlurmdSpoolDir={self.root / 'spool'}
-SlurmctldPidFile={self.root / 'run' / 'slurmctld.pid'}
-SlurmdPidFile={self.root / 'run' / 'slurmd.pid'}
-SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={self.root / 'log' / 'slurmd.log'}
+StateSaveLocation={self.root / "state"}
+SlurmdSpoolDir={self.root / "spool"}
+SlurmctldPidFile={self.root / "run" / "slurmctld.pid"}
+SlurmdPidFile={self.root / "run" / "slurmd.pid"}
+SlurmctldLogFile={self.root / "log" / "slurmctld.log"}
+SlurmdLogFile={self.root / "log" / "slurmd.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -323,8 +325,13 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory}{gres_nod
         with open(log, "wb") as out:
             # Its own session: a Ctrl-C in the terminal does not reach the daemons first.
             process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True, **as_user,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                **as_user,
             )
         daemon = _Daemon(name, process, log)
         self._daemons.append(daemon)
@@ -347,7 +354,9 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory}{gres_nod
                 if last is True:
                     return
             time.sleep(poll)
-        raise SlurmClusterError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last})\n" + self.log_tail())
+        raise SlurmClusterError(
+            f"timed out after {timeout:.0f} s waiting for {what} (last: {last})\n" + self.log_tail()
+        )
 
     def _start_munged(self) -> None:
         munge_dir = self.root / "munge"
@@ -357,7 +366,9 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory}{gres_nod
         daemon = self._spawn(
             "munged",
             [
-                munged, "--foreground", "--force",
+                munged,
+                "--foreground",
+                "--force",
                 f"--socket={munge_dir / 'munge.socket'}",
                 f"--pid-file={munge_dir / 'munged.pid'}",
                 f"--seed-file={munge_dir / 'munged.seed'}",
@@ -370,6 +381,7 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory}{gres_nod
         self._wait("munged's socket", lambda: socket_path.exists(), 20, daemon)
         munge, unmunge = _which("munge"), _which("unmunge")
         if munge and unmunge:
+
             def roundtrip():
                 cred = _run([munge, "-n", "-S", str(socket_path)], 10, check=False)
                 if cred.returncode != 0:

@@ -35,9 +35,11 @@ DIM = 1280
 # The data set: category -> defect -> number of test images (000.png, 001.png, ...).
 DATA = {"bottle": {"broken_large": 5, "contamination": 4}, "screw": {"thread_top": 4}}
 # What the fake authors' tree publishes (names in the user's data, like theirs).
-PUBLISHED = {("bottle", "broken_large"): ["004.png", "001.png", "003.png"],
-             ("bottle", "contamination"): ["000.png", "002.png", "003.png"],
-             ("screw", "thread_top"): ["001.png", "002.png", "003.png"]}
+PUBLISHED = {
+    ("bottle", "broken_large"): ["004.png", "001.png", "003.png"],
+    ("bottle", "contamination"): ["000.png", "002.png", "003.png"],
+    ("screw", "thread_top"): ["001.png", "002.png", "003.png"],
+}
 TEMPLATES = {("bottle", "broken_large"), ("bottle", "contamination")}  # none for screw, as theirs
 
 
@@ -50,13 +52,19 @@ def make_mvtec(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for category, defects in DATA.items():
         for i in range(3):
-            _save(root / category / "train" / "good" / f"{i:03d}.png", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+            _save(
+                root / category / "train" / "good" / f"{i:03d}.png",
+                rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
+            )
         _save(root / category / "test" / "good" / "000.png", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
         for defect, n in defects.items():
             for i in range(n):
-                _save(root / category / "test" / defect / f"{i:03d}.png", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+                _save(
+                    root / category / "test" / defect / f"{i:03d}.png",
+                    rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
+                )
                 mask = np.zeros((SIZE, SIZE), np.uint8)
-                mask[4 + i: 10 + i, 5:12] = 255
+                mask[4 + i : 10 + i, 5:12] = 255
                 _save(root / category / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     return root
 
@@ -95,13 +103,19 @@ def make_authors_tree(root: Path, data_root: Path) -> Path:
             stem = Path(name).stem
             (folder / f"{defect}_mask").mkdir(parents=True, exist_ok=True)
             (folder / f"{defect}_mask" / f"{stem}_mask.png").write_bytes(
-                (data_root / category / "ground_truth" / defect / f"{stem}_mask.png").read_bytes())
+                (data_root / category / "ground_truth" / defect / f"{stem}_mask.png").read_bytes()
+            )
         (folder / defect / ".DS_Store").write_bytes(b"\0\1")  # as in their tree: must be ignored
         if (category, defect) in TEMPLATES:
-            _save(root / "DIFFUSION" / "images" / "mask_template" / category / defect / "mask.png",
-                  template_array(category, defect))
-        save_authors_embedding(root / "DIFFUSION" / "logs" / f"{category}_{defect}" / "embeddings.pt",
-                               vector_for(category, defect), old_torch=(category == "bottle"))
+            _save(
+                root / "DIFFUSION" / "images" / "mask_template" / category / defect / "mask.png",
+                template_array(category, defect),
+            )
+        save_authors_embedding(
+            root / "DIFFUSION" / "logs" / f"{category}_{defect}" / "embeddings.pt",
+            vector_for(category, defect),
+            old_torch=(category == "bottle"),
+        )
     return root
 
 
@@ -129,11 +143,20 @@ def test_explicit_support_list_is_exactly_those_files_in_order(trees, tmp_path):
     # Unlisted defects keep the seeded choice.
     assert plan.support_spec("bottle", "contamination")["seed"] == 0
     key = plan.support_key("bottle", "broken_large")
-    manifest = build_support_set(data, "bottle", "broken_large", files=spec["files"], out_dir=tmp_path / "s",
-                                 key=key, inputs=plan.support_inputs("bottle", "broken_large"))
+    manifest = build_support_set(
+        data,
+        "bottle",
+        "broken_large",
+        files=spec["files"],
+        out_dir=tmp_path / "s",
+        key=key,
+        inputs=plan.support_inputs("bottle", "broken_large"),
+    )
     items = support_items(manifest)
     assert [it["source_image"] for it in items] == [f"bottle/test/broken_large/{f}" for f in files]
-    assert [it["source_mask"] for it in items] == [f"bottle/ground_truth/broken_large/{Path(f).stem}_mask.png" for f in files]
+    assert [it["source_mask"] for it in items] == [
+        f"bottle/ground_truth/broken_large/{Path(f).stem}_mask.png" for f in files
+    ]
     m = load_manifest(manifest)
     assert m["spec"] == spec and m["extra"]["selection"] == "listed"
     assert content_key(m["spec"], m["inputs"]) == key
@@ -161,8 +184,15 @@ def test_published_file_missing_from_the_data_names_it(trees, tmp_path):
     plan = Plan(base_config(data, authors))
     spec = plan.support_spec("bottle", "contamination")
     with pytest.raises(DataError) as err:
-        build_support_set(data, "bottle", "contamination", files=spec["files"], out_dir=tmp_path / "s", key="k",
-                          origin=plan.support_origin("bottle", "contamination"))
+        build_support_set(
+            data,
+            "bottle",
+            "contamination",
+            files=spec["files"],
+            out_dir=tmp_path / "s",
+            key="k",
+            origin=plan.support_origin("bottle", "contamination"),
+        )
     message = str(err.value)
     assert str(data / "bottle" / "test" / "contamination" / "002.png") in message
     assert "authors' published support set" in message
@@ -189,8 +219,14 @@ def test_strict_containment_rejects_a_box_exactly_at_the_threshold():
     raster = boxes[0].to_mask(8, 8)
     assert (raster & template).sum() == 0.75 * raster.sum()
     with pytest.raises(DataError, match="generation.template_containment=0.75 \\(strict\\)"):
-        sample_boxes(np.random.default_rng(0), *args, image_name="img", defect="d", strict=True,
-                     overlap_key="generation.template_containment")
+        sample_boxes(
+            np.random.default_rng(0),
+            *args,
+            image_name="img",
+            defect="d",
+            strict=True,
+            overlap_key="generation.template_containment",
+        )
 
 
 def test_template_replaces_the_foreground_for_that_defect(trees):
@@ -209,8 +245,14 @@ def test_template_replaces_the_foreground_for_that_defect(trees):
     spec = dict(spec, box={"width": [0.2, 0.3], "height": [0.2, 0.3], "rotate": True}, max_tries=5000)
     normals = sorted((data / "bottle" / "train" / "good").glob("*.png"))
     resolution = 48
-    _, _, planned = plan_generation(normal_images=normals, data_root=data, foreground_manifest=None,
-                                    spec=spec, resolution=resolution, template=template)
+    _, _, planned = plan_generation(
+        normal_images=normals,
+        data_root=data,
+        foreground_manifest=None,
+        spec=spec,
+        resolution=resolution,
+        template=template,
+    )
     allowed = np.zeros((resolution, resolution), np.uint8)
     allowed[:, :24] = 1  # the left half of the template, at 48 px
     assert len(planned) == len(normals) * spec["boxes_per_image"] * spec["images_per_box"]
@@ -220,8 +262,14 @@ def test_template_replaces_the_foreground_for_that_defect(trees):
     # A template edited after planning is refused.
     _save(template, np.full((64, 64), 255, np.uint8))
     with pytest.raises(DataError, match="changed since the workflow was planned"):
-        plan_generation(normal_images=normals, data_root=data, foreground_manifest=None, spec=spec,
-                        resolution=resolution, template=template)
+        plan_generation(
+            normal_images=normals,
+            data_root=data,
+            foreground_manifest=None,
+            spec=spec,
+            resolution=resolution,
+            template=template,
+        )
 
 
 def test_a_changed_template_reruns_only_that_defects_generation(trees):
@@ -247,7 +295,11 @@ def test_a_changed_template_reruns_only_that_defects_generation(trees):
     os.utime(path, ns=(1, 1))  # a new mtime too, as any edit gives; the cache keys on it
     after = keys()
     changed = {k for k in before if before[k] != after[k]}
-    assert changed == {"generation/bottle/contamination", "detector/bottle/draem/anogen", "detector/bottle/destseg/anogen"}
+    assert changed == {
+        "generation/bottle/contamination",
+        "detector/bottle/draem/anogen",
+        "detector/bottle/destseg/anogen",
+    }
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -323,8 +375,12 @@ def test_generation_refuses_an_embedding_of_another_width(trees, tmp_path):
     data, authors = trees
     plan = Plan(base_config(data, authors, embedding={"source": "authors"}))
     out = tmp_path / "emb"
-    import_authors_embedding(source=plan.embedding_source("bottle", "broken_large"),
-                             spec=plan.embedding_spec("bottle", "broken_large"), out_dir=out, key="k")
+    import_authors_embedding(
+        source=plan.embedding_source("bottle", "broken_large"),
+        spec=plan.embedding_spec("bottle", "broken_large"),
+        out_dir=out,
+        key="k",
+    )
 
     class TinyBackbone:
         model, family, embedding_dim = "tiny-ldm", "ldm", 32
@@ -359,8 +415,9 @@ def test_preset_needs_dtd_and_the_clone(tmp_path):
 
 def test_preset_holds_the_authors_protocol(tmp_path):
     mvtec = validate_config(yaml.safe_load((REPO / "config" / "mvtec.yaml").read_text()))
-    cfg = validate_config(deep_update(authors_preset(), {"authors_repo": str(tmp_path),
-                                                        "detectors": {"texture_source": str(tmp_path)}}))
+    cfg = validate_config(
+        deep_update(authors_preset(), {"authors_repo": str(tmp_path), "detectors": {"texture_source": str(tmp_path)}})
+    )
     templates = cfg["embedding"]["templates"]
     assert len(templates) == 81 and len(set(templates)) == 57
     assert templates[0] == "a photo of a {}" and templates[-1] == "a depiction of a small {}"
@@ -374,7 +431,8 @@ def test_preset_holds_the_authors_protocol(tmp_path):
     assert cfg["evaluation"]["mask_resize"] == "official"  # each detector's own test-script rule
     differ = {"authors_repo", "defects", "support", "embedding", "detectors", "generation", "evaluation"}
     assert {k: v for k, v in cfg["evaluation"].items() if k != "mask_resize"} == {
-        k: v for k, v in mvtec["evaluation"].items() if k != "mask_resize"}
+        k: v for k, v in mvtec["evaluation"].items() if k != "mask_resize"
+    }
     for section in set(mvtec) - differ:
         assert cfg[section] == mvtec[section], section
     assert cfg["generation"]["box_ranges"] == mvtec["generation"]["box_ranges"]
@@ -382,7 +440,12 @@ def test_preset_holds_the_authors_protocol(tmp_path):
     assert cfg["detectors"]["draem"]["tau"] == 0.9 and cfg["detectors"]["destseg"]["tau"] == 1.0
     a, b = copy.deepcopy(cfg["detectors"]), copy.deepcopy(mvtec["detectors"])
     for d in (a, b):
-        d["draem"].pop("schedule"), d["draem"].pop("batch_size"), d.pop("texture_source"), d.pop("require_texture_source")
+        (
+            d["draem"].pop("schedule"),
+            d["draem"].pop("batch_size"),
+            d.pop("texture_source"),
+            d.pop("require_texture_source"),
+        )
         d.pop("mixed_precision"), d["draem"].pop("tau"), d["destseg"].pop("tau")
     assert a == b
 
@@ -401,8 +464,14 @@ def test_support_and_embeddings_stages_run_without_diffusion_weights(trees, tmp_
     overrides.write_text(yaml.safe_dump({"categories": ["bottle", "screw"]}))
     # Targets before --configfile/--config (which take every following word), after a flag
     # (planned_jobs ends its own arguments with --quiet rules, which would take them too).
-    args = ("--configfile", str(REPO / "config" / "mvtec-authors.yaml"), str(overrides),
-            "--config", f"data_root={data}", f"authors_repo={authors}")
+    args = (
+        "--configfile",
+        str(REPO / "config" / "mvtec-authors.yaml"),
+        str(overrides),
+        "--config",
+        f"data_root={data}",
+        f"authors_repo={authors}",
+    )
     jobs = e2e.planned_jobs(workdir, "-p", "support", "embeddings", *args)
     assert jobs == {"select_support": 3, "import_embedding": 3, "support": 1, "embeddings": 1}
     # Generation would need GrabCut only for screw (bottle's defects have templates).
@@ -418,7 +487,8 @@ def test_support_and_embeddings_stages_run_without_diffusion_weights(trees, tmp_
     for (category, defect), names in PUBLISHED.items():
         (manifest,) = (results / "support" / category / defect).glob("*/manifest.json")
         assert [it["source_image"] for it in support_items(manifest)] == [
-            f"{category}/test/{defect}/{n}" for n in sorted(names)]
+            f"{category}/test/{defect}/{n}" for n in sorted(names)
+        ]
         (embedding,) = (results / "embeddings" / category / defect).glob("*/learned_embeds.safetensors")
         (vector,) = load_file(str(embedding)).values()
         assert torch.equal(vector, vector_for(category, defect).reshape(1, DIM))

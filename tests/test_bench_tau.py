@@ -42,8 +42,19 @@ def test_quick_run_structure_and_dropped_fraction(tmp_path):
     bench = _bench()
     out_json = tmp_path / "tau.json"
     out_md = tmp_path / "tau.md"
-    result = bench.main(["--quick", "--jobs", "1", "--work", str(tmp_path / "work"),
-                         "--out-json", str(out_json), "--out-md", str(out_md)])
+    result = bench.main(
+        [
+            "--quick",
+            "--jobs",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--out-json",
+            str(out_json),
+            "--out-md",
+            str(out_md),
+        ]
+    )
     assert json.loads(out_json.read_text())["table"] == json.loads(json.dumps(result["table"]))
     taus = result["config"]["taus"]
     assert taus == [1.0, 0.95, 0.9, 0.8]
@@ -52,10 +63,16 @@ def test_quick_run_structure_and_dropped_fraction(tmp_path):
 
     md = out_md.read_text()
     lines = md.splitlines()
-    head = lines.index("| tau | dropped box px | pixel AU-PR | pixel AU-ROC | image AU-ROC "
-                       "| p_anom box-normal (train) | p_anom defect (train) |")
+    head = lines.index(
+        "| tau | dropped box px | pixel AU-PR | pixel AU-ROC | image AU-ROC "
+        "| p_anom box-normal (train) | p_anom defect (train) |"
+    )
     assert [row.split(" | ")[0] for row in lines[head + 2 : head + 2 + len(taus)]] == [
-        "| 1", "| 0.95", "| 0.9", "| 0.8"]
+        "| 1",
+        "| 0.95",
+        "| 0.9",
+        "| 0.8",
+    ]
     paired = lines.index("| tau | Δ pixel AU-PR (mean ± std) | per seed |")
     assert [row.split(" | ")[0] for row in lines[paired + 2 : paired + 5]] == ["| 0.95", "| 0.9", "| 0.8"]
     # The report re-rendered from the JSON alone is the same text.
@@ -65,7 +82,8 @@ def test_quick_run_structure_and_dropped_fraction(tmp_path):
 
     for run in result["runs"]:
         assert run["steps"] == result["config"]["epochs"] * math.ceil(
-            result["config"]["n_train_items"] / result["config"]["batch_size"])
+            result["config"]["n_train_items"] / result["config"]["batch_size"]
+        )
         for key in ("pixel_aupr", "pixel_auroc", "image_auroc"):
             assert 0.0 <= run[key] <= 1.0
         assert len(run["dropped_box_fraction_by_decile"]) == 10

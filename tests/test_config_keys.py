@@ -80,10 +80,14 @@ def test_defaults_filled():
         ({"categories": ["a/b"]}, "categories.0"),
         ({"categories": ["ok..no"]}, "categories.0"),
         ({"detectors": {"models": ["patchcore"]}}, "detectors.models.0"),
-        ({"generation": {"box_ranges": {"bottle": {"hole": {"width": [0.5, 0.2], "height": [0.1, 0.2]}}}}},
-         "generation.box_ranges.bottle.hole.width"),
-        ({"generation": {"box_ranges": {"bottle": {"hole": {"width": [0.1, 1.5], "height": [0.1, 0.2]}}}}},
-         "generation.box_ranges.bottle.hole.width.1"),
+        (
+            {"generation": {"box_ranges": {"bottle": {"hole": {"width": [0.5, 0.2], "height": [0.1, 0.2]}}}}},
+            "generation.box_ranges.bottle.hole.width",
+        ),
+        (
+            {"generation": {"box_ranges": {"bottle": {"hole": {"width": [0.1, 1.5], "height": [0.1, 0.2]}}}}},
+            "generation.box_ranges.bottle.hole.width.1",
+        ),
         ({"detectors": {"destseg": {"steps": 100, "student_steps": 100}}}, "detectors.destseg.student_steps"),
     ],
 )
@@ -96,7 +100,7 @@ def test_bad_values_name_the_key(override, key):
 
 def test_unknown_category_or_defect_names_the_key():
     with pytest.raises(ConfigError, match="categories"):
-        plan(deep_update(demo_raw(), {"categories": ["nope"]})).categories
+        _ = plan(deep_update(demo_raw(), {"categories": ["nope"]})).categories
     with pytest.raises(ConfigError, match="defects.cat_a"):
         plan(deep_update(demo_raw(), {"defects": {"cat_a": ["nope"]}})).pairs()
 
@@ -161,9 +165,14 @@ def test_one_box_range_changes_one_generation_and_its_category():
     override = {"generation": {"box_ranges": {"cat_a": {"hole": {"width": [0.2, 0.3], "height": [0.2, 0.3]}}}}}
     diff = changed(all_keys(plan(demo_raw())), all_keys(plan(deep_update(demo_raw(), override))))
     assert "generation/cat_a/hole" in diff
-    assert not any(k.startswith(("generation/cat_a/scratch", "generation/cat_b", "embedding", "support", "foreground")) for k in diff)
+    assert not any(
+        k.startswith(("generation/cat_a/scratch", "generation/cat_b", "embedding", "support", "foreground"))
+        for k in diff
+    )
     assert {k for k in diff if k.startswith("detector")} == {
-        "detector/cat_a/draem/anogen", "detector/cat_a/destseg/anogen"}
+        "detector/cat_a/draem/anogen",
+        "detector/cat_a/destseg/anogen",
+    }
 
 
 def test_embedding_steps_change_the_chain_not_the_baselines():
@@ -173,17 +182,28 @@ def test_embedding_steps_change_the_chain_not_the_baselines():
 
 
 def test_detector_budget_leaves_upstream_alone():
-    diff = changed(all_keys(plan(demo_raw())),
-                   all_keys(plan(deep_update(demo_raw(), {"detectors": {"draem": {"epochs": 7}}}))))
+    diff = changed(
+        all_keys(plan(demo_raw())), all_keys(plan(deep_update(demo_raw(), {"detectors": {"draem": {"epochs": 7}}})))
+    )
     assert kinds(diff) == {"detector", "evaluation"}
     assert all("/draem/" in k for k in diff)
 
 
 def test_runtime_knobs_change_no_key():
     base = all_keys(plan(demo_raw()))
-    new = all_keys(plan(deep_update(demo_raw(), {
-        "generation": {"batch_size": 3, "channels_last": True, "compile": True}, "embedding": {"checkpoint_every": 7, "cuda_graph": True},
-        "detectors": {"checkpoint_every": 9}, "resources": {"gpu_slots": 2, "threads": 2}})))
+    new = all_keys(
+        plan(
+            deep_update(
+                demo_raw(),
+                {
+                    "generation": {"batch_size": 3, "channels_last": True, "compile": True},
+                    "embedding": {"checkpoint_every": 7, "cuda_graph": True},
+                    "detectors": {"checkpoint_every": 9},
+                    "resources": {"gpu_slots": 2, "threads": 2},
+                },
+            )
+        )
+    )
     assert new == base
 
 

@@ -66,7 +66,9 @@ def test_mask_of_a_support_image_changes_that_defects_chain(tmp_path):
     mask = root / "bottle" / "ground_truth" / "contamination" / f"{Path(name).stem}_mask.png"
     changed = _changed(root, lambda: _touch_new(mask, 0))
     assert changed == {
-        "support/bottle/contamination", "embedding/bottle/contamination", "generation/bottle/contamination",
+        "support/bottle/contamination",
+        "embedding/bottle/contamination",
+        "generation/bottle/contamination",
         *(f"{stage}/bottle/{m}/anogen" for stage in ("detector", "evaluation") for m in ("draem", "destseg")),
     }
 
@@ -78,8 +80,12 @@ def test_replacing_a_training_image_changes_that_categorys_stage_2_and_3(tmp_pat
     assert changed == {
         "foreground/hazelnut",
         *(f"generation/hazelnut/{d}" for d in defects),
-        *(f"{stage}/hazelnut/{m}/{v}" for stage in ("detector", "evaluation")
-          for m in ("draem", "destseg") for v in ("baseline", "anogen")),
+        *(
+            f"{stage}/hazelnut/{m}/{v}"
+            for stage in ("detector", "evaluation")
+            for m in ("draem", "destseg")
+            for v in ("baseline", "anogen")
+        ),
     }
 
 
@@ -96,13 +102,23 @@ def test_support_job_copies_exactly_the_files_the_plan_chose(tmp_path):
     root = _tree(tmp_path)
     plan = _plan(root)
     spec = plan.support_spec("bottle", "broken_small")
-    manifest = build_support_set(root, "bottle", "broken_small", shots=spec["shots"], seed=spec["seed"],
-                                 out_dir=tmp_path / "s", key="0" * 12, files=spec["files"], origin="support.seed")
+    manifest = build_support_set(
+        root,
+        "bottle",
+        "broken_small",
+        shots=spec["shots"],
+        seed=spec["seed"],
+        out_dir=tmp_path / "s",
+        key="0" * 12,
+        files=spec["files"],
+        origin="support.seed",
+    )
     sources = [item["source_image"] for item in support_items(manifest)]
     assert sources == [f"bottle/test/broken_small/{n}" for n in spec["files"]]
     # the seeded choice made in the job (no plan) is the same
-    manifest = build_support_set(root, "bottle", "broken_small", shots=spec["shots"], seed=spec["seed"],
-                                 out_dir=tmp_path / "t", key="0" * 12)
+    manifest = build_support_set(
+        root, "bottle", "broken_small", shots=spec["shots"], seed=spec["seed"], out_dir=tmp_path / "t", key="0" * 12
+    )
     assert [item["source_image"] for item in support_items(manifest)] == sources
 
 
@@ -120,8 +136,10 @@ def test_data_changes_rerun_exactly_their_readers(tmp_path):
     generate_demo_dataset({**budgets["demo"], "root": str(data)})
     categories = ["brick_gray", "nut_object"]
     # Outside the demo nothing knows brick_gray is a texture: say so, as a user would.
-    config = deep_update(budgets, {"data_root": str(data), "categories": categories,
-                                   "category_options": {"brick_gray": {"texture": True}}})
+    config = deep_update(
+        budgets,
+        {"data_root": str(data), "categories": categories, "category_options": {"brick_gray": {"texture": True}}},
+    )
     work = e2e.make_workdir(tmp_path / "work", config=config)
     e2e.run(work)
     assert e2e.planned_jobs(work) == {}
@@ -146,8 +164,13 @@ def test_data_changes_rerun_exactly_their_readers(tmp_path):
     mask = data / "brick_gray" / "ground_truth" / defect / f"{Path(support_name).stem}_mask.png"
     _touch_new(mask, 0)
     assert e2e.planned_jobs(work) == {
-        "select_support": 1, "learn_embedding": 1, "generate_anomalies": 1,
-        "train_detector": anogen_runs, "evaluate_detector": anogen_runs, "summarize": 1, "all": 1,
+        "select_support": 1,
+        "learn_embedding": 1,
+        "generate_anomalies": 1,
+        "train_detector": anogen_runs,
+        "evaluate_detector": anogen_runs,
+        "summarize": 1,
+        "all": 1,
     }
 
     # 3. one train/good image of nut_object replaced: its foreground, generations, detectors
@@ -155,7 +178,12 @@ def test_data_changes_rerun_exactly_their_readers(tmp_path):
     jobs = e2e.planned_jobs(work)
     n_defects = len(plan.defects("nut_object"))
     assert jobs == {
-        "select_support": 1, "learn_embedding": 1, "generate_anomalies": 1 + n_defects,
-        "estimate_foreground": 1, "train_detector": anogen_runs + runs, "evaluate_detector": anogen_runs + runs,
-        "summarize": 1, "all": 1,
+        "select_support": 1,
+        "learn_embedding": 1,
+        "generate_anomalies": 1 + n_defects,
+        "estimate_foreground": 1,
+        "train_detector": anogen_runs + runs,
+        "evaluate_detector": anogen_runs + runs,
+        "summarize": 1,
+        "all": 1,
     }, jobs

@@ -126,7 +126,9 @@ def test_folder_split_and_masks(tmp_path):
     rng = np.random.default_rng(folder_split_seed("widget", 0))
     expected = sorted(normals[i] for i in rng.choice(8, size=2, replace=False))
     assert good == expected and sorted(train + good) == normals and not set(train) & set(good)
-    assert [(i.path.name, i.mask.name) for i in index.anomalous_test] == [(f"a{k:02d}.png", f"a{k:02d}_mask.png") for k in range(4)]
+    assert [(i.path.name, i.mask.name) for i in index.anomalous_test] == [
+        (f"a{k:02d}.png", f"a{k:02d}_mask.png") for k in range(4)
+    ]
     assert scan_category(tmp_path, "widget", options).test == index.test  # same split every time
     other = scan_category(tmp_path, "widget", layout_spec(_folder(tmp_path, seed=5)))
     rng = np.random.default_rng(folder_split_seed("widget", 5))
@@ -148,8 +150,13 @@ def test_folder_options(tmp_path):
     assert "notes.txt" in str(exc.value)
     # several defect types from a mapping; missing mask names the image
     (tmp_path / "widget" / "masks" / "a02.png").unlink()
-    two = layout_spec(_folder(tmp_path, abnormal_dir={"crack": "widget/defect", "dent": "widget/defect"},
-                              mask_dir={"crack": "widget/masks", "dent": "widget/masks"}))
+    two = layout_spec(
+        _folder(
+            tmp_path,
+            abnormal_dir={"crack": "widget/defect", "dent": "widget/defect"},
+            mask_dir={"crack": "widget/masks", "dent": "widget/masks"},
+        )
+    )
     assert list_defects(tmp_path, "widget", two) == ["crack", "dent"]
     with pytest.raises(DataError, match="has no mask") as exc:
         scan_category(tmp_path, "widget", two, defects=["dent"])
@@ -314,8 +321,9 @@ def test_check_data_reports_every_problem_at_once(tmp_path, capsys):
     assert any("test/crack:" in p and "only 2 usable" in p for p in problems)
     assert "7 problem(s) that would stop a job" in out and "the DAG would not build" in out
     # leaving the bad folder out turns that problem into a warning
-    report = check_data(validate_config({"data_root": str(tmp_path / "data"), "categories": ["widget"]}),
-                        foreground_images=1)
+    report = check_data(
+        validate_config({"data_root": str(tmp_path / "data"), "categories": ["widget"]}), foreground_images=1
+    )
     assert len(report.problems) == 6 and any("bad name" in w for w in report.warnings)
     assert report.jobs["select_support"] == 3  # the DAG builds; the jobs would fail on the files
 
@@ -364,8 +372,9 @@ def _e2e_workdir(tmp_path: Path, data_root: Path, extra: dict) -> Path:
 
 @pytest.mark.e2e
 def test_visa_dag_plans_one_embedding_per_category(tmp_path):
-    root = make_visa_tree(tmp_path / "visa", VISA_CATEGORIES, n_train=2, n_test_normal=1, n_anomaly=3,
-                          height=8, width=12)
+    root = make_visa_tree(
+        tmp_path / "visa", VISA_CATEGORIES, n_train=2, n_test_normal=1, n_anomaly=3, height=8, width=12
+    )
     workdir = _e2e_workdir(tmp_path, root, {"data_layout": "visa"})
     jobs = e2e.planned_jobs(workdir)
     assert jobs["learn_embedding"] == jobs["select_support"] == jobs["generate_anomalies"] == 12
@@ -393,8 +402,7 @@ def _run_and_check(workdir: Path, category: str, resize: str) -> None:
 
 @pytest.mark.e2e
 def test_visa_dag_end_to_end(tmp_path):
-    root = make_visa_tree(tmp_path / "visa", ("candle",), n_train=6, n_test_normal=3, n_anomaly=4,
-                          height=32, width=48)
+    root = make_visa_tree(tmp_path / "visa", ("candle",), n_train=6, n_test_normal=3, n_anomaly=4, height=32, width=48)
     workdir = _e2e_workdir(tmp_path, root, {"data_layout": "visa", "resize": "pad"})
     _run_and_check(workdir, "candle", "pad")
 
@@ -414,10 +422,17 @@ def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(t
     elsewhere = make_folder_tree(tmp_path / "elsewhere" / "widget")
     root = tmp_path / "root"
     root.mkdir()
-    options = layout_spec(_folder(root, normal_dir=str(elsewhere / "good"), abnormal_dir=str(elsewhere / "defect"),
-                                  mask_dir=str(elsewhere / "masks")))
-    manifest = build_support_set(root, "widget", "anomaly", shots=3, seed=0, out_dir=tmp_path / "support",
-                                 key="0" * 12, layout=options)
+    options = layout_spec(
+        _folder(
+            root,
+            normal_dir=str(elsewhere / "good"),
+            abnormal_dir=str(elsewhere / "defect"),
+            mask_dir=str(elsewhere / "masks"),
+        )
+    )
+    manifest = build_support_set(
+        root, "widget", "anomaly", shots=3, seed=0, out_dir=tmp_path / "support", key="0" * 12, layout=options
+    )
     excluded = excluded_test_images([manifest])
     index = scan_category(root, "widget", options)
     evaluated = {_relpath(item.path, root) for item in index.test}
@@ -434,7 +449,9 @@ def test_crop_that_drops_an_anomaly_is_reported(tmp_path):
     Image.fromarray(edge).save(root / "candle/Data/Masks/Anomaly/002.png")
     report = check_data(_visa(root, resize="crop"), foreground_images=1)
     assert report.ok and any("002.JPG" in w and "outside the centre square" in w for w in report.warnings)
-    assert not any("outside the centre" in w for w in check_data(_visa(root, resize="pad"), foreground_images=1).warnings)
+    assert not any(
+        "outside the centre" in w for w in check_data(_visa(root, resize="pad"), foreground_images=1).warnings
+    )
     image = np.zeros((32, 48, 3), np.uint8)
     with pytest.raises(DataError, match="support item 1: its anomaly lies entirely outside") as exc:
         _squared([(image, (edge * 0 + 1).astype(np.uint8)), (image, edge)], "crop", "support/manifest.json")

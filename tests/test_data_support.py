@@ -132,8 +132,7 @@ def test_build_support_set(tmp_path):
 
 def test_grayscale_support(tmp_path):
     make_dataset(tmp_path / "data", category="grid", mode="L")
-    m = build_support_set(tmp_path / "data", "grid", "crack", shots=2, seed=1,
-                          out_dir=tmp_path / "out", key="k")
+    m = build_support_set(tmp_path / "data", "grid", "crack", shots=2, seed=1, out_dir=tmp_path / "out", key="k")
     assert json.loads(m.read_text())["extra"]["grayscale"] is True
     image, _ = read_support_set(m)[0]
     assert image.shape == (SIZE, SIZE, 3) and (image[..., 0] == image[..., 2]).all()
@@ -141,8 +140,7 @@ def test_grayscale_support(tmp_path):
 
 def test_truncated_copy_detected(tmp_path):
     make_dataset(tmp_path / "data")
-    m = build_support_set(tmp_path / "data", "widget", "crack", shots=3, seed=0,
-                          out_dir=tmp_path / "out", key="k")
+    m = build_support_set(tmp_path / "data", "widget", "crack", shots=3, seed=0, out_dir=tmp_path / "out", key="k")
     item = json.loads(m.read_text())["extra"]["items"][1]
     copy = tmp_path / "out" / item["image"]
     copy.write_bytes(copy.read_bytes()[:-30])
@@ -171,17 +169,14 @@ def test_build_too_few_leaves_nothing(tmp_path):
     make_dataset(tmp_path / "data")
     out = tmp_path / "out"
     with pytest.raises(DataError, match="support.shots = 3"):
-        build_support_set(tmp_path / "data", "widget", "scratch", shots=3, seed=0,
-                          out_dir=out, key="k")
+        build_support_set(tmp_path / "data", "widget", "scratch", shots=3, seed=0, out_dir=out, key="k")
     assert not (out / "manifest.json").exists()
 
 
 def test_excluded_union_and_wrong_manifest(tmp_path):
     make_dataset(tmp_path / "data")
-    a = build_support_set(tmp_path / "data", "widget", "crack", shots=2, seed=0,
-                          out_dir=tmp_path / "a", key="ka")
-    b = build_support_set(tmp_path / "data", "widget", "scratch", shots=2, seed=0,
-                          out_dir=tmp_path / "b", key="kb")
+    a = build_support_set(tmp_path / "data", "widget", "crack", shots=2, seed=0, out_dir=tmp_path / "a", key="ka")
+    b = build_support_set(tmp_path / "data", "widget", "scratch", shots=2, seed=0, out_dir=tmp_path / "b", key="kb")
     excluded = excluded_test_images([a, b])
     assert {"widget/test/scratch/000.png", "widget/test/scratch/001.png"} <= excluded
     assert len(excluded) == 4

@@ -98,9 +98,7 @@ def test_masks_exact(default_set):
         for defect in info["defects"]:
             for i in range(DEMO_DEFAULTS["n_test_per_defect"]):
                 stored = np.asarray(Image.open(root / category / "test" / defect / f"{i:03d}.png"))
-                stored_mask = np.asarray(
-                    Image.open(root / category / "ground_truth" / defect / f"{i:03d}_mask.png")
-                )
+                stored_mask = np.asarray(Image.open(root / category / "ground_truth" / defect / f"{i:03d}_mask.png"))
                 assert set(np.unique(stored_mask)) == {0, 255}
                 image, mask, clean = render_demo_image(spec, category, f"test/{defect}", i)
                 assert (image == stored).all()

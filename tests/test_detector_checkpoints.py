@@ -1,6 +1,5 @@
 """Foreign checkpoints: the DeSTSeg teacher in timm / DeSTSeg layouts, the official DRAEM .pckl files."""
 
-
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -72,8 +71,11 @@ def test_torchvision_and_timm_layouts_load_the_same_teacher(reference, tmp_path)
 
 
 def test_destseg_checkpoint_layout(reference, tmp_path):
-    full = {f"teacher_net.encoder.{k}": v for k, v in reference.state_dict().items()
-            if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3")}
+    full = {
+        f"teacher_net.encoder.{k}": v
+        for k, v in reference.state_dict().items()
+        if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3")
+    }
     full["student_net.encoder.conv1.weight"] = torch.zeros(64, 3, 7, 7)
     full["segmentation_net.res.0.conv1.weight"] = torch.zeros(256, 448, 3, 3)
     path = tmp_path / "DeSTSeg_MVTec_5000_bottle.pckl"
@@ -102,8 +104,9 @@ def test_teacher_layout_reaches_the_trainer(reference, tmp_path):
     torch.save(_timm_checkpoint(reference), path)
     from anogen.detectors.destseg.model import DestsegTrainer
 
-    tr = DestsegTrainer({"teacher_weights": str(path), "zero_init_last": False}, seed=0, tau=1.0,
-                        device="cpu", n_train=4)
+    tr = DestsegTrainer(
+        {"teacher_weights": str(path), "zero_init_last": False}, seed=0, tau=1.0, device="cpu", n_train=4
+    )
     assert tr.teacher_info["teacher_layout"] == "timm-checkpoint"
     assert torch.equal(tr.model.teacher.layers[0][0].conv1.weight, reference.layer1[0].conv1.weight)
 
@@ -118,13 +121,19 @@ def _official_layers(w: int):
     c2 given as the 5th element; "up": Sequential(Upsample, conv3x3(cin, cout), BN, ReLU);
     "out": Sequential(conv3x3(cin, cout))."""
     recon = [
-        ("encoder.block1", 3, w, w), ("encoder.block2", w, 2 * w, 2 * w),
-        ("encoder.block3", 2 * w, 4 * w, 4 * w), ("encoder.block4", 4 * w, 8 * w, 8 * w),
+        ("encoder.block1", 3, w, w),
+        ("encoder.block2", w, 2 * w, 2 * w),
+        ("encoder.block3", 2 * w, 4 * w, 4 * w),
+        ("encoder.block4", 4 * w, 8 * w, 8 * w),
         ("encoder.block5", 8 * w, 8 * w, 8 * w),
-        ("decoder.up1", 8 * w, 8 * w, None), ("decoder.db1", 8 * w, 8 * w, 4 * w),
-        ("decoder.up2", 4 * w, 4 * w, None), ("decoder.db2", 4 * w, 4 * w, 2 * w),
-        ("decoder.up3", 2 * w, 2 * w, None), ("decoder.db3", 2 * w, 2 * w, w),
-        ("decoder.up4", w, w, None), ("decoder.db4", w, w, w),
+        ("decoder.up1", 8 * w, 8 * w, None),
+        ("decoder.db1", 8 * w, 8 * w, 4 * w),
+        ("decoder.up2", 4 * w, 4 * w, None),
+        ("decoder.db2", 4 * w, 4 * w, 2 * w),
+        ("decoder.up3", 2 * w, 2 * w, None),
+        ("decoder.db3", 2 * w, 2 * w, w),
+        ("decoder.up4", w, w, None),
+        ("decoder.db4", w, w, w),
         ("decoder.fin_out", w, 3, "out"),
     ]
     return recon
@@ -132,14 +141,22 @@ def _official_layers(w: int):
 
 def _official_seg_layers(w: int):
     return [
-        ("encoder_segment.block1", 6, w, w), ("encoder_segment.block2", w, 2 * w, 2 * w),
-        ("encoder_segment.block3", 2 * w, 4 * w, 4 * w), ("encoder_segment.block4", 4 * w, 8 * w, 8 * w),
-        ("encoder_segment.block5", 8 * w, 8 * w, 8 * w), ("encoder_segment.block6", 8 * w, 8 * w, 8 * w),
-        ("decoder_segment.up_b", 8 * w, 8 * w, None), ("decoder_segment.db_b", 16 * w, 8 * w, 8 * w),
-        ("decoder_segment.up1", 8 * w, 4 * w, None), ("decoder_segment.db1", 12 * w, 4 * w, 4 * w),
-        ("decoder_segment.up2", 4 * w, 2 * w, None), ("decoder_segment.db2", 6 * w, 2 * w, 2 * w),
-        ("decoder_segment.up3", 2 * w, w, None), ("decoder_segment.db3", 3 * w, w, w),
-        ("decoder_segment.up4", w, w, None), ("decoder_segment.db4", 2 * w, w, w),
+        ("encoder_segment.block1", 6, w, w),
+        ("encoder_segment.block2", w, 2 * w, 2 * w),
+        ("encoder_segment.block3", 2 * w, 4 * w, 4 * w),
+        ("encoder_segment.block4", 4 * w, 8 * w, 8 * w),
+        ("encoder_segment.block5", 8 * w, 8 * w, 8 * w),
+        ("encoder_segment.block6", 8 * w, 8 * w, 8 * w),
+        ("decoder_segment.up_b", 8 * w, 8 * w, None),
+        ("decoder_segment.db_b", 16 * w, 8 * w, 8 * w),
+        ("decoder_segment.up1", 8 * w, 4 * w, None),
+        ("decoder_segment.db1", 12 * w, 4 * w, 4 * w),
+        ("decoder_segment.up2", 4 * w, 2 * w, None),
+        ("decoder_segment.db2", 6 * w, 2 * w, 2 * w),
+        ("decoder_segment.up3", 2 * w, w, None),
+        ("decoder_segment.db3", 3 * w, w, w),
+        ("decoder_segment.up4", w, w, None),
+        ("decoder_segment.db4", 2 * w, w, w),
         ("decoder_segment.fin_out", w, 2, "out"),
     ]
 
@@ -193,8 +210,9 @@ def test_load_official_draem_reproduces_the_model(tmp_path):
     # as the official script saves them (and with DataParallel's module. prefix, once)
     torch.save(recon, tmp_path / "DRAEM_test_0.0001_700_bs8_bottle_.pckl")
     torch.save({f"module.{k}": v for k, v in seg.items()}, tmp_path / "DRAEM_test_0.0001_700_bs8_bottle__seg.pckl")
-    loaded = load_official_draem(tmp_path / "DRAEM_test_0.0001_700_bs8_bottle_.pckl",
-                                 tmp_path / "DRAEM_test_0.0001_700_bs8_bottle__seg.pckl")
+    loaded = load_official_draem(
+        tmp_path / "DRAEM_test_0.0001_700_bs8_bottle_.pckl", tmp_path / "DRAEM_test_0.0001_700_bs8_bottle__seg.pckl"
+    )
     assert loaded.recon.encoder.stages[0][0].out_channels == 8
     assert loaded.disc.encoder.stages[0][0].out_channels == 4 and not loaded.training
     x = torch.rand(2, 3, 32, 32)

@@ -54,7 +54,8 @@ def test_mask_is_exactly_where_the_image_changed(jitter):
             h, w = y1 - y0, x1 - x0
             found = any(
                 np.array_equal(patch, s.clean[yy : yy + h, xx : xx + w])
-                for yy in range(48 - h + 1) for xx in range(48 - w + 1)
+                for yy in range(48 - h + 1)
+                for xx in range(48 - w + 1)
             )
             assert found
     assert n_anom >= 58  # DeSTSeg's recipe: always anomalous (unless pasted back in place)
@@ -80,16 +81,25 @@ def test_stream_uses_cutpaste_and_needs_no_textures(tmp_path):
         p = tmp_path / f"{i}.png"
         Image.fromarray(_noise(32, i)).save(p)
         paths.append(p)
-    stream = TrainStream(detector="destseg", variant="baseline", image_size=32, seed=0, batch_size=8,
-                         train_images=paths, textures=None, synthetic_source="cutpaste",
-                         cutpaste={"area_ratio": (0.05, 0.1), "color_jitter": 0.0})
+    stream = TrainStream(
+        detector="destseg",
+        variant="baseline",
+        image_size=32,
+        seed=0,
+        batch_size=8,
+        train_images=paths,
+        textures=None,
+        synthetic_source="cutpaste",
+        cutpaste={"area_ratio": (0.05, 0.1), "color_jitter": 0.0},
+    )
     b = stream.batch(0)
     assert (b["kind"] == KIND_SYNTHETIC).all()
     changed = (b["image"] != b["clean"]).any(dim=1)
     assert ((b["mask"][:, 0] > 0) == changed).float().mean() > 0.99
     with pytest.raises(ValueError, match="TextureSource"):
-        TrainStream(detector="draem", variant="baseline", image_size=32, seed=0, batch_size=2,
-                    train_images=paths, textures=None)
+        TrainStream(
+            detector="draem", variant="baseline", image_size=32, seed=0, batch_size=2, train_images=paths, textures=None
+        )
 
 
 def _plan(over):
@@ -108,12 +118,15 @@ def test_table4_variants_are_expressible_and_keyed():
     # generated_only = ours: the synthetic source does not touch it
     for v in ("baseline", "anogen"):
         assert draem.detector_key("cat_a", "destseg", v) != cut.detector_key("cat_a", "destseg", v)
-    assert draem.detector_key("cat_a", "destseg", "generated_only") == cut.detector_key("cat_a", "destseg", "generated_only")
+    assert draem.detector_key("cat_a", "destseg", "generated_only") == cut.detector_key(
+        "cat_a", "destseg", "generated_only"
+    )
     other = _plan({"detectors": {"synthetic_source": "cutpaste", "cutpaste": {"color_jitter": 0.0}}})
     assert other.detector_key("cat_a", "draem", "baseline") != cut.detector_key("cat_a", "draem", "baseline")
     # changing CutPaste settings leaves DRAEM-synthetic runs alone
-    assert _plan({"detectors": {"cutpaste": {"color_jitter": 0.0}}}).detector_key("cat_a", "draem", "anogen") == \
-        draem.detector_key("cat_a", "draem", "anogen")
+    assert _plan({"detectors": {"cutpaste": {"color_jitter": 0.0}}}).detector_key(
+        "cat_a", "draem", "anogen"
+    ) == draem.detector_key("cat_a", "draem", "anogen")
     with pytest.raises(ConfigError, match="detectors.synthetic_source"):
         validate_config({"detectors": {"synthetic_source": "perlin"}})
     with pytest.raises(ConfigError, match="detectors.cutpaste"):

@@ -18,25 +18,54 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
     category = "grass_texture"
     index = scan_category(root, category)
     spec = {
-        "category": category, "detector": "draem", "variant": "baseline", "image_size": 64, "seed": 0,
+        "category": category,
+        "detector": "draem",
+        "variant": "baseline",
+        "image_size": 64,
+        "seed": 0,
         "texture_source": None,
-        "draem": {"epochs": 50, "batch_size": 8, "learning_rate": 1e-4, "schedule": "original",
-                  "recon_base_width": 16, "disc_base_width": 8, "ssim_weight": 1.0, "focal_gamma": 2.0,
-                  "score_pool": 21,
-                  # The default (null) infers the SSIM range from the reconstruction as the
-                  # official code does; this 50-epoch, 16-wide run reconstructs below -0.5
-                  # early on (range 2) and lands at image AU-ROC 0.55 on these 20 images,
-                  # against 0.66 with range 1 (and 0.86 with range 1 + focal smoothing).
-                  "ssim_value_range": 1.0},
+        "draem": {
+            "epochs": 50,
+            "batch_size": 8,
+            "learning_rate": 1e-4,
+            "schedule": "original",
+            "recon_base_width": 16,
+            "disc_base_width": 8,
+            "ssim_weight": 1.0,
+            "focal_gamma": 2.0,
+            "score_pool": 21,
+            # The default (null) infers the SSIM range from the reconstruction as the
+            # official code does; this 50-epoch, 16-wide run reconstructs below -0.5
+            # early on (range 2) and lands at image AU-ROC 0.55 on these 20 images,
+            # against 0.66 with range 1 (and 0.86 with range 1 + focal smoothing).
+            "ssim_value_range": 1.0,
+        },
     }
     out = tmp_path / "draem"
-    train_detector(detector="draem", variant="baseline", spec=spec, train_images=index.train_good,
-                   generated_manifests=[], out_dir=out, key="demo", inputs={})
+    train_detector(
+        detector="draem",
+        variant="baseline",
+        spec=spec,
+        train_images=index.train_good,
+        generated_manifests=[],
+        out_dir=out,
+        key="demo",
+        inputs={},
+    )
     losses = [float(r["loss"]) for r in csv.DictReader((out / "train_log.csv").open())]
     assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10
     metrics = evaluate_detector(
-        predictor=load_trained_detector(out), test_items=index.test, data_root=root, exclude=set(),
-        resolution=128, fpr_limit=0.3, out_dir=tmp_path / "eval", key="demo", inputs={},
-        spec={"category": category, "detector": "draem", "variant": "baseline"}, n_visualizations=0)
+        predictor=load_trained_detector(out),
+        test_items=index.test,
+        data_root=root,
+        exclude=set(),
+        resolution=128,
+        fpr_limit=0.3,
+        out_dir=tmp_path / "eval",
+        key="demo",
+        inputs={},
+        spec={"category": category, "detector": "draem", "variant": "baseline"},
+        n_visualizations=0,
+    )
     assert metrics["image_auroc"] > 0.6, metrics
     assert metrics["pixel_auroc"] > 0.55, metrics

@@ -76,8 +76,15 @@ def textures():
 
 def _stream(data, textures, detector="draem", variant="anogen", **kw):
     return TrainStream(
-        detector=detector, variant=variant, image_size=SIZE, seed=11, batch_size=8,
-        train_images=data["train"], generated=data["items"], textures=textures, **kw,
+        detector=detector,
+        variant=variant,
+        image_size=SIZE,
+        seed=11,
+        batch_size=8,
+        train_images=data["train"],
+        generated=data["items"],
+        textures=textures,
+        **kw,
     )
 
 
@@ -135,8 +142,14 @@ def test_generated_normal_prob_reaches_the_stream_from_the_spec(data, textures, 
     T.TrainStream = spy
     try:
         manifest = train_detector(
-            detector="draem", variant="anogen", spec=spec, train_images=data["train"],
-            generated_manifests=[data["manifest"]], out_dir=tmp_path / "d", key="k" * 12, inputs={},
+            detector="draem",
+            variant="anogen",
+            spec=spec,
+            train_images=data["train"],
+            generated_manifests=[data["manifest"]],
+            out_dir=tmp_path / "d",
+            key="k" * 12,
+            inputs={},
         )
     finally:
         T.TrainStream = orig
@@ -192,8 +205,7 @@ def test_draem_rotates_30_percent_of_generated_triplets_alike(data, textures):
 
 def test_destseg_rotates_generated_triplets_by_the_category_rule(data, textures):
     # (rotate_90, random_rotate) = (True, 5): every triplet is rotated by 90k + U(-5, 5)
-    aug = _stream(data, textures, "destseg", "generated_only", augment_generated=True,
-                  destseg_rotation=(True, 5.0))
+    aug = _stream(data, textures, "destseg", "generated_only", augment_generated=True, destseg_rotation=(True, 5.0))
     plain = _stream(data, textures, "destseg", "generated_only")
     soft = 0
     for step in range(6):
@@ -210,14 +222,15 @@ def test_destseg_rotates_generated_triplets_by_the_category_rule(data, textures)
             exp_mask = rotate_array(mask.astype(np.float32), angle, fill=0.0)
             assert np.allclose(b["image"][i].permute(1, 2, 0).numpy(), exp_img)
             assert np.allclose(b["mask"][i, 0].numpy(), exp_mask)
-            assert np.allclose(b["clean"][i].permute(1, 2, 0).numpy(),
-                               rotate_array(a["clean"][i].permute(1, 2, 0).numpy(), angle, fill=114 / 255.0))
+            assert np.allclose(
+                b["clean"][i].permute(1, 2, 0).numpy(),
+                rotate_array(a["clean"][i].permute(1, 2, 0).numpy(), angle, fill=114 / 255.0),
+            )
             m = b["mask"][i, 0]
             soft += int(((m > 0) & (m < 1)).any())
     assert soft > 0  # bilinear: the mask is soft until the trainer thresholds it at 0.5
     # capsule's rule (no rotation at all) leaves every triplet alone
-    none = _stream(data, textures, "destseg", "generated_only", augment_generated=True,
-                   destseg_rotation=(False, 0.0))
+    none = _stream(data, textures, "destseg", "generated_only", augment_generated=True, destseg_rotation=(False, 0.0))
     assert torch.equal(none.batch(0)["image"], plain.batch(0)["image"])
 
 
@@ -245,8 +258,13 @@ def test_destseg_trainer_thresholds_a_soft_mask_at_one_half():
 
     M.weak_focal_loss = spy
     try:
-        tr = DestsegTrainer({"steps": 2, "student_steps": 0, "batch_size": 2, "zero_init_last": False},
-                            seed=0, tau=1.0, device="cpu", n_train=1)
+        tr = DestsegTrainer(
+            {"steps": 2, "student_steps": 0, "batch_size": 2, "zero_init_last": False},
+            seed=0,
+            tau=1.0,
+            device="cpu",
+            n_train=1,
+        )
         mask = torch.zeros(2, 1, 64, 64)
         mask[..., :, :32] = 0.6  # soft after a bilinear rotation: counts (>= 0.5)
         mask[..., :, 32:] = 0.4  # does not
@@ -321,8 +339,16 @@ def test_precision_is_exported_for_prediction(data, textures, tmp_path):
     from anogen.detectors import load_trained_detector
 
     spec = _draem_spec(variant="baseline", mixed_precision="bf16")
-    train_detector(detector="draem", variant="baseline", spec=spec, train_images=data["train"],
-                   generated_manifests=[], out_dir=tmp_path / "d", key="p" * 12, inputs={})
+    train_detector(
+        detector="draem",
+        variant="baseline",
+        spec=spec,
+        train_images=data["train"],
+        generated_manifests=[],
+        out_dir=tmp_path / "d",
+        key="p" * 12,
+        inputs={},
+    )
     det = load_trained_detector(tmp_path / "d")
     assert det.mixed_precision == "bf16"
     extra = json.loads((tmp_path / "d" / "manifest.json").read_text())["extra"]
@@ -345,13 +371,31 @@ def test_precision_switch_on_cuda():
 
 def _draem_spec(variant, **over):
     spec = {
-        "detector": "draem", "variant": variant, "image_size": SIZE, "seed": 0, "tau": 0.5,
-        "mix_prob": 0.5, "weak_on_synthetic": True, "texture_source": None,
-        "generated_normal_prob": 0.5, "augment_generated": True, "synthetic_source": "draem",
+        "detector": "draem",
+        "variant": variant,
+        "image_size": SIZE,
+        "seed": 0,
+        "tau": 0.5,
+        "mix_prob": 0.5,
+        "weak_on_synthetic": True,
+        "texture_source": None,
+        "generated_normal_prob": 0.5,
+        "augment_generated": True,
+        "synthetic_source": "draem",
         "mixed_precision": "no",
-        "draem": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "schedule": "original",
-                  "recon_base_width": 4, "disc_base_width": 4, "ssim_weight": 1.0, "focal_gamma": 2.0,
-                  "focal_smooth": 1e-5, "ssim_value_range": None, "score_pool": 21},
+        "draem": {
+            "epochs": 1,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "schedule": "original",
+            "recon_base_width": 4,
+            "disc_base_width": 4,
+            "ssim_weight": 1.0,
+            "focal_gamma": 2.0,
+            "focal_smooth": 1e-5,
+            "ssim_value_range": None,
+            "score_pool": 21,
+        },
     }
     spec.update(over)
     return spec
@@ -445,11 +489,20 @@ def test_zero_init_last_zeroes_the_last_bn_of_every_student_encoder_block():
 def test_destseg_teacher_statistics_stay_frozen_during_training():
     from anogen.detectors.destseg.model import DestsegTrainer
 
-    tr = DestsegTrainer({"steps": 4, "student_steps": 2, "batch_size": 2, "zero_init_last": False},
-                        seed=0, tau=1.0, device="cpu", n_train=2)
+    tr = DestsegTrainer(
+        {"steps": 4, "student_steps": 2, "batch_size": 2, "zero_init_last": False},
+        seed=0,
+        tau=1.0,
+        device="cpu",
+        n_train=2,
+    )
     before = {k: v.clone() for k, v in tr.model.teacher.state_dict().items()}
-    batch = {"image": torch.rand(2, 3, 64, 64), "clean": torch.rand(2, 3, 64, 64),
-             "mask": torch.zeros(2, 1, 64, 64), "weak": torch.zeros(2, dtype=torch.bool)}
+    batch = {
+        "image": torch.rand(2, 3, 64, 64),
+        "clean": torch.rand(2, 3, 64, 64),
+        "mask": torch.zeros(2, 1, 64, 64),
+        "weak": torch.zeros(2, dtype=torch.bool),
+    }
     tr.train_step(batch, 0)  # student phase
     tr.train_step(batch, 2)  # segmentation phase
     after = tr.model.teacher.state_dict()

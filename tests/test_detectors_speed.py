@@ -15,10 +15,15 @@ def _one_thread():
 
 def _batch(n=4, size=64):
     g = torch.Generator().manual_seed(0)
-    return {"image": torch.rand(n, 3, size, size, generator=g), "clean": torch.rand(n, 3, size, size, generator=g),
-            "mask": (torch.rand(n, 1, size, size, generator=g) > 0.8).float(),
-            "weak": torch.tensor([True, False] * (n // 2)), "anomalous": torch.ones(n, dtype=torch.bool),
-            "kind": torch.ones(n, dtype=torch.int64), "step": torch.tensor(0)}
+    return {
+        "image": torch.rand(n, 3, size, size, generator=g),
+        "clean": torch.rand(n, 3, size, size, generator=g),
+        "mask": (torch.rand(n, 1, size, size, generator=g) > 0.8).float(),
+        "weak": torch.tensor([True, False] * (n // 2)),
+        "anomalous": torch.ones(n, dtype=torch.bool),
+        "kind": torch.ones(n, dtype=torch.int64),
+        "step": torch.tensor(0),
+    }
 
 
 @pytest.fixture

@@ -98,9 +98,7 @@ def tiny(tmp_path_factory):
                 "seed": i,
             }
         )
-    manifest = write_manifest(
-        gen, stage="generation", key="gen000000000", spec={}, files=files, extra={"items": items}
-    )
+    manifest = write_manifest(gen, stage="generation", key="gen000000000", spec={}, files=files, extra={"items": items})
     return {"root": root, "train": train, "test": test_images, "labels": labels, "manifest": manifest}
 
 
@@ -117,15 +115,29 @@ def _spec(detector: str, variant: str, **over) -> dict:
     }
     if detector == "draem":
         spec["draem"] = {
-            "epochs": 6, "batch_size": 4, "learning_rate": 1e-3, "schedule": "original",
-            "recon_base_width": 8, "disc_base_width": 8, "ssim_weight": 1.0,
-            "focal_gamma": 2.0, "score_pool": 21,
+            "epochs": 6,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "schedule": "original",
+            "recon_base_width": 8,
+            "disc_base_width": 8,
+            "ssim_weight": 1.0,
+            "focal_gamma": 2.0,
+            "score_pool": 21,
         }
     else:
         spec["destseg"] = {
-            "steps": 6, "student_steps": 3, "batch_size": 2, "student_lr": 0.4,
-            "seg_lr_residual": 0.1, "seg_lr_head": 0.01, "momentum": 0.9,
-            "weight_decay": 1e-4, "focal_gamma": 4.0, "top_k": 100, "teacher_weights": None,
+            "steps": 6,
+            "student_steps": 3,
+            "batch_size": 2,
+            "student_lr": 0.4,
+            "seg_lr_residual": 0.1,
+            "seg_lr_head": 0.01,
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "focal_gamma": 4.0,
+            "top_k": 100,
+            "teacher_weights": None,
             # At 32 px with batch 2 the student's layer4 is 1x1 and SGD at lr 0.4 blows up
             # within two steps once its residual BN gammas start at 0 (timm's zero_init_last,
             # the default since it is the official init); at 64 px / batch 8 it trains fine.
@@ -163,8 +175,15 @@ def test_stream_is_a_pure_function_of_seed_and_step(tiny):
 
     def make(variant, **kw):
         return TrainStream(
-            detector="draem", variant=variant, image_size=32, seed=7, batch_size=8,
-            train_images=tiny["train"], generated=items, textures=textures, **kw,
+            detector="draem",
+            variant=variant,
+            image_size=32,
+            seed=7,
+            batch_size=8,
+            train_images=tiny["train"],
+            generated=items,
+            textures=textures,
+            **kw,
         )
 
     a, b = make("anogen"), make("anogen")
@@ -224,7 +243,10 @@ def _run_sub(tmp_path: Path, cfg: dict, kill_at: int | None) -> subprocess.Compl
     cfg_file.write_text(json.dumps({**cfg, "kill_at": kill_at}, default=str))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(script), str(cfg_file)], env=env, capture_output=True, text=True,
+        [sys.executable, str(script), str(cfg_file)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -234,10 +256,15 @@ def _resume_case(tiny, tmp_path, detector, kill_at, checkpoint_every):
 
     spec = _spec(detector, "anogen")
     common = dict(
-        detector=detector, variant="anogen", spec=spec,
+        detector=detector,
+        variant="anogen",
+        spec=spec,
         train_images=[str(p) for p in tiny["train"]],
-        generated_manifests=[str(tiny["manifest"])], key="k" * 12, inputs={"data": "d" * 12},
-        checkpoint_every=checkpoint_every, log_every=1,
+        generated_manifests=[str(tiny["manifest"])],
+        key="k" * 12,
+        inputs={"data": "d" * 12},
+        checkpoint_every=checkpoint_every,
+        log_every=1,
     )
     ref_dir, res_dir = tmp_path / "reference", tmp_path / "resumed"
     train_detector(
@@ -257,10 +284,12 @@ def _resume_case(tiny, tmp_path, detector, kill_at, checkpoint_every):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (ref_dir / "model.safetensors").read_bytes() == (res_dir / "model.safetensors").read_bytes()
+
     # the log has every step once, with the same losses
     def rows(d):
         lines = (d / "train_log.csv").read_text().strip().splitlines()
         return [line.rsplit(",", 1)[0] for line in lines]  # drop the 'seconds' column
+
     assert rows(ref_dir) == rows(res_dir)
     assert not (res_dir / "checkpoints" / "state.pt").exists()
     assert (res_dir / "checkpoints" / "finished.json").is_file()
@@ -270,8 +299,16 @@ def _resume_case(tiny, tmp_path, detector, kill_at, checkpoint_every):
 def test_rerun_of_a_finished_job_rewrites_only_the_manifest(tiny, tmp_path, caplog):
     """Snakemake reruns a finished job when a runtime-only param changes: no retraining."""
     spec = _spec("draem", "baseline")
-    kw = dict(detector="draem", variant="baseline", spec=spec, train_images=tiny["train"],
-              generated_manifests=[], out_dir=tmp_path / "d", key="k" * 12, inputs={})
+    kw = dict(
+        detector="draem",
+        variant="baseline",
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[],
+        out_dir=tmp_path / "d",
+        key="k" * 12,
+        inputs={},
+    )
     train_detector(**kw, checkpoint_every=4)
     before = (tmp_path / "d" / "model.safetensors").read_bytes()
     (tmp_path / "d" / "manifest.json").unlink()  # what Snakemake does before a rerun
@@ -315,9 +352,15 @@ def test_destseg_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
 def test_destseg_trains_both_phases_and_predicts(tiny, tmp_path):
     spec = _spec("destseg", "generated_only", destseg={"steps": 4, "student_steps": 2})
     manifest = train_detector(
-        detector="destseg", variant="generated_only", spec=spec, train_images=tiny["train"],
-        generated_manifests=[tiny["manifest"]], out_dir=tmp_path / "d", key="x" * 12,
-        inputs={}, extra={"lease": {"device": "cpu"}},
+        detector="destseg",
+        variant="generated_only",
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[tiny["manifest"]],
+        out_dir=tmp_path / "d",
+        key="x" * 12,
+        inputs={},
+        extra={"lease": {"device": "cpu"}},
     )
     extra = json.loads(manifest.read_text())["extra"]
     assert extra["lease"] == {"device": "cpu"}
@@ -335,8 +378,14 @@ def test_destseg_trains_both_phases_and_predicts(tiny, tmp_path):
 def test_load_trained_detector_verifies_files(tiny, tmp_path):
     spec = _spec("draem", "baseline", draem={"epochs": 1})
     train_detector(
-        detector="draem", variant="baseline", spec=spec, train_images=tiny["train"],
-        generated_manifests=[], out_dir=tmp_path / "m", key="y" * 12, inputs={},
+        detector="draem",
+        variant="baseline",
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[],
+        out_dir=tmp_path / "m",
+        key="y" * 12,
+        inputs={},
     )
     det = load_trained_detector(tmp_path / "m")
     assert det.image_size == 32
@@ -355,15 +404,25 @@ def test_bad_config_is_reported(tiny, tmp_path):
 
     with pytest.raises(ConfigError, match="detectors.image_size"):
         train_detector(
-            detector="draem", variant="baseline", spec=_spec("draem", "baseline", image_size=48),
-            train_images=tiny["train"], generated_manifests=[], out_dir=tmp_path / "a",
-            key="z" * 12, inputs={},
+            detector="draem",
+            variant="baseline",
+            spec=_spec("draem", "baseline", image_size=48),
+            train_images=tiny["train"],
+            generated_manifests=[],
+            out_dir=tmp_path / "a",
+            key="z" * 12,
+            inputs={},
         )
     with pytest.raises(DataError, match="generated"):
         train_detector(
-            detector="draem", variant="anogen", spec=_spec("draem", "anogen"),
-            train_images=tiny["train"], generated_manifests=[], out_dir=tmp_path / "b",
-            key="z" * 12, inputs={},
+            detector="draem",
+            variant="anogen",
+            spec=_spec("draem", "anogen"),
+            train_images=tiny["train"],
+            generated_manifests=[],
+            out_dir=tmp_path / "b",
+            key="z" * 12,
+            inputs={},
         )
 
 
@@ -374,8 +433,14 @@ def test_short_draem_run_lowers_loss_and_beats_chance(tiny, tmp_path):
 
     spec = _spec("draem", "baseline", draem={"epochs": 30, "batch_size": 8})  # 60 steps
     train_detector(
-        detector="draem", variant="baseline", spec=spec, train_images=tiny["train"],
-        generated_manifests=[], out_dir=tmp_path / "q", key="q" * 12, inputs={},
+        detector="draem",
+        variant="baseline",
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[],
+        out_dir=tmp_path / "q",
+        key="q" * 12,
+        inputs={},
     )
     import csv
 
@@ -399,8 +464,14 @@ def test_loader_workers_give_the_same_model(tiny, tmp_path):
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
         train_detector(
-            detector="draem", variant="anogen", spec=spec, train_images=tiny["train"],
-            generated_manifests=[tiny["manifest"]], out_dir=out, key="w" * 12, inputs={},
+            detector="draem",
+            variant="anogen",
+            spec=spec,
+            train_images=tiny["train"],
+            generated_manifests=[tiny["manifest"]],
+            out_dir=out,
+            key="w" * 12,
+            inputs={},
             num_workers=workers,
         )
         dirs.append(out)

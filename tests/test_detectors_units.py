@@ -165,9 +165,7 @@ def test_focal_map_matches_formula():
         assert torch.allclose(focal_map(z, t, gamma), expected[:, 0], atol=1e-6)
     # DRAEM's two-class softmax equals the sigmoid of the logit difference
     logits2 = torch.randn(2, 2, 4, 4)
-    assert torch.allclose(
-        torch.softmax(logits2, 1)[:, 1], torch.sigmoid(logits2[:, 1] - logits2[:, 0]), atol=1e-6
-    )
+    assert torch.allclose(torch.softmax(logits2, 1)[:, 1], torch.sigmoid(logits2[:, 1] - logits2[:, 0]), atol=1e-6)
 
 
 def test_weak_loss_zero_for_confident_normal_inside_box_and_focal_outside():
@@ -244,10 +242,19 @@ def _draem_reference_counts():
     dec = sum(2 * cb(c, c) + cb(c, c2) for c, c2 in [(8 * w, 4 * w), (4 * w, 2 * w), (2 * w, w), (w, w)])
     recon = enc + dec + _conv(w, 3)
     w = 64
-    enc = sum(cb(a, b) + cb(b, b) for a, b in [(6, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w), (8 * w, 8 * w)])
+    enc = sum(
+        cb(a, b) + cb(b, b)
+        for a, b in [(6, w), (w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 8 * w), (8 * w, 8 * w)]
+    )
     dec = sum(
         cb(cin, cout) + cb(cout + skip, cout) + cb(cout, cout)
-        for cin, cout, skip in [(8 * w, 8 * w, 8 * w), (8 * w, 4 * w, 8 * w), (4 * w, 2 * w, 4 * w), (2 * w, w, 2 * w), (w, w, w)]
+        for cin, cout, skip in [
+            (8 * w, 8 * w, 8 * w),
+            (8 * w, 4 * w, 8 * w),
+            (4 * w, 2 * w, 4 * w),
+            (2 * w, w, 2 * w),
+            (w, w, w),
+        ]
     )
     disc = enc + dec + _conv(w, 2)
     return recon, disc

@@ -98,8 +98,15 @@ def test_ldm_pipeline_generates_with_the_token(tmp_path):
     pipe = _pipe(path)
     save_learned_embedding(tmp_path / "e.safetensors", TOKEN, _vector(pipe))
     load_embedding(pipe, tmp_path / "e.safetensors")
-    images = pipe(PROMPT, num_inference_steps=2, guidance_scale=2.0, height=64, width=64,
-                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        PROMPT,
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert images.shape == (1, 64, 64, 3)
 
 

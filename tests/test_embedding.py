@@ -33,7 +33,11 @@ def make_spec(**overrides) -> dict:
 
     spec = validate_config({"data_root": "/data"})["embedding"]
     spec.update(
-        placeholder_token=TOKEN, steps=3, batch_size=2, resolution=64, checkpoint_every=2,
+        placeholder_token=TOKEN,
+        steps=3,
+        batch_size=2,
+        resolution=64,
+        checkpoint_every=2,
         templates=["a photo of a {}", "a close-up photo of the {}", "a photo of a small {}"],
     )
     spec.update(overrides)
@@ -46,7 +50,7 @@ def make_items(n: int = 3, size: int = 80, seed: int = 0):
     for i in range(n):
         image = rng.integers(0, 256, (size, size + 8 * i, 3), dtype=np.uint8)
         mask = np.zeros(image.shape[:2], np.uint8)
-        mask[size // 3: size // 3 + 16, size // 2 - 8 * i: size // 2 - 8 * i + 20] = 1
+        mask[size // 3 : size // 3 + 16, size // 2 - 8 * i : size // 2 - 8 * i + 20] = 1
         items.append((image, mask))
     return items
 
@@ -105,7 +109,7 @@ def test_masked_noise_loss_ignores_outside_and_matches_mse():
 def test_support_indices_cycle_through_shuffled_epochs():
     idx = support_indices(seed=3, start=0, count=12, n=3)
     for e in range(4):
-        assert sorted(idx[3 * e: 3 * e + 3]) == [0, 1, 2]
+        assert sorted(idx[3 * e : 3 * e + 3]) == [0, 1, 2]
     assert support_indices(3, 5, 4, 3) == idx[5:9]  # stateless: any window is reproducible
 
 
@@ -225,8 +229,15 @@ def test_bad_resolution_and_missing_model(tiny_models, tmp_path):
     with pytest.raises(ConfigError, match="embedding.resolution"):
         EmbeddingTrainer(backbone, make_items(), make_spec(resolution=60))
     with pytest.raises(ConfigError, match="diffusion.model"):
-        learn_embedding(support_items=make_items(), model=str(tmp_path / "nope"), revision=None,
-                        spec=make_spec(), out_dir=tmp_path / "out", key="k", inputs={})
+        learn_embedding(
+            support_items=make_items(),
+            model=str(tmp_path / "nope"),
+            revision=None,
+            spec=make_spec(),
+            out_dir=tmp_path / "out",
+            key="k",
+            inputs={},
+        )
 
 
 # ----------------------------------------------------------------------------- the job
@@ -245,8 +256,9 @@ learn_embedding(support_items=items, model={model!r}, revision=None, spec=json.l
 
 
 def _run_job(model, spec, out, items):
-    return learn_embedding(support_items=items, model=str(model), revision=None, spec=spec,
-                           out_dir=out, key="k1", inputs={"support": "s1"})
+    return learn_embedding(
+        support_items=items, model=str(model), revision=None, spec=spec, out_dir=out, key="k1", inputs={"support": "s1"}
+    )
 
 
 def test_resume_after_sigkill_is_bit_identical(tiny_models, tmp_path):
@@ -260,11 +272,20 @@ def test_resume_after_sigkill_is_bit_identical(tiny_models, tmp_path):
     assert ref_manifest["extra"]["resumed_from_step"] == 0
 
     # killed after step 3 (last checkpoint: step 2), in a separate process
-    np.savez(tmp_path / "items.npz", **{f"i{k}": im for k, (im, _) in enumerate(items)},
-             **{f"m{k}": m for k, (_, m) in enumerate(items)})
+    np.savez(
+        tmp_path / "items.npz",
+        **{f"i{k}": im for k, (im, _) in enumerate(items)},
+        **{f"m{k}": m for k, (_, m) in enumerate(items)},
+    )
     out = tmp_path / "run"
-    code = _CHILD.format(threads=torch.get_num_threads(), repo=str(REPO), items=str(tmp_path / "items.npz"), model=str(model),
-                         spec=json.dumps(spec), out=str(out))
+    code = _CHILD.format(
+        threads=torch.get_num_threads(),
+        repo=str(REPO),
+        items=str(tmp_path / "items.npz"),
+        model=str(model),
+        spec=json.dumps(spec),
+        out=str(out),
+    )
     env = dict(os.environ, **{KILL_ENV: "3"})
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

@@ -12,8 +12,14 @@ REPO = est.RESULTS_DIR.parents[1]
 
 
 def _table(tmp_path, **stages):
-    t = {"format": est.FORMAT, "gpu_model": "Test GPU 9000", "device": "cuda", "date": "2026-01-01",
-         "source": "test", "stages": stages}
+    t = {
+        "format": est.FORMAT,
+        "gpu_model": "Test GPU 9000",
+        "device": "cuda",
+        "date": "2026-01-01",
+        "source": "test",
+        "stages": stages,
+    }
     (tmp_path / "throughput_test.json").write_text(json.dumps(t))
     return t
 
@@ -50,19 +56,29 @@ def test_mvtec_config_uses_published_counts_and_seeded_h200():
 
 
 def test_detector_waits_for_generation_and_pixel_scaling(tmp_path):
-    _table(tmp_path,
-           embedding={"value": 1.0, "unit": "steps/s"},
-           generation={"value": 1.0, "unit": "images/s", "steps": 10},
-           detector_draem={"value": 4.0, "unit": "images/s", "image_size": 64},
-           detector_destseg={"value": 4.0, "unit": "images/s", "image_size": 64},
-           evaluation={"value": 2.0, "unit": "images/s"})
-    cfg = validate_config({
-        "categories": ["bottle"], "defects": {"bottle": ["contamination"]}, "data_root": str(tmp_path / "none"),
-        "embedding": {"steps": 10}, "generation": {"steps": 20, "boxes_per_image": 1, "images_per_box": 1,
-                                                    "max_normal_images": 3},
-        "detectors": {"models": ["draem"], "variants": ["anogen"], "image_size": 128,
-                      "draem": {"epochs": 2, "batch_size": 2}},
-    })
+    _table(
+        tmp_path,
+        embedding={"value": 1.0, "unit": "steps/s"},
+        generation={"value": 1.0, "unit": "images/s", "steps": 10},
+        detector_draem={"value": 4.0, "unit": "images/s", "image_size": 64},
+        detector_destseg={"value": 4.0, "unit": "images/s", "image_size": 64},
+        evaluation={"value": 2.0, "unit": "images/s"},
+    )
+    cfg = validate_config(
+        {
+            "categories": ["bottle"],
+            "defects": {"bottle": ["contamination"]},
+            "data_root": str(tmp_path / "none"),
+            "embedding": {"steps": 10},
+            "generation": {"steps": 20, "boxes_per_image": 1, "images_per_box": 1, "max_normal_images": 3},
+            "detectors": {
+                "models": ["draem"],
+                "variants": ["anogen"],
+                "image_size": 128,
+                "draem": {"epochs": 2, "batch_size": 2},
+            },
+        }
+    )
     e = est.estimate(cfg, results_dir=tmp_path, gpu_model="gpu 9000")
     by = {j.name: j for j in e.jobs}
     assert by["embedding/bottle/contamination"].seconds == 10
@@ -81,8 +97,16 @@ def test_detector_waits_for_generation_and_pixel_scaling(tmp_path):
 def test_cli_prints_stages_and_total(capsys):
     assert main(["estimate", "--configfile", str(REPO / "config" / "mvtec.yaml"), "--gpus", "4"]) == 0
     out = capsys.readouterr().out
-    for word in ("embedding", "generation", "detector", "evaluation", "total", "wall time on 4 GPUs",
-                 "throughput_h200.json", "earlier closing note"):
+    for word in (
+        "embedding",
+        "generation",
+        "detector",
+        "evaluation",
+        "total",
+        "wall time on 4 GPUs",
+        "throughput_h200.json",
+        "earlier closing note",
+    ):
         assert word in out
     assert main(["estimate", "--configfile", str(REPO / "config" / "mvtec.yaml"), "--gpu-model", "B200"]) == 1
     assert "no throughput measurement" in capsys.readouterr().err

@@ -200,10 +200,17 @@ def _write_metrics(root: Path) -> list[Path]:
             for vi, var in enumerate(VARS):
                 base = 0.80 + 0.01 * ci + 0.02 * di + 0.05 * vi
                 data = {
-                    "category": cat, "detector": det, "variant": var,
-                    "n_test_images": 10, "n_anomalous": 5, "n_excluded": 1,
-                    "image_auroc": base, "image_aupr": base + 0.01, "pixel_auroc": base + 0.02,
-                    "pixel_aupr": base - 0.3, "pixel_aupro": base - 0.1,
+                    "category": cat,
+                    "detector": det,
+                    "variant": var,
+                    "n_test_images": 10,
+                    "n_anomalous": 5,
+                    "n_excluded": 1,
+                    "image_auroc": base,
+                    "image_aupr": base + 0.01,
+                    "pixel_auroc": base + 0.02,
+                    "pixel_aupr": base - 0.3,
+                    "pixel_aupro": base - 0.1,
                 }
                 if (cat, det, var) == ("cable", "destseg", "anogen"):
                     data["pixel_aupro"] = None
@@ -224,13 +231,22 @@ def test_summary_and_table1_layout(tmp_path):
     summarize(paths, tmp_path / "summary.csv", tmp_path / "table1.csv")
     rows = _read(tmp_path / "summary.csv")
     assert list(rows[0])[:8] == [
-        "category", "detector", "variant",
-        "image_auroc", "image_aupr", "pixel_auroc", "pixel_aupr", "pixel_aupro",
+        "category",
+        "detector",
+        "variant",
+        "image_auroc",
+        "image_aupr",
+        "pixel_auroc",
+        "pixel_aupr",
+        "pixel_aupro",
     ]
     assert len(rows) == 8 + 4
     order = [(r["category"], r["detector"], r["variant"]) for r in rows]
-    assert order[:3] == [("bottle", "destseg", "baseline"), ("cable", "destseg", "baseline"),
-                         ("mean", "destseg", "baseline")]
+    assert order[:3] == [
+        ("bottle", "destseg", "baseline"),
+        ("cable", "destseg", "baseline"),
+        ("mean", "destseg", "baseline"),
+    ]
     assert order[-1] == ("mean", "draem", "anogen")
     by = {(r["category"], r["detector"], r["variant"]): r for r in rows}
     assert by[("bottle", "draem", "baseline")]["image_auroc"] == "80.00"
@@ -243,10 +259,17 @@ def test_summary_and_table1_layout(tmp_path):
     assert "cable" in mean_row["note"] and mean_row["n_categories"] == "2"
 
     table = _read(tmp_path / "table1.csv")
-    assert [r["metric"] for r in table] == [
-        "Image AU-ROC", "Image AU-PR", "Pixel AU-ROC", "Pixel AU-PR", "Pixel AUPRO"]
-    assert list(table[0]) == ["metric", "destseg baseline", "destseg anogen", "destseg delta",
-                              "draem baseline", "draem anogen", "draem delta", "note"]
+    assert [r["metric"] for r in table] == ["Image AU-ROC", "Image AU-PR", "Pixel AU-ROC", "Pixel AU-PR", "Pixel AUPRO"]
+    assert list(table[0]) == [
+        "metric",
+        "destseg baseline",
+        "destseg anogen",
+        "destseg delta",
+        "draem baseline",
+        "draem anogen",
+        "draem delta",
+        "note",
+    ]
     assert table[0]["draem baseline"] == "80.50" and table[0]["draem anogen"] == "85.50"
     assert table[0]["draem delta"] == "5.00"
     assert table[4]["destseg delta"] == "4.50"  # 77.00 - 72.50: mean over available values
@@ -260,9 +283,20 @@ def test_summary_is_byte_identical_and_handles_extra_variants(tmp_path):
     assert (tmp_path / "a_t.csv").read_bytes() == (tmp_path / "b_t.csv").read_bytes()
 
     extra = tmp_path / "res" / "gen.json"
-    extra.write_text(json.dumps({"category": "bottle", "detector": "draem", "variant": "generated_only",
-                                 "image_auroc": 0.5, "image_aupr": 0.5, "pixel_auroc": 0.5,
-                                 "pixel_aupr": 0.1, "pixel_aupro": 0.2}))
+    extra.write_text(
+        json.dumps(
+            {
+                "category": "bottle",
+                "detector": "draem",
+                "variant": "generated_only",
+                "image_auroc": 0.5,
+                "image_aupr": 0.5,
+                "pixel_auroc": 0.5,
+                "pixel_aupr": 0.1,
+                "pixel_aupro": 0.2,
+            }
+        )
+    )
     only_anogen = [p for p in paths if "destseg" not in str(p) or "anogen" in str(p)] + [extra]
     summarize(only_anogen, tmp_path / "c.csv", tmp_path / "c_t.csv")
     table = _read(tmp_path / "c_t.csv")

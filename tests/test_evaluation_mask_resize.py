@@ -11,7 +11,6 @@ from PIL import Image
 from anogen.config import validate_config
 from anogen.errors import ConfigError
 from anogen.evaluation.masks import MASK_RESIZE_METHODS, load_gt_mask, resize_gt_mask, resolve_mask_resize
-
 from tests.test_evaluate_summary import _make_category, _run
 
 
@@ -100,7 +99,10 @@ def test_official_setting_resolves_per_detector():
     assert resolve_mask_resize("nearest", "draem") == "nearest"
     with pytest.raises(ValueError):
         resolve_mask_resize("official", None)
-    assert validate_config({"data_root": "/data", "evaluation": {"mask_resize": "official"}})["evaluation"]["mask_resize"] == "official"
+    assert (
+        validate_config({"data_root": "/data", "evaluation": {"mask_resize": "official"}})["evaluation"]["mask_resize"]
+        == "official"
+    )
 
 
 def test_schema_default_and_values():

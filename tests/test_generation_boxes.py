@@ -35,8 +35,18 @@ def test_boxes_respect_ranges_rotation_overlap_and_are_distinct(rotate):
         wr = sorted(rng.uniform(0.05, 0.35, 2))
         hr = sorted(rng.uniform(0.05, 0.35, 2))
         min_overlap = float(rng.uniform(0.0, 0.9))
-        boxes = sample_boxes(np.random.default_rng(1000 + seed), fg, 3, wr, hr, rotate, min_overlap, 2000,
-                             image_name="img.png", defect="crack")
+        boxes = sample_boxes(
+            np.random.default_rng(1000 + seed),
+            fg,
+            3,
+            wr,
+            hr,
+            rotate,
+            min_overlap,
+            2000,
+            image_name="img.png",
+            defect="crack",
+        )
         assert len(boxes) == 3
         rasters = []
         for b in boxes:
@@ -91,8 +101,18 @@ def test_impossible_overlap_fails_with_clear_message():
     fg = np.zeros((64, 64), np.uint8)
     fg[:3, :3] = 1  # a tiny foreground in a corner
     with pytest.raises(DataError) as info:
-        sample_boxes(np.random.default_rng(0), fg, 2, [0.4, 0.5], [0.4, 0.5], False, 0.9, 50,
-                     image_name="bottle/train/good/007.png", defect="broken_large")
+        sample_boxes(
+            np.random.default_rng(0),
+            fg,
+            2,
+            [0.4, 0.5],
+            [0.4, 0.5],
+            False,
+            0.9,
+            50,
+            image_name="bottle/train/good/007.png",
+            defect="broken_large",
+        )
     msg = str(info.value)
     assert "bottle/train/good/007.png" in msg and "broken_large" in msg
     assert "min_overlap=0.9" in msg and "50 tries" in msg and "foreground fraction=0.002" in msg

@@ -63,8 +63,16 @@ def test_build_foreground_set_writes_masks_and_manifest_last(tmp_path):
     root = tmp_path / "data"
     paths = _write_images(root)
     out = tmp_path / "fg"
-    manifest_path = build_foreground_set(image_paths=paths, data_root=root, texture=False, template=None,
-                                         iterations=3, out_dir=out, key="k1", inputs={"data": "d"})
+    manifest_path = build_foreground_set(
+        image_paths=paths,
+        data_root=root,
+        texture=False,
+        template=None,
+        iterations=3,
+        out_dir=out,
+        key="k1",
+        inputs={"data": "d"},
+    )
     manifest = verify_manifest(manifest_path)
     assert manifest["stage"] == "foreground" and manifest["key"] == "k1"
     items = manifest["extra"]["items"]
@@ -79,16 +87,32 @@ def test_build_foreground_set_writes_masks_and_manifest_last(tmp_path):
 def test_texture_and_template(tmp_path):
     root = tmp_path / "data"
     paths = _write_images(root)
-    m = build_foreground_set(image_paths=paths, data_root=root, texture=True, template=None, iterations=1,
-                             out_dir=tmp_path / "tex", key="k", inputs={})
+    m = build_foreground_set(
+        image_paths=paths,
+        data_root=root,
+        texture=True,
+        template=None,
+        iterations=1,
+        out_dir=tmp_path / "tex",
+        key="k",
+        inputs={},
+    )
     assert all(i["fraction"] == 1.0 and i["method"] == "texture" for i in load_manifest(m)["extra"]["items"])
 
     template = tmp_path / "template.png"
     t = np.zeros((24, 24), np.uint8)
     t[:, :12] = 255  # left half
     Image.fromarray(t).save(template)
-    m = build_foreground_set(image_paths=paths, data_root=root, texture=False, template=template, iterations=1,
-                             out_dir=tmp_path / "tpl", key="k", inputs={})
+    m = build_foreground_set(
+        image_paths=paths,
+        data_root=root,
+        texture=False,
+        template=template,
+        iterations=1,
+        out_dir=tmp_path / "tpl",
+        key="k",
+        inputs={},
+    )
     item = load_manifest(m)["extra"]["items"][0]
     mask = np.asarray(Image.open(tmp_path / "tpl" / item["mask"])) > 0
     assert item["method"] == "template" and mask.shape == (96, 96)
@@ -101,6 +125,14 @@ def test_unreadable_image_is_named(tmp_path):
     bad = paths[0].parent / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(DataError, match="bad.png"):
-        build_foreground_set(image_paths=[paths[0], bad], data_root=root, texture=False, template=None,
-                             iterations=1, out_dir=tmp_path / "fg", key="k", inputs={})
+        build_foreground_set(
+            image_paths=[paths[0], bad],
+            data_root=root,
+            texture=False,
+            template=None,
+            iterations=1,
+            out_dir=tmp_path / "fg",
+            key="k",
+            inputs={},
+        )
     assert not (tmp_path / "fg" / "manifest.json").exists()

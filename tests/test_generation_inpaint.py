@@ -89,8 +89,7 @@ def test_eq7_latent_identity_and_timestep_alignment(setup):
 
 def test_paste_back_keeps_original_pixels_exactly(setup):
     backbone, prompt, uncond, images, masks = setup
-    out = inpaint(backbone, from_uint8(images), masks, prompt, uncond, _gens([4, 5, 6]), STEPS, 5.0,
-                  paste_back=True)
+    out = inpaint(backbone, from_uint8(images), masks, prompt, uncond, _gens([4, 5, 6]), STEPS, 5.0, paste_back=True)
     result = to_uint8(out)
     outside = masks[:, 0].numpy() == 0
     assert np.array_equal(result[outside], images[outside])

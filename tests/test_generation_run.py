@@ -27,10 +27,21 @@ from anogen.io import load_manifest, read_image, sha256_file, verify_manifest
 RES = 64
 BATCH = 3
 SPEC = {
-    "boxes_per_image": 2, "images_per_box": 2, "steps": 3, "guidance_scale": 5.0, "eta": 0.0,
-    "paste_back": False, "seed": 0, "min_overlap": 0.5, "max_tries": 1000, "max_normal_images": None,
-    "grabcut_iterations": 3, "category": "bottle", "defect": "broken_large",
-    "box": {"width": [0.2, 0.35], "height": [0.2, 0.35], "rotate": True}, "texture": False,
+    "boxes_per_image": 2,
+    "images_per_box": 2,
+    "steps": 3,
+    "guidance_scale": 5.0,
+    "eta": 0.0,
+    "paste_back": False,
+    "seed": 0,
+    "min_overlap": 0.5,
+    "max_tries": 1000,
+    "max_normal_images": None,
+    "grabcut_iterations": 3,
+    "category": "bottle",
+    "defect": "broken_large",
+    "box": {"width": [0.2, 0.35], "height": [0.2, 0.35], "rotate": True},
+    "texture": False,
 }
 
 
@@ -66,11 +77,21 @@ def world(tmp_path_factory):
         p = folder / f"{i:03d}.png"
         Image.fromarray(_object(80, i)).save(p)  # not the model size: resized on load
         normals.append(p)
-    fg = build_foreground_set(image_paths=normals, data_root=root, texture=False, template=None, iterations=3,
-                              out_dir=work / "fg", key="fgkey", inputs={})
+    fg = build_foreground_set(
+        image_paths=normals,
+        data_root=root,
+        texture=False,
+        template=None,
+        iterations=3,
+        out_dir=work / "fg",
+        key="fgkey",
+        inputs={},
+    )
     backbone = load_backbone(str(model))
     emb = work / "learned_embeds.safetensors"
-    save_learned_embedding(emb, "<anomaly>", torch.randn(backbone.embedding_dim, generator=torch.Generator().manual_seed(0)))
+    save_learned_embedding(
+        emb, "<anomaly>", torch.randn(backbone.embedding_dim, generator=torch.Generator().manual_seed(0))
+    )
     support = [_object(64, 10)]
     w = dict(model=model, root=root, normals=normals, fg=fg, emb=emb, backbone=backbone, support=support, work=work)
     w["reference"] = _generate(w, work / "reference")
@@ -79,16 +100,26 @@ def world(tmp_path_factory):
 
 def _generate(w, out_dir, **kw):
     return generate_anomalies(
-        normal_images=w["normals"], data_root=w["root"], foreground_manifest=w["fg"], embedding_path=w["emb"],
-        model=str(w["model"]), revision=None, spec=dict(SPEC, **kw.pop("spec", {})), out_dir=out_dir, key="genkey",
-        inputs={"embedding": "e", "foreground": "f"}, batch_size=kw.pop("batch_size", BATCH),
-        support_images=w["support"], backbone=w["backbone"], extra={"note": "test"}, **kw,
+        normal_images=w["normals"],
+        data_root=w["root"],
+        foreground_manifest=w["fg"],
+        embedding_path=w["emb"],
+        model=str(w["model"]),
+        revision=None,
+        spec=dict(SPEC, **kw.pop("spec", {})),
+        out_dir=out_dir,
+        key="genkey",
+        inputs={"embedding": "e", "foreground": "f"},
+        batch_size=kw.pop("batch_size", BATCH),
+        support_images=w["support"],
+        backbone=w["backbone"],
+        extra={"note": "test"},
+        **kw,
     )
 
 
 def _files(directory):
-    return {p.relative_to(directory).as_posix(): p.read_bytes()
-            for p in sorted(Path(directory).rglob("*.png"))}
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(Path(directory).rglob("*.png"))}
 
 
 def test_outputs_and_manifest_contract(world):
@@ -129,7 +160,7 @@ def test_resume_after_deleting_images(world, tmp_path, caplog):
     shutil.copytree(ref, out)
     (out / "manifest.json").unlink()
     plan = [i["image"] for i in load_manifest(world["reference"])["extra"]["items"]]
-    whole_batch = plan[BATCH:2 * BATCH]  # a complete batch: recomputed with the same composition
+    whole_batch = plan[BATCH : 2 * BATCH]  # a complete batch: recomputed with the same composition
     single = plan[0]
     for rel in whole_batch + [single]:
         (out / rel).unlink()
@@ -181,17 +212,20 @@ def test_resume_after_sigkill_equals_uninterrupted_run(world, tmp_path):
 
 
 def test_impossible_box_constraint_names_image_and_defect(world):
-    spec = dict(SPEC, min_overlap=1.0, box={"width": [0.9, 0.9], "height": [0.9, 0.9], "rotate": False},
-                max_tries=20)
+    spec = dict(SPEC, min_overlap=1.0, box={"width": [0.9, 0.9], "height": [0.9, 0.9], "rotate": False}, max_tries=20)
     with pytest.raises(DataError) as info:
-        plan_generation(normal_images=world["normals"], data_root=world["root"],
-                        foreground_manifest=world["fg"], spec=spec, resolution=RES)
+        plan_generation(
+            normal_images=world["normals"],
+            data_root=world["root"],
+            foreground_manifest=world["fg"],
+            spec=spec,
+            resolution=RES,
+        )
     assert "000.png" in str(info.value) and "broken_large" in str(info.value)
 
 
 def test_plan_is_deterministic_and_independent_of_batch_size(world):
-    kw = dict(normal_images=world["normals"], data_root=world["root"], foreground_manifest=world["fg"],
-              resolution=RES)
+    kw = dict(normal_images=world["normals"], data_root=world["root"], foreground_manifest=world["fg"], resolution=RES)
     a = plan_generation(spec=SPEC, **kw)[2]
     b = plan_generation(spec=SPEC, **kw)[2]
     c = plan_generation(spec=dict(SPEC, seed=1), **kw)[2]

@@ -15,9 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_cpu_tiny(tmp_path):
     out = tmp_path / "throughput_cpu.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--cpu", "--tiny", "--group", "2",
-         "--workdir", str(tmp_path / "work"), "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu_check.py"),
+            "--cpu",
+            "--tiny",
+            "--group",
+            "2",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]

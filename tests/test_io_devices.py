@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,7 @@ import torch
 from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from anogen.devices import lease_device, physical_device
 from anogen.errors import DataError, IntegrityError
-from anogen.io import (atomic_path, atomic_save_image, read_image, verify_file, verify_manifest,
-                       write_manifest)
+from anogen.io import atomic_path, atomic_save_image, read_image, verify_file, verify_manifest, write_manifest
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -33,8 +31,9 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_manifest_detects_edits_and_truncation(tmp_path):
     atomic_save_image(tmp_path / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "emb.bin").write_bytes(b"x" * 100)
-    m = write_manifest(tmp_path, stage="t", key="k" * 12, spec={"a": 1}, inputs={"up": "u"},
-                       files=["images/a.png", "emb.bin"])
+    m = write_manifest(
+        tmp_path, stage="t", key="k" * 12, spec={"a": 1}, inputs={"up": "u"}, files=["images/a.png", "emb.bin"]
+    )
     manifest = verify_manifest(m)
     assert set(manifest["files"]) == {"images/a.png", "emb.bin"}
     (tmp_path / "emb.bin").write_bytes(b"x" * 99)
@@ -95,8 +94,12 @@ _HOLDER = textwrap.dedent(
 def _spawn(tmp_path, slots, hold, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))
     env.pop("SLURM_JOB_ID", None)
-    return subprocess.Popen([sys.executable, "-c", _HOLDER, str(slots), str(tmp_path / "locks"), str(hold)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(slots), str(tmp_path / "locks"), str(hold)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_concurrent_leases_get_distinct_slots(tmp_path):

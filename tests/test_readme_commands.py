@@ -88,8 +88,12 @@ def places(tmp_path_factory, fake_mvtec, fake_model) -> dict[str, Path]:
     for i in range(3):
         (dtd / "banded" / f"banded_{i:04d}.jpg").write_bytes(_png(40 * i))
     authors = build_fake_authors_repo(tmp_path_factory.mktemp("authors") / "AnoGen", fake_mvtec)
-    return {DATA_PLACEHOLDER: fake_mvtec, MODEL_PLACEHOLDER: fake_model, DTD_PLACEHOLDER: dtd,
-            AUTHORS_PLACEHOLDER: authors}
+    return {
+        DATA_PLACEHOLDER: fake_mvtec,
+        MODEL_PLACEHOLDER: fake_model,
+        DTD_PLACEHOLDER: dtd,
+        AUTHORS_PLACEHOLDER: authors,
+    }
 
 
 def substitute(statement: str, places: dict[str, Path]) -> str:
@@ -165,9 +169,7 @@ def expected_manifests(plan: Plan) -> dict[str, set[str]]:
         "select_support": {f"{r}/support/{c}/{d}/{plan.support_key(c, d)}/manifest.json" for c, d in pairs},
         "learn_embedding": {f"{r}/embeddings/{c}/{d}/{plan.embedding_key(c, d)}/manifest.json" for c, d in pairs},
         "generate_anomalies": {f"{r}/generated/{c}/{d}/{plan.generation_key(c, d)}/manifest.json" for c, d in pairs},
-        "train_detector": {
-            f"{r}/detectors/{c}/{m}/{v}/{plan.detector_key(c, m, v)}/manifest.json" for c, m, v in runs
-        },
+        "train_detector": {f"{r}/detectors/{c}/{m}/{v}/{plan.detector_key(c, m, v)}/manifest.json" for c, m, v in runs},
         "evaluate_detector": {
             f"{r}/evaluation/{c}/{m}/{v}/{plan.evaluation_key(c, m, v)}/manifest.json" for c, m, v in runs
         },
@@ -184,8 +186,13 @@ def run_anogen(checkout: Path, statement: str, places: dict[str, Path]) -> subpr
     return subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=900, env=e2e.env())
 
 
-STAGE_TARGETS = {"support": "select_support", "embeddings": "learn_embedding|import_embedding",
-                 "generated": "generate_anomalies", "detectors": "train_detector", "evaluation": "evaluate_detector"}
+STAGE_TARGETS = {
+    "support": "select_support",
+    "embeddings": "learn_embedding|import_embedding",
+    "generated": "generate_anomalies",
+    "detectors": "train_detector",
+    "evaluation": "evaluate_detector",
+}
 
 
 def check_full_run(statement: str, words: list[str], counts, outputs, text: str, config: dict, places) -> None:
@@ -229,8 +236,9 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places):
         if words[:2] == [".venv/bin/hf", "download"]:
             # No network here: the command and its arguments must still be what hf accepts.
             assert words[2] == REAL_MODEL, statement
-            proc = subprocess.run([str(Path(sys.executable).parent / "hf"), "download", "--help"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [str(Path(sys.executable).parent / "hf"), "download", "--help"], capture_output=True, text=True
+            )
             assert proc.returncode == 0, proc.stderr
             checked["hf"] += 1
             continue

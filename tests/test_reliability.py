@@ -88,11 +88,13 @@ def _make_bad_data_root(demo_run: Path, root: Path) -> dict:
 def test_bad_data_fails_only_the_broken_categories_and_names_the_file(demo_run, tmp_path):
     data = _make_bad_data_root(demo_run, tmp_path / "data")
     names, bad = data["names"], data["bad"]
-    config = e2e.e2e_config({
-        "data_root": str(tmp_path / "data"),
-        "defects": {name: [BAD_DEFECT] for name in names},
-        "detectors": {"models": ["draem"], "variants": ["anogen"]},
-    })
+    config = e2e.e2e_config(
+        {
+            "data_root": str(tmp_path / "data"),
+            "defects": {name: [BAD_DEFECT] for name in names},
+            "detectors": {"models": ["draem"], "variants": ["anogen"]},
+        }
+    )
     work = e2e.make_workdir(tmp_path / "work", config=config)
     # The tiny model is data-independent: reuse demo_run's instead of rebuilding it.
     shutil.copytree(demo_run / "resources" / "models", work / "resources" / "models")
@@ -107,8 +109,10 @@ def test_bad_data_fails_only_the_broken_categories_and_names_the_file(demo_run, 
     expected = {
         ("estimate_foreground", "truncated_train"): [str(bad["truncated_train"]), "truncated"],
         ("select_support", "missing_mask"): [
-            str(bad["missing_mask"].parents[2] / "test" / BAD_DEFECT / "001.png"), "has no mask",
-            f"expected {bad['missing_mask']}"],
+            str(bad["missing_mask"].parents[2] / "test" / BAD_DEFECT / "001.png"),
+            "has no mask",
+            f"expected {bad['missing_mask']}",
+        ],
         ("select_support", "few_shots"): [str(bad["few_shots"]), "has 2 image(s) but support.shots = 3"],
         ("select_support", "wrong_mask_size"): [str(bad["wrong_mask_size"]), "mask size 40x40 differs from its image"],
     }
@@ -126,8 +130,11 @@ def test_bad_data_fails_only_the_broken_categories_and_names_the_file(demo_run, 
 
     # Exactly those jobs failed: a broken test mask does not fail the stages that only read
     # the normal training images.
-    failed = {log.relative_to(results / "logs").parts[:2] for log in (results / "logs").rglob("*.log")
-              if " ERROR " in log.read_text()}
+    failed = {
+        log.relative_to(results / "logs").parts[:2]
+        for log in (results / "logs").rglob("*.log")
+        if " ERROR " in log.read_text()
+    }
     assert failed == set(expected), failed
 
     # The untouched category ran to its evaluation.
@@ -152,8 +159,14 @@ def test_bad_data_fails_only_the_broken_categories_and_names_the_file(demo_run, 
     assert "untouched" in fg_done and "truncated_train" not in fg_done
     planned = e2e.planned_jobs(work)
     assert planned == {
-        "select_support": 3, "estimate_foreground": len(names) - len(fg_done), "learn_embedding": 3,
-        "generate_anomalies": 4, "train_detector": 4, "evaluate_detector": 4, "summarize": 1, "all": 1,
+        "select_support": 3,
+        "estimate_foreground": len(names) - len(fg_done),
+        "learn_embedding": 3,
+        "generate_anomalies": 4,
+        "train_detector": 4,
+        "evaluate_detector": 4,
+        "summarize": 1,
+        "all": 1,
     }, planned
 
 
@@ -174,7 +187,8 @@ BAD_CONFIGS = {
     "defects_key_separator": ({"defects": {"a/b": "all"}}, "defects"),
     "box_range_category_dotdot": (
         {"generation": {"box_ranges": {"..": {"crack": {"width": [0.1, 0.2], "height": [0.1, 0.2]}}}}},
-        "generation.box_ranges"),
+        "generation.box_ranges",
+    ),
 }
 
 
@@ -219,6 +233,7 @@ def interrupted_run(tmp_path_factory):
         def check():
             dirs = ru.unfinished(results, "embeddings", "checkpoints/state.pt")
             return [d for d in dirs if (d / "checkpoints" / "state.pt").stat().st_mtime >= since]
+
         return check
 
     def generation_between_batches(since):
@@ -231,16 +246,21 @@ def interrupted_run(tmp_path_factory):
             if started and all(n % batch == 0 for n in counts.values()):
                 return [p.parent for p in started]
             return None
+
         return check
 
     def detector_midway(since):
         def check():
             dirs = ru.unfinished(results, "detectors", "checkpoints/state.pt")
             return [d for d in dirs if (d / "checkpoints" / "state.pt").stat().st_mtime >= since]
+
         return check
 
-    phases = [("learn_embedding", embedding_midway), ("generate_anomalies", generation_between_batches),
-              ("train_detector", detector_midway)]
+    phases = [
+        ("learn_embedding", embedding_midway),
+        ("generate_anomalies", generation_between_batches),
+        ("train_detector", detector_midway),
+    ]
     interrupted: dict[str, list[Path]] = {}
     partial_batches: dict[Path, set[int]] = {}  # generation dir -> indices of batches cut by a kill
     for i, (rule, condition) in enumerate(phases):
@@ -277,8 +297,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_outputs(interrupted_run, d
     for d in interrupted_run["interrupted"]["learn_embedding"]:
         assert re.search(r"resuming from \S+ at step [1-9]", ru.log_text(work, "learn_embedding", d))
     for d in interrupted_run["interrupted"]["generate_anomalies"]:
-        assert re.search(r"resuming: [1-9]\d* of \d+ images already generated",
-                         ru.log_text(work, "generate_anomalies", d))
+        assert re.search(
+            r"resuming: [1-9]\d* of \d+ images already generated", ru.log_text(work, "generate_anomalies", d)
+        )
     for d in interrupted_run["interrupted"]["train_detector"]:
         assert re.search(r"resuming from \S+ at step [1-9]", ru.log_text(work, "train_detector", d))
         # The training log keeps the rows from before the kill: every step exactly once.
@@ -305,7 +326,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_outputs(interrupted_run, d
     for d, chunks in interrupted_run["partial_batches"].items():
         items = json.loads((d / "manifest.json").read_text())["extra"]["items"]
         for k in chunks:
-            round_off |= {(d / it["image"]).relative_to(results).as_posix() for it in items[k * batch:(k + 1) * batch]}
+            round_off |= {
+                (d / it["image"]).relative_to(results).as_posix() for it in items[k * batch : (k + 1) * batch]
+            }
     differ = sorted(k for k in ours if ours[k] != reference[k])
     if not round_off:
         assert not differ, f"differ from the uninterrupted run: {differ}"
@@ -479,15 +502,21 @@ def test_no_pickle_and_torch_load_only_with_weights_only():
                     problems.append(f"{rel}:{node.lineno} yaml.{node.attr} (use yaml.safe_load)")
             elif isinstance(node, ast.Call):
                 func = node.func
-                if isinstance(func, ast.Attribute) and func.attr == "load" and \
-                        isinstance(func.value, ast.Name) and func.value.id == "torch":
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr == "load"
+                    and isinstance(func.value, ast.Name)
+                    and func.value.id == "torch"
+                ):
                     torch_loads += 1
                     kw = {k.arg: k.value for k in node.keywords}
                     value = kw.get("weights_only")
                     if not (isinstance(value, ast.Constant) and value.value is True):
                         problems.append(f"{rel}:{node.lineno} torch.load without weights_only=True")
-                if any(k.arg == "allow_pickle" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
-                       for k in node.keywords):
+                if any(
+                    k.arg == "allow_pickle" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                    for k in node.keywords
+                ):
                     problems.append(f"{rel}:{node.lineno} allow_pickle")
     # Rules and the Snakefile are not plain Python: a text check.
     for path in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:

@@ -42,7 +42,7 @@ def test_progress_extra_is_computed_only_when_a_line_is_due():
     progress = Progress(10, logger=logging.getLogger("t.p3"), every=5, seconds=1e9, clock=lambda: now[0])
     for step in range(1, 11):
         now[0] = float(step)
-        progress.update(step, lambda: calls.append(step) or "x")
+        progress.update(step, lambda: calls.append(step) or "x")  # noqa: B023 (called at once)
     assert calls == [5, 10]
 
 
@@ -64,16 +64,39 @@ def _summary_rows(categories, draem_base=90.0, draem_ours=95.0, note=""):
     rows = []
     for variant, value in (("baseline", draem_base), ("anogen", draem_ours)):
         for c in categories:
-            rows.append({"category": c, "detector": "draem", "variant": variant,
-                         **{m: f"{value:.2f}" for m in report.METRICS}, "n_categories": "1", "note": note})
-        rows.append({"category": "mean", "detector": "draem", "variant": variant,
-                     **{m: f"{value:.2f}" for m in report.METRICS}, "n_categories": str(len(categories)), "note": ""})
+            rows.append(
+                {
+                    "category": c,
+                    "detector": "draem",
+                    "variant": variant,
+                    **{m: f"{value:.2f}" for m in report.METRICS},
+                    "n_categories": "1",
+                    "note": note,
+                }
+            )
+        rows.append(
+            {
+                "category": "mean",
+                "detector": "draem",
+                "variant": variant,
+                **{m: f"{value:.2f}" for m in report.METRICS},
+                "n_categories": str(len(categories)),
+                "note": "",
+            }
+        )
     return rows
 
 
 def _table1_rows(base=90.0, ours=95.0):
-    return [{"metric": label, "draem baseline": f"{base:.2f}", "draem anogen": f"{ours:.2f}",
-             "draem delta": f"{ours - base:.2f}"} for label in report.METRIC_LABELS.values()]
+    return [
+        {
+            "metric": label,
+            "draem baseline": f"{base:.2f}",
+            "draem anogen": f"{ours:.2f}",
+            "draem delta": f"{ours - base:.2f}",
+        }
+        for label in report.METRIC_LABELS.values()
+    ]
 
 
 def _cells(text):
@@ -108,8 +131,12 @@ def test_summary_html_has_every_row_and_escapes_notes():
     assert "&lt;random-init&gt;" in text and "<random-init>" not in text
     found = report.notes(rows)
     assert [n for n, _ in found] == ["diffusion <random-init>", "textures: fallback"]
-    assert found[0][1] == ["nut_object/draem/baseline", "brick_gray/draem/baseline",
-                           "nut_object/draem/anogen", "brick_gray/draem/anogen"]
+    assert found[0][1] == [
+        "nut_object/draem/baseline",
+        "brick_gray/draem/baseline",
+        "nut_object/draem/anogen",
+        "brick_gray/draem/anogen",
+    ]
     fragment = report.notes_html(rows)
     assert "<html" not in fragment and fragment.count("<li>") == 2 and "&lt;random-init&gt;" in fragment
     assert "No notes" in report.notes_html(_summary_rows(["x"]))
@@ -128,9 +155,14 @@ def test_write_report_items(tmp_path):
         writer.writeheader()
         writer.writerows(t1)
     out = tmp_path / "report"
-    report.write_report_items(tmp_path / "summary.csv", tmp_path / "table1.csv", summary_html_path=out / "s.html",
-                              table1_html_path=out / "t.html", comparison_png=out / "c.png",
-                              notes_html_path=out / "n.html")
+    report.write_report_items(
+        tmp_path / "summary.csv",
+        tmp_path / "table1.csv",
+        summary_html_path=out / "s.html",
+        table1_html_path=out / "t.html",
+        comparison_png=out / "c.png",
+        notes_html_path=out / "n.html",
+    )
     assert "teacher random-init" in (out / "n.html").read_text()
     assert "97.10" in (out / "t.html").read_text()
     image = np.asarray(Image.open(out / "c.png").convert("RGB"))
@@ -156,8 +188,13 @@ def test_detector_loss_plot_from_train_log(tmp_path):
     assert list(curves) == ["loss", "cosine", "focal"]  # phase, weak_dropped, lr, seconds left out
     assert steps.tolist() == list(range(1, 61))
     assert np.isnan(curves["focal"][:30]).all() and curves["focal"][30] == pytest.approx(1 / 31, abs=1e-4)
-    write_manifest(tmp_path, stage="detector", key="0" * 12, spec={"detector": "destseg", "variant": "anogen",
-                   "category": "bottle"}, files=["train_log.csv"])
+    write_manifest(
+        tmp_path,
+        stage="detector",
+        key="0" * 12,
+        spec={"detector": "destseg", "variant": "anogen", "category": "bottle"},
+        files=["train_log.csv"],
+    )
     plot_detector_training(tmp_path, tmp_path / "out" / "loss.png")
     image = Image.open(tmp_path / "out" / "loss.png")
     assert image.size[0] >= 600 and image.size[1] >= 3 * 150  # one axis per term
@@ -207,7 +244,11 @@ def test_report_of_the_demo_run(demo_run, tmp_path):
             cells = _cells(table1_text)
             start = cells.index(row["metric"])
             for column, value in list(row.items())[1:]:
-                expected = value if not column.endswith("delta") or not value else f"{float(value):+.2f}".replace("+0.00", "0.00")
+                expected = (
+                    value
+                    if not column.endswith("delta") or not value
+                    else f"{float(value):+.2f}".replace("+0.00", "0.00")
+                )
                 assert expected in cells[start : start + len(row)], (row["metric"], column, value)
         summary = list(csv.DictReader((results / "summary.csv").open()))
         assert summary_text.count("<tr") == 1 + len(summary)
@@ -227,19 +268,24 @@ def test_report_of_the_demo_run(demo_run, tmp_path):
             test_dir = work / e2e.e2e_config()["data_root"] / spec["category"] / "test"
             excluded = set(m["extra"]["excluded"])
             for defect_dir in sorted(test_dir.iterdir()):
-                available = [p for p in defect_dir.glob("*.png")
-                             if f"{spec['category']}/test/{defect_dir.name}/{p.name}" not in excluded]
+                available = [
+                    p
+                    for p in defect_dir.glob("*.png")
+                    if f"{spec['category']}/test/{defect_dir.name}/{p.name}" not in excluded
+                ]
                 shown = [e for e in m["extra"]["examples"] if e.split("/")[1] == defect_dir.name]
                 assert len(shown) == min(n_vis, len(available)), (spec, defect_dir.name)
-            expected |= {(spec["detector"], spec["variant"], *Path(e).with_suffix("").parts[1:])
-                         for e in m["extra"]["examples"]}
+            expected |= {
+                (spec["detector"], spec["variant"], *Path(e).with_suffix("").parts[1:]) for e in m["extra"]["examples"]
+            }
         examples = [n for n in by_suffix(".png") if re.search(r"/[A-Za-z0-9_.-]+/[0-9]{3}\.png$", n)]
         assert len(examples) == sum(len(m["extra"]["examples"]) for m in manifests)
         entries = _result_entries(texts)
         # results/evaluation/<category>/...: the category is the subcategory the labels live in
         example_labels = [
             (path.split("/")[2], lbl["detector"], lbl["variant"], lbl["defect"], lbl["image"])
-            for path, lbl in entries.items() if "/examples/" in path
+            for path, lbl in entries.items()
+            if "/examples/" in path
         ]
         assert len(example_labels) == len(examples)
         assert len(set(example_labels)) == len(example_labels)  # unique: every panel reachable

@@ -29,8 +29,14 @@ def lease_intervals(workdir) -> list[dict]:
     for log in (workdir / "results" / "logs").rglob("*.log"):
         events = {m.group(1): json.loads(m.group(2)) for m in LEASE.finditer(log.read_text())}
         if events:
-            intervals.append({"log": str(log), "slot": events["acquired"]["slot"],
-                              "start": events["acquired"]["time"], "end": events["released"]["time"]})
+            intervals.append(
+                {
+                    "log": str(log),
+                    "slot": events["acquired"]["slot"],
+                    "start": events["acquired"]["time"],
+                    "end": events["released"]["time"],
+                }
+            )
     return intervals
 
 
@@ -85,7 +91,12 @@ def test_one_box_range_reruns_its_generation_and_category(demo_run, tmp_path):
     change = {"generation": {"box_ranges": {category: {defect: {"width": [0.2, 0.3], "height": [0.2, 0.3]}}}}}
     work = with_change(demo_run, tmp_path, change)
     assert e2e.planned_jobs(work) == {
-        "generate_anomalies": 1, "train_detector": 2, "evaluate_detector": 2, "summarize": 1, "all": 1}
+        "generate_anomalies": 1,
+        "train_detector": 2,
+        "evaluate_detector": 2,
+        "summarize": 1,
+        "all": 1,
+    }
 
     # Run it, then revert: the earlier artifacts are reused, only the summary is redone.
     e2e.run(work)
@@ -93,12 +104,22 @@ def test_one_box_range_reruns_its_generation_and_category(demo_run, tmp_path):
     assert set(e2e.planned_jobs(work)) <= {"summarize", "all"}
 
     # gc lists exactly the directories of the abandoned value, and deleting them is safe.
-    out = subprocess.run([sys.executable, "-m", "anogen.cli", "gc", "--configfile", "config/config.yaml"],
-                         cwd=work, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "anogen.cli", "gc", "--configfile", "config/config.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     stale = [line.split("\t")[-1] for line in out.splitlines() if line.startswith("stale")]
     assert len(stale) == 5 and sum("/generated/" in s for s in stale) == 1, out
-    subprocess.run([sys.executable, "-m", "anogen.cli", "gc", "--configfile", "config/config.yaml", "--delete"],
-                   cwd=work, capture_output=True, text=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "anogen.cli", "gc", "--configfile", "config/config.yaml", "--delete"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert set(e2e.planned_jobs(work)) <= {"summarize", "all"}
 
 
@@ -108,8 +129,13 @@ def test_embedding_steps_rerun_the_chain_not_the_baselines(demo_run, tmp_path):
     work = with_change(demo_run, tmp_path, {"embedding": {"steps": steps}})
     n_pairs, n_det = len(plan.pairs()), len(plan.categories) * 2
     assert e2e.planned_jobs(work) == {
-        "learn_embedding": n_pairs, "generate_anomalies": n_pairs, "train_detector": n_det,
-        "evaluate_detector": n_det, "summarize": 1, "all": 1}
+        "learn_embedding": n_pairs,
+        "generate_anomalies": n_pairs,
+        "train_detector": n_det,
+        "evaluate_detector": n_det,
+        "summarize": 1,
+        "all": 1,
+    }
 
 
 def test_detector_budget_leaves_embeddings_and_generations_alone(demo_run, tmp_path):

@@ -37,8 +37,10 @@ GPU_RULES = ("learn_embedding", "generate_anomalies", "train_detector", "evaluat
 # What a laptop / CI cluster without slurmdbd needs on top of the profile, and the per-job
 # Slurm logs the checks below read (the profile keeps them too; this keeps the test independent).
 OVERRIDES = [
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "1",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
     "--slurm-keep-successful-logs",
 ]
 
@@ -95,7 +97,8 @@ def snakemake(cluster, workdir: Path, *args: str, timeout: float) -> tuple[subpr
         pytest.fail(
             f"snakemake did not finish in {timeout:.0f} s\n{out[-4000:]}\n{err[-8000:]}\n"
             + cluster.run("squeue", "--states=all", check=False).stdout
-            + "\n" + cluster.log_tail()
+            + "\n"
+            + cluster.log_tail()
         )
     wall = time.monotonic() - start
     if result.returncode != 0:
@@ -129,7 +132,9 @@ def logged_jobs(workdir: Path) -> dict[str, list[str]]:
 def test_profile_has_no_workstation_gpu_cap():
     profile = load_profile()
     assert profile["executor"] == "slurm"
-    assert not any(str(r).startswith("gpu") for r in profile.get("resources") or []), "gpu cap leaked from profiles/local"
+    assert not any(str(r).startswith("gpu") for r in profile.get("resources") or []), (
+        "gpu cap leaked from profiles/local"
+    )
     for rule in GPU_RULES:
         assert profile["set-resources"][rule]["gpu"] == 1, rule
 

@@ -104,8 +104,11 @@ def test_every_manifest_key_recomputes_from_its_recorded_spec_and_inputs(demo_ru
     """A user who checks a manifest against the key its folder is named by finds them equal."""
     from anogen.keys import content_key
 
-    manifests = [m for stage in ("support", "foreground", "embeddings", "generated", "detectors", "evaluation")
-                 for m in (demo_run / "results" / stage).rglob("manifest.json")]
+    manifests = [
+        m
+        for stage in ("support", "foreground", "embeddings", "generated", "detectors", "evaluation")
+        for m in (demo_run / "results" / stage).rglob("manifest.json")
+    ]
     assert len(manifests) == 7 + 3 + 7 + 7 + 12 + 12
     for path in manifests:
         manifest = json.loads(path.read_text())

@@ -26,9 +26,10 @@ a close-up, where boxes may go anywhere).
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -122,8 +123,10 @@ def _decode_all(index, report: CheckReport, resize: str = "squash") -> dict[str,
             report.problems.append(f"{item.mask}: mask is empty (all zero) for the anomalous image {item.path}")
             bad.add(str(item.mask))
         elif mask is not None and resize == "crop" and not to_square(mask, "crop").any():
-            report.warnings.append(f"{item.path}: its anomaly lies entirely outside the centre square kept by "
-                                   "resize: crop (no model sees it; as a support image it stops the embedding job)")
+            report.warnings.append(
+                f"{item.path}: its anomaly lies entirely outside the centre square kept by "
+                "resize: crop (no model sees it; as a support image it stops the embedding job)"
+            )
     return {"sizes": sizes, "modes": modes, "bad": bad}
 
 
@@ -151,8 +154,9 @@ def texture_threshold() -> float:
     return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
 
 
-def _check_category(plan, category: str, defects: list[str], options: dict, report: CheckReport,
-                    foreground_images: int) -> None:
+def _check_category(
+    plan, category: str, defects: list[str], options: dict, report: CheckReport, foreground_images: int
+) -> None:
     from anogen.data.layouts import scan_category
     from anogen.data.support import select_support
 
@@ -176,8 +180,10 @@ def _check_category(plan, category: str, defects: list[str], options: dict, repo
             where = str(index.defect_path(defect))
             if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
                 usable = len(index.defect_items(defect))
-                report.problems.append(f"{where}: only {usable} usable anomalous image(s) (see the problems "
-                                       f"with its files) but support.shots = {shots} are needed")
+                report.problems.append(
+                    f"{where}: only {usable} usable anomalous image(s) (see the problems "
+                    f"with its files) but support.shots = {shots} are needed"
+                )
             continue
         excluded |= {str(item.path) for item in chosen}
     kept = [item for item in index.test if not (config["support"]["exclude_from_test"] and str(item.path) in excluded)]
@@ -187,8 +193,9 @@ def _check_category(plan, category: str, defects: list[str], options: dict, repo
         report.problems.append(f"{category}: no test image left after excluding the support images")
     elif not n_good or not n_bad:
         which = "normal" if not n_good else "anomalous"
-        report.warnings.append(f"{category}: no {which} test image left after excluding the support images "
-                               "(image AU-ROC is undefined)")
+        report.warnings.append(
+            f"{category}: no {which} test image left after excluding the support images (image AU-ROC is undefined)"
+        )
 
     modes = decoded["modes"]
     if len(modes) > 1:
@@ -220,8 +227,10 @@ def _check_category(plan, category: str, defects: list[str], options: dict, repo
     if cover is None:
         return
     report.coverage[category] = cover
-    line = (f"  foreground (GrabCut on {sum(methods.values())} normal images, methods {dict(methods)}): "
-            f"{cover:.0%} of the image")
+    line = (
+        f"  foreground (GrabCut on {sum(methods.values())} normal images, methods {dict(methods)}): "
+        f"{cover:.0%} of the image"
+    )
     if cover >= texture_threshold():
         line += f"; nearly everything: if {category} is a texture, set category_options.{category}.texture: true"
     report.lines.append(line)
@@ -251,7 +260,9 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
         categories = list(layout)
     else:
         categories = [c for c in wanted if c in layout]
-        report.problems += [f"categories: {c!r} not found under {config['data_root']!r}" for c in wanted if c not in layout]
+        report.problems += [
+            f"categories: {c!r} not found under {config['data_root']!r}" for c in wanted if c not in layout
+        ]
     selected_pairs = []
     for category in categories:
         choice = "all" if config["defects"] == "all" else config["defects"].get(category, "all")
@@ -260,7 +271,9 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
             (report.problems if choice == "all" else report.warnings).append(str(exc))
         defects = available if choice == "all" else [d for d in choice if d in available]
         if choice != "all":
-            report.problems += [f"defects.{category}: {d!r} not found (available: {available})" for d in choice if d not in available]
+            report.problems += [
+                f"defects.{category}: {d!r} not found (available: {available})" for d in choice if d not in available
+            ]
         if not defects:
             report.problems.append(f"{category}: no defect type to learn from (no anomalous test image)")
         selected_pairs += [(category, d) for d in defects]
@@ -268,8 +281,10 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
             echo(f"checking {category} ...")
         _check_category(plan, category, defects, options, report, foreground_images)
 
-    report.lines.append(f"plan: {len(categories)} categories, {len(selected_pairs)} (category, defect) pairs: "
-                        + ", ".join(f"{c}/{d}" for c, d in selected_pairs))
+    report.lines.append(
+        f"plan: {len(categories)} categories, {len(selected_pairs)} (category, defect) pairs: "
+        + ", ".join(f"{c}/{d}" for c, d in selected_pairs)
+    )
     try:
         report.jobs = planned_job_counts(plan)
     except AnogenError as exc:  # the DAG would not build; say so unless that file is reported already
@@ -279,6 +294,9 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
     if not report.jobs:
         report.lines.append("jobs: none, the DAG would not build (see the problems)")
     else:
-        report.lines.append("jobs: " + ", ".join(f"{rule} {n}" for rule, n in report.jobs.items())
-                            + f" (total {sum(report.jobs.values())})")
+        report.lines.append(
+            "jobs: "
+            + ", ".join(f"{rule} {n}" for rule, n in report.jobs.items())
+            + f" (total {sum(report.jobs.values())})"
+        )
     return report

@@ -46,8 +46,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -145,7 +146,7 @@ def _skimage_data_dir() -> Path:
     return Path(list(found.submodule_search_locations)[0]) / "data"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     """A bundled scikit-image photograph as float32 gray in [0, 1] (read-only, cached)."""
     path = _skimage_data_dir() / name
@@ -168,8 +169,9 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(array, (size, size), interpolation=interp)
 
 
-def _crop(photo: np.ndarray, rng: np.random.Generator, size: int, frac: tuple[float, float],
-          flips: bool = True) -> np.ndarray:
+def _crop(
+    photo: np.ndarray, rng: np.random.Generator, size: int, frac: tuple[float, float], flips: bool = True
+) -> np.ndarray:
     side = min(photo.shape)
     c = int(rng.integers(int(frac[0] * side), int(frac[1] * side) + 1))
     y = int(rng.integers(0, photo.shape[0] - c + 1))
@@ -278,8 +280,7 @@ def _render_nut(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
 # Each defect returns (defect appearance, same shape as the image, bool mask of its pixels).
 
 
-def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator,
-          irregular: float = 0.35) -> np.ndarray:
+def _blob(size: int, cx: float, cy: float, r: float, rng: np.random.Generator, irregular: float = 0.35) -> np.ndarray:
     n = int(rng.integers(10, 16))
     angles = np.sort(rng.uniform(0, 2 * np.pi, n))
     radii = r * (1.0 + rng.uniform(-irregular, irregular, n))
@@ -308,9 +309,7 @@ def _thickness(size: int) -> int:
 def _contamination_grass(img, ctx, rng, size):
     cx, cy = _texture_center(size, rng)
     mask = _blob(size, cx, cy, rng.uniform(0.05, 0.09) * size, rng)
-    colours = np.array(
-        [[0.85, 0.12, 0.55], [0.15, 0.35, 0.95], [0.95, 0.92, 0.85], [0.95, 0.45, 0.08]], np.float32
-    )
+    colours = np.array([[0.85, 0.12, 0.55], [0.15, 0.35, 0.95], [0.95, 0.92, 0.85], [0.95, 0.45, 0.08]], np.float32)
     colour = colours[int(rng.integers(len(colours)))]
     defect = colour * (0.70 + 0.40 * ctx["lum"][..., None])
     return defect, mask

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from anogen.keys import KEY_LENGTH, canonical_json
 

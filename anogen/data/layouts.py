@@ -41,21 +41,22 @@ import csv
 import functools
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from anogen.data import mvtec
 from anogen.data.mvtec import (
     GOOD,
-    check_pair,
-    checked_headers,
-    report,
     MASK_SUFFIX,
     CategoryIndex,
     TestItem,
+    check_pair,
+    checked_headers,
     is_image_file,
+    report,
     validate_name,
 )
 from anogen.errors import DataError
@@ -204,9 +205,13 @@ def _choose(available: list[str], defects: Iterable[str] | None, where: Path, ca
         if defect == GOOD:
             continue
         if defect not in available:
-            report(errors, DataError(
-                where, f"category {category} has no defect type {defect!r} (defect types: {', '.join(available) or 'none'})"
-            ))
+            report(
+                errors,
+                DataError(
+                    where,
+                    f"category {category} has no defect type {defect!r} (defect types: {', '.join(available) or 'none'})",
+                ),
+            )
             continue
         if defect not in chosen:
             chosen.append(defect)
@@ -215,11 +220,14 @@ def _choose(available: list[str], defects: Iterable[str] | None, where: Path, ca
 
 def _check_shots(where: Path, n: int, min_shots: int | None, errors) -> None:
     if min_shots is not None and n < min_shots:
-        report(errors, DataError(
-            where,
-            f"has {n} anomalous image(s) but support.shots = {min_shots} real anomalies "
-            "are needed for the support set; lower support.shots or exclude this defect",
-        ))
+        report(
+            errors,
+            DataError(
+                where,
+                f"has {n} anomalous image(s) but support.shots = {min_shots} real anomalies "
+                "are needed for the support set; lower support.shots or exclude this defect",
+            ),
+        )
 
 
 def _pair_ok(image: Path, mask: Path, errors) -> bool:
@@ -231,14 +239,29 @@ def _pair_ok(image: Path, mask: Path, errors) -> bool:
     return True
 
 
-def _index(root: Path, category: str, train: list[Path], test: list[TestItem], defects: list[str],
-           defect_dirs: dict[str, Path], where: Path, errors) -> CategoryIndex:
+def _index(
+    root: Path,
+    category: str,
+    train: list[Path],
+    test: list[TestItem],
+    defects: list[str],
+    defect_dirs: dict[str, Path],
+    where: Path,
+    errors,
+) -> CategoryIndex:
     if not train:
         report(errors, DataError(where, f"category {category} has no normal training image"))
     train, modes = checked_headers(train, errors)
     grayscale = bool(modes) and modes[0] in mvtec._GRAY_MODES
-    return CategoryIndex(root=root, category=category, train_good=train, test=test, grayscale=grayscale,
-                         defects=defects, defect_dirs=defect_dirs)
+    return CategoryIndex(
+        root=root,
+        category=category,
+        train_good=train,
+        test=test,
+        grayscale=grayscale,
+        defects=defects,
+        defect_dirs=defect_dirs,
+    )
 
 
 # ----------------------------------------------------------------------------- VisA
@@ -253,7 +276,9 @@ def _visa_rows(root: Path, options: dict) -> dict[str, list[dict]]:
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise DataError(path, "VisA split file does not exist (set visa.split_csv; VisA ships split_csv/1cls.csv)") from None
+        raise DataError(
+            path, "VisA split file does not exist (set visa.split_csv; VisA ships split_csv/1cls.csv)"
+        ) from None
     return _read_visa_csv(str(path), stat.st_mtime_ns, stat.st_size)
 
 
@@ -297,11 +322,15 @@ def _scan_visa(root: Path, category: str, options: dict, defects, min_shots, err
     def image_at(row: dict, column: str) -> Path | None:
         path = root / row[column]
         if not is_image_file(path.name):
-            report(errors, DataError(f"{csv_path}:{row['line']}", f"{column} {row[column]!r} is not an image file name"))
+            report(
+                errors, DataError(f"{csv_path}:{row['line']}", f"{column} {row[column]!r} is not an image file name")
+            )
             return None
         return path
 
-    train = sorted((p for r in rows if r["split"] == "train" and (p := image_at(r, "image"))), key=lambda p: p.as_posix())
+    train = sorted(
+        (p for r in rows if r["split"] == "train" and (p := image_at(r, "image"))), key=lambda p: p.as_posix()
+    )
     test: list[TestItem] = []
     n_anomalous = 0
     for row in sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["image"]):
@@ -351,8 +380,11 @@ def _folder_images(folder: Path, extensions: list[str] | None, what: str, errors
         return mvtec.list_images(folder, errors)
     endings = tuple(e.lower() for e in extensions)
     with os.scandir(folder) as it:
-        paths = [folder / e.name for e in it
-                 if not e.name.startswith(".") and e.is_file() and e.name.lower().endswith(endings)]
+        paths = [
+            folder / e.name
+            for e in it
+            if not e.name.startswith(".") and e.is_file() and e.name.lower().endswith(endings)
+        ]
     return sorted(paths, key=lambda p: p.name)
 
 
@@ -362,7 +394,9 @@ def folder_split_seed(category: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(payload.encode("utf-8")).digest()[:8], "little")
 
 
-def _split_normals(images: list[Path], ratio: float, seed: int, category: str, where: Path) -> tuple[list[Path], list[Path]]:
+def _split_normals(
+    images: list[Path], ratio: float, seed: int, category: str, where: Path
+) -> tuple[list[Path], list[Path]]:
     n_test = max(1, round(ratio * len(images)))
     if len(images) - n_test < 1:
         raise DataError(
@@ -416,8 +450,9 @@ def _scan_folder(root: Path, category: str, options: dict, defects, min_shots, e
             report(errors, DataError(test_dir, "normal_test_dir contains no image"))
     elif normals:
         try:
-            train, normal_test = _split_normals(normals, float(opts["normal_split_ratio"]), int(opts["seed"]),
-                                                category, normal_dir)
+            train, normal_test = _split_normals(
+                normals, float(opts["normal_split_ratio"]), int(opts["seed"]), category, normal_dir
+            )
         except DataError as exc:
             report(errors, exc)
 
@@ -441,11 +476,14 @@ def _scan_folder(root: Path, category: str, options: dict, defects, min_shots, e
             candidates = sorted(set(masks.get(path.stem, [])))
             if not candidates:
                 if mask_dir.is_dir():
-                    report(errors, DataError(
-                        path,
-                        f"anomalous image has no mask: expected {mask_dir / (path.stem + '.png')} or "
-                        f"{mask_dir / (path.stem + MASK_SUFFIX + '.png')} (any image extension)",
-                    ))
+                    report(
+                        errors,
+                        DataError(
+                            path,
+                            f"anomalous image has no mask: expected {mask_dir / (path.stem + '.png')} or "
+                            f"{mask_dir / (path.stem + MASK_SUFFIX + '.png')} (any image extension)",
+                        ),
+                    )
                 continue
             if len(candidates) > 1:
                 report(errors, DataError(path, "has several candidate masks: " + ", ".join(str(p) for p in candidates)))
@@ -477,6 +515,8 @@ def category_files(root: str | Path, category: str, options: dict | None):
         if item.mask is not None:
             masks.setdefault(item.defect, {})[Path(item.path).stem] = Path(item.mask)
     return CategoryFiles(
-        Path(root), tuple(Path(p) for p in index.train_good),
-        {d: tuple(sorted(paths, key=lambda p: p.name)) for d, paths in test.items()}, masks,
+        Path(root),
+        tuple(Path(p) for p in index.train_good),
+        {d: tuple(sorted(paths, key=lambda p: p.name)) for d, paths in test.items()},
+        masks,
     )

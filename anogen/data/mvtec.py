@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -165,11 +165,14 @@ def list_images(folder: str | Path, errors: list | None = None) -> list[Path]:
             if entry.name.startswith(".") or entry.is_dir():
                 continue
             if not is_image_file(entry.name):
-                report(errors, DataError(
-                    folder / entry.name,
-                    "is not an image (accepted extensions: "
-                    f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); move it out of the data folder",
-                ))
+                report(
+                    errors,
+                    DataError(
+                        folder / entry.name,
+                        "is not an image (accepted extensions: "
+                        f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); move it out of the data folder",
+                    ),
+                )
                 continue
             paths.append(folder / entry.name)
     return sorted(paths, key=lambda p: p.name)
@@ -212,8 +215,7 @@ class CategoryIndex:
         if defect != GOOD and defect not in self.defects:
             raise DataError(
                 self.defect_path(defect),
-                f"defect type {defect!r} is not part of this scan "
-                f"(scanned: {', '.join(self.defects) or 'none'})",
+                f"defect type {defect!r} is not part of this scan (scanned: {', '.join(self.defects) or 'none'})",
             )
         return [item for item in self.test if item.defect == defect]
 
@@ -270,9 +272,7 @@ def _find_mask(candidates: dict[str, list[Path]], gt_dir: Path, image_path: Path
             f"(ground_truth/<defect>/<stem>{MASK_SUFFIX}.<ext>)",
         )
     if len(paths) > 1:
-        raise DataError(
-            image_path, "has several candidate masks: " + ", ".join(str(p) for p in paths)
-        )
+        raise DataError(image_path, "has several candidate masks: " + ", ".join(str(p) for p in paths))
     return paths[0]
 
 
@@ -322,11 +322,13 @@ def scan_category(
             if defect == GOOD:
                 continue
             if defect not in available:
-                report(errors, DataError(
-                    test_dir / defect,
-                    f"defect folder does not exist (defect types of {category}: "
-                    f"{', '.join(available) or 'none'})",
-                ))
+                report(
+                    errors,
+                    DataError(
+                        test_dir / defect,
+                        f"defect folder does not exist (defect types of {category}: {', '.join(available) or 'none'})",
+                    ),
+                )
                 continue
             if defect not in chosen:
                 chosen.append(defect)
@@ -346,18 +348,19 @@ def scan_category(
             report(errors, DataError(defect_dir, "defect folder contains no images"))
             continue
         if min_shots is not None and len(images) < min_shots:
-            report(errors, DataError(
-                defect_dir,
-                f"has {len(images)} image(s) but support.shots = {min_shots} real anomalies "
-                "are needed for the support set; lower support.shots or exclude this defect",
-            ))
+            report(
+                errors,
+                DataError(
+                    defect_dir,
+                    f"has {len(images)} image(s) but support.shots = {min_shots} real anomalies "
+                    "are needed for the support set; lower support.shots or exclude this defect",
+                ),
+            )
         masks = _mask_candidates(gt_dir)
         seen: dict[str, Path] = {}
         for path in images:
             if path.stem in seen:
-                report(errors, DataError(
-                    path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"
-                ))
+                report(errors, DataError(path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"))
                 continue
             seen[path.stem] = path
             try:
@@ -398,8 +401,7 @@ def check_pair(image: Path, mask: Path) -> None:
     if img_size != mask_size:
         raise DataError(
             mask,
-            f"mask size {mask_size[0]}x{mask_size[1]} differs from its image "
-            f"{image} ({img_size[0]}x{img_size[1]})",
+            f"mask size {mask_size[0]}x{mask_size[1]} differs from its image {image} ({img_size[0]}x{img_size[1]})",
         )
 
 

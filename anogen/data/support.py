@@ -22,11 +22,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from anogen.data.layouts import scan_category
+from anogen.data.mvtec import (
+    CategoryIndex,
+    TestItem,
+    load_image,
+    load_mask,
+)
 from anogen.errors import DataError, IntegrityError
 from anogen.io import (
     MANIFEST_NAME,
@@ -37,13 +45,6 @@ from anogen.io import (
     write_manifest,
 )
 from anogen.keys import canonical_json
-from anogen.data.layouts import scan_category
-from anogen.data.mvtec import (
-    CategoryIndex,
-    TestItem,
-    load_image,
-    load_mask,
-)
 
 __all__ = [
     "support_rng_seed",
@@ -204,9 +205,12 @@ def build_support_set(
             spec=spec,
             inputs=inputs,
             files=copied,
-            extra={"items": records, "grayscale": index.grayscale,
-                   # seeded sets arrive here as the names the plan chose (origin support.seed)
-                   "selection": "seeded" if files is None or origin == "support.seed" else "listed"},
+            extra={
+                "items": records,
+                "grayscale": index.grayscale,
+                # seeded sets arrive here as the names the plan chose (origin support.seed)
+                "selection": "seeded" if files is None or origin == "support.seed" else "listed",
+            },
         )
     except BaseException:
         _clear(out_dir)
@@ -234,9 +238,7 @@ def support_items(manifest_path: str | Path) -> list[dict[str, Any]]:
     return list(manifest["extra"]["items"])
 
 
-def read_support_set(
-    manifest_path: str | Path, size: int | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def read_support_set(manifest_path: str | Path, size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Verified (image uint8 HxWx3, mask uint8 HxW in {0,1}) pairs, optionally resized to size x size."""
     path = _manifest_file(manifest_path)
     manifest = load_manifest(path)

@@ -39,9 +39,7 @@ class TrainedDetector:
         self.mixed_precision: str = config[self.detector].get("mixed_precision", "auto")
 
     @torch.no_grad()
-    def predict(
-        self, images: torch.Tensor, batch_size: int = 16
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: torch.Tensor, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images N,3,H,W, got {tuple(images.shape)}")
         if tuple(images.shape[2:]) != (self.image_size, self.image_size):

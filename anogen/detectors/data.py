@@ -40,8 +40,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -153,14 +154,11 @@ def _resolve_source(source: str, manifest_path: Path, train_images: Sequence[Pat
         return best
     raise DataError(
         manifest_path,
-        f"source image '{source}' of a generated item is neither a file nor one of the "
-        "training images",
+        f"source image '{source}' of a generated item is neither a file nor one of the training images",
     )
 
 
-def load_generated_items(
-    manifests: Sequence[str | Path], train_images: Sequence[Path] = ()
-) -> list[GeneratedItem]:
+def load_generated_items(manifests: Sequence[str | Path], train_images: Sequence[Path] = ()) -> list[GeneratedItem]:
     """Every item of every generation manifest; each image and mask is sha256-verified.
 
     A damaged or missing cached file raises ``IntegrityError`` naming it.
@@ -235,8 +233,7 @@ class TrainStream:
         if variant != "baseline" and not self.generated:
             raise DataError(
                 "<generated manifests>",
-                f"variant '{variant}' needs generated anomalies, but the generation manifests "
-                "list no items",
+                f"variant '{variant}' needs generated anomalies, but the generation manifests list no items",
             )
         if variant != "generated_only":
             if textures is None and synthetic_source == "draem":
@@ -285,16 +282,18 @@ class TrainStream:
     # -- samples
     def sample(self, step: int, i: int) -> dict[str, Any]:
         rng = sample_rng(self.seed, step, i)
-        use_generated = self.variant == "generated_only" or (
-            self.variant == "anogen" and rng.random() < self.mix_prob
-        )
+        use_generated = self.variant == "generated_only" or (self.variant == "anogen" and rng.random() < self.mix_prob)
         if use_generated:
             return self._generated_sample(rng)
         normal = self._normals[self._normal_index(step, i)]
         s = self.synth(normal, rng)
         weak = self.variant == "anogen" and self.weak_on_synthetic
         return dict(
-            image=s.image, clean=s.clean, mask=s.mask, weak=weak, anomalous=s.is_anomalous,
+            image=s.image,
+            clean=s.clean,
+            mask=s.mask,
+            weak=weak,
+            anomalous=s.is_anomalous,
             kind=KIND_SYNTHETIC if s.is_anomalous else KIND_NORMAL,
         )
 
@@ -312,7 +311,11 @@ class TrainStream:
             image, clean, mask = self._augment_generated(image, clean, mask, rng)
         anomalous = bool(mask.any())
         return dict(
-            image=image, clean=clean, mask=mask, weak=True, anomalous=anomalous,
+            image=image,
+            clean=clean,
+            mask=mask,
+            weak=True,
+            anomalous=anomalous,
             kind=KIND_GENERATED_NORMAL if plain_normal else KIND_GENERATED,
         )
 

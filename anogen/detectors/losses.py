@@ -54,9 +54,7 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def focal_map(
-    logit: torch.Tensor, target: torch.Tensor, gamma: float, smooth: float = 0.0
-) -> torch.Tensor:
+def focal_map(logit: torch.Tensor, target: torch.Tensor, gamma: float, smooth: float = 0.0) -> torch.Tensor:
     """Per-pixel binary focal loss ``-(1 - p_t)^gamma * log(p_t)`` (N,H,W), float32.
 
     ``logit``: anomaly logit (N,H,W or N,1,H,W); ``target``: {0, 1} of the same shape.
@@ -87,9 +85,7 @@ def focal_map(
     return -((1.0 - pt).clamp_min(0.0) ** gamma) * log_pt
 
 
-def focal_loss(
-    logit: torch.Tensor, target: torch.Tensor, gamma: float, smooth: float = 0.0
-) -> torch.Tensor:
+def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float, smooth: float = 0.0) -> torch.Tensor:
     """Mean of ``focal_map`` over every pixel of the batch."""
     return focal_map(logit, target, gamma, smooth).mean()
 

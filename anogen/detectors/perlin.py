@@ -23,9 +23,7 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return ((6.0 * t - 15.0) * t + 10.0) * t * t * t
 
 
-def perlin_noise(
-    shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator
-) -> np.ndarray:
+def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """2-D gradient noise of ``shape`` (H, W) with ``res`` (cells along H, cells along W).
 
     Values lie roughly in [-1, 1] (scaled by sqrt(2) as in the classic formulation).

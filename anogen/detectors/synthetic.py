@@ -155,9 +155,7 @@ def _to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _blend(
-    clean: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta: float
-) -> np.ndarray:
+def _blend(clean: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta: float) -> np.ndarray:
     tex = texture.astype(np.float32) / 255.0
     blended = (1.0 - beta) * tex + beta * clean
     return np.where(mask[:, :, None].astype(bool), blended, clean).astype(np.float32)
@@ -190,8 +188,11 @@ class _Base:
         stays_normal = bool(rng.random() < self.normal_prob)
         if stays_normal or not mask.any():
             return SyntheticSample(
-                image=clean.copy(), mask=np.zeros((h, w), np.uint8), is_anomalous=False,
-                clean=clean, beta=beta,
+                image=clean.copy(),
+                mask=np.zeros((h, w), np.uint8),
+                is_anomalous=False,
+                clean=clean,
+                beta=beta,
             )
         image = _blend(clean, texture, mask, beta)
         return SyntheticSample(image=image, mask=mask, is_anomalous=True, clean=clean, beta=beta)
@@ -214,10 +215,7 @@ class DraemSynthesizer(_Base):
 DESTSEG_ROTATION: dict[str, tuple[bool, float]] = {
     **{c: (False, 0.0) for c in ("capsule", "metal_nut", "pill", "toothbrush", "transistor")},
     **{c: (False, 5.0) for c in ("wood", "zipper", "cable")},
-    **{
-        c: (True, 5.0)
-        for c in ("bottle", "grid", "hazelnut", "leather", "tile", "carpet", "screw")
-    },
+    **{c: (True, 5.0) for c in ("bottle", "grid", "hazelnut", "leather", "tile", "carpet", "screw")},
 }
 DESTSEG_DEFAULT_ROTATION = (True, 5.0)
 
@@ -335,16 +333,23 @@ class CutPasteSynthesizer:
         y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         y1, x1 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         j = self.color_jitter
-        factors = np.array([
-            rng.uniform(1 - j, 1 + j), rng.uniform(1 - j, 1 + j), rng.uniform(1 - j, 1 + j),
-            rng.uniform(-min(j, 0.5), min(j, 0.5)),
-        ])
+        factors = np.array(
+            [
+                rng.uniform(1 - j, 1 + j),
+                rng.uniform(1 - j, 1 + j),
+                rng.uniform(1 - j, 1 + j),
+                rng.uniform(-min(j, 0.5), min(j, 0.5)),
+            ]
+        )
         stays_normal = bool(rng.random() < self.recipe.normal_prob)
         # A patch pasted back where it was cut, unjittered, changes nothing: no anomaly.
         if stays_normal or ((y0, x0) == (y1, x1) and j == 0):
             return SyntheticSample(
-                image=clean.copy(), mask=np.zeros((h, w), np.uint8), is_anomalous=False,
-                clean=clean, beta=1.0,
+                image=clean.copy(),
+                mask=np.zeros((h, w), np.uint8),
+                is_anomalous=False,
+                clean=clean,
+                beta=1.0,
             )
         patch = clean[y0 : y0 + ph, x0 : x0 + pw].copy()
         if j > 0:

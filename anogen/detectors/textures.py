@@ -19,8 +19,9 @@ how many images it holds; the training job records it in its manifest.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -131,16 +132,14 @@ class TextureSource:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "TextureSource":
+    def from_folder(cls, folder: str | Path) -> TextureSource:
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(
                 folder,
                 "texture folder (config detectors.texture_source) does not exist or is not a folder",
             )
-        files = sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(
                 folder,
@@ -152,7 +151,7 @@ class TextureSource:
     @classmethod
     def from_config(
         cls, texture_source: str | Path | None, fallback_images: Sequence[str | Path] = ()
-    ) -> "TextureSource":
+    ) -> TextureSource:
         if texture_source:
             return cls.from_folder(texture_source)
         photos = load_skimage_photos()

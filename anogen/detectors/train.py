@@ -29,8 +29,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -270,9 +271,7 @@ def train_detector(
     elif variant != "generated_only":
         textures = TextureSource.from_config(spec.get("texture_source"), list(texture_fallback))
         texture_info = textures.describe()
-    generated = (
-        load_generated_items(generated_manifests, train_images) if variant != "baseline" else []
-    )
+    generated = load_generated_items(generated_manifests, train_images) if variant != "baseline" else []
 
     trainer = build_trainer(detector, spec, device, len(train_images))
     rotation = destseg_rotation_for(category)
@@ -313,7 +312,14 @@ def train_detector(
     else:
         log.info(
             "%s/%s: training %d steps (batch %d, %d px, %d normal images, %d generated items) on %s",
-            detector, variant, total, trainer.batch_size, size, len(train_images), len(generated), device,
+            detector,
+            variant,
+            total,
+            trainer.batch_size,
+            size,
+            len(train_images),
+            len(generated),
+            device,
         )
         log.info("parameters: %s; textures: %s", trainer.parameter_counts(), texture_info)
 
@@ -327,8 +333,9 @@ def train_detector(
     csv_log = _CsvLog(out_dir / LOG_FILE, trainer.log_columns, start)
 
     t0 = time.perf_counter()
-    progress = Progress(total, logger=log, what=f"{detector}/{variant} step", unit="steps", start=start,
-                        every=log_every)
+    progress = Progress(
+        total, logger=log, what=f"{detector}/{variant} step", unit="steps", start=start, every=log_every
+    )
     last: dict[str, float] = {}
     step = start
     try:
@@ -338,10 +345,17 @@ def train_detector(
             last = trainer.train_step(batch, step)
             step += 1
             csv_log.write({"step": step, **last, "seconds": time.perf_counter() - t0})
-            progress.update(step, lambda: " ".join(
-                f"{k} {v:.4f}" for k, v in last.items()
-                if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
-            ) + f" lr {last['lr']:.3g}")
+            progress.update(
+                step,
+                lambda last=last: (
+                    " ".join(
+                        f"{k} {v:.4f}"
+                        for k, v in last.items()
+                        if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
+                    )
+                    + f" lr {last['lr']:.3g}"
+                ),
+            )
             if step % checkpoint_every == 0 and step < total:
                 csv_log.flush()
                 save_checkpoint(ckpt_path, _state(trainer, step, key))
@@ -350,9 +364,7 @@ def train_detector(
         csv_log.close()
 
     # ------------------------------------------------------------------ export
-    model_state = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()
-    }
+    model_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
     save_file(model_state, str(out_dir / MODEL_FILE))
     config = {
         "format_version": FORMAT_VERSION,
@@ -389,11 +401,14 @@ def train_detector(
         manifest_extra["rotation"] = {"category": category, "rotate_90": rotation[0], "random_rotate": rotation[1]}
     # Record completion before dropping the (large) resumable state: a rerun of this finished
     # job verifies the trained files against this record instead of training again.
-    atomic_write_json(out_dir / FINISHED, {
-        "key": key,
-        "files": {name: sha256_file(out_dir / name) for name in (MODEL_FILE, CONFIG_FILE, LOG_FILE)},
-        "extra": manifest_extra,
-    })
+    atomic_write_json(
+        out_dir / FINISHED,
+        {
+            "key": key,
+            "files": {name: sha256_file(out_dir / name) for name in (MODEL_FILE, CONFIG_FILE, LOG_FILE)},
+            "extra": manifest_extra,
+        },
+    )
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     manifest_extra.update(extra or {})
     return _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant)

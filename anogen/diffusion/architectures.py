@@ -75,17 +75,45 @@ def unet_config(size: str, latent_size: int, cross_attention_dim: int) -> dict:
 def text_config(family: str, size: str, vocab_size: int) -> dict:
     if family == "ldm":
         if size == "full":
-            return dict(vocab_size=vocab_size, max_position_embeddings=77, encoder_layers=32,
-                        encoder_ffn_dim=5120, encoder_attention_heads=8, head_dim=64, d_model=1280)
-        return dict(vocab_size=vocab_size, max_position_embeddings=77, encoder_layers=2,
-                    encoder_ffn_dim=64, encoder_attention_heads=2, head_dim=16, d_model=32)
+            return dict(
+                vocab_size=vocab_size,
+                max_position_embeddings=77,
+                encoder_layers=32,
+                encoder_ffn_dim=5120,
+                encoder_attention_heads=8,
+                head_dim=64,
+                d_model=1280,
+            )
+        return dict(
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+            encoder_layers=2,
+            encoder_ffn_dim=64,
+            encoder_attention_heads=2,
+            head_dim=16,
+            d_model=32,
+        )
     if size == "full":
-        return dict(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072,
-                    num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                    hidden_act="quick_gelu", projection_dim=768)
-    return dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-                projection_dim=32)
+        return dict(
+            vocab_size=vocab_size,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=32,
+    )
 
 
 def native_resolution(family: str) -> int:

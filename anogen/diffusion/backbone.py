@@ -25,7 +25,13 @@ _FAMILY_OF_PIPELINE = {
 }
 _SUBFOLDERS = {
     "ldm": {"vae": "vqvae", "text_encoder": "bert", "tokenizer": "tokenizer", "unet": "unet", "scheduler": "scheduler"},
-    "sd": {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer", "unet": "unet", "scheduler": "scheduler"},
+    "sd": {
+        "vae": "vae",
+        "text_encoder": "text_encoder",
+        "tokenizer": "tokenizer",
+        "unet": "unet",
+        "scheduler": "scheduler",
+    },
 }
 
 
@@ -36,9 +42,7 @@ def detect_family(model: str, revision: str | None = None) -> str:
         index = DiffusionPipeline.load_config(model, revision=revision)
     except Exception as exc:
         where = "local folder" if Path(model).exists() else "hub id (offline runs need it in the HF cache)"
-        raise ConfigError(
-            "diffusion.model", f"cannot read model_index.json of {model!r} as a {where}: {exc}"
-        ) from exc
+        raise ConfigError("diffusion.model", f"cannot read model_index.json of {model!r} as a {where}: {exc}") from exc
     cls = index.get("_class_name")
     if cls not in _FAMILY_OF_PIPELINE:
         raise ConfigError(
@@ -160,13 +164,13 @@ class Backbone:
         image = self.vae.decode(latents / self.scaling_factor).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         for module in (self.vae, self.text_encoder, self.unet):
             module.requires_grad_(False)
             module.eval()
         return self
 
-    def to(self, device: str) -> "Backbone":
+    def to(self, device: str) -> Backbone:
         self.device = device
         for module in (self.vae, self.text_encoder, self.unet):
             module.to(device)

@@ -48,7 +48,7 @@ def load_learned_embedding(path: str | Path) -> tuple[str, torch.Tensor]:
         raise IntegrityError(path, f"not a readable safetensors embedding ({exc})") from exc
     if len(tensors) != 1:
         raise IntegrityError(path, f"expected one token in the embedding file, found {sorted(tensors)}")
-    (token, vector), = tensors.items()
+    ((token, vector),) = tensors.items()
     return token, vector.reshape(1, -1)
 
 

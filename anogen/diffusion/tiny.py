@@ -38,8 +38,8 @@ def _bert_vocab() -> list[str]:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """The reversible byte -> printable character table used by CLIP's byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     table = {b: chr(b) for b in printable}
     extra = 0
@@ -103,8 +103,9 @@ def _write_clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def build_components(family: str, size: str = "tiny", resolution: int | None = None,
-                     vocab_size: int | None = None, seed: int = 0) -> dict:
+def build_components(
+    family: str, size: str = "tiny", resolution: int | None = None, vocab_size: int | None = None, seed: int = 0
+) -> dict:
     """Randomly initialised VAE, text encoder, UNet and scheduler of ``family`` at ``size``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
@@ -150,14 +151,22 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, resolution
         parts = build_components(family, "tiny", resolution, vocab_size=n_vocab, seed=seed)
         if family == "ldm":
             pipe = LDMTextToImagePipeline(
-                vqvae=parts["vae"], bert=parts["text_encoder"], tokenizer=tokenizer,
-                unet=parts["unet"], scheduler=parts["scheduler"],
+                vqvae=parts["vae"],
+                bert=parts["text_encoder"],
+                tokenizer=tokenizer,
+                unet=parts["unet"],
+                scheduler=parts["scheduler"],
             )
         else:
             pipe = StableDiffusionPipeline(
-                vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tokenizer,
-                unet=parts["unet"], scheduler=parts["scheduler"], safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False,
+                vae=parts["vae"],
+                text_encoder=parts["text_encoder"],
+                tokenizer=tokenizer,
+                unet=parts["unet"],
+                scheduler=parts["scheduler"],
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
             )
         shutil.rmtree(tok_dir)
         model_dir = tmp / "model"

@@ -8,4 +8,10 @@ from anogen.embedding.train import (
     masked_noise_loss,
 )
 
-__all__ = ["EmbeddingTrainer", "GroupedEmbeddingTrainer", "effective_learning_rate", "learn_embedding", "masked_noise_loss"]
+__all__ = [
+    "EmbeddingTrainer",
+    "GroupedEmbeddingTrainer",
+    "effective_learning_rate",
+    "learn_embedding",
+    "masked_noise_loss",
+]

@@ -47,18 +47,31 @@ def import_authors_embedding(
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     digest = sha256_file(source) if source.is_file() else None
     if digest is not None and digest != spec["sha256"]:
-        raise DataError(source, "changed since the workflow was planned (its sha256 is part of the key); rerun snakemake")
+        raise DataError(
+            source, "changed since the workflow was planned (its sha256 is part of the key); rerun snakemake"
+        )
     source_token, vector = load_authors_embedding(source)
     token = spec["placeholder_token"]
     save_learned_embedding(
-        out_dir / EMBEDDING_FILE, token, vector,
+        out_dir / EMBEDDING_FILE,
+        token,
+        vector,
         metadata={"source": "authors", "source_token": source_token, "source_sha256": digest, "key": key},
     )
     write_loss_csv(out_dir / LOSS_CSV, [], 0.0)
-    render_loss_plot(out_dir / LOSS_PNG, [], title=f"{spec['category']}/{spec['defect']}: imported from the authors' embeddings.pt (no training)")
+    render_loss_plot(
+        out_dir / LOSS_PNG,
+        [],
+        title=f"{spec['category']}/{spec['defect']}: imported from the authors' embeddings.pt (no training)",
+    )
     log.info("imported %s (%s, %d-d) as %s", source, source_token, vector.numel(), token)
     return write_manifest(
-        out_dir, stage="embedding", key=key, spec=spec, inputs=inputs, files=[EMBEDDING_FILE, LOSS_CSV, LOSS_PNG],
+        out_dir,
+        stage="embedding",
+        key=key,
+        spec=spec,
+        inputs=inputs,
+        files=[EMBEDDING_FILE, LOSS_CSV, LOSS_PNG],
         extra={
             "source": "authors",
             "source_path": str(source),

@@ -60,8 +60,9 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,9 +88,22 @@ SYNC_EVERY = 50  # steps between host syncs of the loss values (learn_embedding)
 GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured
 
 SPEC_KEYS = (
-    "placeholder_token", "init_word", "steps", "batch_size", "learning_rate", "scale_lr",
-    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "mask_loss", "flip_p",
-    "resolution", "seed", "checkpoint_every", "templates",
+    "placeholder_token",
+    "init_word",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "scale_lr",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "mask_loss",
+    "flip_p",
+    "resolution",
+    "seed",
+    "checkpoint_every",
+    "templates",
 )
 
 
@@ -138,7 +152,9 @@ def _check_items(support_items: Sequence) -> list[tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def prepare_pixels(image: np.ndarray, mask: np.ndarray, resolution: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_pixels(
+    image: np.ndarray, mask: np.ndarray, resolution: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 image/mask -> ([1,3,R,R] in [-1,1], [1,1,R,R] in {0,1}).
 
     The image is resized bicubically; the mask bilinearly (antialiased when shrinking)
@@ -244,9 +260,7 @@ class EmbeddingTrainer:
         self.autocast_dtype = None
         if self.autocast_enabled:
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.grad_scaler = (
-            torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-        )
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         self.cuda_graph = bool(cuda_graph) and device.startswith("cuda") and self.grad_scaler is None
         if cuda_graph and not self.cuda_graph:
             log.warning("embedding.cuda_graph needs CUDA without fp16 loss scaling; using the eager path")
@@ -348,7 +362,7 @@ class EmbeddingTrainer:
 
     def _prepare_static(self) -> None:
         """Stack posterior mean/std and masks of all (item, orientation) pairs; fixed input buffers."""
-        n, nf = len(self.items), len(self.flips_needed)
+        n = len(self.items)
         order = [(i, f) for i in range(n) for f in self.flips_needed]  # row = i * nf + orientation
         self._static_mean = torch.cat([self.posterior[k][0] for k in order])
         self._static_std = torch.cat([self.posterior[k][1] for k in order])
@@ -405,10 +419,17 @@ class EmbeddingTrainer:
 
     def _fill_static(self, d: dict[str, Any]) -> None:
         """Copy this step's draws into the fixed device buffers (the only host-to-device traffic)."""
-        orientation = d["flips"].long() if len(self.flips_needed) == 2 else torch.zeros(self.batch_size, dtype=torch.long)
+        orientation = (
+            d["flips"].long() if len(self.flips_needed) == 2 else torch.zeros(self.batch_size, dtype=torch.long)
+        )
         rows = torch.tensor(d["idx"], dtype=torch.long) * len(self.flips_needed) + orientation
-        for name, value in (("rows", rows), ("tmpl", d["tmpl"]), ("kl", d["kl"]), ("noise", d["noise"]),
-                            ("timesteps", d["timesteps"])):
+        for name, value in (
+            ("rows", rows),
+            ("tmpl", d["tmpl"]),
+            ("kl", d["kl"]),
+            ("noise", d["noise"]),
+            ("timesteps", d["timesteps"]),
+        ):
             self._buf[name].copy_(value, non_blocking=True)
 
     def _static_batch(self) -> dict[str, Any]:
@@ -541,8 +562,16 @@ class GroupedEmbeddingTrainer:
     keeps one job per (category, defect) so partial rebuilds stay per artifact.
     """
 
-    def __init__(self, backbone, concepts: Sequence[Sequence], spec: dict, *, device: str = "cpu",
-                 mixed_precision: str = "auto", n_devices: int = 1):
+    def __init__(
+        self,
+        backbone,
+        concepts: Sequence[Sequence],
+        spec: dict,
+        *,
+        device: str = "cpu",
+        mixed_precision: str = "auto",
+        n_devices: int = 1,
+    ):
         if not concepts:
             raise ValueError("no concept to train")
         backbone.to(device)
@@ -550,8 +579,15 @@ class GroupedEmbeddingTrainer:
         self.backbone = backbone
         token_id = backbone.add_placeholder_token(str(spec["placeholder_token"]), spec["init_word"])
         self.trainers = [
-            EmbeddingTrainer(backbone, items, spec, device=device, mixed_precision=mixed_precision,
-                             n_devices=n_devices, _shared_token_id=token_id)
+            EmbeddingTrainer(
+                backbone,
+                items,
+                spec,
+                device=device,
+                mixed_precision=mixed_precision,
+                n_devices=n_devices,
+                _shared_token_id=token_id,
+            )
             for items in concepts
         ]
         first = self.trainers[0]
@@ -621,8 +657,9 @@ def render_loss_plot(path: Path, losses: Sequence[float], title: str = "embeddin
     """The per-step loss and its moving average against the training step (matplotlib)."""
     from anogen.plots import plot_loss_curves
 
-    plot_loss_curves(path, np.arange(1, len(losses) + 1), {"loss": losses}, title=title,
-                     ylabel="mask-weighted noise MSE (Eq. 6)")
+    plot_loss_curves(
+        path, np.arange(1, len(losses) + 1), {"loss": losses}, title=title, ylabel="mask-weighted noise MSE (Eq. 6)"
+    )
 
 
 # ----------------------------------------------------------------------------- the job
@@ -668,7 +705,12 @@ def learn_embedding(
 
     backbone = load_backbone(model, revision, device)
     trainer = EmbeddingTrainer(
-        backbone, support_items, spec, device=device, mixed_precision=mixed_precision, n_devices=n_devices,
+        backbone,
+        support_items,
+        spec,
+        device=device,
+        mixed_precision=mixed_precision,
+        n_devices=n_devices,
         cuda_graph=cuda_graph,
     )
     steps = int(spec["steps"])
@@ -687,17 +729,25 @@ def learn_embedding(
             trainer.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise IntegrityError(
-                ckpt_path, f"checkpoint does not fit this job ({exc})",
+                ckpt_path,
+                f"checkpoint does not fit this job ({exc})",
                 rebuild_hint=f"delete {ckpt_path.parent} to restart this job from step 0",
             ) from exc
         resumed_from = trainer.step_count
         log.info("resuming from %s at step %d of %d", ckpt_path, resumed_from, steps)
 
     log.info(
-        "learning %s on %s (%s, %d px) from %d support images: %d steps, batch %d, lr %.4g, "
-        "mask_loss=%s, device %s%s",
-        trainer.token, model, backbone.family, trainer.resolution, len(trainer.items), steps,
-        trainer.batch_size, trainer.effective_lr, trainer.mask_loss, device,
+        "learning %s on %s (%s, %d px) from %d support images: %d steps, batch %d, lr %.4g, mask_loss=%s, device %s%s",
+        trainer.token,
+        model,
+        backbone.family,
+        trainer.resolution,
+        len(trainer.items),
+        steps,
+        trainer.batch_size,
+        trainer.effective_lr,
+        trainer.mask_loss,
+        device,
         f", autocast {trainer.autocast_dtype}" if trainer.autocast_enabled else "",
     )
     kill_at = _kill_hook_step()
@@ -730,7 +780,9 @@ def learn_embedding(
 
     vector = trainer.vector.detach().cpu()
     save_learned_embedding(
-        out_dir / EMBEDDING_FILE, trainer.token, vector,
+        out_dir / EMBEDDING_FILE,
+        trainer.token,
+        vector,
         metadata={"family": backbone.family, "token_id": trainer.token_id, "key": key},
     )
     write_loss_csv(out_dir / LOSS_CSV, trainer.losses, trainer.effective_lr)

@@ -17,8 +17,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -172,12 +173,15 @@ def evaluate_detector(
     if not items:
         raise DataError(data_root, "no test images left to evaluate after excluding the support images")
     labels = [item.defect != GOOD for _, item in items]
-    for rel, item in items:
+    for _, item in items:
         if item.defect != GOOD and item.mask is None:
             raise DataError(item.path, "anomalous test image has no ground-truth mask")
     log.info(
         "evaluating %d test images (%d anomalous, %d support images excluded) at %d px",
-        len(items), sum(labels), len(excluded), resolution,
+        len(items),
+        sum(labels),
+        len(excluded),
+        resolution,
     )
 
     chosen = set(_pick_examples([item.defect for _, item in items], int(n_visualizations)))
@@ -242,8 +246,7 @@ def evaluate_detector(
         entry = kept[index]
         rel = entry["rel"]
         defect = items[index][1].defect
-        title = (f"{spec.get('detector')} ({spec.get('variant')}) on {rel}: {defect}, "
-                 f"image score {scores[index]:.4g}")
+        title = f"{spec.get('detector')} ({spec.get('variant')}) on {rel}: {defect}, image score {scores[index]:.4g}"
         panel = render_panel(entry["image"], entry["mask"], entry["map"], vmin=map_min, vmax=map_max, title=title)
         # examples/<defect>/<image>.png: the report labels each panel by defect and image
         # (workflow/rules/evaluation.smk), so every one of them is reachable there

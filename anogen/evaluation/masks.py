@@ -31,8 +31,12 @@ MASK_RESIZE_SETTINGS = (*MASK_RESIZE_METHODS, "official")
 OFFICIAL_MASK_RESIZE = {"draem": "bilinear_uint8", "destseg": "bilinear_antialias"}
 
 __all__ = [
-    "MASK_RESIZE_METHODS", "MASK_RESIZE_SETTINGS", "OFFICIAL_MASK_RESIZE",
-    "resolve_mask_resize", "resize_gt_mask", "load_gt_mask",
+    "MASK_RESIZE_METHODS",
+    "MASK_RESIZE_SETTINGS",
+    "OFFICIAL_MASK_RESIZE",
+    "resolve_mask_resize",
+    "resize_gt_mask",
+    "load_gt_mask",
 ]
 
 

@@ -58,9 +58,7 @@ class MetricUndefinedWarning(UserWarning):
 
 
 def _undefined(metric: str, reason: str, stacklevel: int = 3) -> float:
-    warnings.warn(
-        f"{metric} is undefined ({reason}); returning NaN", MetricUndefinedWarning, stacklevel=stacklevel
-    )
+    warnings.warn(f"{metric} is undefined ({reason}); returning NaN", MetricUndefinedWarning, stacklevel=stacklevel)
     return math.nan
 
 
@@ -139,9 +137,7 @@ def _auroc(n_pos: int, n_neg: int, counts: np.ndarray, below: np.ndarray, upto: 
     return twice / (2.0 * n_pos * n_neg)
 
 
-def _average_precision(
-    n_pos: int, n_neg: int, starts: np.ndarray, counts: np.ndarray, below: np.ndarray
-) -> float:
+def _average_precision(n_pos: int, n_neg: int, starts: np.ndarray, counts: np.ndarray, below: np.ndarray) -> float:
     # threshold = each distinct positive value v: TP = #pos >= v, FP = #neg >= v
     tp = (n_pos - starts).astype(np.float64)
     fp = (n_neg - below).astype(np.float64)
@@ -214,7 +210,8 @@ def _sorted_metrics(
     names = [f"{what}_auroc", f"{what}_aupr"] + ([f"{what}_aupro"] if region_sizes is not None else [])
     if n_pos == 0 or n_neg == 0:
         reason = (
-            "no samples at all" if n_pos + n_neg == 0
+            "no samples at all"
+            if n_pos + n_neg == 0
             else f"no {'anomalous' if n_pos == 0 else 'normal'} {'pixels' if what == 'pixel' else 'images'}"
             f" among {n_pos + n_neg}"
         )
@@ -263,9 +260,7 @@ def _image_metric(labels: Any, scores: Any, name: str) -> float:
     if y.size != s.size:
         raise ValueError(f"labels ({y.size}) and scores ({s.size}) differ in length")
     if y.size == 0 or y.all() or not y.any():
-        kind = "no images" if y.size == 0 else (
-            f"all {y.size} images are {'anomalous' if y.all() else 'normal'}"
-        )
+        kind = "no images" if y.size == 0 else (f"all {y.size} images are {'anomalous' if y.all() else 'normal'}")
         return _undefined(name, kind, stacklevel=4)
     s = s.astype(_exact_dtype(s), copy=False)
     return _sorted_metrics(s[y], np.sort(s[~y]), what="image")[name]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import csv
 import html
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,8 +43,21 @@ __all__ = [
 LABEL_METRICS = {label: name for name, label in METRIC_LABELS.items()}
 
 MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
 )
 
 # The paper's Table 1: mean over the 15 MVTec AD categories, percent (no AUPRO reported).
@@ -96,7 +109,7 @@ def _fmt(value: float, signed: bool = False) -> str:
 
 def _page(title: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
@@ -189,10 +202,10 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines.append("</table>")
     if compare:
-        scope = (
-            "the paper's numbers are the mean over all 15 MVTec AD categories"
-            + ("" if n_categories == len(MVTEC_CATEGORIES) else f"; this run evaluated {n_categories} of them, "
-               "so the comparison is indicative only")
+        scope = "the paper's numbers are the mean over all 15 MVTec AD categories" + (
+            ""
+            if n_categories == len(MVTEC_CATEGORIES)
+            else f"; this run evaluated {n_categories} of them, so the comparison is indicative only"
         )
         caption = (
             '<p class="caption">Mean over categories, percent; <b>delta</b> = AnoGen - baseline. '
@@ -255,7 +268,8 @@ def plot_comparison(rows: Sequence[Mapping[str, str]], path: str | Path) -> None
     x = np.arange(len(categories))
     n_cols = max(1, len(detectors))
     fig, axes = plt.subplots(
-        len(METRICS), n_cols,
+        len(METRICS),
+        n_cols,
         figsize=(max(5.0, 0.42 * len(categories) + 1.6) * n_cols, 2.4 * len(METRICS) + 0.8),
         squeeze=False,
     )
@@ -266,22 +280,29 @@ def plot_comparison(rows: Sequence[Mapping[str, str]], path: str | Path) -> None
             for k, variant in enumerate(variants):
                 values = [_num(index.get((c, detector, variant), {}).get(metric)) for c in categories]
                 shown += [v for v in values if math.isfinite(v)]
-                ax.bar(x + (k - (len(variants) - 1) / 2) * width, values, width, color=colours.get(variant),
-                       label=variant)
+                ax.bar(
+                    x + (k - (len(variants) - 1) / 2) * width, values, width, color=colours.get(variant), label=variant
+                )
             paper = PAPER_TABLE1.get(detector) if compare else None
             if paper:
                 for k, variant in enumerate(variants):
                     value = paper.get(variant, {}).get(metric)
                     if value is not None:
                         shown.append(value)
-                        ax.plot([x[-1] + (k - (len(variants) - 1) / 2) * width], [value], marker="_",
-                                markersize=14, mew=2.5, color="black", linestyle="none",
-                                label="paper (mean)" if k == 0 else None)
+                        ax.plot(
+                            [x[-1] + (k - (len(variants) - 1) / 2) * width],
+                            [value],
+                            marker="_",
+                            markersize=14,
+                            mew=2.5,
+                            color="black",
+                            linestyle="none",
+                            label="paper (mean)" if k == 0 else None,
+                        )
             low = max(0.0, math.floor((min(shown) - 5.0) / 10.0) * 10.0) if shown else 0.0
             ax.set_ylim(low, 100)
             ax.set_xticks(x)
-            ax.set_xticklabels(categories if j == len(METRICS) - 1 else [], rotation=60, ha="right",
-                               fontsize="small")
+            ax.set_xticklabels(categories if j == len(METRICS) - 1 else [], rotation=60, ha="right", fontsize="small")
             ax.set_title(f"{detector}: {METRIC_LABELS[metric]}", fontsize="medium")
             if i == 0:
                 ax.set_ylabel("percent")
@@ -302,8 +323,15 @@ def plot_comparison(rows: Sequence[Mapping[str, str]], path: str | Path) -> None
     plt.close(fig)
 
 
-def write_report_items(summary_csv: str | Path, table1_csv: str | Path, *, summary_html_path: str | Path,
-                       table1_html_path: str | Path, comparison_png: str | Path, notes_html_path: str | Path) -> None:
+def write_report_items(
+    summary_csv: str | Path,
+    table1_csv: str | Path,
+    *,
+    summary_html_path: str | Path,
+    table1_html_path: str | Path,
+    comparison_png: str | Path,
+    notes_html_path: str | Path,
+) -> None:
     """Render the report items of the summarize rule from the CSVs it has just written."""
     rows = read_rows(summary_csv)
     table1 = read_rows(table1_csv)

@@ -20,8 +20,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from anogen.errors import DataError
 from anogen.io import atomic_write_text
@@ -122,7 +123,7 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
         for category in categories:
             values = records[(category, detector, variant)]
             undefined = [name for name in METRICS if math.isnan(values[name])]
-            row_notes = ([f"undefined: {', '.join(undefined)}"] if undefined else [])
+            row_notes = [f"undefined: {', '.join(undefined)}"] if undefined else []
             row_notes += provenance_notes[(category, detector, variant)]
             rows.append([category, detector, variant, *(_fmt(values[m]) for m in METRICS), "1", "; ".join(row_notes)])
         mean_values: dict[str, float] = {}
@@ -134,14 +135,12 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
             missing = [c for c, v in zip(categories, available) if math.isnan(v)]
             if missing:
                 notes.append(
-                    f"{name} mean over {len(defined)}/{len(categories)} categories "
-                    f"(undefined for {' '.join(missing)})"
+                    f"{name} mean over {len(defined)}/{len(categories)} categories (undefined for {' '.join(missing)})"
                 )
         means[(detector, variant)] = mean_values
         notes += sorted({n for c in categories for n in provenance_notes[(c, detector, variant)]})
         rows.append(
-            [MEAN, detector, variant, *(_fmt(mean_values[m]) for m in METRICS),
-             str(len(categories)), "; ".join(notes)]
+            [MEAN, detector, variant, *(_fmt(mean_values[m]) for m in METRICS), str(len(categories)), "; ".join(notes)]
         )
     atomic_write_text(summary_csv, _csv_text(SUMMARY_COLUMNS, rows))
 
@@ -172,9 +171,7 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
 
     # Every number of the table is a mean over runs that may carry notes: each row says which.
     table_note = "; ".join(_scoped_notes(provenance_notes))
-    table_rows = [
-        [METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns), table_note] for name in METRICS
-    ]
+    table_rows = [[METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns), table_note] for name in METRICS]
     atomic_write_text(table1_csv, _csv_text(["metric", *(h for h, _, _ in columns), "note"], table_rows))
 
 

@@ -26,7 +26,6 @@ _RAMP = np.array(
 )
 
 
-
 def heat_colors(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """Map an HxW float array to uint8 HxWx3 heat colours; values are scaled to [vmin, vmax]."""
     v = np.asarray(values, dtype=np.float64)

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from anogen.errors import DataError
+
 
 @dataclasses.dataclass(frozen=True)
 class Box:
@@ -80,16 +81,21 @@ class Box:
         mask[y0:y1, x0:x1] = inside
         return mask
 
-    def scaled(self, sx: float, sy: float) -> "Box":
+    def scaled(self, sx: float, sy: float) -> Box:
         """The same box on an image resized by (sx, sy); exact for angle 0 and for sx == sy."""
         return Box(self.cx * sx, self.cy * sy, self.w * sx, self.h * sy, self.angle)
 
     def as_dict(self) -> dict:
-        return {"cx": float(self.cx), "cy": float(self.cy), "w": float(self.w), "h": float(self.h),
-                "angle": float(self.angle)}
+        return {
+            "cx": float(self.cx),
+            "cy": float(self.cy),
+            "w": float(self.w),
+            "h": float(self.h),
+            "angle": float(self.angle),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Box":
+    def from_dict(cls, d: dict) -> Box:
         return cls(float(d["cx"]), float(d["cy"]), float(d["w"]), float(d["h"]), float(d.get("angle", 0.0)))
 
 

@@ -24,8 +24,18 @@ from anogen.errors import DataError, IntegrityError
 from anogen.io import load_manifest, sha256_file, verify_file
 from anogen.keys import canonical_json
 
-_SPEC_KEYS = ("boxes_per_image", "images_per_box", "steps", "guidance_scale", "eta", "paste_back", "seed",
-              "min_overlap", "box", "texture")
+_SPEC_KEYS = (
+    "boxes_per_image",
+    "images_per_box",
+    "steps",
+    "guidance_scale",
+    "eta",
+    "paste_back",
+    "seed",
+    "min_overlap",
+    "box",
+    "texture",
+)
 
 
 def _readme(description: dict, sets: list[dict], total: int) -> str:
@@ -46,12 +56,17 @@ def _readme(description: dict, sets: list[dict], total: int) -> str:
     ]
     if description:
         lines += ["## Description", "", "```json", json.dumps(description, indent=2, sort_keys=True), "```", ""]
-    lines += ["## Sets", "", "| category | defect | images | generation key | model | settings |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "## Sets",
+        "",
+        "| category | defect | images | generation key | model | settings |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in sets:
         settings = canonical_json({k: s["spec"][k] for k in _SPEC_KEYS if k in s["spec"]})
-        lines.append(f"| {s['category']} | {s['defect']} | {s['n_images']} | {s['key']} | "
-                     f"{s.get('model')} | `{settings}` |")
+        lines.append(
+            f"| {s['category']} | {s['defect']} | {s['n_images']} | {s['key']} | {s.get('model')} | `{settings}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -82,8 +97,9 @@ def export_generated(generation_manifests: list[Path], out_root: Path, descripti
             spec = manifest["spec"]
             category, defect = spec["category"], spec["defect"]
             if (category, defect) in seen:
-                raise DataError(manifest_path, f"a second generated set for {category}/{defect} "
-                                               f"(first: {seen[(category, defect)]})")
+                raise DataError(
+                    manifest_path, f"a second generated set for {category}/{defect} (first: {seen[(category, defect)]})"
+                )
             seen[(category, defect)] = manifest_path
             base = Path(category) / defect
             items = []
@@ -99,12 +115,21 @@ def export_generated(generation_manifests: list[Path], out_root: Path, descripti
                 items.append(entry)
             total += len(items)
             extra = manifest["extra"]
-            sets.append({
-                "category": category, "defect": defect, "key": manifest["key"], "inputs": manifest["inputs"],
-                "spec": spec, "n_images": len(items), "model": extra.get("model"),
-                "family": extra.get("family"), "resolution": extra.get("resolution"),
-                "source_manifest": str(manifest_path), "items": items,
-            })
+            sets.append(
+                {
+                    "category": category,
+                    "defect": defect,
+                    "key": manifest["key"],
+                    "inputs": manifest["inputs"],
+                    "spec": spec,
+                    "n_images": len(items),
+                    "model": extra.get("model"),
+                    "family": extra.get("family"),
+                    "resolution": extra.get("resolution"),
+                    "source_manifest": str(manifest_path),
+                    "items": items,
+                }
+            )
         dataset = {
             "format": "anogen-generated/1",
             "layout": "<category>/<defect>/{images,masks}/<name>.png",

@@ -73,8 +73,15 @@ def _grabcut(image: np.ndarray, iterations: int, margin: float) -> np.ndarray | 
     fgd = np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut's GMM initialisation draws from OpenCV's RNG
     try:
-        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), mask, (mx, my, w - 2 * mx, h - 2 * my),
-                    bgd, fgd, int(iterations), cv2.GC_INIT_WITH_RECT)
+        cv2.grabCut(
+            np.ascontiguousarray(image[..., ::-1]),
+            mask,
+            (mx, my, w - 2 * mx, h - 2 * my),
+            bgd,
+            fgd,
+            int(iterations),
+            cv2.GC_INIT_WITH_RECT,
+        )
     except cv2.error as exc:  # e.g. a flat image: no colour clusters to fit
         log.debug("GrabCut failed (%s); falling back to Otsu", exc)
         return None
@@ -101,8 +108,12 @@ def _degenerate(mask: np.ndarray | None) -> bool:
 
 
 def estimate_foreground_with_method(
-    image: np.ndarray, method: str = "grabcut", iterations: int = 5, *,
-    margin: float = MARGIN, work_size: int = WORK_SIZE,
+    image: np.ndarray,
+    method: str = "grabcut",
+    iterations: int = 5,
+    *,
+    margin: float = MARGIN,
+    work_size: int = WORK_SIZE,
 ) -> tuple[np.ndarray, str]:
     """Foreground mask (uint8 HxW in {0, 1}, at the image's size) and the method that made it."""
     if method not in METHODS:
@@ -183,8 +194,12 @@ def build_foreground_set(
     data_root = Path(data_root)
     template = Path(template) if template is not None else None
     if spec is None:
-        spec = {"texture": bool(texture), "template": str(template) if template else None,
-                "iterations": int(iterations), "method": "grabcut"}
+        spec = {
+            "texture": bool(texture),
+            "template": str(template) if template else None,
+            "iterations": int(iterations),
+            "method": "grabcut",
+        }
     stems: dict[str, Path] = {}
     for p in image_paths:
         p = Path(p)
@@ -200,18 +215,25 @@ def build_foreground_set(
         mask, method = _mask_for(path, texture, template, iterations)
         atomic_save_image(out_dir / rel, (mask * 255).astype(np.uint8))
         counts[method] = counts.get(method, 0) + 1
-        items.append({
-            "source_image": Path(_relpath(data_root, path)).as_posix(),
-            "mask": rel,
-            "fraction": float(mask.mean()),
-            "method": method,
-        })
+        items.append(
+            {
+                "source_image": Path(_relpath(data_root, path)).as_posix(),
+                "mask": rel,
+                "fraction": float(mask.mean()),
+                "method": method,
+            }
+        )
         files.append(rel)
         if (i + 1) % 50 == 0:
             log.info("foreground: %d/%d images", i + 1, len(image_paths))
     log.info("foreground masks: %s", counts)
     return write_manifest(
-        out_dir, stage="foreground", key=key, spec=spec, inputs=inputs, files=files,
+        out_dir,
+        stage="foreground",
+        key=key,
+        spec=spec,
+        inputs=inputs,
+        files=files,
         extra={"items": items, "methods": counts, "work_size": WORK_SIZE, "margin": MARGIN},
     )
 

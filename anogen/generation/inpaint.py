@@ -58,8 +58,14 @@ def amp_dtype(device: str, mixed_precision: str = "auto") -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def prepare_for_inference(backbone, mixed_precision: str = "auto", *, channels_last: bool = False,
-                          compile: bool = False, compile_backend: str = "inductor"):
+def prepare_for_inference(
+    backbone,
+    mixed_precision: str = "auto",
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_backend: str = "inductor",
+):
     """On CUDA with mixed precision, keep the UNet's weights in the autocast dtype (see above);
     optionally channels_last weights and a compiled UNet (speed only, see module doc)."""
     dtype = amp_dtype(backbone.device, mixed_precision)
@@ -200,8 +206,14 @@ def inpaint(
 
     trace: dict[str, Any] | None = None
     if return_trace:
-        trace = {"z0": z0.cpu(), "mask": m.cpu(), "initial": z.cpu(), "timesteps": timesteps,
-                 "alphas_cumprod": abar.clone(), "steps": []}
+        trace = {
+            "z0": z0.cpu(),
+            "mask": m.cpu(),
+            "initial": z.cpu(),
+            "timesteps": timesteps,
+            "alphas_cumprod": abar.clone(),
+            "steps": [],
+        }
 
     compiled = getattr(backbone, "unet_compiled", False)
     for i, t in enumerate(timesteps):
@@ -227,10 +239,16 @@ def inpaint(
             reference = q(z0, target_t, fwd_noise)
         z = reference * keep + denoised * m
         if trace is not None:
-            trace["steps"].append({
-                "t": t, "target_t": target_t, "denoised": denoised.cpu(), "reference": reference.cpu(),
-                "noise": None if fwd_noise is None else fwd_noise.cpu(), "latent": z.cpu(),
-            })
+            trace["steps"].append(
+                {
+                    "t": t,
+                    "target_t": target_t,
+                    "denoised": denoised.cpu(),
+                    "reference": reference.cpu(),
+                    "noise": None if fwd_noise is None else fwd_noise.cpu(),
+                    "latent": z.cpu(),
+                }
+            )
 
     out = backbone.decode_latents(z).float().cpu()
     if paste_back:

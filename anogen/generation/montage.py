@@ -3,7 +3,7 @@ image with its sampled boxes and the generated samples (matplotlib)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -67,12 +67,15 @@ def make_montage(
     ]
     for r in range(gen_rows):
         chunk = gen[r * columns : (r + 1) * columns]
-        rows.append(("generated" if r == 0 else "",
-                     [(f"generated {r * columns + i + 1}", t) for i, t in enumerate(chunk)]))
+        rows.append(
+            ("generated" if r == 0 else "", [(f"generated {r * columns + i + 1}", t) for i, t in enumerate(chunk)])
+        )
 
     tile_in = thumb / 100.0
     fig, axes = plt.subplots(
-        len(rows), columns, figsize=(columns * (tile_in + 0.15) + 0.4, len(rows) * (tile_in + 0.45) + 0.45),
+        len(rows),
+        columns,
+        figsize=(columns * (tile_in + 0.15) + 0.4, len(rows) * (tile_in + 0.45) + 0.45),
         squeeze=False,
     )
     for r, (row_label, tiles) in enumerate(rows):

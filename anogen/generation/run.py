@@ -35,10 +35,11 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,17 +123,28 @@ def _box_template(spec: dict, template: Path | None, resolution: int) -> np.ndar
     wanted = spec.get("template")
     if wanted is None:
         if template is not None:
-            raise ConfigError("generation.templates", f"a template ({template}) was given but the generation spec has none")
+            raise ConfigError(
+                "generation.templates", f"a template ({template}) was given but the generation spec has none"
+            )
         return None
     if template is None:
-        raise ConfigError("generation.templates", "the generation spec names a box template but no template file was given")
+        raise ConfigError(
+            "generation.templates", "the generation spec names a box template but no template file was given"
+        )
     if sha256_file(template) != wanted["sha256"]:
-        raise DataError(template, "box template changed since the workflow was planned; rerun snakemake so the key follows it")
+        raise DataError(
+            template, "box template changed since the workflow was planned; rerun snakemake so the key follows it"
+        )
     return load_box_template(template, resolution, resolution)
 
 
 def plan_generation(
-    *, normal_images: list[Path], data_root: Path, foreground_manifest: Path | None, spec: dict, resolution: int,
+    *,
+    normal_images: list[Path],
+    data_root: Path,
+    foreground_manifest: Path | None,
+    spec: dict,
+    resolution: int,
     template: Path | None = None,
 ) -> tuple[list[Path], list[str], list[PlannedImage]]:
     """Boxes and seeds of every image to generate: (normal images used, their root-relative paths, plan).
@@ -160,7 +172,9 @@ def plan_generation(
     template_mask = _box_template(spec, Path(template) if template is not None else None, resolution)
     if template_mask is None:
         if foreground_manifest is None:
-            raise ConfigError("generation.templates", f"{category}/{defect} has neither a box template nor a foreground set")
+            raise ConfigError(
+                "generation.templates", f"{category}/{defect} has neither a box template nor a foreground set"
+            )
         fg_manifest = load_manifest(foreground_manifest)
         masks = {item["source_image"]: item["mask"] for item in fg_manifest["extra"]["items"]}
         overlap, strict, overlap_key = float(_get(spec, "min_overlap")), False, "generation.min_overlap"
@@ -178,17 +192,31 @@ def plan_generation(
             fg = _foreground_at(Path(foreground_manifest), fg_manifest, masks[rel], resolution, resize)
         rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
         boxes = sample_boxes(
-            rng, fg, int(_get(spec, "boxes_per_image")), box_spec["width"], box_spec["height"],
-            bool(box_spec.get("rotate", False)), overlap,
-            int(_get(spec, "max_tries")), image_name=str(path), defect=defect,
-            strict=strict, overlap_key=overlap_key,
+            rng,
+            fg,
+            int(_get(spec, "boxes_per_image")),
+            box_spec["width"],
+            box_spec["height"],
+            bool(box_spec.get("rotate", False)),
+            overlap,
+            int(_get(spec, "max_tries")),
+            image_name=str(path),
+            defect=defect,
+            strict=strict,
+            overlap_key=overlap_key,
         )
         for b, box in enumerate(boxes):
             for j in range(int(_get(spec, "images_per_box"))):
-                plan.append(PlannedImage(
-                    name=f"{path.stem}_b{b}_s{j}.png", image_index=index, box_index=b, sample_index=j,
-                    box=box, seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
-                ))
+                plan.append(
+                    PlannedImage(
+                        name=f"{path.stem}_b{b}_s{j}.png",
+                        image_index=index,
+                        box_index=b,
+                        sample_index=j,
+                        box=box,
+                        seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
+                    )
+                )
     return images, rels, plan
 
 
@@ -229,7 +257,7 @@ def _append_progress(out_dir: Path, record: dict) -> None:
 
 def _chunks(seq: list, size: int) -> Iterable[list]:
     for k in range(0, len(seq), size):
-        yield seq[k:k + size]
+        yield seq[k : k + size]
 
 
 # ----------------------------------------------------------------------------- the job
@@ -282,13 +310,17 @@ def generate_anomalies(
     with torch.no_grad():
         prompt_embeds = backbone.encode_text(backbone.tokenize([token])).float()
         uncond_embeds = backbone.encode_text(backbone.tokenize([""])).float()
-    log.info("loaded %s (%s, %d px) and token %s in %.1f s", model, backbone.family, res, token,
-             time.monotonic() - t_load)
+    log.info(
+        "loaded %s (%s, %d px) and token %s in %.1f s", model, backbone.family, res, token, time.monotonic() - t_load
+    )
 
     images, rels, plan = plan_generation(
-        normal_images=normal_images, data_root=data_root,
+        normal_images=normal_images,
+        data_root=data_root,
         foreground_manifest=Path(foreground_manifest) if foreground_manifest is not None else None,
-        spec=spec, resolution=res, template=template,
+        spec=spec,
+        resolution=res,
+        template=template,
     )
     progress = _read_progress(out_dir, key)
     done = {item.name for item in plan if _is_done(out_dir, item, progress.get(item.name))}
@@ -316,10 +348,16 @@ def generate_anomalies(
         for it, arr, bm in zip(pending, arrays, box_np):
             atomic_save_image(out_dir / it.image, arr)
             atomic_save_image(out_dir / it.mask, (bm * 255).astype(np.uint8))
-            _append_progress(out_dir, {
-                "key": key, "name": it.name, "seed": it.seed,
-                "image_sha256": sha256_file(out_dir / it.image), "mask_sha256": sha256_file(out_dir / it.mask),
-            })
+            _append_progress(
+                out_dir,
+                {
+                    "key": key,
+                    "name": it.name,
+                    "seed": it.seed,
+                    "image_sha256": sha256_file(out_dir / it.image),
+                    "mask_sha256": sha256_file(out_dir / it.mask),
+                },
+            )
 
     generated = 0
     batches = 0
@@ -338,8 +376,19 @@ def generate_anomalies(
             box_np = [it.box.to_mask(res, res) for it in pending]
             box_masks = torch.from_numpy(np.stack(box_np))[:, None].float()
             gens = [torch.Generator().manual_seed(it.seed) for it in pending]
-            out = inpaint(backbone, pixels, box_masks, prompt_embeds, uncond_embeds, gens, steps, guidance,
-                          eta=eta, paste_back=paste_back, mixed_precision=mixed_precision)
+            out = inpaint(
+                backbone,
+                pixels,
+                box_masks,
+                prompt_embeds,
+                uncond_embeds,
+                gens,
+                steps,
+                guidance,
+                eta=eta,
+                paste_back=paste_back,
+                mixed_precision=mixed_precision,
+            )
             arrays = to_uint8(out)
             if in_flight is not None:
                 in_flight.result()
@@ -370,10 +419,18 @@ def generate_anomalies(
     )
     atomic_save_image(out_dir / "montage.png", montage)
 
-    items = [{
-        "image": it.image, "mask": it.mask, "source_image": rels[it.image_index], "box": it.box.as_dict(),
-        "seed": it.seed, "box_index": it.box_index, "sample_index": it.sample_index,
-    } for it in plan]
+    items = [
+        {
+            "image": it.image,
+            "mask": it.mask,
+            "source_image": rels[it.image_index],
+            "box": it.box.as_dict(),
+            "seed": it.seed,
+            "box_index": it.box_index,
+            "sample_index": it.sample_index,
+        }
+        for it in plan
+    ]
     files = [it.image for it in plan] + [it.mask for it in plan] + ["montage.png"]
     manifest_extra = {
         "items": items,
@@ -394,10 +451,10 @@ def generate_anomalies(
         "template": str(template) if template is not None else None,
         **(extra or {}),
     }
-    log.info("wrote %d images to %s (%s images/s this run)", total, out_dir,
-             "n/a" if ips is None else f"{ips:.3f}")
-    return write_manifest(out_dir, stage="generation", key=key, spec=spec, inputs=inputs, files=files,
-                          extra=manifest_extra)
+    log.info("wrote %d images to %s (%s images/s this run)", total, out_dir, "n/a" if ips is None else f"{ips:.3f}")
+    return write_manifest(
+        out_dir, stage="generation", key=key, spec=spec, inputs=inputs, files=files, extra=manifest_extra
+    )
 
 
 def check_embedding_width(embedding_path: Path, vector: torch.Tensor, backbone) -> None:
@@ -415,10 +472,13 @@ def check_embedding_width(embedding_path: Path, vector: torch.Tensor, backbone) 
         imported = read_embedding_metadata(embedding_path).get("source") == "authors"
     except Exception:  # metadata is informative only
         imported = False
-    where = ("the authors' published embedding (embedding.source: authors) was learned on "
-             "CompVis/ldm-text2im-large-256, whose LDMBert text encoder is 1280-d; set diffusion.model to "
-             "that model (or a copy), or learn the embeddings here (embedding.source: learn)"
-             if imported else "the embedding was made for another diffusion model; rerun stage 1 for this one")
+    where = (
+        "the authors' published embedding (embedding.source: authors) was learned on "
+        "CompVis/ldm-text2im-large-256, whose LDMBert text encoder is 1280-d; set diffusion.model to "
+        "that model (or a copy), or learn the embeddings here (embedding.source: learn)"
+        if imported
+        else "the embedding was made for another diffusion model; rerun stage 1 for this one"
+    )
     raise ConfigError(
         "diffusion.model",
         f"{embedding_path} holds a {width}-d vector but the text encoder of {backbone.model} "
@@ -436,7 +496,8 @@ def generation_items(manifest_path: str | Path, verify: bool = True) -> list[dic
     for item in manifest["extra"]["items"]:
         entry = dict(item)
         for field in ("image", "mask"):
-            entry[field] = (verify_file(manifest_path, item[field], manifest) if verify
-                            else manifest_path.parent / item[field])
+            entry[field] = (
+                verify_file(manifest_path, item[field], manifest) if verify else manifest_path.parent / item[field]
+            )
         out.append(entry)
     return out

@@ -79,9 +79,7 @@ def load_teacher_weights(
     if teacher_weights:
         path = Path(teacher_weights)
         if not path.is_file():
-            raise ConfigError(
-                "detectors.destseg.teacher_weights", f"file {path} does not exist"
-            )
+            raise ConfigError("detectors.destseg.teacher_weights", f"file {path} does not exist")
         origin = "config"
     else:
         path = provenance.find_hub_resnet18()
@@ -119,7 +117,13 @@ class DestsegTrainer:
     log_columns = ("phase", "loss", "cosine", "focal", "l1", "weak_dropped", "lr")
 
     def __init__(
-        self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int,
+        self,
+        cfg: dict[str, Any],
+        *,
+        seed: int,
+        tau: float,
+        device: str,
+        n_train: int,
         mixed_precision: str = "no",
     ):
         self.cfg = {**DESTSEG_DEFAULTS, **cfg}
@@ -132,9 +136,7 @@ class DestsegTrainer:
             try:
                 self.model.teacher.load_torchvision_state(state)
             except (KeyError, RuntimeError) as exc:
-                raise DataError(
-                    self.teacher_info["teacher_weights"]["path"], f"not ResNet18 weights ({exc})"
-                ) from exc
+                raise DataError(self.teacher_info["teacher_weights"]["path"], f"not ResNet18 weights ({exc})") from exc
         self.model.to(device)
         c = self.cfg
         self.student_opt = torch.optim.SGD(
@@ -176,8 +178,11 @@ class DestsegTrainer:
         }
 
     def export_config(self) -> dict[str, Any]:
-        return {"top_k": int(self.cfg["top_k"]), "teacher": self.teacher_info["teacher"],
-                "mixed_precision": self.mixed_precision}
+        return {
+            "top_k": int(self.cfg["top_k"]),
+            "teacher": self.teacher_info["teacher"],
+            "mixed_precision": self.mixed_precision,
+        }
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         dev, m = self.device, self.model
@@ -192,8 +197,15 @@ class DestsegTrainer:
                 cos = cosine_distance_loss(m.distance_maps(t, s))
             self.student_opt.zero_grad(set_to_none=True)
             _backward_step(cos, self.student_opt, self.scaler)
-            return {"phase": 1, "loss": cos.item(), "cosine": cos.item(), "focal": float("nan"),
-                    "l1": float("nan"), "weak_dropped": float("nan"), "lr": self.lr_at(step)}
+            return {
+                "phase": 1,
+                "loss": cos.item(),
+                "cosine": cos.item(),
+                "focal": float("nan"),
+                "l1": float("nan"),
+                "weak_dropped": float("nan"),
+                "lr": self.lr_at(step),
+            }
 
         mask = batch["mask"].to(dev, non_blocking=True)
         weak = batch["weak"].to(dev)
@@ -207,22 +219,24 @@ class DestsegTrainer:
         logit = logit.float()
         target = F.interpolate(mask, size=logit.shape[2:], mode="bilinear", align_corners=False)
         target = (target >= 0.5).float()
-        focal, weight = weak_focal_loss(
-            logit, target, self.tau, float(self.cfg["focal_gamma"]), apply=weak
-        )
+        focal, weight = weak_focal_loss(logit, target, self.tau, float(self.cfg["focal_gamma"]), apply=weak)
         l1 = F.l1_loss(torch.sigmoid(logit), target)
         loss = focal + l1
         self.seg_opt.zero_grad(set_to_none=True)
         _backward_step(loss, self.seg_opt, self.scaler)
-        return {"phase": 2, "loss": loss.item(), "cosine": float("nan"), "focal": focal.item(),
-                "l1": l1.item(), "weak_dropped": float((weight == 0).float().mean().item()),
-                "lr": self.lr_at(step)}
+        return {
+            "phase": 2,
+            "loss": loss.item(),
+            "cosine": float("nan"),
+            "focal": focal.item(),
+            "l1": l1.item(),
+            "weak_dropped": float((weight == 0).float().mean().item()),
+            "lr": self.lr_at(step),
+        }
 
 
 @torch.no_grad()
-def destseg_predict(
-    model: DestsegNet, images: torch.Tensor, top_k: int, device: str, mixed_precision: str = "no"
-):
+def destseg_predict(model: DestsegNet, images: torch.Tensor, top_k: int, device: str, mixed_precision: str = "no"):
     model.eval()
     with detector_autocast(mixed_precision, device):
         logit = model(images)

@@ -36,9 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _res_layer(inplanes: int, planes: int, blocks: int = 2) -> nn.Sequential:
     downsample = None
     if inplanes != planes:
-        downsample = nn.Sequential(
-            nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
-        )
+        downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes))
     layers = [BasicBlock(inplanes, planes, 1, downsample)]
     layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
@@ -93,9 +91,7 @@ class ResNet18Features(nn.Module):
         missing, unexpected = self.load_state_dict(mapped, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
-            raise KeyError(
-                f"ResNet18 weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+            raise KeyError(f"ResNet18 weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     def zero_init_last(self) -> None:
         """timm's ``zero_init_last``: the second BatchNorm gamma of each BasicBlock = 0."""
@@ -131,7 +127,7 @@ def teacher_state_layout(state: dict) -> tuple[str, dict[str, torch.Tensor]]:
     if not isinstance(state, dict) or not state:
         raise KeyError("the file does not hold a ResNet18 state dict")
     if all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state, layout = {k[len("module."):]: v for k, v in state.items()}, "timm-checkpoint"
+        state, layout = {k[len("module.") :]: v for k, v in state.items()}, "timm-checkpoint"
     if any(k.startswith(DESTSEG_TEACHER_PREFIX) for k in state):
         n = len(DESTSEG_TEACHER_PREFIX)
         state = {k[n:]: v for k, v in state.items() if k.startswith(DESTSEG_TEACHER_PREFIX)}
@@ -173,15 +169,11 @@ class ASPP(nn.Module):
     def __init__(self, cin: int, cout: int, rates: tuple[int, ...] = (6, 12, 18)):
         super().__init__()
         self.pool_branch = nn.Sequential(nn.AdaptiveAvgPool2d(1), _cbr(cin, cout, 1))
-        self.branches = nn.ModuleList(
-            [_cbr(cin, cout, 1) if r == 1 else _cbr(cin, cout, 3, r, r) for r in rates]
-        )
+        self.branches = nn.ModuleList([_cbr(cin, cout, 1) if r == 1 else _cbr(cin, cout, 3, r, r) for r in rates])
         self.fuse = _cbr((1 + len(rates)) * cout, cout, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.interpolate(
-            self.pool_branch(x), size=x.shape[2:], mode="bilinear", align_corners=False
-        )
+        pooled = F.interpolate(self.pool_branch(x), size=x.shape[2:], mode="bilinear", align_corners=False)
         return self.fuse(torch.cat([pooled] + [b(x) for b in self.branches], dim=1))
 
 
@@ -213,7 +205,7 @@ class DestsegNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "DestsegNet":
+    def train(self, mode: bool = True) -> DestsegNet:
         super().train(mode)
         self.teacher.eval()  # frozen BatchNorm statistics, always
         return self
@@ -241,10 +233,7 @@ class DestsegNet(nn.Module):
     def segment(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
         size = s[0].shape[2:]
         x = torch.cat(
-            [
-                F.interpolate(-a * b, size=size, mode="bilinear", align_corners=False)
-                for a, b in zip(t, s)
-            ],
+            [F.interpolate(-a * b, size=size, mode="bilinear", align_corners=False) for a, b in zip(t, s)],
             dim=1,
         )
         return self.segmentation(x)

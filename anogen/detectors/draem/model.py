@@ -65,7 +65,13 @@ class DraemTrainer:
     log_columns = ("loss", "l2", "ssim", "focal", "weak_dropped", "lr")
 
     def __init__(
-        self, cfg: dict[str, Any], *, seed: int, tau: float, device: str, n_train: int,
+        self,
+        cfg: dict[str, Any],
+        *,
+        seed: int,
+        tau: float,
+        device: str,
+        n_train: int,
         mixed_precision: str = "no",
     ):
         self.cfg = {**DRAEM_DEFAULTS, **cfg}
@@ -93,9 +99,7 @@ class DraemTrainer:
 
     def lr_at(self, step: int) -> float:
         epoch = step // self.steps_per_epoch
-        return float(self.cfg["learning_rate"]) * lr_factor(
-            self.cfg["schedule"], epoch, int(self.cfg["epochs"])
-        )
+        return float(self.cfg["learning_rate"]) * lr_factor(self.cfg["schedule"], epoch, int(self.cfg["epochs"]))
 
     def parameter_counts(self) -> dict[str, int]:
         return {
@@ -130,7 +134,11 @@ class DraemTrainer:
         value_range = self.cfg["ssim_value_range"]
         ssim = ssim_loss(rec, clean, value_range=None if value_range is None else float(value_range))
         focal, weight = weak_focal_loss(
-            logit, mask, self.tau, float(self.cfg["focal_gamma"]), apply=weak,
+            logit,
+            mask,
+            self.tau,
+            float(self.cfg["focal_gamma"]),
+            apply=weak,
             smooth=float(self.cfg["focal_smooth"]),
         )
         loss = l2 + float(self.cfg["ssim_weight"]) * ssim + focal
@@ -147,9 +155,7 @@ class DraemTrainer:
 
 
 @torch.no_grad()
-def draem_predict(
-    model: DraemNet, images: torch.Tensor, pool: int, device: str, mixed_precision: str = "no"
-):
+def draem_predict(model: DraemNet, images: torch.Tensor, pool: int, device: str, mixed_precision: str = "no"):
     model.eval()
     with detector_autocast(mixed_precision, device):
         _, logit = model(images)

@@ -71,13 +71,13 @@ def _rename(key: str, rules) -> str | None:
     for pattern, repl in rules:
         m = re.match(pattern, key)
         if m:
-            return repl(m) + key[m.end():]
+            return repl(m) + key[m.end() :]
     return None
 
 
 def _strip_module(state: dict) -> dict:
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -86,8 +86,10 @@ def official_to_ours(
 ) -> dict[str, torch.Tensor]:
     """One ``DraemNet`` state dict from the two official ones; unknown keys raise KeyError."""
     out: dict[str, torch.Tensor] = {}
-    for state, rules, what in ((recon_state, _RECON_RULES, "reconstructive"),
-                               (seg_state, _SEG_RULES, "discriminative")):
+    for state, rules, what in (
+        (recon_state, _RECON_RULES, "reconstructive"),
+        (seg_state, _SEG_RULES, "discriminative"),
+    ):
         for key, value in _strip_module(state).items():
             new = _rename(key, rules)
             if new is None:
@@ -106,7 +108,7 @@ def ours_to_official(
         for pattern, repl, part in _INVERSE_RULES:
             m = re.match(pattern, key)
             if m:
-                (recon if part == "recon" else seg)[repl(m) + key[m.end():]] = value
+                (recon if part == "recon" else seg)[repl(m) + key[m.end() :]] = value
                 break
         else:
             raise KeyError(f"'{key}' is not a key of DraemNet")
