@@ -158,11 +158,51 @@ def lease_device(
         handle.close()
 
 
-def autocast(device: str, enabled: bool = True):
-    """bf16 autocast on GPUs that support it, else fp16; a no-op on CPU."""
+# ----------------------------------------------------------------------------- numeric precision
+# The one place a mixed-precision mode is turned into a dtype: the embedding trainer, the
+# inpainting sampler and both detectors ask here, with the device string of their lease.
+PRECISION_MODES = ("no", "auto", "bf16", "fp16")
+
+
+def is_cuda(device) -> bool:
+    """``"cuda"``, ``"cuda:1"`` or a ``torch.device`` of type cuda."""
+    return str(device).split(":", 1)[0] == "cuda"
+
+
+def effective_precision(mode: str, device) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"``: what ``mode`` means on ``device``.
+
+    ``"no"`` is float32 everywhere; ``"auto"`` is bf16 on GPUs that support it, else fp16;
+    ``"bf16"``/``"fp16"`` force one. A CPU always runs float32.
+    """
+    if mode not in PRECISION_MODES:
+        raise ValueError(f"unknown mixed_precision {mode!r} (one of {PRECISION_MODES})")
+    if mode == "no" or not is_cuda(device):
+        return "fp32"
+    if mode == "auto":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return mode
+
+
+def autocast_dtype(mode: str, device):
+    """The autocast ``torch.dtype`` of ``mode`` on ``device``; None for float32."""
     import torch
 
-    if not enabled or device != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[effective_precision(mode, device)]
+
+
+def autocast(mode: str, device):
+    """A context manager: autocast to the effective precision, or nothing for float32."""
+    import torch
+
+    dtype = autocast_dtype(mode, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(mode: str, device):
+    """Loss scaling, needed by fp16 autocast only; None otherwise."""
+    import torch
+
+    return torch.amp.GradScaler("cuda") if effective_precision(mode, device) == "fp16" else None

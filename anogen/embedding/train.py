@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from anogen.devices import autocast
+from anogen.devices import autocast, autocast_dtype, grad_scaler, is_cuda
 from anogen.errors import ConfigError, IntegrityError
 from anogen.io import MANIFEST_NAME, atomic_write_text, write_manifest
 from anogen.progress import Progress
@@ -256,12 +256,11 @@ class EmbeddingTrainer:
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
 
         # Autocast: on CUDA with mixed_precision 'auto'; fp32 master vector always.
-        self.autocast_enabled = device.startswith("cuda") and mixed_precision == "auto"
-        self.autocast_dtype = None
-        if self.autocast_enabled:
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.grad_scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-        self.cuda_graph = bool(cuda_graph) and device.startswith("cuda") and self.grad_scaler is None
+        self.mixed_precision = mixed_precision
+        self.autocast_dtype = autocast_dtype(mixed_precision, device)
+        self.autocast_enabled = self.autocast_dtype is not None
+        self.grad_scaler = grad_scaler(mixed_precision, device)
+        self.cuda_graph = bool(cuda_graph) and is_cuda(device) and self.grad_scaler is None
         if cuda_graph and not self.cuda_graph:
             log.warning("embedding.cuda_graph needs CUDA without fp16 loss scaling; using the eager path")
         self.static_inputs = bool(static_inputs) or self.cuda_graph
@@ -450,7 +449,7 @@ class EmbeddingTrainer:
             return contextlib.nullcontext()
         if self.cuda_graph:  # a graph must not capture autocast's weight-cast cache
             return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
-        return autocast(self.device)
+        return autocast(self.mixed_precision, self.device)
 
     def loss_on(self, batch: dict[str, Any]) -> torch.Tensor:
         """Forward pass: loss of ``batch`` as a differentiable function of ``self.vector``."""

@@ -49,13 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from anogen.devices import autocast
-
-
-def amp_dtype(device: str, mixed_precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype on CUDA (bf16 where supported, else fp16); None on CPU or with 'no'."""
-    if mixed_precision == "no" or not str(device).startswith("cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+from anogen.devices import autocast_dtype as amp_dtype  # (mode, device) -> dtype | None
 
 
 def prepare_for_inference(
@@ -68,7 +62,7 @@ def prepare_for_inference(
 ):
     """On CUDA with mixed precision, keep the UNet's weights in the autocast dtype (see above);
     optionally channels_last weights and a compiled UNet (speed only, see module doc)."""
-    dtype = amp_dtype(backbone.device, mixed_precision)
+    dtype = amp_dtype(mixed_precision, backbone.device)
     if dtype is not None:
         backbone.unet.to(dtype)
     if channels_last:
@@ -202,7 +196,6 @@ def inpaint(
     cfg = guidance_scale != 1.0
     cond = _expand(prompt_embeds.to(device), n)
     context = torch.cat([_expand(uncond_embeds.to(device), n), cond]) if cfg else cond
-    use_amp = mixed_precision != "no"
 
     trace: dict[str, Any] | None = None
     if return_trace:
@@ -221,7 +214,7 @@ def inpaint(
         model_in = torch.cat([z, z]) if cfg else z
         # a compiled UNet would specialise on a Python int: one recompilation per timestep
         t_arg = torch.tensor(t, dtype=torch.int64, device=device) if compiled else t
-        with autocast(str(device).split(":")[0], enabled=use_amp):
+        with autocast(mixed_precision, device):
             eps_pred = backbone.unet(model_in, t_arg, encoder_hidden_states=context).sample
         eps_pred = eps_pred.float()
         if cfg:
