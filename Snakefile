@@ -38,12 +38,9 @@ rule all:
     input:
         SUMMARY_CSV,
         TABLE1_CSV,
-        [generation_output(c, d, "montage.png") for c, d in PLAN.pairs()],
+        every("generation", "montage.png"),
         # report items that no later rule reads (a missing one must still be made)
-        [
-            evaluation_output(c, m, v, "training_loss.png")
-            for c, m, v in PLAN.detector_runs()
-        ],
+        every("evaluation", "training_loss.png"),
 
 
 # ---------------------------------------------------------------------------- stage targets
@@ -53,39 +50,33 @@ rule all:
 
 rule support:
     input:
-        [support_output(c, d) for c, d in PLAN.pairs()],
+        every("support"),
     localrule: True
 
 
 rule embeddings:
     input:
-        [
-            embedding_output(c, d, name)
-            for c, d in PLAN.pairs()
-            for name in ("manifest.json", "learned_embeds.safetensors")
-        ],
+        every("embedding"),
+        every("embedding", "learned_embeds.safetensors"),
     localrule: True
 
 
 rule generated:
     input:
-        [
-            generation_output(c, d, name)
-            for c, d in PLAN.pairs()
-            for name in ("manifest.json", "montage.png")
-        ],
+        every("generation"),
+        every("generation", "montage.png"),
     localrule: True
 
 
 rule detectors:
     input:
-        [detector_output(c, m, v) for c, m, v in PLAN.detector_runs()],
+        every("detector"),
     localrule: True
 
 
 rule evaluation:
     input:
-        [evaluation_output(c, m, v) for c, m, v in PLAN.detector_runs()],
+        every("evaluation"),
         SUMMARY_CSV,
         TABLE1_CSV,
     localrule: True

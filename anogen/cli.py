@@ -19,33 +19,23 @@ import shutil
 import sys
 from pathlib import Path
 
+from anogen.artifacts import STAGES
 from anogen.config import Plan, load_config_file
 from anogen.errors import AnogenError
 
-STAGES = ("support", "foreground", "embeddings", "generated", "detectors", "evaluation")
+STAGE_FOLDERS = sorted({stage.folder.split("/", 1)[0] for stage in STAGES.values()})
 
 
 def referenced_dirs(plan: Plan) -> set[Path]:
-    """Every keyed directory the plan's jobs read or write."""
-    root = Path(plan.config["results_dir"])
-    dirs: set[Path] = set()
-    for c, d in plan.pairs():
-        dirs.add(root / "support" / c / d / plan.support_key(c, d))
-        dirs.add(root / "embeddings" / c / d / plan.embedding_key(c, d))
-        dirs.add(root / "generated" / c / d / plan.generation_key(c, d))
-    for c in plan.categories:
-        dirs.add(root / "foreground" / c / plan.foreground_key(c))
-    for c, m, v in plan.detector_runs():
-        dirs.add(root / "detectors" / c / m / v / plan.detector_key(c, m, v))
-        dirs.add(root / "evaluation" / c / m / v / plan.evaluation_key(c, m, v))
-    return dirs
+    """Every keyed directory the plan's jobs read or write (anogen.artifacts.STAGES)."""
+    return {Path(plan.path(stage, *values)).parent for stage in STAGES for values in plan.instances(stage)}
 
 
 def keyed_dirs(results: Path) -> list[Path]:
     """Directories named by a 12-hex-digit key below each stage folder."""
     found = []
-    for stage in STAGES:
-        base = results / stage
+    for folder in STAGE_FOLDERS:
+        base = results / folder
         if not base.is_dir():
             continue
         for path in base.rglob("*"):

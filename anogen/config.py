@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from anogen.artifacts import STAGES, JobSpec
 from anogen.errors import ConfigError
 from anogen.keys import content_key
 
@@ -32,6 +33,7 @@ TINY_MODEL_DIR = "resources/models/tiny-random-{family}"
 _NOT_IN_KEYS = {
     "embedding": {"checkpoint_every", "cuda_graph"},
     "generation": {"batch_size", "channels_last", "compile"},
+    "evaluation": {"batch_size"},
 }
 # Selectors, not values: they decide which artifact a defect gets and reach the keys through
 # the per-defect fields they resolve to (an embedding's source sha256, a template's sha256).
@@ -465,7 +467,53 @@ class Plan:
             spec["tiny"] = d["tiny"]
         return spec
 
-    def support_spec(self, category: str, defect: str) -> dict:
+    # ------------------------------------------------------------------ the artifact graph
+    # One generic entry per question (spec, inputs, key, path, job of a stage instance) over
+    # per-stage builders: ``_<stage>_spec`` (the hashed config values), ``_<stage>_upstream``
+    # (the keyed artifacts it reads, as (stage, wildcard values)), ``_<stage>_data_inputs`` (the
+    # data set, data fingerprints, model) and ``_<stage>_runtime`` (values outside the key).
+    # The Snakemake rules, ``anogen gc`` and the jobs all ask these, so the graph is written once.
+    def spec(self, stage: str, *values: str) -> dict:
+        return getattr(self, f"_{stage}_spec")(*values)
+
+    def upstream(self, stage: str, *values: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The keyed artifacts a job reads: input name -> (stage, wildcard values)."""
+        return getattr(self, f"_{stage}_upstream")(*values)
+
+    def inputs(self, stage: str, *values: str) -> dict[str, str]:
+        inputs = dict(getattr(self, f"_{stage}_data_inputs")(*values))
+        inputs.update({name: self.key(s, *v) for name, (s, v) in self.upstream(stage, *values).items()})
+        return inputs
+
+    @functools.cache
+    def key(self, stage: str, *values: str) -> str:
+        return content_key(self.spec(stage, *values), self.inputs(stage, *values))
+
+    def path(self, stage: str, *values: str, name: str | None = None) -> str:
+        """The file ``name`` (default: the stage's main file) of one keyed artifact."""
+        return STAGES[stage].path(self.config["results_dir"], self.key(stage, *values), values, name)
+
+    def upstream_paths(self, stage: str, *values: str, of: str, name: str | None = None) -> list[str]:
+        """The files of the upstream artifacts of stage ``of`` that one job reads."""
+        return [self.path(s, *v, name=name) for s, v in self.upstream(stage, *values).values() if s == of]
+
+    @functools.cache
+    def job(self, stage: str, *values: str) -> JobSpec:
+        """Everything the job of one stage instance reads: hashed spec, inputs, key, runtime values."""
+        spec, inputs = self.spec(stage, *values), self.inputs(stage, *values)
+        runtime = getattr(self, f"_{stage}_runtime")(*values)
+        return JobSpec.make(STAGES[stage], values, spec, inputs, content_key(spec, inputs), runtime)
+
+    def instances(self, stage: str) -> list[tuple[str, ...]]:
+        """Every wildcard tuple of ``stage`` this config plans."""
+        if stage == "foreground":
+            return [(c,) for c in self.categories]
+        if stage in ("detector", "evaluation"):
+            return self.detector_runs()
+        return self.pairs()
+
+    # ------------------------------------------------------------------ support sets
+    def _support_spec(self, category: str, defect: str) -> dict:
         s = self.config["support"]
         files = self.support_files(category, defect)
         files = None if files is None else list(files)
@@ -475,7 +523,21 @@ class Plan:
         # Seeded: the choice the plan made from the file names (copied exactly by the job).
         return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"], "files": files}
 
-    def foreground_spec(self, category: str) -> dict:
+    def _support_upstream(self, category: str, defect: str) -> dict:
+        return {}
+
+    def _support_data_inputs(self, category: str, defect: str) -> dict:
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "support", defect)}
+
+    def _support_runtime(self, category: str, defect: str) -> dict:
+        return {**self._data_runtime(), "origin": self.support_origin(category, defect)}
+
+    def _data_runtime(self) -> dict:
+        """Where a data-reading job finds the data (its identity is in the dataset key)."""
+        return {"data_root": self.config["data_root"], "dataset": self.dataset_params()}
+
+    # ------------------------------------------------------------------ foreground masks
+    def _foreground_spec(self, category: str) -> dict:
         return {
             "category": category,
             "texture": self.texture(category),
@@ -484,7 +546,17 @@ class Plan:
             "max_normal_images": self.config["generation"]["max_normal_images"],
         }
 
-    def embedding_spec(self, category: str, defect: str) -> dict:
+    def _foreground_upstream(self, category: str) -> dict:
+        return {}
+
+    def _foreground_data_inputs(self, category: str) -> dict:
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train", "foreground")}
+
+    def _foreground_runtime(self, category: str) -> dict:
+        return self._data_runtime()
+
+    # ------------------------------------------------------------------ stage 1: embeddings
+    def _embedding_spec(self, category: str, defect: str) -> dict:
         from anogen.io import sha256_file_cached
 
         source = self.embedding_source(category, defect)
@@ -502,12 +574,36 @@ class Plan:
         spec["resize"] = self.config["resize"]
         return spec
 
-    def generation_spec(self, category: str, defect: str) -> dict:
+    def _embedding_upstream(self, category: str, defect: str) -> dict:
+        if self.embedding_source(category, defect) is not None:
+            return {}  # imported: neither the support set nor the diffusion model is read
+        return {"support": ("support", (category, defect))}
+
+    def _embedding_data_inputs(self, category: str, defect: str) -> dict:
+        return {} if self.embedding_source(category, defect) is not None else {"model": self.model_key}
+
+    def _embedding_runtime(self, category: str, defect: str) -> dict:
+        source = self.embedding_source(category, defect)
+        if source is not None:
+            return {"source": str(source)}
+        emb = self.config["embedding"]
+        return {**self._model_runtime(), "checkpoint_every": emb["checkpoint_every"], "cuda_graph": emb["cuda_graph"]}
+
+    def _model_runtime(self) -> dict:
+        """Where the diffusion model is loaded from (its identity is in the model key)."""
+        return {"model": self.model_path, "revision": self.config["diffusion"]["revision"]}
+
+    # ------------------------------------------------------------------ stage 2: generation
+    def _generation_spec(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
-        spec = _without(
-            gen,
-            {"box_ranges", "default_box", "grabcut_iterations", *_NOT_IN_KEYS["generation"], *_SELECTORS["generation"]},
-        )
+        drop = {
+            "box_ranges",
+            "default_box",
+            "grabcut_iterations",
+            *_NOT_IN_KEYS["generation"],
+            *_SELECTORS["generation"],
+        }
+        spec = _without(gen, drop)
         spec.update(category=category, defect=defect, box=self.box(category, defect), texture=self.texture(category))
         template = self.box_template(category, defect)
         if template is not None:
@@ -519,6 +615,27 @@ class Plan:
         spec["resize"] = self.config["resize"]
         return spec
 
+    def _generation_upstream(self, category: str, defect: str) -> dict:
+        upstream = {"embedding": ("embedding", (category, defect))}
+        if self.box_template(category, defect) is None:
+            upstream["foreground"] = ("foreground", (category,))  # a template replaces the foreground
+        return upstream
+
+    def _generation_data_inputs(self, category: str, defect: str) -> dict:
+        return {"model": self.model_key}
+
+    def _generation_runtime(self, category: str, defect: str) -> dict:
+        gen = self.config["generation"]
+        template = self.box_template(category, defect)
+        return {
+            **self._data_runtime(),
+            **self._model_runtime(),
+            **{name: gen[name] for name in sorted(_NOT_IN_KEYS["generation"])},
+            # Its path only (moving a clone reruns nothing); its sha256 is in the spec.
+            "template": None if template is None else str(template),
+        }
+
+    # ------------------------------------------------------------------ stage 3: detectors
     # Per-detector values that only the generated branch or the weak loss read: they go into
     # the spec as top-level (resolved) entries of the non-baseline variants only.
     _GENERATED_BRANCH_KEYS = ("tau", "generated_normal_prob", "augment_generated")
@@ -526,12 +643,11 @@ class Plan:
     def detector_tau(self, detector: str) -> float:
         """``detectors.<detector>.tau`` when set, else ``detectors.tau``."""
         det = self.config["detectors"]
-        own = det[detector].get("tau")
+        own = det[detector]["tau"]
         return float(det["tau"] if own is None else own)
 
-    def detector_spec(self, category: str, detector: str, variant: str) -> dict:
+    def _detector_spec(self, category: str, detector: str, variant: str) -> dict:
         det = self.config["detectors"]
-        section = _without(det[detector], set(self._GENERATED_BRANCH_KEYS))
         spec = {
             "category": category,
             "detector": detector,
@@ -540,7 +656,7 @@ class Plan:
             "seed": det["seed"],
             "mixed_precision": det["mixed_precision"],
             "resize": self.config["resize"],
-            detector: section,
+            detector: _without(det[detector], set(self._GENERATED_BRANCH_KEYS)),
         }
         if variant != "generated_only":
             spec["synthetic_source"] = det["synthetic_source"]
@@ -558,8 +674,20 @@ class Plan:
             )
         return spec
 
-    def evaluation_spec(self, category: str, detector: str, variant: str) -> dict:
-        spec = dict(self.config["evaluation"])
+    def _detector_upstream(self, category: str, detector: str, variant: str) -> dict:
+        if variant == "baseline":
+            return {}
+        return {f"generation/{d}": ("generation", (category, d)) for d in self.defects(category)}
+
+    def _detector_data_inputs(self, category: str, detector: str, variant: str) -> dict:
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train")}
+
+    def _detector_runtime(self, category: str, detector: str, variant: str) -> dict:
+        return {**self._data_runtime(), "checkpoint_every": self.config["detectors"]["checkpoint_every"]}
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluation_spec(self, category: str, detector: str, variant: str) -> dict:
+        spec = _without(self.config["evaluation"], _NOT_IN_KEYS["evaluation"])
         spec.update(
             category=category,
             detector=detector,
@@ -570,7 +698,19 @@ class Plan:
         )
         return spec
 
-    # ------------------------------------------------------------------ keys (Merkle chain)
+    def _evaluation_upstream(self, category: str, detector: str, variant: str) -> dict:
+        return {"detector": ("detector", (category, detector, variant))}
+
+    def _evaluation_data_inputs(self, category: str, detector: str, variant: str) -> dict:
+        # Which images the support sets take out of the test set is in the spec (``excluded``),
+        # not the support keys: a support mask fixed by hand reruns the chain that learns from
+        # it, not the evaluation of the baselines that never saw it.
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "test")}
+
+    def _evaluation_runtime(self, category: str, detector: str, variant: str) -> dict:
+        return {**self._data_runtime(), "batch_size": self.config["evaluation"]["batch_size"]}
+
+    # ------------------------------------------------------------------ keys of what is not a stage
     @functools.cached_property
     def dataset_key(self) -> str:
         return content_key(self.dataset_spec())
@@ -579,65 +719,9 @@ class Plan:
     def model_key(self) -> str:
         return content_key(self.model_spec())
 
-    def support_inputs(self, category, defect) -> dict:
-        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "support", defect)}
-
-    def foreground_inputs(self, category) -> dict:
-        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train", "foreground")}
-
-    def embedding_inputs(self, category, defect) -> dict:
-        if self.embedding_source(category, defect) is not None:
-            return {}  # imported: neither the support set nor the diffusion model is read
-        return {"support": self.support_key(category, defect), "model": self.model_key}
-
-    def generation_inputs(self, category, defect) -> dict:
-        inputs = {"embedding": self.embedding_key(category, defect), "model": self.model_key}
-        if self.box_template(category, defect) is None:
-            inputs["foreground"] = self.foreground_key(category)  # a template replaces the foreground
-        return inputs
-
-    def detector_inputs(self, category, detector, variant) -> dict:
-        inputs = {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train")}
-        if variant != "baseline":
-            for defect in self.defects(category):
-                inputs[f"generation/{defect}"] = self.generation_key(category, defect)
-        return inputs
-
-    def evaluation_inputs(self, category, detector, variant) -> dict:
-        # Which images the support sets take out of the test set is in the spec (``excluded``),
-        # not the support keys: a support mask fixed by hand reruns the chain that learns from
-        # it, not the evaluation of the baselines that never saw it.
-        return {
-            "detector": self.detector_key(category, detector, variant),
-            "dataset": self.dataset_key,
-            "data": self._data_fingerprint(category, "test"),
-        }
-
-    def support_key(self, category, defect) -> str:
-        return content_key(self.support_spec(category, defect), self.support_inputs(category, defect))
-
-    def foreground_key(self, category) -> str:
-        return content_key(self.foreground_spec(category), self.foreground_inputs(category))
-
-    def embedding_key(self, category, defect) -> str:
-        return content_key(self.embedding_spec(category, defect), self.embedding_inputs(category, defect))
-
-    def generation_key(self, category, defect) -> str:
-        return content_key(self.generation_spec(category, defect), self.generation_inputs(category, defect))
-
-    def detector_key(self, category, detector, variant) -> str:
-        return content_key(
-            self.detector_spec(category, detector, variant), self.detector_inputs(category, detector, variant)
-        )
-
-    def evaluation_key(self, category, detector, variant) -> str:
-        return content_key(
-            self.evaluation_spec(category, detector, variant), self.evaluation_inputs(category, detector, variant)
-        )
-
     @functools.cached_property
     def export_key(self) -> str:
-        return content_key({"export": "generated"}, {f"{c}/{d}": self.generation_key(c, d) for c, d in self.pairs()})
+        return content_key({"export": "generated"}, {f"{c}/{d}": self.key("generation", c, d) for c, d in self.pairs()})
 
     # ------------------------------------------------------------------ the runs
     def detector_runs(self) -> list[tuple[str, str, str]]:

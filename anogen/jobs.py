@@ -39,14 +39,23 @@ log = logging.getLogger("anogen.jobs")
 
 
 def _params(sm) -> dict[str, Any]:
+    """The rule's params: ``spec``, ``inputs`` and ``runtime`` arrive as canonical JSON (Plan.job)."""
     p = sm.params
     out = {}
     for name in p.keys():
         value = getattr(p, name)
-        if name in ("spec", "inputs", "dataset") and isinstance(value, str):
+        if name in ("spec", "inputs", "runtime") and isinstance(value, str):
             value = json.loads(value)
         out[name] = value
     return out
+
+
+def _one(value) -> str:
+    """A named input that is one file, given as a path or as a one-element list (PLAN.upstream_paths)."""
+    if isinstance(value, str):
+        return value
+    (only,) = list(value)
+    return str(only)
 
 
 @contextlib.contextmanager
@@ -201,19 +210,19 @@ def tiny_model(sm, params):
 def select_support(sm, params):
     from anogen.data.support import build_support_set
 
-    spec = params["spec"]
+    spec, runtime = params["spec"], params["runtime"]
     build_support_set(
-        params["data_root"],
+        runtime["data_root"],
         spec["category"],
         spec["defect"],
-        shots=spec.get("shots"),
+        shots=spec.get("shots"),  # named support files have neither shots nor seed
         seed=spec.get("seed"),
-        files=spec.get("files"),
-        origin=params.get("origin", "support.files"),
+        files=spec["files"],
+        origin=runtime["origin"],
         out_dir=_out_dir(sm),
         key=sm.wildcards.key,
         inputs=params["inputs"],
-        layout=params.get("dataset"),
+        layout=runtime["dataset"],
     )
 
 
@@ -225,23 +234,22 @@ def learn_embedding(sm, params):
     from anogen.data.support import read_support_set
     from anogen.embedding import learn_embedding as run
 
-    spec = dict(params["spec"])
-    mixed_precision = spec.pop("mixed_precision")
-    spec["checkpoint_every"] = params["checkpoint_every"]
-    items = _squared(read_support_set(sm.input.support), spec.pop("resize", "squash"), sm.input.support)
+    spec, runtime = params["spec"], params["runtime"]
+    support = _one(sm.input.support)
+    items = _squared(read_support_set(support), spec["resize"], support)
     with _device() as lease:
         run(
             support_items=items,
-            model=params["model"],
-            revision=params["revision"],
+            model=runtime["model"],
+            revision=runtime["revision"],
             spec=spec,
             out_dir=_out_dir(sm),
             key=sm.wildcards.key,
             inputs=params["inputs"],
             device=lease.device,
-            mixed_precision=mixed_precision,
+            checkpoint_every=runtime["checkpoint_every"],
+            cuda_graph=runtime["cuda_graph"],
             extra={"lease": lease.as_dict()},
-            cuda_graph=bool(params.get("cuda_graph", False)),
         )
 
 
@@ -251,7 +259,7 @@ def import_embedding(sm, params):
 
     # No device and no model: the vector is read from the authors' file and written out.
     import_authors_embedding(
-        source=params["source"],
+        source=params["runtime"]["source"],
         spec=params["spec"],
         out_dir=_out_dir(sm),
         key=sm.wildcards.key,
@@ -278,12 +286,12 @@ def _squared(pairs, resize: str, where: str):
     return out
 
 
-def _train_images(data_root: str, category: str, limit: int | None, layout: dict | None = None) -> list[Path]:
+def _train_images(runtime: dict, category: str, limit: int | None = None) -> list[Path]:
     from anogen.data.layouts import scan_category
 
     # Only what training reads: a broken test image or mask fails the jobs that use the test
     # set (support selection, evaluation), not every stage of the category.
-    images = scan_category(data_root, category, layout, defects=()).train_good
+    images = scan_category(runtime["data_root"], category, runtime["dataset"], defects=()).train_good
     return images[:limit] if limit else images
 
 
@@ -291,13 +299,11 @@ def _train_images(data_root: str, category: str, limit: int | None, layout: dict
 def estimate_foreground(sm, params):
     from anogen.generation.foreground import build_foreground_set
 
-    spec = params["spec"]
+    spec, runtime = params["spec"], params["runtime"]
     template = spec["foreground_template"]
     build_foreground_set(
-        image_paths=_train_images(
-            params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")
-        ),
-        data_root=Path(params["data_root"]),
+        image_paths=_train_images(runtime, spec["category"], spec["max_normal_images"]),
+        data_root=Path(runtime["data_root"]),
         texture=spec["texture"],
         template=Path(template) if template else None,
         iterations=spec["grabcut_iterations"],
@@ -312,34 +318,30 @@ def generate_anomalies(sm, params):
     from anogen.data.support import read_support_set
     from anogen.generation.run import generate_anomalies as run
 
-    spec = dict(params["spec"])
-    mixed_precision = spec.pop("mixed_precision")
-    support = [image for image, _ in _squared(read_support_set(sm.input.support), spec["resize"], sm.input.support)]
+    spec, runtime = params["spec"], params["runtime"]
+    support_set = _one(sm.input.support)
+    support = [image for image, _ in _squared(read_support_set(support_set), spec["resize"], support_set)]
     # A defect with a box template has no foreground input (the template replaces it).
-    foreground = Path(sm.input.foreground) if len(getattr(sm.input, "foreground", []) or []) else None
-    template = Path(params["template"]) if params.get("template") else None
+    foreground = list(getattr(sm.input, "foreground", []) or [])
     with _device() as lease:
         run(
-            normal_images=_train_images(
-                params["data_root"], spec["category"], spec["max_normal_images"], params.get("dataset")
-            ),
-            data_root=Path(params["data_root"]),
-            foreground_manifest=foreground,
-            template=template,
-            embedding_path=Path(sm.input.embedding),
-            model=params["model"],
-            revision=params["revision"],
+            normal_images=_train_images(runtime, spec["category"], spec["max_normal_images"]),
+            data_root=Path(runtime["data_root"]),
+            foreground_manifest=Path(_one(foreground)) if foreground else None,
+            template=Path(runtime["template"]) if runtime["template"] else None,
+            embedding_path=Path(_one(sm.input.embedding)),
+            model=runtime["model"],
+            revision=runtime["revision"],
             spec=spec,
             out_dir=_out_dir(sm),
             key=sm.wildcards.key,
             inputs=params["inputs"],
-            batch_size=params["batch_size"],
             device=lease.device,
-            mixed_precision=mixed_precision,
-            extra={"lease": lease.as_dict()},
+            batch_size=runtime["batch_size"],
+            channels_last=runtime["channels_last"],
+            compile=runtime["compile"],
             support_images=support,
-            channels_last=bool(params.get("channels_last", False)),
-            compile=bool(params.get("compile", False)),
+            extra={"lease": lease.as_dict()},
         )
 
 
@@ -357,19 +359,17 @@ def export_generated(sm, params):
 def train_detector(sm, params):
     from anogen.detectors import train_detector as run
 
-    spec = params["spec"]
+    spec, runtime = params["spec"], params["runtime"]
     with _device() as lease:
         run(
-            detector=spec["detector"],
-            variant=spec["variant"],
             spec=spec,
-            train_images=_train_images(params["data_root"], spec["category"], None, params.get("dataset")),
+            train_images=_train_images(runtime, spec["category"]),
             generated_manifests=[Path(p) for p in sm.input.generated],
             out_dir=_out_dir(sm),
             key=sm.wildcards.key,
             inputs=params["inputs"],
             device=lease.device,
-            checkpoint_every=params["checkpoint_every"],
+            checkpoint_every=runtime["checkpoint_every"],
             extra={"lease": lease.as_dict()},
         )
 
@@ -381,27 +381,21 @@ def evaluate_detector(sm, params):
     from anogen.evaluation.evaluate import evaluate_detector as run
     from anogen.plots import plot_detector_training
 
-    spec = params["spec"]
-    # The support images the plan chose (the support jobs copy exactly these): see Plan.excluded_from_test.
-    exclude = set(spec["excluded"])
+    spec, runtime = params["spec"], params["runtime"]
+    detector_dir = Path(_one(sm.input.detector)).parent
     # The detector's loss curves first, so that the evaluation manifest (written last) lists them.
     loss_plot = Path(sm.output.loss_plot)
-    plot_detector_training(Path(sm.input.detector).parent, loss_plot)
+    plot_detector_training(detector_dir, loss_plot)
     with _device() as lease:
-        predictor = load_trained_detector(Path(sm.input.detector).parent, device=lease.device)
         run(
-            predictor=predictor,
-            test_items=scan_category(params["data_root"], spec["category"], params.get("dataset")).test,
-            data_root=Path(params["data_root"]),
-            exclude=exclude,
-            resolution=spec["resolution"],
-            fpr_limit=spec["aupro_fpr_limit"],
-            resize=spec["resize"],
+            predictor=load_trained_detector(detector_dir, device=lease.device),
+            test_items=scan_category(runtime["data_root"], spec["category"], runtime["dataset"]).test,
+            data_root=Path(runtime["data_root"]),
+            spec=spec,
             out_dir=_out_dir(sm),
             key=sm.wildcards.key,
             inputs=params["inputs"],
-            spec=spec,
-            n_visualizations=spec["n_visualizations"],
+            batch_size=runtime["batch_size"],
             extra={"lease": lease.as_dict()},
             extra_files=[loss_plot.relative_to(_out_dir(sm)).as_posix()],
         )

@@ -198,7 +198,9 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
         print(f"[{'ok' if ok else 'FAILED'}] {name}{': ' + detail if detail else ''}", flush=True)
 
     # a) one embedding job killed after its first checkpoint
-    emb_dir = Path(cfg["results_dir"]) / "embeddings" / CATEGORY / DEFECTS[0] / plan.embedding_key(CATEGORY, DEFECTS[0])
+    emb_dir = (
+        Path(cfg["results_dir"]) / "embeddings" / CATEGORY / DEFECTS[0] / plan.key("embedding", CATEGORY, DEFECTS[0])
+    )
     t1 = time.perf_counter()
     killed = _snakemake(
         work,
@@ -240,7 +242,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
     resumed = [
         man["extra"].get("resumed_from_step")
         for man in by_stage.get("embedding", [])
-        if man["key"] == plan.embedding_key(CATEGORY, DEFECTS[0])
+        if man["key"] == plan.key("embedding", CATEGORY, DEFECTS[0])
     ]
     check("killed embedding resumed from its checkpoint", resumed == [4], f"resumed_from_step {resumed}")
     if not args.cpu:
@@ -256,7 +258,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
         "artifacts": len(manifests),
         "results": str(results),
         "detector_dirs": {
-            f"{c}/{m}/{v}": str(results / "detectors" / c / m / v / plan.detector_key(c, m, v))
+            f"{c}/{m}/{v}": str(results / "detectors" / c / m / v / plan.key("detector", c, m, v))
             for c, m, v in plan.detector_runs()
         },
     }

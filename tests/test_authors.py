@@ -138,11 +138,11 @@ def test_explicit_support_list_is_exactly_those_files_in_order(trees, tmp_path):
     data, _ = trees
     files = ["003.png", "000.png", "004.png"]
     plan = Plan(base_config(data, support={"files": {"bottle": {"broken_large": files}}}))
-    spec = plan.support_spec("bottle", "broken_large")
+    spec = plan.spec("support", "bottle", "broken_large")
     assert spec == {"category": "bottle", "defect": "broken_large", "files": files}
     # Unlisted defects keep the seeded choice.
-    assert plan.support_spec("bottle", "contamination")["seed"] == 0
-    key = plan.support_key("bottle", "broken_large")
+    assert plan.spec("support", "bottle", "contamination")["seed"] == 0
+    key = plan.key("support", "bottle", "broken_large")
     manifest = build_support_set(
         data,
         "bottle",
@@ -150,7 +150,7 @@ def test_explicit_support_list_is_exactly_those_files_in_order(trees, tmp_path):
         files=spec["files"],
         out_dir=tmp_path / "s",
         key=key,
-        inputs=plan.support_inputs("bottle", "broken_large"),
+        inputs=plan.inputs("support", "bottle", "broken_large"),
     )
     items = support_items(manifest)
     assert [it["source_image"] for it in items] == [f"bottle/test/broken_large/{f}" for f in files]
@@ -163,26 +163,26 @@ def test_explicit_support_list_is_exactly_those_files_in_order(trees, tmp_path):
     verify_manifest(manifest)
     # The order is part of the set (the key covers the names and their order).
     reordered = Plan(base_config(data, support={"files": {"bottle": {"broken_large": files[::-1]}}}))
-    assert reordered.support_key("bottle", "broken_large") != key
+    assert reordered.key("support", "bottle", "broken_large") != key
 
 
 def test_published_support_sets_are_read_from_the_authors_tree(trees):
     data, authors = trees
     plan = Plan(base_config(data, authors))
     for (category, defect), names in PUBLISHED.items():
-        assert plan.support_spec(category, defect)["files"] == sorted(names)
+        assert plan.spec("support", category, defect)["files"] == sorted(names)
     assert published_support_files(authors, "bottle", "broken_large") == ["001.png", "003.png", "004.png"]
     # support.files wins over the published folder.
     mine = Plan(base_config(data, authors, support={"files": {"bottle": {"broken_large": ["000.png"]}}}))
-    assert mine.support_spec("bottle", "broken_large")["files"] == ["000.png"]
-    assert mine.support_spec("bottle", "contamination")["files"] == ["000.png", "002.png", "003.png"]
+    assert mine.spec("support", "bottle", "broken_large")["files"] == ["000.png"]
+    assert mine.spec("support", "bottle", "contamination")["files"] == ["000.png", "002.png", "003.png"]
 
 
 def test_published_file_missing_from_the_data_names_it(trees, tmp_path):
     data, authors = trees
     (data / "bottle" / "test" / "contamination" / "002.png").unlink()
     plan = Plan(base_config(data, authors))
-    spec = plan.support_spec("bottle", "contamination")
+    spec = plan.spec("support", "bottle", "contamination")
     with pytest.raises(DataError) as err:
         build_support_set(
             data,
@@ -202,7 +202,7 @@ def test_published_file_missing_from_the_data_names_it(trees, tmp_path):
 def test_bad_authors_repo_names_the_key(trees, tmp_path):
     data, _ = trees
     with pytest.raises(ConfigError) as err:
-        Plan(base_config(data, tmp_path)).support_spec("bottle", "broken_large")
+        Plan(base_config(data, tmp_path)).spec("support", "bottle", "broken_large")
     assert err.value.key == "authors_repo"
 
 
@@ -235,12 +235,12 @@ def test_template_replaces_the_foreground_for_that_defect(trees):
     template = plan.box_template("bottle", "broken_large")
     assert template == published_template(authors, "bottle", "broken_large")
     assert plan.box_template("screw", "thread_top") is None
-    spec = plan.generation_spec("bottle", "broken_large")
+    spec = plan.spec("generation", "bottle", "broken_large")
     assert spec["template"] == {"sha256": sha256_file(template), "containment": 0.75}
     assert "templates" not in spec and "template_containment" not in spec
-    assert "foreground" not in plan.generation_inputs("bottle", "broken_large")
-    assert "foreground" in plan.generation_inputs("screw", "thread_top")
-    assert "template" not in plan.generation_spec("screw", "thread_top")
+    assert "foreground" not in plan.inputs("generation", "bottle", "broken_large")
+    assert "foreground" in plan.inputs("generation", "screw", "thread_top")
+    assert "template" not in plan.spec("generation", "screw", "thread_top")
 
     spec = dict(spec, box={"width": [0.2, 0.3], "height": [0.2, 0.3], "rotate": True}, max_tries=5000)
     normals = sorted((data / "bottle" / "train" / "good").glob("*.png"))
@@ -280,11 +280,11 @@ def test_a_changed_template_reruns_only_that_defects_generation(trees):
         p = Plan(validate_config(raw))
         out = {}
         for c, d in p.pairs():
-            out[f"support/{c}/{d}"] = p.support_key(c, d)
-            out[f"embedding/{c}/{d}"] = p.embedding_key(c, d)
-            out[f"generation/{c}/{d}"] = p.generation_key(c, d)
+            out[f"support/{c}/{d}"] = p.key("support", c, d)
+            out[f"embedding/{c}/{d}"] = p.key("embedding", c, d)
+            out[f"generation/{c}/{d}"] = p.key("generation", c, d)
         for c, m, v in p.detector_runs():
-            out[f"detector/{c}/{m}/{v}"] = p.detector_key(c, m, v)
+            out[f"detector/{c}/{m}/{v}"] = p.key("detector", c, m, v)
         return out
 
     before = keys()
@@ -310,10 +310,10 @@ def test_import_writes_exactly_the_published_vector(trees, tmp_path):
     plan = Plan(base_config(data, authors, embedding={"source": "authors"}))
     for category, defect in plan.pairs():
         source = plan.embedding_source(category, defect)
-        spec = plan.embedding_spec(category, defect)
+        spec = plan.spec("embedding", category, defect)
         assert spec["sha256"] == sha256_file(source) and spec["source"] == "authors"
-        assert plan.embedding_inputs(category, defect) == {}
-        key = plan.embedding_key(category, defect)
+        assert plan.inputs("embedding", category, defect) == {}
+        key = plan.key("embedding", category, defect)
         out = tmp_path / "emb" / category / defect / key
         manifest = import_authors_embedding(source=source, spec=spec, out_dir=out, key=key, inputs={})
         tensors = load_file(str(out / "learned_embeds.safetensors"))
@@ -330,9 +330,9 @@ def test_import_writes_exactly_the_published_vector(trees, tmp_path):
 def test_learned_keys_do_not_see_the_source_selector(trees):
     data, authors = trees
     learn = Plan(base_config(data))
-    spec = learn.embedding_spec("bottle", "broken_large")
+    spec = learn.spec("embedding", "bottle", "broken_large")
     assert "source" not in spec and "steps" in spec
-    assert learn.embedding_inputs("bottle", "broken_large")["model"] == learn.model_key
+    assert learn.inputs("embedding", "bottle", "broken_large")["model"] == learn.model_key
 
 
 def test_unsafe_pickle_is_refused(tmp_path):
@@ -364,7 +364,7 @@ def test_missing_published_embedding_and_missing_repo_name_the_key(trees):
     (authors / "DIFFUSION" / "logs" / "screw_thread_top" / "embeddings.pt").unlink()
     plan = Plan(base_config(data, authors, embedding={"source": "authors"}))
     with pytest.raises(ConfigError, match="screw_thread_top") as err:
-        plan.embedding_spec("screw", "thread_top")
+        plan.spec("embedding", "screw", "thread_top")
     assert err.value.key == "embedding.source"
     with pytest.raises(ConfigError) as err:
         base_config(data, None, embedding={"source": "authors"})
@@ -377,7 +377,7 @@ def test_generation_refuses_an_embedding_of_another_width(trees, tmp_path):
     out = tmp_path / "emb"
     import_authors_embedding(
         source=plan.embedding_source("bottle", "broken_large"),
-        spec=plan.embedding_spec("bottle", "broken_large"),
+        spec=plan.spec("embedding", "bottle", "broken_large"),
         out_dir=out,
         key="k",
     )

@@ -28,14 +28,14 @@ def plan(raw):
 def all_keys(p: Plan) -> dict[str, str]:
     keys = {"dataset": p.dataset_key, "model": p.model_key}
     for c, d in p.pairs():
-        keys[f"support/{c}/{d}"] = p.support_key(c, d)
-        keys[f"embedding/{c}/{d}"] = p.embedding_key(c, d)
-        keys[f"generation/{c}/{d}"] = p.generation_key(c, d)
+        keys[f"support/{c}/{d}"] = p.key("support", c, d)
+        keys[f"embedding/{c}/{d}"] = p.key("embedding", c, d)
+        keys[f"generation/{c}/{d}"] = p.key("generation", c, d)
     for c in p.categories:
-        keys[f"foreground/{c}"] = p.foreground_key(c)
+        keys[f"foreground/{c}"] = p.key("foreground", c)
     for c, m, v in p.detector_runs():
-        keys[f"detector/{c}/{m}/{v}"] = p.detector_key(c, m, v)
-        keys[f"evaluation/{c}/{m}/{v}"] = p.evaluation_key(c, m, v)
+        keys[f"detector/{c}/{m}/{v}"] = p.key("detector", c, m, v)
+        keys[f"evaluation/{c}/{m}/{v}"] = p.key("evaluation", c, m, v)
     return keys
 
 

@@ -101,7 +101,7 @@ def test_support_job_copies_exactly_the_files_the_plan_chose(tmp_path):
 
     root = _tree(tmp_path)
     plan = _plan(root)
-    spec = plan.support_spec("bottle", "broken_small")
+    spec = plan.spec("support", "bottle", "broken_small")
     manifest = build_support_set(
         root,
         "bottle",

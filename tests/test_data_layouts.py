@@ -178,7 +178,7 @@ def test_layout_options_are_in_the_dataset_key(tmp_path):
     assert base.dataset_spec()["visa"] == {"split_csv": "split_csv/1cls.csv"}
     moved = Plan(_visa(root, visa={"split_csv": str(root / "split_csv" / "1cls.csv")}))
     assert moved.dataset_key != base.dataset_key
-    assert moved.support_key("candle", "anomaly") != base.support_key("candle", "anomaly")
+    assert moved.key("support", "candle", "anomaly") != base.key("support", "candle", "anomaly")
     # the MVTec layout carries no VisA/Folder options, so they cannot change its keys
     mvtec = validate_config({"data_root": str(tmp_path), "visa": {"split_csv": "x.csv"}})
     assert layout_spec(mvtec) == {"data_layout": "mvtec"}
@@ -188,13 +188,13 @@ def test_resize_is_in_the_keys_of_what_it_changes(tmp_path):
     make_category(tmp_path)
     plans = {m: Plan(validate_config({"data_root": str(tmp_path), "resize": m})) for m in ("squash", "pad")}
     a, b = plans["squash"], plans["pad"]
-    assert a.support_key("widget", "crack") == b.support_key("widget", "crack")
-    assert a.foreground_key("widget") == b.foreground_key("widget")
-    assert a.embedding_key("widget", "crack") != b.embedding_key("widget", "crack")
-    assert a.generation_key("widget", "crack") != b.generation_key("widget", "crack")
+    assert a.key("support", "widget", "crack") == b.key("support", "widget", "crack")
+    assert a.key("foreground", "widget") == b.key("foreground", "widget")
+    assert a.key("embedding", "widget", "crack") != b.key("embedding", "widget", "crack")
+    assert a.key("generation", "widget", "crack") != b.key("generation", "widget", "crack")
     for m, v in (("draem", "baseline"), ("destseg", "anogen")):
-        assert a.detector_key("widget", m, v) != b.detector_key("widget", m, v)
-        assert a.evaluation_key("widget", m, v) != b.evaluation_key("widget", m, v)
+        assert a.key("detector", "widget", m, v) != b.key("detector", "widget", m, v)
+        assert a.key("evaluation", "widget", m, v) != b.key("evaluation", "widget", m, v)
 
 
 # ----------------------------------------------------------------------------- badly named folders

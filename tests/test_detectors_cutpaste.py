@@ -110,23 +110,23 @@ def _plan(over):
 def test_table4_variants_are_expressible_and_keyed():
     draem = _plan({})
     cut = _plan({"detectors": {"synthetic_source": "cutpaste"}})
-    spec = cut.detector_spec("cat_a", "draem", "anogen")
+    spec = cut.spec("detector", "cat_a", "draem", "anogen")
     assert spec["synthetic_source"] == "cutpaste" and spec["cutpaste"]["area_ratio"] == [0.02, 0.15]
     assert "texture_source" not in spec  # CutPaste reads no textures
-    assert "cutpaste" not in draem.detector_spec("cat_a", "draem", "anogen")
+    assert "cutpaste" not in draem.spec("detector", "cat_a", "draem", "anogen")
     # baseline = CutPaste alone / DRAEM alone; anogen = CutPaste+ours / DRAEM+ours;
     # generated_only = ours: the synthetic source does not touch it
     for v in ("baseline", "anogen"):
-        assert draem.detector_key("cat_a", "destseg", v) != cut.detector_key("cat_a", "destseg", v)
-    assert draem.detector_key("cat_a", "destseg", "generated_only") == cut.detector_key(
-        "cat_a", "destseg", "generated_only"
+        assert draem.key("detector", "cat_a", "destseg", v) != cut.key("detector", "cat_a", "destseg", v)
+    assert draem.key("detector", "cat_a", "destseg", "generated_only") == cut.key(
+        "detector", "cat_a", "destseg", "generated_only"
     )
     other = _plan({"detectors": {"synthetic_source": "cutpaste", "cutpaste": {"color_jitter": 0.0}}})
-    assert other.detector_key("cat_a", "draem", "baseline") != cut.detector_key("cat_a", "draem", "baseline")
+    assert other.key("detector", "cat_a", "draem", "baseline") != cut.key("detector", "cat_a", "draem", "baseline")
     # changing CutPaste settings leaves DRAEM-synthetic runs alone
-    assert _plan({"detectors": {"cutpaste": {"color_jitter": 0.0}}}).detector_key(
-        "cat_a", "draem", "anogen"
-    ) == draem.detector_key("cat_a", "draem", "anogen")
+    assert _plan({"detectors": {"cutpaste": {"color_jitter": 0.0}}}).key(
+        "detector", "cat_a", "draem", "anogen"
+    ) == draem.key("detector", "cat_a", "draem", "anogen")
     with pytest.raises(ConfigError, match="detectors.synthetic_source"):
         validate_config({"detectors": {"synthetic_source": "perlin"}})
     with pytest.raises(ConfigError, match="detectors.cutpaste"):

@@ -285,33 +285,33 @@ def _plan(over):
 
 def test_per_detector_tau_overrides_the_shared_one_and_keys_follow_the_effective_value():
     p = _plan({"detectors": {"tau": 0.8, "draem": {"tau": 0.9}, "destseg": {"tau": 1.0}}})
-    assert p.detector_spec("cat_a", "draem", "anogen")["tau"] == 0.9
-    assert p.detector_spec("cat_a", "destseg", "anogen")["tau"] == 1.0
-    assert "tau" not in p.detector_spec("cat_a", "draem", "baseline")
-    assert "tau" not in p.detector_spec("cat_a", "draem", "anogen")["draem"]  # only the resolved one
+    assert p.spec("detector", "cat_a", "draem", "anogen")["tau"] == 0.9
+    assert p.spec("detector", "cat_a", "destseg", "anogen")["tau"] == 1.0
+    assert "tau" not in p.spec("detector", "cat_a", "draem", "baseline")
+    assert "tau" not in p.spec("detector", "cat_a", "draem", "anogen")["draem"]  # only the resolved one
     # same effective tau, written two ways: same key
     a = _plan({"detectors": {"tau": 0.9}})
     b = _plan({"detectors": {"tau": 0.5, "draem": {"tau": 0.9}}})
-    assert a.detector_key("cat_a", "draem", "anogen") == b.detector_key("cat_a", "draem", "anogen")
-    assert a.detector_key("cat_a", "destseg", "anogen") != b.detector_key("cat_a", "destseg", "anogen")
+    assert a.key("detector", "cat_a", "draem", "anogen") == b.key("detector", "cat_a", "draem", "anogen")
+    assert a.key("detector", "cat_a", "destseg", "anogen") != b.key("detector", "cat_a", "destseg", "anogen")
     # baselines do not read tau at all
-    assert a.detector_key("cat_a", "destseg", "baseline") == b.detector_key("cat_a", "destseg", "baseline")
+    assert a.key("detector", "cat_a", "destseg", "baseline") == b.key("detector", "cat_a", "destseg", "baseline")
     # the resolved tau is what the loss uses
-    spec = p.detector_spec("cat_a", "draem", "anogen")
+    spec = p.spec("detector", "cat_a", "draem", "anogen")
     assert build_trainer("draem", spec, "cpu", 4).tau == 0.9
 
 
 def test_generated_branch_values_reach_only_the_generated_variants():
     p = _plan({})
-    spec = p.detector_spec("cat_a", "draem", "anogen")
+    spec = p.spec("detector", "cat_a", "draem", "anogen")
     assert spec["generated_normal_prob"] == 0.5 and spec["augment_generated"] is True
-    assert p.detector_spec("cat_a", "destseg", "anogen")["generated_normal_prob"] == 0.0
-    base = p.detector_spec("cat_a", "draem", "baseline")
+    assert p.spec("detector", "cat_a", "destseg", "anogen")["generated_normal_prob"] == 0.0
+    base = p.spec("detector", "cat_a", "draem", "baseline")
     assert "generated_normal_prob" not in base and "augment_generated" not in base
     q = _plan({"detectors": {"draem": {"generated_normal_prob": 0.0}}})
-    assert p.detector_key("cat_a", "draem", "baseline") == q.detector_key("cat_a", "draem", "baseline")
-    assert p.detector_key("cat_a", "draem", "anogen") != q.detector_key("cat_a", "draem", "anogen")
-    assert p.detector_key("cat_a", "destseg", "anogen") == q.detector_key("cat_a", "destseg", "anogen")
+    assert p.key("detector", "cat_a", "draem", "baseline") == q.key("detector", "cat_a", "draem", "baseline")
+    assert p.key("detector", "cat_a", "draem", "anogen") != q.key("detector", "cat_a", "draem", "anogen")
+    assert p.key("detector", "cat_a", "destseg", "anogen") == q.key("detector", "cat_a", "destseg", "anogen")
 
 
 # ----------------------------------------------------------------------------- precision
@@ -320,11 +320,13 @@ def test_generated_branch_values_reach_only_the_generated_variants():
 def test_precision_switch_defaults_to_fp32_and_reaches_the_key():
     p = _plan({})
     assert validate_config({"data_root": "/data"})["detectors"]["mixed_precision"] == "no"
-    assert p.detector_spec("cat_a", "draem", "baseline")["mixed_precision"] == p.config["detectors"]["mixed_precision"]
+    assert (
+        p.spec("detector", "cat_a", "draem", "baseline")["mixed_precision"] == p.config["detectors"]["mixed_precision"]
+    )
     q = _plan({"detectors": {"mixed_precision": "bf16"}})
     for m in ("draem", "destseg"):
         for v in ("baseline", "anogen"):
-            assert p.detector_key("cat_a", m, v) != q.detector_key("cat_a", m, v)
+            assert p.key("detector", "cat_a", m, v) != q.key("detector", "cat_a", m, v)
     assert effective_precision("no", "cuda") == "fp32"
     assert effective_precision("bf16", "cpu") == "fp32" and effective_precision("auto", "cpu") == "fp32"
     assert effective_precision("fp16", "cuda") == "fp16"

@@ -166,12 +166,14 @@ def expected_manifests(plan: Plan) -> dict[str, set[str]]:
     r = plan.config["results_dir"]
     pairs, runs = plan.pairs(), plan.detector_runs()
     return {
-        "select_support": {f"{r}/support/{c}/{d}/{plan.support_key(c, d)}/manifest.json" for c, d in pairs},
-        "learn_embedding": {f"{r}/embeddings/{c}/{d}/{plan.embedding_key(c, d)}/manifest.json" for c, d in pairs},
-        "generate_anomalies": {f"{r}/generated/{c}/{d}/{plan.generation_key(c, d)}/manifest.json" for c, d in pairs},
-        "train_detector": {f"{r}/detectors/{c}/{m}/{v}/{plan.detector_key(c, m, v)}/manifest.json" for c, m, v in runs},
+        "select_support": {f"{r}/support/{c}/{d}/{plan.key('support', c, d)}/manifest.json" for c, d in pairs},
+        "learn_embedding": {f"{r}/embeddings/{c}/{d}/{plan.key('embedding', c, d)}/manifest.json" for c, d in pairs},
+        "generate_anomalies": {f"{r}/generated/{c}/{d}/{plan.key('generation', c, d)}/manifest.json" for c, d in pairs},
+        "train_detector": {
+            f"{r}/detectors/{c}/{m}/{v}/{plan.key('detector', c, m, v)}/manifest.json" for c, m, v in runs
+        },
         "evaluate_detector": {
-            f"{r}/evaluation/{c}/{m}/{v}/{plan.evaluation_key(c, m, v)}/manifest.json" for c, m, v in runs
+            f"{r}/evaluation/{c}/{m}/{v}/{plan.key('evaluation', c, m, v)}/manifest.json" for c, m, v in runs
         },
     }
 

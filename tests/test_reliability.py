@@ -426,10 +426,10 @@ def test_damaged_cached_files_are_named_with_the_rebuild_command(demo_run, tmp_p
     env = ru.private_env(tmp_path / "locks")
     plan = demo_plan()
     d_gen, d_emb = plan.defects(CATEGORY)[:2]
-    gen_dir = keyed(work, "generated", CATEGORY, d_gen, plan.generation_key(CATEGORY, d_gen))
-    emb_dir = keyed(work, "embeddings", CATEGORY, d_emb, plan.embedding_key(CATEGORY, d_emb))
-    det_dir = keyed(work, "detectors", CATEGORY, "draem", "anogen", plan.detector_key(CATEGORY, "draem", "anogen"))
-    gen2_dir = keyed(work, "generated", CATEGORY, d_emb, plan.generation_key(CATEGORY, d_emb))
+    gen_dir = keyed(work, "generated", CATEGORY, d_gen, plan.key("generation", CATEGORY, d_gen))
+    emb_dir = keyed(work, "embeddings", CATEGORY, d_emb, plan.key("embedding", CATEGORY, d_emb))
+    det_dir = keyed(work, "detectors", CATEGORY, "draem", "anogen", plan.key("detector", CATEGORY, "draem", "anogen"))
+    gen2_dir = keyed(work, "generated", CATEGORY, d_emb, plan.key("generation", CATEGORY, d_emb))
     image = sorted((gen_dir / "images").glob("*.png"))[5]
     embedding = emb_dir / "learned_embeds.safetensors"
     reference_embedding = sha256_file(embedding)

@@ -46,9 +46,9 @@ def test_gpu_jobs_never_share_a_slot(tmp_path):
     config = e2e.e2e_config({"resources": {"gpu_slots": 2, "lock_dir": str(locks)}})
     workdir = e2e.make_workdir(tmp_path / "work", config=config)
     plan = plan_for(config)
-    targets = [f"results/embeddings/{c}/{d}/{plan.embedding_key(c, d)}/manifest.json" for c, d in plan.pairs()]
+    targets = [f"results/embeddings/{c}/{d}/{plan.key('embedding', c, d)}/manifest.json" for c, d in plan.pairs()]
     c = plan.categories[0]
-    targets.append(f"results/detectors/{c}/draem/baseline/{plan.detector_key(c, 'draem', 'baseline')}/manifest.json")
+    targets.append(f"results/detectors/{c}/draem/baseline/{plan.key('detector', c, 'draem', 'baseline')}/manifest.json")
     assert len(targets) == 8
     # targets first: --resources takes every following word as another resource
     e2e.run(workdir, *targets, "--cores", "4", "--resources", "gpu=2")

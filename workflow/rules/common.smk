@@ -9,6 +9,7 @@ from pathlib import Path
 # installed: `pip install -e .`, or the conda env in envs/).
 sys.path.insert(0, str(Path(workflow.basedir)))
 
+from anogen.artifacts import STAGES, thaw
 from anogen.config import Plan, check_required_sources, validate_config
 from anogen.errors import AnogenError
 from anogen.keys import canonical_json
@@ -105,42 +106,48 @@ def model_inputs(wildcards=None):
     return []
 
 
-# ---------------------------------------------------------------------------- keyed paths
-def support_output(category, defect, name="manifest.json"):
-    return f"{RESULTS}/support/{category}/{defect}/{PLAN.support_key(category, defect)}/{name}"
+# ---------------------------------------------------------------------------- the artifact graph
+# Paths, keys and params all come from PLAN (anogen.config.Plan over anogen.artifacts.STAGES):
+# the rules below only name the stage and the files.
+def output_pattern(stage, name=None):
+    """A rule's output pattern: {category}... and {key} wildcards under the stage's folder."""
+    return STAGES[stage].pattern(RESULTS, name)
 
 
-def foreground_output(category, name="manifest.json"):
-    return f"{RESULTS}/foreground/{category}/{PLAN.foreground_key(category)}/{name}"
+def log_pattern(stage, rule):
+    return STAGES[stage].log_pattern(LOGS, rule)
 
 
-def embedding_output(category, defect, name="manifest.json"):
-    return f"{RESULTS}/embeddings/{category}/{defect}/{PLAN.embedding_key(category, defect)}/{name}"
+def _values(stage, wildcards):
+    return tuple(getattr(wildcards, name) for name in STAGES[stage].wildcards)
 
 
-def generation_output(category, defect, name="manifest.json"):
-    return f"{RESULTS}/generated/{category}/{defect}/{PLAN.generation_key(category, defect)}/{name}"
+def job_param(stage, part):
+    """A params entry (spec, inputs or runtime) of the job with these wildcards, as canonical JSON."""
+    return lambda w: as_json(thaw(getattr(PLAN.job(stage, *_values(stage, w)), part)))
 
 
-def detector_output(category, detector, variant, name="manifest.json"):
-    key = PLAN.detector_key(category, detector, variant)
-    return f"{RESULTS}/detectors/{category}/{detector}/{variant}/{key}/{name}"
+def artifact(stage, name=None):
+    """Input function: file ``name`` of the ``stage`` artifact named by the job's wildcards."""
+    return lambda w: PLAN.path(stage, *_values(stage, w), name=name)
 
 
-def evaluation_output(category, detector, variant, name="metrics.json"):
-    key = PLAN.evaluation_key(category, detector, variant)
-    return f"{RESULTS}/evaluation/{category}/{detector}/{variant}/{key}/{name}"
+def upstream(stage, of, name=None):
+    """Input function: the files of the ``of`` artifacts the ``stage`` job reads (PLAN.upstream)."""
+    return lambda w: PLAN.upstream_paths(stage, *_values(stage, w), of=of, name=name)
 
 
-def generated_for_detector(wildcards):
-    # Evaluated only when the DAG holds a detector job: a required DTD folder is checked here.
+def every(stage, name=None):
+    """The files of every planned artifact of ``stage`` (targets and the summary's inputs)."""
+    return [PLAN.path(stage, *values, name=name) for values in PLAN.instances(stage)]
+
+
+def check_detector_sources(wildcards):
+    """train_detector's input function that gives no file: it runs only when the DAG holds a
+    detector job, so a required DTD folder is checked exactly then (dry runs included).
+    """
     try:
         check_required_sources(config)
     except AnogenError as error:
         raise WorkflowError(f"invalid configuration: {error}") from None
-    if wildcards.variant == "baseline":
-        return []
-    return [
-        generation_output(wildcards.category, d)
-        for d in PLAN.defects(wildcards.category)
-    ]
+    return []

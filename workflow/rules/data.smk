@@ -47,19 +47,17 @@ rule select_support:
     input:
         dataset_inputs,
     output:
-        manifest=f"{RESULTS}/support/{{category}}/{{defect}}/{{key}}/manifest.json",
+        manifest=output_pattern("support"),
     log:
-        f"{LOGS}/select_support/{{category}}/{{defect}}/{{key}}.log",
+        log_pattern("support", "select_support"),
     conda:
         "../../envs/anogen.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
     params:
-        spec=lambda w: as_json(PLAN.support_spec(w.category, w.defect)),
-        inputs=lambda w: as_json(PLAN.support_inputs(w.category, w.defect)),
-        data_root=DATA_ROOT,
-        origin=lambda w: PLAN.support_origin(w.category, w.defect),
-        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
+        spec=job_param("support", "spec"),
+        inputs=job_param("support", "inputs"),
+        runtime=job_param("support", "runtime"),
     script:
         "../scripts/select_support.py"

@@ -7,11 +7,12 @@
 rule train_detector:
     input:
         dataset_inputs,
-        generated=generated_for_detector,
+        check_detector_sources,
+        generated=upstream("detector", of="generation"),
     output:
-        manifest=f"{RESULTS}/detectors/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
+        manifest=output_pattern("detector"),
     log:
-        f"{LOGS}/train_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
+        log_pattern("detector", "train_detector"),
     conda:
         "../../envs/anogen.yaml"
     threads: THREADS
@@ -20,12 +21,8 @@ rule train_detector:
         mem_mb=16000,
         runtime=720,
     params:
-        spec=lambda w: as_json(PLAN.detector_spec(w.category, w.detector, w.variant)),
-        inputs=lambda w: as_json(
-            PLAN.detector_inputs(w.category, w.detector, w.variant)
-        ),
-        data_root=DATA_ROOT,
-        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
-        checkpoint_every=config["detectors"]["checkpoint_every"],
+        spec=job_param("detector", "spec"),
+        inputs=job_param("detector", "inputs"),
+        runtime=job_param("detector", "runtime"),
     script:
         "../scripts/train_detector.py"

@@ -9,21 +9,21 @@ if config["embedding"]["source"] == "authors":
     rule import_embedding:
         # No support set and no diffusion model: `snakemake support embeddings` needs no weights.
         output:
-            manifest=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/manifest.json",
-            embedding=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/learned_embeds.safetensors",
-            loss_csv=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.csv",
-            loss_plot=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.png",
+            manifest=output_pattern("embedding"),
+            embedding=output_pattern("embedding", "learned_embeds.safetensors"),
+            loss_csv=output_pattern("embedding", "loss.csv"),
+            loss_plot=output_pattern("embedding", "loss.png"),
         log:
-            f"{LOGS}/import_embedding/{{category}}/{{defect}}/{{key}}.log",
+            log_pattern("embedding", "import_embedding"),
         conda:
             "../../envs/anogen.yaml"
         resources:
             mem_mb=1000,
             runtime=5,
         params:
-            spec=lambda w: as_json(PLAN.embedding_spec(w.category, w.defect)),
-            inputs=lambda w: as_json(PLAN.embedding_inputs(w.category, w.defect)),
-            source=lambda w: str(PLAN.embedding_source(w.category, w.defect)),
+            spec=job_param("embedding", "spec"),
+            inputs=job_param("embedding", "inputs"),
+            runtime=job_param("embedding", "runtime"),
         script:
             "../scripts/import_embedding.py"
 
@@ -31,21 +31,21 @@ else:
 
     rule learn_embedding:
         input:
-            support=lambda w: support_output(w.category, w.defect),
+            support=upstream("embedding", of="support"),
             model=model_inputs,
         output:
-            manifest=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/manifest.json",
-            embedding=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/learned_embeds.safetensors",
-            loss_csv=f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.csv",
+            manifest=output_pattern("embedding"),
+            embedding=output_pattern("embedding", "learned_embeds.safetensors"),
+            loss_csv=output_pattern("embedding", "loss.csv"),
             loss_plot=report(
-                f"{RESULTS}/embeddings/{{category}}/{{defect}}/{{key}}/loss.png",
+                output_pattern("embedding", "loss.png"),
                 caption="../report/embedding_loss.rst",
                 category="Stage 1: embedding loss",
                 subcategory="{category}",
                 labels={"category": "{category}", "defect": "{defect}"},
             ),
         log:
-            f"{LOGS}/learn_embedding/{{category}}/{{defect}}/{{key}}.log",
+            log_pattern("embedding", "learn_embedding"),
         conda:
             "../../envs/anogen.yaml"
         threads: THREADS
@@ -54,11 +54,8 @@ else:
             mem_mb=16000,
             runtime=240,
         params:
-            spec=lambda w: as_json(PLAN.embedding_spec(w.category, w.defect)),
-            inputs=lambda w: as_json(PLAN.embedding_inputs(w.category, w.defect)),
-            model=PLAN.model_path,
-            revision=config["diffusion"]["revision"],
-            checkpoint_every=config["embedding"]["checkpoint_every"],
-            cuda_graph=config["embedding"]["cuda_graph"],
+            spec=job_param("embedding", "spec"),
+            inputs=job_param("embedding", "inputs"),
+            runtime=job_param("embedding", "runtime"),
         script:
             "../scripts/learn_embedding.py"

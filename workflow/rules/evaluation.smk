@@ -4,14 +4,12 @@
 rule evaluate_detector:
     input:
         dataset_inputs,
-        detector=lambda w: detector_output(w.category, w.detector, w.variant),
+        detector=upstream("evaluation", of="detector"),
     output:
-        metrics=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/metrics.json",
-        manifest=f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/manifest.json",
+        metrics=output_pattern("evaluation", "metrics.json"),
+        manifest=output_pattern("evaluation", "manifest.json"),
         examples=report(
-            directory(
-                f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/examples"
-            ),
+            directory(output_pattern("evaluation", "examples")),
             patterns=["{defect}/{image}.png"],
             caption="../report/anomaly_maps.rst",
             category="Stage 3: anomaly maps",
@@ -26,14 +24,14 @@ rule evaluate_detector:
         # drawn here from the detector's train_log.csv: train_detector's declared outputs are
         # deleted before a rerun, and its log must survive one (see detectors.smk)
         loss_plot=report(
-            f"{RESULTS}/evaluation/{{category}}/{{detector}}/{{variant}}/{{key}}/training_loss.png",
+            output_pattern("evaluation", "training_loss.png"),
             caption="../report/detector_loss.rst",
             category="Stage 3, training losses",
             subcategory="{category}",
             labels={"detector": "{detector}", "variant": "{variant}"},
         ),
     log:
-        f"{LOGS}/evaluate_detector/{{category}}/{{detector}}/{{variant}}/{{key}}.log",
+        log_pattern("evaluation", "evaluate_detector"),
     conda:
         "../../envs/anogen.yaml"
     threads: THREADS
@@ -42,19 +40,16 @@ rule evaluate_detector:
         mem_mb=8000,
         runtime=60,
     params:
-        spec=lambda w: as_json(PLAN.evaluation_spec(w.category, w.detector, w.variant)),
-        inputs=lambda w: as_json(
-            PLAN.evaluation_inputs(w.category, w.detector, w.variant)
-        ),
-        data_root=DATA_ROOT,
-        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
+        spec=job_param("evaluation", "spec"),
+        inputs=job_param("evaluation", "inputs"),
+        runtime=job_param("evaluation", "runtime"),
     script:
         "../scripts/evaluate_detector.py"
 
 
 rule summarize:
     input:
-        metrics=[evaluation_output(c, m, v) for c, m, v in PLAN.detector_runs()],
+        metrics=every("evaluation"),
     output:
         summary=report(
             SUMMARY_CSV,

@@ -5,9 +5,9 @@ rule estimate_foreground:
     input:
         dataset_inputs,
     output:
-        manifest=f"{RESULTS}/foreground/{{category}}/{{key}}/manifest.json",
+        manifest=output_pattern("foreground"),
     log:
-        f"{LOGS}/estimate_foreground/{{category}}/{{key}}.log",
+        log_pattern("foreground", "estimate_foreground"),
     conda:
         "../../envs/anogen.yaml"
     threads: THREADS
@@ -15,38 +15,34 @@ rule estimate_foreground:
         mem_mb=4000,
         runtime=60,
     params:
-        spec=lambda w: as_json(PLAN.foreground_spec(w.category)),
-        inputs=lambda w: as_json(PLAN.foreground_inputs(w.category)),
-        data_root=DATA_ROOT,
-        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
+        spec=job_param("foreground", "spec"),
+        inputs=job_param("foreground", "inputs"),
+        runtime=job_param("foreground", "runtime"),
     script:
         "../scripts/estimate_foreground.py"
 
 
 rule generate_anomalies:
     input:
-        support=lambda w: support_output(w.category, w.defect),
-        embedding=lambda w: embedding_output(
-            w.category, w.defect, "learned_embeds.safetensors"
+        # the support images are shown in the montage only (they reach the key via the embedding)
+        support=artifact("support"),
+        embedding=upstream(
+            "generation", of="embedding", name="learned_embeds.safetensors"
         ),
         # A defect with a box template samples its boxes on it: no foreground set is needed.
-        foreground=lambda w: (
-            []
-            if PLAN.box_template(w.category, w.defect)
-            else foreground_output(w.category)
-        ),
+        foreground=upstream("generation", of="foreground"),
         model=model_inputs,
     output:
-        manifest=f"{RESULTS}/generated/{{category}}/{{defect}}/{{key}}/manifest.json",
+        manifest=output_pattern("generation"),
         montage=report(
-            f"{RESULTS}/generated/{{category}}/{{defect}}/{{key}}/montage.png",
+            output_pattern("generation", "montage.png"),
             caption="../report/montage.rst",
             category="Stage 2: generated anomalies",
             subcategory="{category}",
             labels={"category": "{category}", "defect": "{defect}"},
         ),
     log:
-        f"{LOGS}/generate_anomalies/{{category}}/{{defect}}/{{key}}.log",
+        log_pattern("generation", "generate_anomalies"),
     conda:
         "../../envs/anogen.yaml"
     threads: THREADS
@@ -55,24 +51,16 @@ rule generate_anomalies:
         mem_mb=16000,
         runtime=240,
     params:
-        spec=lambda w: as_json(PLAN.generation_spec(w.category, w.defect)),
-        inputs=lambda w: as_json(PLAN.generation_inputs(w.category, w.defect)),
-        data_root=DATA_ROOT,
-        dataset=as_json(PLAN.dataset_params()),  # data layout options (anogen.data.layouts)
-        model=PLAN.model_path,
-        revision=config["diffusion"]["revision"],
-        batch_size=config["generation"]["batch_size"],
-        channels_last=config["generation"]["channels_last"],
-        compile=config["generation"]["compile"],
-        # Its path only (moving a clone reruns nothing); its sha256 is in the spec.
-        template=lambda w: str(PLAN.box_template(w.category, w.defect) or ""),
+        spec=job_param("generation", "spec"),
+        inputs=job_param("generation", "inputs"),
+        runtime=job_param("generation", "runtime"),
     script:
         "../scripts/generate_anomalies.py"
 
 
 rule export_generated:
     input:
-        generated=[generation_output(c, d) for c, d in PLAN.pairs()],
+        generated=every("generation"),
     output:
         marker=f"{RESULTS}/export/generated-{PLAN.export_key}/dataset.json",
     log:
@@ -86,7 +74,7 @@ rule export_generated:
         spec=as_json(
             {
                 "generation": {
-                    f"{c}/{d}": PLAN.generation_key(c, d) for c, d in PLAN.pairs()
+                    f"{c}/{d}": PLAN.key("generation", c, d) for c, d in PLAN.pairs()
                 }
             }
         ),
