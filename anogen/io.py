@@ -30,8 +30,8 @@ MANIFEST_NAME = "manifest.json"
 _CHUNK = 1 << 20
 
 # The (key, spec, inputs) a job was planned with (set by anogen.jobs). A manifest of that key
-# records exactly the spec and inputs its key was computed from, whatever runtime-only values
-# (device, batch size, checkpoint interval) the stage's own code was handed besides.
+# must record exactly the spec and inputs its key was computed from: the stages are handed the
+# hashed spec as is (runtime values arrive separately), and write_manifest checks it.
 _planned: contextvars.ContextVar[tuple[str, Any, dict] | None] = contextvars.ContextVar("anogen_planned", default=None)
 
 
@@ -157,7 +157,13 @@ def write_manifest(
 
     planned = _planned.get()
     if planned is not None and planned[0] == key:
-        spec, inputs = planned[1], planned[2]
+        recorded = (canonical_json(spec), canonical_json(dict(inputs or {})))
+        if recorded != (canonical_json(planned[1]), canonical_json(planned[2])):
+            raise IntegrityError(
+                directory / name,
+                f"the {stage} manifest would record a spec or inputs other than those its key {key} was "
+                "computed from (a bug in the stage's code: it must write the spec it was given)",
+            )
     manifest = {
         "anogen_version": __version__,
         "stage": stage,
