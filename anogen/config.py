@@ -270,7 +270,7 @@ class Plan:
         opts = self.config["category_options"].get(category)
         if opts is not None:
             return bool(opts["texture"])
-        return bool(self.layout[category].get("texture", False))
+        return bool(self.layout[category]["texture"])  # every layout entry says (anogen.data.layouts)
 
     def foreground_template(self, category: str) -> str | None:
         opts = self.config["category_options"].get(category)
@@ -340,7 +340,7 @@ class Plan:
     def box(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
         box = gen["box_ranges"].get(category, {}).get(defect, gen["default_box"])
-        return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box.get("rotate", False))}
+        return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box["rotate"])}
 
     # ------------------------------------------------------------------ the diffusion model
     @property
