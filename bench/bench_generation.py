@@ -120,6 +120,7 @@ def bench_family(family: str, args) -> dict:
                 steps,
                 args.guidance,
                 eta=0.0,
+                paste_back=False,
                 mixed_precision=args.mixed_precision,
             )
 

@@ -11,6 +11,7 @@ from anogen.generation.inpaint import from_uint8, inpaint, to_uint8
 
 RES = 64
 STEPS = 3
+PLAIN = {"eta": 0.0, "paste_back": False, "mixed_precision": "no"}  # the schema's eta, paste_back
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +48,9 @@ def _gens(seeds):
 def test_eq7_latent_identity_and_timestep_alignment(setup):
     backbone, prompt, uncond, images, masks = setup
     pixels = from_uint8(images)
-    out, trace = inpaint(backbone, pixels, masks, prompt, uncond, _gens([1, 2, 3]), STEPS, 5.0, return_trace=True)
+    out, trace = inpaint(
+        backbone, pixels, masks, prompt, uncond, _gens([1, 2, 3]), STEPS, 5.0, **PLAIN, return_trace=True
+    )
     assert out.shape == (3, 3, RES, RES) and 0 <= out.min() and out.max() <= 1
     z0, m, abar, ts = trace["z0"], trace["mask"], trace["alphas_cumprod"], trace["timesteps"]
     keep = 1 - m
@@ -89,7 +92,17 @@ def test_eq7_latent_identity_and_timestep_alignment(setup):
 
 def test_paste_back_keeps_original_pixels_exactly(setup):
     backbone, prompt, uncond, images, masks = setup
-    out = inpaint(backbone, from_uint8(images), masks, prompt, uncond, _gens([4, 5, 6]), STEPS, 5.0, paste_back=True)
+    out = inpaint(
+        backbone,
+        from_uint8(images),
+        masks,
+        prompt,
+        uncond,
+        _gens([4, 5, 6]),
+        STEPS,
+        5.0,
+        **dict(PLAIN, paste_back=True),
+    )
     result = to_uint8(out)
     outside = masks[:, 0].numpy() == 0
     assert np.array_equal(result[outside], images[outside])
@@ -100,11 +113,30 @@ def test_same_seed_identical_and_alone_equals_batched(setup):
     backbone, prompt, uncond, images, masks = setup
     pixels = from_uint8(images)
     # eta > 0 also exercises the per-image variance noise
-    batched = inpaint(backbone, pixels, masks, prompt, uncond, _gens([7, 8, 9]), STEPS, 5.0, eta=0.5)
-    again = inpaint(backbone, pixels, masks, prompt, uncond, _gens([7, 8, 9]), STEPS, 5.0, eta=0.5)
+    batched = inpaint(backbone, pixels, masks, prompt, uncond, _gens([7, 8, 9]), STEPS, 5.0, **dict(PLAIN, eta=0.5))
+    again = inpaint(backbone, pixels, masks, prompt, uncond, _gens([7, 8, 9]), STEPS, 5.0, **dict(PLAIN, eta=0.5))
     assert torch.equal(batched, again)
-    alone = inpaint(backbone, pixels[1:2], masks[1:2], prompt, uncond, _gens([8]), STEPS, 5.0, eta=0.5)
+    alone = inpaint(backbone, pixels[1:2], masks[1:2], prompt, uncond, _gens([8]), STEPS, 5.0, **dict(PLAIN, eta=0.5))
     assert (alone - batched[1:2]).abs().max() < 1e-4
     assert np.abs(to_uint8(alone).astype(int) - to_uint8(batched[1:2]).astype(int)).max() <= 1
-    other = inpaint(backbone, pixels[1:2], masks[1:2], prompt, uncond, _gens([99]), STEPS, 5.0, eta=0.5)
+    other = inpaint(backbone, pixels[1:2], masks[1:2], prompt, uncond, _gens([99]), STEPS, 5.0, **dict(PLAIN, eta=0.5))
     assert not torch.allclose(other, alone)
+
+
+def test_guidance_at_or_below_one_is_off(setup):
+    """diffusers' convention: classifier-free guidance only for guidance_scale > 1. Below 1 there
+    is no unconditional pass, so 0.5 samples exactly what 1.0 does; above 1 guidance changes it."""
+    backbone, prompt, uncond, images, masks = setup
+    pixels = from_uint8(images)
+    calls = []
+    hook = backbone.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        one = inpaint(backbone, pixels, masks, prompt, uncond, _gens([11, 12, 13]), STEPS, 1.0, **PLAIN)
+        half = inpaint(backbone, pixels, masks, prompt, uncond, _gens([11, 12, 13]), STEPS, 0.5, **PLAIN)
+        assert calls == [3] * (2 * STEPS)  # one conditional pass per step, no unconditional half
+        two = inpaint(backbone, pixels, masks, prompt, uncond, _gens([11, 12, 13]), STEPS, 2.0, **PLAIN)
+        assert calls[2 * STEPS :] == [6] * STEPS  # unconditional and conditional together
+    finally:
+        hook.remove()
+    assert torch.equal(half, one)
+    assert not torch.allclose(two, one, atol=1e-4)

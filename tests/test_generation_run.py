@@ -23,6 +23,7 @@ from anogen.generation.export import export_generated
 from anogen.generation.foreground import build_foreground_set
 from anogen.generation.run import generate_anomalies, generation_items, plan_generation
 from anogen.io import load_manifest, read_image, sha256_file, verify_manifest
+from anogen.resumable import KILL_ENV
 
 RES = 64
 BATCH = 3
@@ -37,12 +38,14 @@ SPEC = {
     "min_overlap": 0.5,
     "max_tries": 1000,
     "max_normal_images": None,
-    "grabcut_iterations": 3,
     "category": "bottle",
     "defect": "broken_large",
     "box": {"width": [0.2, 0.35], "height": [0.2, 0.35], "rotate": True},
     "texture": False,
+    "mixed_precision": "no",
+    "resize": "squash",
 }
+RUNTIME = {"device": "cpu", "channels_last": False, "compile": False}  # speed-only arguments
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +106,7 @@ def _generate(w, out_dir, **kw):
         normal_images=w["normals"],
         data_root=w["root"],
         foreground_manifest=w["fg"],
+        template=None,
         embedding_path=w["emb"],
         model=str(w["model"]),
         revision=None,
@@ -114,6 +118,7 @@ def _generate(w, out_dir, **kw):
         support_images=w["support"],
         backbone=w["backbone"],
         extra={"note": "test"},
+        **RUNTIME,
         **kw,
     )
 
@@ -187,12 +192,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(world, tmp_path):
         from anogen.generation.run import generate_anomalies
         generate_anomalies(
             normal_images=[Path(p) for p in {[str(p) for p in world["normals"]]!r}],
-            data_root=Path({str(world["root"])!r}), foreground_manifest=Path({str(world["fg"])!r}),
+            data_root=Path({str(world["root"])!r}), foreground_manifest=Path({str(world["fg"])!r}), template=None,
             embedding_path=Path({str(world["emb"])!r}), model={str(world["model"])!r}, revision=None,
             spec={SPEC!r}, out_dir=Path({str(out)!r}), key="genkey", inputs={{"embedding": "e", "foreground": "f"}},
-            batch_size={BATCH})
+            batch_size={BATCH}, **{RUNTIME!r})
     """)
-    env = dict(os.environ, ANOGEN_TEST_KILL_AFTER_BATCHES="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, **{KILL_ENV: "1"}, OMP_NUM_THREADS="1")  # killed after its first batch
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (out / "manifest.json").exists()

@@ -29,7 +29,7 @@ def model(tmp_path_factory):
 
 def _run(folder, **switches):
     backbone = load_backbone(str(folder))
-    prepare_for_inference(backbone, "auto", **switches)
+    prepare_for_inference(backbone, "auto", **{"channels_last": False, "compile": False, **switches})
     torch.manual_seed(0)
     backbone.set_token_embedding("<anomaly>", torch.randn(backbone.embedding_dim))
     with torch.no_grad():
@@ -40,7 +40,9 @@ def _run(folder, **switches):
     boxes = [Box(32, 30, 24, 18, 0.0), Box(20, 40, 20, 30, 35.0)]
     masks = torch.from_numpy(np.stack([b.to_mask(RES, RES) for b in boxes]))[:, None].float()
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
-    return backbone, inpaint(backbone, images, masks, prompt, uncond, gens, STEPS, 5.0, eta=0.5)
+    return backbone, inpaint(
+        backbone, images, masks, prompt, uncond, gens, STEPS, 5.0, eta=0.5, paste_back=False, mixed_precision="auto"
+    )
 
 
 def test_channels_last_equals_plain_within_round_off(model):

@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from anogen.data.mvtec import load_image, relative_to_root
 from anogen.errors import DataError
 from anogen.io import atomic_save_image, read_image, write_manifest
 
@@ -38,14 +39,6 @@ WORK_SIZE = 256
 MARGIN = 0.05
 MIN_FRACTION = 0.01
 METHODS = ("grabcut",)
-
-
-def _load_image(path: Path) -> np.ndarray:
-    try:
-        from anogen.data.mvtec import load_image
-    except ImportError:  # pragma: no cover - the data package is written in parallel
-        return read_image(path, "RGB")
-    return load_image(path, size=None)
 
 
 def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -163,7 +156,7 @@ def load_box_template(template: str | Path, height: int, width: int) -> np.ndarr
 
 
 def _mask_for(path: Path, texture: bool, template: Path | None, iterations: int) -> tuple[np.ndarray, str]:
-    image = _load_image(path)
+    image = load_image(path, size=None)
     h, w = image.shape[:2]
     if template is not None:
         return load_template(template, h, w), "template"
@@ -217,7 +210,7 @@ def build_foreground_set(
         counts[method] = counts.get(method, 0) + 1
         items.append(
             {
-                "source_image": Path(_relpath(data_root, path)).as_posix(),
+                "source_image": relative_to_root(data_root, path),
                 "mask": rel,
                 "fraction": float(mask.mean()),
                 "method": method,
@@ -236,17 +229,3 @@ def build_foreground_set(
         files=files,
         extra={"items": items, "methods": counts, "work_size": WORK_SIZE, "margin": MARGIN},
     )
-
-
-def _relpath(root: Path, path: Path) -> str:
-    import os
-
-    return Path(os.path.relpath(path, root)).as_posix()
-
-
-def foreground_masks(manifest_path: str | Path) -> dict[str, str]:
-    """Map source_image (root-relative) -> mask path relative to the manifest's folder."""
-    from anogen.io import load_manifest
-
-    manifest = load_manifest(manifest_path)
-    return {item["source_image"]: item["mask"] for item in manifest["extra"]["items"]}

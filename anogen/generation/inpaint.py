@@ -11,8 +11,9 @@ Notation: ``t_1 > t_2 > ... > t_S`` are the DDIM timesteps (``scheduler.timestep
 - Initial latent: ``eps ~ N(0, I)`` from the image's generator;
   ``z_{t_1} = q(z_n, t_1, eps) * (1 - M) + eps * M`` -- Eq. 7 at the first timestep with
   the same noise on both sides (inside the box this is pure noise, as in plain sampling).
-- Step ``i`` (timestep ``t_i``): the UNet predicts the noise (CFG with the empty prompt),
-  the DDIM step gives ``z'`` at ``s_i = t_i - T // S`` (the scheduler's own "previous
+- Step ``i`` (timestep ``t_i``): the UNet predicts the noise (classifier-free guidance with
+  the empty prompt when ``guidance_scale > 1``, diffusers' convention; at or below 1 the
+  conditional prediction alone, without an unconditional pass), the DDIM step gives ``z'`` at ``s_i = t_i - T // S`` (the scheduler's own "previous
   timestep"; equal to ``t_{i+1}``), then
       ``z_{s_i} = q(z_n, s_i, eps_i) * (1 - M) + z' * M``      for i < S,
       ``z_final = z_n * (1 - M) + z' * M``                       for i = S (noise level 0),
@@ -42,27 +43,27 @@ Notation: ``t_1 > t_2 > ... > t_S`` are the DDIM timesteps (``scheduler.timestep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogen.devices import autocast
-from anogen.devices import autocast_dtype as amp_dtype  # (mode, device) -> dtype | None
+from anogen.devices import autocast, autocast_dtype
 
 
 def prepare_for_inference(
     backbone,
-    mixed_precision: str = "auto",
+    mixed_precision: str,
     *,
-    channels_last: bool = False,
-    compile: bool = False,
+    channels_last: bool,
+    compile: bool,
     compile_backend: str = "inductor",
 ):
     """On CUDA with mixed precision, keep the UNet's weights in the autocast dtype (see above);
     optionally channels_last weights and a compiled UNet (speed only, see module doc)."""
-    dtype = amp_dtype(mixed_precision, backbone.device)
+    dtype = autocast_dtype(mixed_precision, backbone.device)
     if dtype is not None:
         backbone.unet.to(dtype)
     if channels_last:
@@ -72,6 +73,15 @@ def prepare_for_inference(
         backbone.unet = torch.compile(backbone.unet, backend=compile_backend, dynamic=False)
         backbone.unet_compiled = True
     return backbone
+
+
+def uses_guidance(guidance_scale: float) -> bool:
+    """Classifier-free guidance is on only above 1 (diffusers' ``guidance_scale > 1``).
+
+    At 1 the guided prediction equals the conditional one; below 1 there is no unconditional
+    pass either, so every ``guidance_scale <= 1`` samples exactly as ``guidance_scale = 1``.
+    """
+    return guidance_scale > 1.0
 
 
 def encode_mean(backbone, pixels01: torch.Tensor) -> torch.Tensor:
@@ -116,6 +126,114 @@ def from_uint8(images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
 
 
+# ----------------------------------------------------------------------------- the steps of inpaint
+
+
+def _check_inputs(backbone, images: torch.Tensor, box_masks: torch.Tensor, generators: list, steps: int) -> None:
+    n, res = images.shape[0], backbone.resolution
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (res, res):
+        raise ValueError(f"images must be N,3,{res},{res}, got {tuple(images.shape)}")
+    if tuple(box_masks.shape) != (n, 1, res, res):
+        raise ValueError(f"box_masks must be {n},1,{res},{res}, got {tuple(box_masks.shape)}")
+    if len(generators) != n:
+        raise ValueError(f"need one generator per image: {len(generators)} for {n} images")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+@dataclass
+class _Schedule:
+    """The DDIM scheduler set to ``steps`` and the forward process ``q`` on its alphas."""
+
+    scheduler: Any
+    timesteps: list[int]
+    ratio: int  # T // S: from a timestep to the scheduler's "previous timestep"
+    abar: torch.Tensor  # alphas_cumprod, float64
+
+    @classmethod
+    def ddim(cls, backbone, steps: int) -> _Schedule:
+        scheduler = backbone.ddim_scheduler()
+        scheduler.set_timesteps(steps)
+        ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        return cls(scheduler, [int(t) for t in scheduler.timesteps], ratio, scheduler.alphas_cumprod.to(torch.float64))
+
+    def q(self, z: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+        a = self.abar[t]
+        return float(a.sqrt()) * z + float((1 - a).sqrt()) * eps
+
+
+@dataclass
+class _Draws:
+    """Every random draw of the trajectory, per image in the documented order.
+
+    Made up front on the CPU and copied once: a per-step host-to-device copy would stall the
+    host until the GPU has finished the step, serialising kernel launches and execution.
+    """
+
+    noise: torch.Tensor  # [draw, image, C, h, w]
+    eta: float
+
+    @classmethod
+    def make(cls, generators: list, latent_shape: tuple, n_steps: int, eta: float, device) -> _Draws:
+        draws = []
+        for g in generators:
+            seq = [torch.randn(latent_shape, generator=g, dtype=torch.float32)]
+            for i in range(n_steps):
+                if eta > 0:
+                    seq.append(torch.randn(latent_shape, generator=g, dtype=torch.float32))
+                if i < n_steps - 1:
+                    seq.append(torch.randn(latent_shape, generator=g, dtype=torch.float32))
+            draws.append(torch.stack(seq))
+        return cls(torch.stack(draws, dim=1).to(device), eta)
+
+    @property
+    def initial(self) -> torch.Tensor:
+        return self.noise[0]
+
+    def variance(self, i: int) -> torch.Tensor | None:
+        """Step ``i``'s DDIM variance noise (None when ``eta == 0``: deterministic DDIM)."""
+        return self.noise[1 + i * 2] if self.eta > 0 else None
+
+    def forward(self, i: int) -> torch.Tensor:
+        """Step ``i``'s forward noise ``eps_i`` (after its variance noise, if any)."""
+        return self.noise[1 + i * 2 + 1] if self.eta > 0 else self.noise[1 + i]
+
+
+def _guided_noise(backbone, z, t: int, context, guidance_scale: float, mixed_precision: str) -> torch.Tensor:
+    """The UNet's noise prediction at ``t``, classifier-free guided when ``uses_guidance``."""
+    cfg = uses_guidance(guidance_scale)
+    model_in = torch.cat([z, z]) if cfg else z
+    # a compiled UNet would specialise on a Python int: one recompilation per timestep
+    compiled = getattr(backbone, "unet_compiled", False)
+    t_arg = torch.tensor(t, dtype=torch.int64, device=backbone.device) if compiled else t
+    with autocast(mixed_precision, backbone.device):
+        eps_pred = backbone.unet(model_in, t_arg, encoder_hidden_states=context).sample
+    eps_pred = eps_pred.float()
+    if not cfg:
+        return eps_pred
+    e_u, e_c = eps_pred.chunk(2)
+    return e_u + guidance_scale * (e_c - e_u)
+
+
+def _reference(schedule: _Schedule, draws: _Draws, z0: torch.Tensor, i: int):
+    """(target timestep, forward noise, outside latent) after step ``i``: ``q(z_n, s_i, eps_i)``, or
+    ``z_n`` itself after the last step (noise level 0, target None)."""
+    if i == len(schedule.timesteps) - 1:
+        return None, None, z0
+    target_t = schedule.timesteps[i] - schedule.ratio
+    if target_t < 0:  # cannot happen with DDIM's spacing; guard the invariant
+        raise RuntimeError(f"DDIM previous timestep {target_t} < 0 before the last step")
+    fwd_noise = draws.forward(i)
+    return target_t, fwd_noise, schedule.q(z0, target_t, fwd_noise)
+
+
+def _decode(backbone, z: torch.Tensor, images: torch.Tensor, box_masks: torch.Tensor, paste_back: bool):
+    out = backbone.decode_latents(z).float().cpu()
+    if paste_back:
+        out = torch.where(box_masks > 0, out, images.cpu())
+    return out
+
+
 @torch.no_grad()
 def inpaint(
     backbone,
@@ -126,10 +244,11 @@ def inpaint(
     generators: list[torch.Generator],
     steps: int,
     guidance_scale: float,
-    eta: float = 0.0,
-    paste_back: bool = False,
+    *,
+    eta: float,
+    paste_back: bool,
+    mixed_precision: str,
     return_trace: bool = False,
-    mixed_precision: str = "auto",
 ):
     """Generate inside each box of ``images`` (N,3,R,R in [0,1], R = backbone.resolution).
 
@@ -139,97 +258,31 @@ def inpaint(
     the last step), ``denoised`` (z'), ``reference`` (the outside latent) and ``latent``
     (after blending).
     """
-    n = images.shape[0]
-    res = backbone.resolution
-    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (res, res):
-        raise ValueError(f"images must be N,3,{res},{res}, got {tuple(images.shape)}")
-    if tuple(box_masks.shape) != (n, 1, res, res):
-        raise ValueError(f"box_masks must be {n},1,{res},{res}, got {tuple(box_masks.shape)}")
-    if len(generators) != n:
-        raise ValueError(f"need one generator per image: {len(generators)} for {n} images")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    device = backbone.device
-    images = images.float()
-    box_masks = (box_masks > 0).float()
+    _check_inputs(backbone, images, box_masks, generators, steps)
+    n, device = images.shape[0], backbone.device
+    images, box_masks = images.float(), (box_masks > 0).float()
+    schedule = _Schedule.ddim(backbone, steps)
 
-    scheduler = backbone.ddim_scheduler()
-    scheduler.set_timesteps(steps)
-    timesteps = [int(t) for t in scheduler.timesteps]
-    ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    abar = scheduler.alphas_cumprod.to(torch.float64)
-
-    def q(z: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
-        a = abar[t]
-        return float(a.sqrt()) * z + float((1 - a).sqrt()) * eps
-
+    # encode: the normal images' latents, the latent box mask and the initial latent
     z0 = encode_mean(backbone, images)
-    latent_shape = tuple(z0.shape[1:])
-    m = latent_mask(box_masks, latent_shape[1:]).to(device)
+    m = latent_mask(box_masks, tuple(z0.shape[2:])).to(device)
     keep = 1.0 - m
+    draws = _Draws.make(generators, tuple(z0.shape[1:]), len(schedule.timesteps), eta, device)
+    z = schedule.q(z0, schedule.timesteps[0], draws.initial) * keep + draws.initial * m
 
-    # Every draw of the trajectory, per image in the documented order, made up front on the
-    # CPU and copied once: a per-step host-to-device copy would stall the host until the GPU
-    # has finished the step, serialising kernel launches and execution.
-    n_steps = len(timesteps)
-    per_step = (1 if eta > 0 else 0) + 1
-    draws = []
-    for g in generators:
-        seq = [torch.randn(latent_shape, generator=g, dtype=torch.float32)]
-        for i in range(n_steps):
-            if eta > 0:
-                seq.append(torch.randn(latent_shape, generator=g, dtype=torch.float32))
-            if i < n_steps - 1:
-                seq.append(torch.randn(latent_shape, generator=g, dtype=torch.float32))
-        draws.append(torch.stack(seq))
-    draws = torch.stack(draws, dim=1).to(device)  # [draw, image, C, h, w]
-
-    def draw_index(i: int, kind: str) -> int:  # position of step i's draw in each sequence
-        offset = 1 + i * per_step
-        if kind == "variance":
-            return offset
-        return offset + (1 if eta > 0 else 0)
-
-    noise = draws[0]
-    z = q(z0, timesteps[0], noise) * keep + noise * m
-
-    cfg = guidance_scale != 1.0
     cond = _expand(prompt_embeds.to(device), n)
-    context = torch.cat([_expand(uncond_embeds.to(device), n), cond]) if cfg else cond
-
+    context = torch.cat([_expand(uncond_embeds.to(device), n), cond]) if uses_guidance(guidance_scale) else cond
     trace: dict[str, Any] | None = None
     if return_trace:
-        trace = {
-            "z0": z0.cpu(),
-            "mask": m.cpu(),
-            "initial": z.cpu(),
-            "timesteps": timesteps,
-            "alphas_cumprod": abar.clone(),
-            "steps": [],
-        }
+        trace = {"z0": z0.cpu(), "mask": m.cpu(), "initial": z.cpu(), "steps": []}
+        trace.update(timesteps=schedule.timesteps, alphas_cumprod=schedule.abar.clone())
 
-    compiled = getattr(backbone, "unet_compiled", False)
-    for i, t in enumerate(timesteps):
-        last = i == len(timesteps) - 1
-        model_in = torch.cat([z, z]) if cfg else z
-        # a compiled UNet would specialise on a Python int: one recompilation per timestep
-        t_arg = torch.tensor(t, dtype=torch.int64, device=device) if compiled else t
-        with autocast(mixed_precision, device):
-            eps_pred = backbone.unet(model_in, t_arg, encoder_hidden_states=context).sample
-        eps_pred = eps_pred.float()
-        if cfg:
-            e_u, e_c = eps_pred.chunk(2)
-            eps_pred = e_u + guidance_scale * (e_c - e_u)
-        variance_noise = draws[draw_index(i, "variance")] if eta > 0 else None
-        denoised = scheduler.step(eps_pred, t, z, eta=eta, variance_noise=variance_noise).prev_sample
-        if last:
-            target_t, fwd_noise, reference = None, None, z0
-        else:
-            target_t = t - ratio
-            if target_t < 0:  # cannot happen with DDIM's spacing; guard the invariant
-                raise RuntimeError(f"DDIM previous timestep {target_t} < 0 before the last step")
-            fwd_noise = draws[draw_index(i, "forward")]
-            reference = q(z0, target_t, fwd_noise)
+    for i, t in enumerate(schedule.timesteps):
+        # loop step: guided noise prediction, DDIM step to s_i, then blend (Eq. 7)
+        eps_pred = _guided_noise(backbone, z, t, context, guidance_scale, mixed_precision)
+        step = schedule.scheduler.step(eps_pred, t, z, eta=eta, variance_noise=draws.variance(i))
+        denoised = step.prev_sample
+        target_t, fwd_noise, reference = _reference(schedule, draws, z0, i)
         z = reference * keep + denoised * m
         if trace is not None:
             trace["steps"].append(
@@ -243,9 +296,5 @@ def inpaint(
                 }
             )
 
-    out = backbone.decode_latents(z).float().cpu()
-    if paste_back:
-        out = torch.where(box_masks > 0, out, images.cpu())
-    if trace is not None:
-        return out, trace
-    return out
+    out = _decode(backbone, z, images, box_masks, paste_back)
+    return (out, trace) if trace is not None else out

@@ -24,7 +24,9 @@ detectors resize anyway): ``images/<stem>_b<i>_s<j>.png``, ``masks/<same>.png`` 
 Resume: each image and its mask are written atomically, then a line with their sha256 is
 appended to ``progress.jsonl``. A rerun skips every planned image whose record matches the
 files on disk; the plan is cut into the same fixed batches as an uninterrupted run, so a
-job killed between batches resumes to bit-identical outputs.
+job killed between batches resumes to bit-identical outputs. (The tests' kill hook is
+``anogen.resumable.ResumableJob.progressed``, one unit per written batch; the manifest goes
+last through ``ResumableJob.write_manifest``.)
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +45,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from anogen.data.mvtec import load_image, relative_to_root
 from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import Box, sample_boxes
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
-from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file, write_manifest
+from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file
 from anogen.keys import canonical_json
 from anogen.progress import Progress
+from anogen.resumable import ResumableJob
 
 log = logging.getLogger("anogen.generation")
 
 PROGRESS_NAME = "progress.jsonl"
-KILL_ENV = "ANOGEN_TEST_KILL_AFTER_BATCHES"
+MONTAGE_SAMPLES = 8  # generated images shown in the montage
 
 
 def derive_seed(*parts: Any) -> int:
@@ -82,30 +85,7 @@ class PlannedImage:
         return f"masks/{self.name}"
 
 
-def _load_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
-    try:
-        from anogen.data.mvtec import load_image
-    except ImportError:  # pragma: no cover - written in parallel
-        from PIL import Image
-
-        arr = read_image(path, "RGB")
-        return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
-    return load_image(path, size=size, resize=resize)
-
-
-def _relpath(root: Path, path: Path) -> str:
-    return Path(os.path.relpath(Path(path), Path(root))).as_posix()
-
-
-def _get(spec: dict, key: str, default: Any = ...) -> Any:
-    if key in spec:
-        return spec[key]
-    if default is ...:
-        raise ConfigError(f"generation.{key}", "missing from the generation spec")
-    return default
-
-
-def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int, resize: str = "squash") -> np.ndarray:
+def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int, resize: str) -> np.ndarray:
     """The foreground mask (stored at the image's own size) in the same geometry as the image."""
     import cv2
 
@@ -120,7 +100,7 @@ def _box_template(spec: dict, template: Path | None, resolution: int) -> np.ndar
     """The defect's box template at ``resolution``, checked against the sha256 the key was made with."""
     from anogen.generation.foreground import load_box_template
 
-    wanted = spec.get("template")
+    wanted = spec.get("template")  # present only for a defect with a box template
     if wanted is None:
         if template is not None:
             raise ConfigError(
@@ -138,6 +118,85 @@ def _box_template(spec: dict, template: Path | None, resolution: int) -> np.ndar
     return load_box_template(template, resolution, resolution)
 
 
+@dataclass(frozen=True)
+class _BoxRegion:
+    """Where one defect's boxes go: its box template (strictly more than ``containment``
+    inside) or each image's foreground (at least ``min_overlap`` on it)."""
+
+    region: Callable[[Path, str], np.ndarray]  # (image path, root-relative path) -> mask at the resolution
+    overlap: float
+    strict: bool
+    overlap_key: str
+
+
+def _box_region(spec: dict, template: Path | None, foreground_manifest: Path | None, resolution: int) -> _BoxRegion:
+    template_mask = _box_template(spec, template, resolution)
+    if template_mask is not None:
+        containment = float(spec["template"]["containment"])
+        return _BoxRegion(lambda path, rel: template_mask, containment, True, "generation.template_containment")
+    if foreground_manifest is None:
+        raise ConfigError(
+            "generation.templates",
+            f"{spec['category']}/{spec['defect']} has neither a box template nor a foreground set",
+        )
+    fg_manifest = load_manifest(foreground_manifest)
+    masks = {item["source_image"]: item["mask"] for item in fg_manifest["extra"]["items"]}
+
+    def foreground(path: Path, rel: str) -> np.ndarray:
+        if rel not in masks:
+            raise DataError(foreground_manifest, f"has no foreground mask for {rel}; rebuild the foreground set")
+        # boxes are drawn on the foreground in the model's geometry
+        return _foreground_at(foreground_manifest, fg_manifest, masks[rel], resolution, spec["resize"])
+
+    return _BoxRegion(foreground, float(spec["min_overlap"]), False, "generation.min_overlap")
+
+
+def _normal_images_used(normal_images: Sequence[Path], data_root: Path, spec: dict) -> list[Path]:
+    images = [Path(p) for p in normal_images]
+    if spec["max_normal_images"] is not None:
+        images = images[: int(spec["max_normal_images"])]
+    if not images:
+        raise DataError(data_root, f"no normal training images for category '{spec['category']}'")
+    stems: dict[str, Path] = {}
+    for p in images:
+        if p.stem in stems:
+            raise DataError(p, f"two normal images share the stem '{p.stem}' ({stems[p.stem]})")
+        stems[p.stem] = p
+    return images
+
+
+def _plan_image(spec: dict, index: int, path: Path, foreground: np.ndarray, where: _BoxRegion) -> list[PlannedImage]:
+    """The boxes of one normal image, each with ``images_per_box`` seeded samples."""
+    category, defect, seed, box = spec["category"], spec["defect"], int(spec["seed"]), spec["box"]
+    rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
+    boxes = sample_boxes(
+        rng,
+        foreground,
+        int(spec["boxes_per_image"]),
+        box["width"],
+        box["height"],
+        bool(box["rotate"]),
+        where.overlap,
+        int(spec["max_tries"]),
+        image_name=str(path),
+        defect=defect,
+        strict=where.strict,
+        overlap_key=where.overlap_key,
+    )
+    return [
+        PlannedImage(
+            name=f"{path.stem}_b{b}_s{j}.png",
+            image_index=index,
+            box_index=b,
+            sample_index=j,
+            box=placed,
+            seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
+        )
+        for b, placed in enumerate(boxes)
+        for j in range(int(spec["images_per_box"]))
+    ]
+
+
 def plan_generation(
     *,
     normal_images: list[Path],
@@ -153,74 +212,21 @@ def plan_generation(
     are drawn on the template, strictly more than ``containment`` inside;
     ``foreground_manifest`` is then not read (it may be None).
     """
-    category, defect = _get(spec, "category"), _get(spec, "defect")
-    seed = int(_get(spec, "seed"))
-    box_spec = _get(spec, "box")
-    resize = str(_get(spec, "resize", "squash"))  # boxes are drawn on the foreground in the model's geometry
-    limit = _get(spec, "max_normal_images", None)
-    images = [Path(p) for p in normal_images]
-    if limit is not None:
-        images = images[: int(limit)]
-    if not images:
-        raise DataError(data_root, f"no normal training images for category '{category}'")
-    stems: dict[str, Path] = {}
-    for p in images:
-        if p.stem in stems:
-            raise DataError(p, f"two normal images share the stem '{p.stem}' ({stems[p.stem]})")
-        stems[p.stem] = p
-
-    template_mask = _box_template(spec, Path(template) if template is not None else None, resolution)
-    if template_mask is None:
-        if foreground_manifest is None:
-            raise ConfigError(
-                "generation.templates", f"{category}/{defect} has neither a box template nor a foreground set"
-            )
-        fg_manifest = load_manifest(foreground_manifest)
-        masks = {item["source_image"]: item["mask"] for item in fg_manifest["extra"]["items"]}
-        overlap, strict, overlap_key = float(_get(spec, "min_overlap")), False, "generation.min_overlap"
-    else:
-        overlap, strict = float(spec["template"]["containment"]), True
-        overlap_key = "generation.template_containment"
-    rels = [_relpath(data_root, p) for p in images]
+    images = _normal_images_used(normal_images, Path(data_root), spec)
+    where = _box_region(
+        spec,
+        Path(template) if template is not None else None,
+        Path(foreground_manifest) if foreground_manifest is not None else None,
+        resolution,
+    )
+    rels = [relative_to_root(data_root, p) for p in images]
     plan: list[PlannedImage] = []
     for index, (path, rel) in enumerate(zip(images, rels)):
-        if template_mask is not None:
-            fg = template_mask
-        else:
-            if rel not in masks:
-                raise DataError(foreground_manifest, f"has no foreground mask for {rel}; rebuild the foreground set")
-            fg = _foreground_at(Path(foreground_manifest), fg_manifest, masks[rel], resolution, resize)
-        rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
-        boxes = sample_boxes(
-            rng,
-            fg,
-            int(_get(spec, "boxes_per_image")),
-            box_spec["width"],
-            box_spec["height"],
-            bool(box_spec.get("rotate", False)),
-            overlap,
-            int(_get(spec, "max_tries")),
-            image_name=str(path),
-            defect=defect,
-            strict=strict,
-            overlap_key=overlap_key,
-        )
-        for b, box in enumerate(boxes):
-            for j in range(int(_get(spec, "images_per_box"))):
-                plan.append(
-                    PlannedImage(
-                        name=f"{path.stem}_b{b}_s{j}.png",
-                        image_index=index,
-                        box_index=b,
-                        sample_index=j,
-                        box=box,
-                        seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
-                    )
-                )
+        plan += _plan_image(spec, index, path, where.region(path, rel), where)
     return images, rels, plan
 
 
-# ----------------------------------------------------------------------------- progress
+# ----------------------------------------------------------------------------- progress (resume by item)
 
 
 def _read_progress(out_dir: Path, key: str) -> dict[str, dict]:
@@ -233,7 +239,7 @@ def _read_progress(out_dir: Path, key: str) -> dict[str, dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill: ignore it
             continue
-        if isinstance(rec, dict) and rec.get("key") == key and "name" in rec:
+        if isinstance(rec, dict) and rec.get("key") == key and "name" in rec:  # another key's line: not ours
             records[rec["name"]] = rec
     return records
 
@@ -248,6 +254,15 @@ def _is_done(out_dir: Path, item: PlannedImage, rec: dict | None) -> bool:
     return True
 
 
+def _already_done(job: ResumableJob, plan: list[PlannedImage]) -> set[str]:
+    """Names of the planned images an earlier run of this key wrote and recorded intact."""
+    progress = _read_progress(job.out_dir, job.key)
+    done = {item.name for item in plan if _is_done(job.out_dir, item, progress.get(item.name))}
+    if done:
+        log.info("resuming: %d of %d images already generated", len(done), len(plan))
+    return done
+
+
 def _append_progress(out_dir: Path, record: dict) -> None:
     with open(out_dir / PROGRESS_NAME, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
@@ -255,55 +270,47 @@ def _append_progress(out_dir: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _write_batch(out_dir: Path, key: str, pending: list[PlannedImage], arrays: np.ndarray, box_np: list) -> None:
+    """Each image and its mask atomically, then its progress line (with both sha256)."""
+    for it, arr, bm in zip(pending, arrays, box_np):
+        atomic_save_image(out_dir / it.image, arr)
+        atomic_save_image(out_dir / it.mask, (bm * 255).astype(np.uint8))
+        record = {"key": key, "name": it.name, "seed": it.seed}
+        record.update(image_sha256=sha256_file(out_dir / it.image), mask_sha256=sha256_file(out_dir / it.mask))
+        _append_progress(out_dir, record)
+
+
 def _chunks(seq: list, size: int) -> Iterable[list]:
     for k in range(0, len(seq), size):
         yield seq[k : k + size]
 
 
-# ----------------------------------------------------------------------------- the job
+# ----------------------------------------------------------------------------- model, images, sampling
 
 
-def generate_anomalies(
-    *,
-    normal_images: list[Path],
-    data_root: Path,
-    foreground_manifest: Path | None,
-    embedding_path: Path,
-    model: str,
-    revision: str | None,
-    spec: dict,
-    out_dir: Path,
-    key: str,
-    inputs: dict[str, str],
-    batch_size: int = 8,
-    device: str = "cpu",
-    mixed_precision: str = "auto",
-    extra: dict | None = None,
-    support_images: list[np.ndarray] | tuple = (),
-    backbone=None,
-    channels_last: bool = False,
-    compile: bool = False,
-    template: Path | None = None,
-) -> Path:
-    """Generate the (category, defect) set into ``out_dir``; return the manifest path.
+@dataclass
+class _Sampler:
+    """The prepared model with the learned token and the two prompts' text embeddings."""
 
-    ``backbone`` (optional) is an already loaded Backbone of ``model`` to reuse (tests,
-    benchmarks); the learned token is added to it or, if present, its row overwritten.
-    """
+    backbone: Any
+    token: str
+    prompt_embeds: torch.Tensor
+    uncond_embeds: torch.Tensor
+
+    @property
+    def resolution(self) -> int:
+        return self.backbone.resolution
+
+
+def _load_sampler(backbone, *, model, revision, device, embedding_path, mixed_precision, channels_last, compile):
+    """Load ``model`` (unless given), prepare it for inference and add the learned token."""
     from anogen.diffusion.backbone import load_backbone
     from anogen.diffusion.textual_inversion import load_learned_embedding
-
-    out_dir = Path(out_dir)
-    data_root = Path(data_root)
-    if batch_size < 1:
-        raise ConfigError("generation.batch_size", f"must be >= 1, got {batch_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     t_load = time.monotonic()
     if backbone is None:
         backbone = load_backbone(model, revision, device)
     prepare_for_inference(backbone, mixed_precision, channels_last=channels_last, compile=compile)
-    res = backbone.resolution
     token, vector = load_learned_embedding(embedding_path)
     check_embedding_width(embedding_path, vector, backbone)
     backbone.set_token_embedding(token, vector)
@@ -311,115 +318,96 @@ def generate_anomalies(
         prompt_embeds = backbone.encode_text(backbone.tokenize([token])).float()
         uncond_embeds = backbone.encode_text(backbone.tokenize([""])).float()
     log.info(
-        "loaded %s (%s, %d px) and token %s in %.1f s", model, backbone.family, res, token, time.monotonic() - t_load
+        "loaded %s (%s, %d px) and token %s in %.1f s",
+        model,
+        backbone.family,
+        backbone.resolution,
+        token,
+        time.monotonic() - t_load,
     )
+    return _Sampler(backbone, token, prompt_embeds, uncond_embeds)
 
-    images, rels, plan = plan_generation(
-        normal_images=normal_images,
-        data_root=data_root,
-        foreground_manifest=Path(foreground_manifest) if foreground_manifest is not None else None,
-        spec=spec,
-        resolution=res,
-        template=template,
+
+class _NormalImages:
+    """The normal images at the model resolution, decoded once while their batches need them."""
+
+    def __init__(self, paths: list[Path], size: int, resize: str, keep: int):
+        self.paths, self.size, self.resize, self.keep = paths, size, resize, keep
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __call__(self, index: int) -> np.ndarray:
+        if index not in self._cache:
+            if len(self._cache) > self.keep:
+                self._cache.clear()
+            self._cache[index] = load_image(self.paths[index], size=self.size, resize=self.resize)
+        return self._cache[index]
+
+
+def _sample_batch(sampler: _Sampler, spec: dict, pending: list[PlannedImage], normals: _NormalImages):
+    """Inpaint one batch: (uint8 images N,R,R,3, box masks as R x R {0,1} arrays)."""
+    res = sampler.resolution
+    pixels = from_uint8([normals(it.image_index) for it in pending])
+    box_np = [it.box.to_mask(res, res) for it in pending]
+    box_masks = torch.from_numpy(np.stack(box_np))[:, None].float()
+    out = inpaint(
+        sampler.backbone,
+        pixels,
+        box_masks,
+        sampler.prompt_embeds,
+        sampler.uncond_embeds,
+        [torch.Generator().manual_seed(it.seed) for it in pending],
+        int(spec["steps"]),
+        float(spec["guidance_scale"]),
+        eta=float(spec["eta"]),
+        paste_back=bool(spec["paste_back"]),
+        mixed_precision=spec["mixed_precision"],
     )
-    progress = _read_progress(out_dir, key)
-    done = {item.name for item in plan if _is_done(out_dir, item, progress.get(item.name))}
-    total = len(plan)
-    if done:
-        log.info("resuming: %d of %d images already generated", len(done), total)
+    return to_uint8(out), box_np
 
-    steps = int(_get(spec, "steps"))
-    guidance = float(_get(spec, "guidance_scale"))
-    eta = float(_get(spec, "eta", 0.0))
-    paste_back = bool(_get(spec, "paste_back", False))
-    resize = str(_get(spec, "resize", "squash"))
-    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
-    cache: dict[int, np.ndarray] = {}
+def _sample_missing(job, sampler, spec, plan, done, normals, batch_size) -> tuple[int, float]:
+    """Sample every planned image not ``done``, in the fixed batches of an uninterrupted run.
 
-    def normal(index: int) -> np.ndarray:
-        if index not in cache:
-            if len(cache) > 4 * batch_size:
-                cache.clear()
-            cache[index] = _load_image(images[index], res, resize)
-        return cache[index]
-
-    def write_batch(pending: list[PlannedImage], arrays: np.ndarray, box_np: list[np.ndarray]) -> None:
-        for it, arr, bm in zip(pending, arrays, box_np):
-            atomic_save_image(out_dir / it.image, arr)
-            atomic_save_image(out_dir / it.mask, (bm * 255).astype(np.uint8))
-            _append_progress(
-                out_dir,
-                {
-                    "key": key,
-                    "name": it.name,
-                    "seed": it.seed,
-                    "image_sha256": sha256_file(out_dir / it.image),
-                    "mask_sha256": sha256_file(out_dir / it.mask),
-                },
-            )
-
-    generated = 0
-    batches = 0
+    Returns (images generated, seconds). PNG encoding and fsyncs of batch k overlap the
+    sampling of batch k+1 (one writer thread, at most one batch in flight; its errors
+    surface at the next batch).
+    """
+    progress = Progress(len(plan), logger=log, what="generated", unit="images", start=len(done))
+    generated = batches = 0
     t0 = time.monotonic()
-    n_done = len(done)
-    progress = Progress(total, logger=log, what="generated", unit="images", start=n_done)
-    # PNG encoding and fsyncs of batch k overlap the sampling of batch k+1 (one writer
-    # thread, at most one batch in flight; its errors surface at the next batch).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anogen-writer") as writer:
         in_flight = None
         for chunk in _chunks(plan, batch_size):
             pending = [item for item in chunk if item.name not in done]
             if not pending:
                 continue
-            pixels = from_uint8([normal(it.image_index) for it in pending])
-            box_np = [it.box.to_mask(res, res) for it in pending]
-            box_masks = torch.from_numpy(np.stack(box_np))[:, None].float()
-            gens = [torch.Generator().manual_seed(it.seed) for it in pending]
-            out = inpaint(
-                backbone,
-                pixels,
-                box_masks,
-                prompt_embeds,
-                uncond_embeds,
-                gens,
-                steps,
-                guidance,
-                eta=eta,
-                paste_back=paste_back,
-                mixed_precision=mixed_precision,
-            )
-            arrays = to_uint8(out)
+            arrays, box_np = _sample_batch(sampler, spec, pending, normals)
             if in_flight is not None:
                 in_flight.result()
-            in_flight = writer.submit(write_batch, pending, arrays, box_np)
-            done.update(it.name for it in pending)
+            in_flight = writer.submit(_write_batch, job.out_dir, job.key, pending, arrays, box_np)
             generated += len(pending)
-            n_done += len(pending)
             batches += 1
-            progress.update(n_done)
-            if kill_after and batches >= kill_after:
+            progress.update(len(done) + generated)
+            if job.kill_pending:  # the test kill lands between batches, after this one is written
                 in_flight.result()
-                os.kill(os.getpid(), signal.SIGKILL)
+            job.progressed(batches)
         if in_flight is not None:
             in_flight.result()
-    elapsed = time.monotonic() - t0
-    ips = generated / elapsed if generated else None
+    return generated, time.monotonic() - t0
 
-    # ---------------------------------------------------------------- montage + manifest
+
+def _write_montage(out_dir: Path, plan, normals: _NormalImages, support_images, title: str) -> None:
+    """Support images, the first normal image with its boxes, and the first generated images."""
     first = plan[0]
-    same_image = [it for it in plan if it.image_index == first.image_index]
-    shown = plan[: min(len(plan), 8)]
-    montage = make_montage(
-        list(support_images),
-        normal(first.image_index),
-        [it.box for it in same_image if it.sample_index == 0],
-        [read_image(out_dir / it.image, "RGB") for it in shown],
-        title=f"{_get(spec, 'category')} / {_get(spec, 'defect')}  ({total} images, token {token})",
-    )
+    boxes = [it.box for it in plan if it.image_index == first.image_index and it.sample_index == 0]
+    shown = [read_image(out_dir / it.image, "RGB") for it in plan[:MONTAGE_SAMPLES]]
+    montage = make_montage(list(support_images), normals(first.image_index), boxes, shown, title=title)
     atomic_save_image(out_dir / "montage.png", montage)
 
-    items = [
+
+def _manifest_items(plan: list[PlannedImage], rels: list[str]) -> list[dict]:
+    """The contract read by the detectors (module doc)."""
+    return [
         {
             "image": it.image,
             "mask": it.mask,
@@ -431,30 +419,98 @@ def generate_anomalies(
         }
         for it in plan
     ]
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def generate_anomalies(
+    *,
+    normal_images: list[Path],
+    data_root: Path,
+    foreground_manifest: Path | None,
+    template: Path | None,
+    embedding_path: Path,
+    model: str,
+    revision: str | None,
+    spec: dict,
+    out_dir: Path,
+    key: str,
+    inputs: dict[str, str],
+    device: str,
+    batch_size: int,
+    channels_last: bool,
+    compile: bool,
+    support_images: Sequence[np.ndarray] = (),
+    extra: dict | None = None,
+    backbone=None,
+) -> Path:
+    """Generate the (category, defect) set into ``out_dir``; return the manifest path.
+
+    ``spec`` is the plan's generation spec (``Plan.generation_spec``); ``batch_size``,
+    ``channels_last`` and ``compile`` are speed-only. ``backbone`` (optional) is an already
+    loaded Backbone of ``model`` to reuse (tests, benchmarks); the learned token is added to
+    it or, if present, its row overwritten.
+    """
+    job = ResumableJob(out_dir, stage="generation", key=key, spec=spec, inputs=inputs)
+    # 1. the model and the learned token
+    sampler = _load_sampler(
+        backbone,
+        model=model,
+        revision=revision,
+        device=device,
+        embedding_path=embedding_path,
+        mixed_precision=spec["mixed_precision"],
+        channels_last=channels_last,
+        compile=compile,
+    )
+    # 2. the plan: boxes and seeds of every image to generate
+    images, rels, plan = plan_generation(
+        normal_images=normal_images,
+        data_root=data_root,
+        foreground_manifest=foreground_manifest,
+        spec=spec,
+        resolution=sampler.resolution,
+        template=template,
+    )
+    # 3. resume: what an earlier run of this key already wrote
+    done = _already_done(job, plan)
+    # 4. sample the rest, batch by batch (each batch written, then the kill hook)
+    normals = _NormalImages(images, sampler.resolution, spec["resize"], keep=4 * batch_size)
+    generated, seconds = _sample_missing(job, sampler, spec, plan, done, normals, batch_size)
+    # 5. the montage, then the manifest (last)
+    title = f"{spec['category']} / {spec['defect']}  ({len(plan)} images, token {sampler.token})"
+    _write_montage(job.out_dir, plan, normals, support_images, title)
+    run = {"model": model, "revision": revision, "device": device, "batch_size": batch_size}
+    run.update(channels_last=channels_last, compile=compile, template=template)
     files = [it.image for it in plan] + [it.mask for it in plan] + ["montage.png"]
-    manifest_extra = {
-        "items": items,
-        "n_images": total,
+    return job.write_manifest(files, _manifest_extra(plan, rels, sampler, generated, seconds, run, extra))
+
+
+def _manifest_extra(plan, rels, sampler: _Sampler, generated: int, seconds: float, run: dict, extra) -> dict:
+    """The manifest's ``extra``: the items (the detectors' contract), counts, speed, model, run switches."""
+    ips = generated / seconds if generated else None
+    template = run["template"]
+    log.info("wrote %d images (%s images/s this run)", len(plan), "n/a" if ips is None else f"{ips:.3f}")
+    return {
+        "items": _manifest_items(plan, rels),
+        "n_images": len(plan),
         "n_generated_this_run": generated,
         "images_per_second": ips,
-        "resolution": res,
-        "family": backbone.family,
-        "model": model,
-        "revision": revision,
-        "token": token,
-        "prompt": token,
-        "device": device,
-        "batch_size": batch_size,
-        "channels_last": channels_last,
-        "compile": compile,
+        "resolution": sampler.resolution,
+        "family": sampler.backbone.family,
+        "model": run["model"],
+        "revision": run["revision"],
+        "token": sampler.token,
+        "prompt": sampler.token,
+        "device": run["device"],
+        "batch_size": run["batch_size"],
+        "channels_last": run["channels_last"],
+        "compile": run["compile"],
         "box_region": "template" if template is not None else "foreground",
         "template": str(template) if template is not None else None,
         **(extra or {}),
     }
-    log.info("wrote %d images to %s (%s images/s this run)", total, out_dir, "n/a" if ips is None else f"{ips:.3f}")
-    return write_manifest(
-        out_dir, stage="generation", key=key, spec=spec, inputs=inputs, files=files, extra=manifest_extra
-    )
 
 
 def check_embedding_width(embedding_path: Path, vector: torch.Tensor, backbone) -> None:
