@@ -310,6 +310,7 @@ def estimate_foreground(sm, params):
         out_dir=_out_dir(sm),
         key=sm.wildcards.key,
         inputs=params["inputs"],
+        spec=spec,
     )
 
 

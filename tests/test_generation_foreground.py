@@ -72,6 +72,7 @@ def test_build_foreground_set_writes_masks_and_manifest_last(tmp_path):
         out_dir=out,
         key="k1",
         inputs={"data": "d"},
+        spec={"category": "c"},
     )
     manifest = verify_manifest(manifest_path)
     assert manifest["stage"] == "foreground" and manifest["key"] == "k1"
@@ -96,6 +97,7 @@ def test_texture_and_template(tmp_path):
         out_dir=tmp_path / "tex",
         key="k",
         inputs={},
+        spec={"category": "c"},
     )
     assert all(i["fraction"] == 1.0 and i["method"] == "texture" for i in load_manifest(m)["extra"]["items"])
 
@@ -112,6 +114,7 @@ def test_texture_and_template(tmp_path):
         out_dir=tmp_path / "tpl",
         key="k",
         inputs={},
+        spec={"category": "c"},
     )
     item = load_manifest(m)["extra"]["items"][0]
     mask = np.asarray(Image.open(tmp_path / "tpl" / item["mask"])) > 0
@@ -134,5 +137,6 @@ def test_unreadable_image_is_named(tmp_path):
             out_dir=tmp_path / "fg",
             key="k",
             inputs={},
+            spec={"category": "c"},
         )
     assert not (tmp_path / "fg" / "manifest.json").exists()

@@ -89,6 +89,7 @@ def world(tmp_path_factory):
         out_dir=work / "fg",
         key="fgkey",
         inputs={},
+        spec={"category": "c"},
     )
     backbone = load_backbone(str(model))
     emb = work / "learned_embeds.safetensors"

@@ -174,25 +174,18 @@ def build_foreground_set(
     iterations: int,
     out_dir: Path,
     key: str,
-    inputs: dict[str, str] | None = None,
-    spec: dict[str, Any] | None = None,
+    inputs: dict[str, str],
+    spec: dict[str, Any],
 ) -> Path:
     """Write one foreground mask per image and the manifest (last); return the manifest path.
 
-    ``spec`` is the config subset the caller keyed this artifact with; by default it is
-    rebuilt from the arguments. A rerun recomputes every mask (about 0.25 s per 1024 px
+    ``spec`` is the config subset the caller keyed this artifact with (``Plan.spec("foreground",
+    category)``); the manifest records it as given. A rerun recomputes every mask (about 0.25 s per 1024 px
     image), which keeps the result independent of interruptions.
     """
     out_dir = Path(out_dir)
     data_root = Path(data_root)
     template = Path(template) if template is not None else None
-    if spec is None:
-        spec = {
-            "texture": bool(texture),
-            "template": str(template) if template else None,
-            "iterations": int(iterations),
-            "method": "grabcut",
-        }
     stems: dict[str, Path] = {}
     for p in image_paths:
         p = Path(p)
