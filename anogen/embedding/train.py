@@ -225,7 +225,7 @@ class EmbeddingTrainer:
     ):
         """``spec``: the embedding spec the plan hashed (``Plan.embedding_spec``; its
         ``mixed_precision`` decides autocast). ``cuda_graph`` and ``static_inputs`` are speed
-        switches that change no result."""
+        switches (equal results; a CUDA graph within float round-off, see the module notes)."""
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing:
             raise ConfigError("embedding", f"missing keys {missing} (the config schema fills defaults)")
@@ -720,27 +720,30 @@ def learn_embedding(
     trainer.close()
     # 5. the vector and the loss curve, then the manifest (last)
     files = _export(job.out_dir, trainer, key)
-    final_loss = trainer.losses[-1] if trainer.losses else None
-    manifest = job.write_manifest(
-        files,
-        extra={
-            "family": backbone.family,
-            "model": model,
-            "token": trainer.token,
-            "token_id": trainer.token_id,
-            "resolution": trainer.resolution,
-            "effective_lr": trainer.effective_lr,
-            "final_loss": final_loss,
-            "steps_per_second": steps_per_second,
-            "resumed_from_step": resumed_from,
-            "device": device,
-            "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
-            "cuda_graph": trainer._graph is not None,
-            **(extra or {}),
-        },
-    )
-    log.info("done: final loss %s, %s", final_loss, manifest)
+    run = _run_record(trainer, model, device, resumed_from, steps_per_second)
+    manifest = job.write_manifest(files, extra={**run, **(extra or {})})
+    log.info("done: final loss %s, %s", run["final_loss"], manifest)
     return manifest
+
+
+def _run_record(
+    trainer: EmbeddingTrainer, model: str, device: str, resumed_from: int, steps_per_second: float | None
+) -> dict[str, Any]:
+    """The manifest's ``extra``: what was trained where, and how the run went."""
+    return {
+        "family": trainer.backbone.family,
+        "model": model,
+        "token": trainer.token,
+        "token_id": trainer.token_id,
+        "resolution": trainer.resolution,
+        "effective_lr": trainer.effective_lr,
+        "final_loss": trainer.losses[-1] if trainer.losses else None,
+        "steps_per_second": steps_per_second,
+        "resumed_from_step": resumed_from,
+        "device": device,
+        "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
+        "cuda_graph": trainer._graph is not None,
+    }
 
 
 def _resume(job: ResumableJob, trainer: EmbeddingTrainer) -> int:
