@@ -349,6 +349,9 @@ def test_ldm_job_and_backbone_loading(tiny_models, tmp_path):
     spec = make_spec(steps=2, flip_p=1.0, scale_lr=False)
     manifest = verify_manifest(_run_job(model, spec, tmp_path / "ldm", make_items(n=1)))
     assert manifest["extra"]["family"] == "ldm"
+    # the spec as the plan hashed it, runtime values (checkpoint_every, cuda_graph) outside it
+    assert manifest["spec"] == spec and {"mixed_precision", "resize"} <= set(spec)
+    assert not {"checkpoint_every", "cuda_graph", "source"} & set(manifest["spec"])
     assert manifest["extra"]["effective_lr"] == pytest.approx(0.005)
     token, vector = load_learned_embedding(tmp_path / "ldm" / "learned_embeds.safetensors")
     backbone = load_backbone(str(model))
