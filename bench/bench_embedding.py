@@ -30,10 +30,11 @@ STEPS_PER_EMBEDDING = 6000
 
 
 def default_spec(batch_size: int, resolution: int | None) -> dict:
-    """The schema's embedding defaults (the paper's values), at the given batch and resolution."""
-    from anogen.config import validate_config
+    """The plan's embedding spec from the schema's defaults (the paper's values), at the given
+    batch and resolution (``mixed_precision``: the schema's ``diffusion.mixed_precision``)."""
+    from anogen.config import Plan, validate_config
 
-    spec = validate_config({"data_root": "unused"})["embedding"]  # the schema's defaults
+    spec = Plan(validate_config({"data_root": "unused"})).embedding_spec("bench", "defect")
     spec.update(steps=STEPS_PER_EMBEDDING, batch_size=batch_size, resolution=resolution)
     return spec
 
@@ -50,7 +51,7 @@ def random_backbone(family: str, size: str, device: str, resolution: int | None)
         n_vocab = writer(Path(tmp) / "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
     # full size keeps the real vocabulary (30522 / 49408 rows); the tokenizer uses a prefix
-    parts = build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab)
+    parts = build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab, seed=0)
     backbone = Backbone(
         family=family,
         model=f"random-{size}-{family}",
@@ -81,7 +82,7 @@ def bench_family(family: str, args) -> dict:
     t0 = time.perf_counter()
     backbone = random_backbone(family, args.size, device, args.model_resolution)
     build_s = time.perf_counter() - t0
-    spec = default_spec(args.batch, args.resolution)
+    spec = dict(default_spec(args.batch, args.resolution), mixed_precision=args.mixed_precision)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -90,7 +91,7 @@ def bench_family(family: str, args) -> dict:
         support_items(3, args.image_size),
         spec,
         device=device,
-        mixed_precision=args.mixed_precision,
+        cuda_graph=False,  # the plain eager step (gpu_check.py measures the graph)
         n_devices=1,
     )
     setup_s = time.perf_counter() - t0

@@ -44,7 +44,7 @@ def build_backbone(family: str, size: str, resolution: int | None, device: str):
     # the CPU takes longer than the benchmark itself.
     ctx = torch.device(device) if device != "cpu" else contextlib.nullcontext()
     with ctx:
-        parts = tiny.build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab)
+        parts = tiny.build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab, seed=0)
     backbone = Backbone(
         family,
         f"random-{family}-{size}",

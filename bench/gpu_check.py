@@ -64,7 +64,7 @@ def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tmp)
     ctx = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     with ctx:
-        parts = tiny.build_components(family, "full")
+        parts = tiny.build_components(family, "full", seed=0)
     parts = {k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in parts.items()}
     if family == "ldm":
         pipe = LDMTextToImagePipeline(
@@ -168,6 +168,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
     from anogen.cli import referenced_dirs
     from anogen.config import Plan, load_config_file
     from anogen.data.demo import generate_demo_dataset
+    from anogen.resumable import KILL_ENV
 
     t0 = time.perf_counter()
     data_root = work / "mvtec"
@@ -208,7 +209,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
         cores,
         gpus,
         str(emb_dir / "manifest.json"),
-        env_extra={"ANOGEN_TEST_KILL_AT_STEP": str(KILL_AT)},
+        env_extra={KILL_ENV: str(KILL_AT)},
     )
     check(
         "embedding job killed mid-run",
@@ -316,7 +317,7 @@ def bench_stage1(args) -> list[dict]:
             )
             run = tr.step_async
         else:
-            tr = EmbeddingTrainer(backbone, items, spec, device=device, **kw)
+            tr = EmbeddingTrainer(backbone, items, spec, device=device, **{"cuda_graph": False, **kw})
             run = tr.step if mode == "sync" else tr.step_async
         for _ in range(warmup):
             run()

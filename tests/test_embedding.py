@@ -19,25 +19,25 @@ from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.textual_inversion import load_learned_embedding, read_embedding_metadata
 from anogen.diffusion.tiny import build_tiny_model
 from anogen.embedding import EmbeddingTrainer, learn_embedding, masked_noise_loss
-from anogen.embedding.train import KILL_ENV, support_indices
+from anogen.embedding.train import support_indices
 from anogen.errors import ConfigError
 from anogen.io import verify_manifest
+from anogen.resumable import KILL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "<anomaly>"
 
 
 def make_spec(**overrides) -> dict:
-    """The schema's embedding section (defaults filled) with tiny-run values."""
-    from anogen.config import validate_config
+    """The plan's embedding spec (``Plan.embedding_spec``, schema defaults filled) with tiny-run values."""
+    from anogen.config import Plan, validate_config
 
-    spec = validate_config({"data_root": "/data"})["embedding"]
+    spec = Plan(validate_config({"data_root": "/data"})).embedding_spec("cat", "defect")
     spec.update(
         placeholder_token=TOKEN,
         steps=3,
         batch_size=2,
         resolution=64,
-        checkpoint_every=2,
         templates=["a photo of a {}", "a close-up photo of the {}", "a photo of a small {}"],
     )
     spec.update(overrides)
@@ -68,7 +68,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_models")
-    return {fam: build_tiny_model(fam, root / f"tiny-{fam}") for fam in ("ldm", "sd")}
+    return {fam: build_tiny_model(fam, root / f"tiny-{fam}", seed=0, resolution=128) for fam in ("ldm", "sd")}
 
 
 def _snapshot(backbone) -> dict[str, torch.Tensor]:
@@ -127,7 +127,7 @@ def test_only_placeholder_row_changes(tiny_models, family):
             weight_name = f"text_encoder.{k}"
     assert weight_name is not None
 
-    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(learning_rate=0.05))
+    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(learning_rate=0.05), cuda_graph=False)
     init = trainer.vector.detach().clone()
     for _ in range(3):
         trainer.step()
@@ -161,7 +161,7 @@ def test_mask_loss_ignores_prediction_outside_mask(tiny_models, family):
     pixel. The loss is blind to the error outside the mask, which is what this checks.
     """
     backbone = load_backbone(str(tiny_models[family]))
-    trainer = EmbeddingTrainer(backbone, make_items(), make_spec())
+    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False)
     batch = trainer.sample_batch()
     mask = batch["mask"]
     assert mask is not None and 0 < float(mask.mean()) < 1
@@ -195,7 +195,9 @@ def test_mask_loss_ignores_prediction_outside_mask(tiny_models, family):
     assert not torch.equal(loss2, loss3)  # ...so it does see the perturbation there
 
     # mask_loss: false draws the same batch (same seed) and only drops the weighting
-    plain = EmbeddingTrainer(load_backbone(str(tiny_models[family])), make_items(), make_spec(mask_loss=False))
+    plain = EmbeddingTrainer(
+        load_backbone(str(tiny_models[family])), make_items(), make_spec(mask_loss=False), cuda_graph=False
+    )
     b_plain = plain.sample_batch()
     assert b_plain["mask"] is None
     assert torch.equal(b_plain["latents"], batch["latents"]) and torch.equal(b_plain["noise"], batch["noise"])
@@ -204,7 +206,7 @@ def test_mask_loss_ignores_prediction_outside_mask(tiny_models, family):
 def test_v_prediction_target_and_unsupported_prediction(tiny_models):
     backbone = load_backbone(str(tiny_models["sd"]))
     backbone.scheduler_config = dict(backbone.scheduler_config, prediction_type="v_prediction")
-    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(mask_loss=False))
+    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(mask_loss=False), cuda_graph=False)
     batch = trainer.sample_batch()
     seen = {}
 
@@ -221,13 +223,13 @@ def test_v_prediction_target_and_unsupported_prediction(tiny_models):
     backbone = load_backbone(str(tiny_models["sd"]))
     backbone.scheduler_config = dict(backbone.scheduler_config, prediction_type="sample")
     with pytest.raises(ConfigError, match="diffusion.model"):
-        EmbeddingTrainer(backbone, make_items(), make_spec())
+        EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False)
 
 
 def test_bad_resolution_and_missing_model(tiny_models, tmp_path):
     backbone = load_backbone(str(tiny_models["sd"]))
     with pytest.raises(ConfigError, match="embedding.resolution"):
-        EmbeddingTrainer(backbone, make_items(), make_spec(resolution=60))
+        EmbeddingTrainer(backbone, make_items(), make_spec(resolution=60), cuda_graph=False)
     with pytest.raises(ConfigError, match="diffusion.model"):
         learn_embedding(
             support_items=make_items(),
@@ -237,6 +239,9 @@ def test_bad_resolution_and_missing_model(tiny_models, tmp_path):
             out_dir=tmp_path / "out",
             key="k",
             inputs={},
+            device="cpu",
+            checkpoint_every=2,
+            cuda_graph=False,
         )
 
 
@@ -251,23 +256,33 @@ from anogen.embedding import learn_embedding
 a = np.load({items!r})
 items = [(a[f"i{{k}}"], a[f"m{{k}}"]) for k in range(len(a.files) // 2)]
 learn_embedding(support_items=items, model={model!r}, revision=None, spec=json.loads({spec!r}),
-                out_dir={out!r}, key="k1", inputs={{"support": "s1"}})
+                out_dir={out!r}, key="k1", inputs={{"support": "s1"}}, device="cpu", checkpoint_every={every},
+                cuda_graph=False)
 """
 
 
-def _run_job(model, spec, out, items):
+def _run_job(model, spec, out, items, checkpoint_every=2):
     return learn_embedding(
-        support_items=items, model=str(model), revision=None, spec=spec, out_dir=out, key="k1", inputs={"support": "s1"}
+        support_items=items,
+        model=str(model),
+        revision=None,
+        spec=spec,
+        out_dir=out,
+        key="k1",
+        inputs={"support": "s1"},
+        device="cpu",
+        checkpoint_every=checkpoint_every,
+        cuda_graph=False,
     )
 
 
 def test_resume_after_sigkill_is_bit_identical(tiny_models, tmp_path):
     model = tiny_models["sd"]
-    spec = make_spec(steps=4, checkpoint_every=2)
+    spec = make_spec(steps=4)
     items = make_items()
 
     # uninterrupted reference
-    ref = _run_job(model, spec, tmp_path / "ref", items)
+    ref = _run_job(model, spec, tmp_path / "ref", items, checkpoint_every=2)
     ref_manifest = verify_manifest(ref)
     assert ref_manifest["extra"]["resumed_from_step"] == 0
 
@@ -285,6 +300,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny_models, tmp_path):
         model=str(model),
         spec=json.dumps(spec),
         out=str(out),
+        every=2,
     )
     env = dict(os.environ, **{KILL_ENV: "3"})
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -294,7 +310,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny_models, tmp_path):
     assert state["step"] == 2
 
     # resume
-    manifest_path = _run_job(model, spec, out, items)
+    manifest_path = _run_job(model, spec, out, items, checkpoint_every=2)
     manifest = verify_manifest(manifest_path)
     assert manifest["extra"]["resumed_from_step"] == 2
     tok_a, vec_a = load_learned_embedding(tmp_path / "ref" / "learned_embeds.safetensors")
@@ -333,6 +349,9 @@ def test_ldm_job_and_backbone_loading(tiny_models, tmp_path):
     spec = make_spec(steps=2, flip_p=1.0, scale_lr=False)
     manifest = verify_manifest(_run_job(model, spec, tmp_path / "ldm", make_items(n=1)))
     assert manifest["extra"]["family"] == "ldm"
+    # the spec as the plan hashed it, runtime values (checkpoint_every, cuda_graph) outside it
+    assert manifest["spec"] == spec and {"mixed_precision", "resize"} <= set(spec)
+    assert not {"checkpoint_every", "cuda_graph", "source"} & set(manifest["spec"])
     assert manifest["extra"]["effective_lr"] == pytest.approx(0.005)
     token, vector = load_learned_embedding(tmp_path / "ldm" / "learned_embeds.safetensors")
     backbone = load_backbone(str(model))

@@ -104,9 +104,12 @@ def _write_clip_tokenizer(folder: Path) -> int:
 
 
 def build_components(
-    family: str, size: str = "tiny", resolution: int | None = None, vocab_size: int | None = None, seed: int = 0
+    family: str, size: str = "tiny", resolution: int | None = None, vocab_size: int | None = None, *, seed: int
 ) -> dict:
-    """Randomly initialised VAE, text encoder, UNet and scheduler of ``family`` at ``size``."""
+    """Randomly initialised VAE, text encoder, UNet and scheduler of ``family`` at ``size``.
+
+    ``resolution`` None: the family's native one; ``seed`` seeds the weights (torch's global generator).
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     if family not in arch.FAMILIES:
@@ -133,7 +136,7 @@ def build_components(
     return {"vae": vae, "text_encoder": text_encoder, "unet": unet, "scheduler": scheduler}
 
 
-def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, resolution: int = 128) -> Path:
+def build_tiny_model(family: str, out_dir: str | Path, *, seed: int, resolution: int) -> Path:
     """Build a tiny pipeline of ``family`` and save it to ``out_dir`` with ``save_pretrained``.
 
     The folder appears atomically: it is assembled beside ``out_dir`` and renamed.

@@ -56,9 +56,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import shutil
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,11 +66,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from anogen.checkpoint import capture_rng, restore_rng
 from anogen.devices import autocast, autocast_dtype, grad_scaler, is_cuda
-from anogen.errors import ConfigError, IntegrityError
-from anogen.io import MANIFEST_NAME, atomic_write_text, write_manifest
+from anogen.errors import ConfigError
+from anogen.io import MANIFEST_NAME, atomic_write_text
 from anogen.progress import Progress
+from anogen.resumable import ResumableJob
 
 log = logging.getLogger("anogen.embedding")
 
@@ -81,9 +79,6 @@ STAGE = "embedding"
 EMBEDDING_FILE = "learned_embeds.safetensors"
 LOSS_CSV = "loss.csv"
 LOSS_PNG = "loss.png"
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_FILE = "state.pt"
-KILL_ENV = "ANOGEN_TEST_KILL_AT_STEP"  # test hook: SIGKILL this process after that step
 SYNC_EVERY = 50  # steps between host syncs of the loss values (learn_embedding)
 GRAPH_WARMUP = 3  # eager steps before a CUDA graph is captured
 
@@ -102,8 +97,8 @@ SPEC_KEYS = (
     "flip_p",
     "resolution",
     "seed",
-    "checkpoint_every",
     "templates",
+    "mixed_precision",
 )
 
 
@@ -192,13 +187,13 @@ def support_indices(seed: int, start: int, count: int, n: int) -> list[int]:
 
 def effective_learning_rate(spec: dict, n_devices: int = 1) -> float:
     lr = float(spec["learning_rate"])
-    if spec.get("scale_lr", False):
+    if spec["scale_lr"]:
         lr *= int(spec["batch_size"]) * int(n_devices)
     return lr
 
 
 def _resolution(backbone, spec: dict) -> int:
-    res = spec.get("resolution") or backbone.resolution
+    res = spec["resolution"] or backbone.resolution  # null: the model's native resolution
     unet_levels = len(backbone.unet.config.block_out_channels) - 1
     multiple = backbone.vae_scale_factor * 2**unet_levels
     if int(res) % multiple:
@@ -223,39 +218,62 @@ class EmbeddingTrainer:
         spec: dict,
         *,
         device: str = "cpu",
-        mixed_precision: str = "auto",
+        cuda_graph: bool,
         n_devices: int = 1,
         static_inputs: bool = False,
-        cuda_graph: bool = False,
         _shared_token_id: int | None = None,
     ):
+        """``spec``: the embedding spec the plan hashed (``Plan.embedding_spec``; its
+        ``mixed_precision`` decides autocast). ``cuda_graph`` and ``static_inputs`` are speed
+        switches (equal results; a CUDA graph within float round-off, see the module notes)."""
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing:
             raise ConfigError("embedding", f"missing keys {missing} (the config schema fills defaults)")
-        self.backbone = backbone
-        self.spec = spec
-        self.device = device
+        self.backbone, self.spec, self.device = backbone, spec, device
         self.items = _check_items(support_items)
+        self._read_spec(spec, n_devices)
+        self._init_scheduler()
+        self._init_precision(spec["mixed_precision"], cuda_graph, static_inputs)
+        backbone.to(device)
+        backbone.freeze()
+        self._init_vector(_shared_token_id)
+        self._tokenize_templates()
+        self._prepare_support()
+        if self.static_inputs:
+            self._prepare_static()
+        self._init_optimizer()
+        self.step_count = 0
+        self._losses: list[float] = []
+        self._pending: list[torch.Tensor] = []
+        self._graph = None
+        self._graph_loss: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ construction steps
+    def _read_spec(self, spec: dict, n_devices: int) -> None:
         self.seed = int(spec["seed"])
         self.batch_size = int(spec["batch_size"])
         self.flip_p = float(spec["flip_p"])
         self.mask_loss = bool(spec["mask_loss"])
         self.templates = list(spec["templates"])
         self.token = str(spec["placeholder_token"])
-        self.resolution = _resolution(backbone, spec)
+        self.resolution = _resolution(self.backbone, spec)
         self.effective_lr = effective_learning_rate(spec, n_devices)
 
-        self.scheduler = backbone.training_scheduler()
+    def _init_scheduler(self) -> None:
+        """The model's training noise schedule; only epsilon and v targets are supported."""
+        self.scheduler = self.backbone.training_scheduler()
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(
                 "diffusion.model",
-                f"{backbone.model} predicts {self.prediction_type!r}; stage 1 supports "
+                f"{self.backbone.model} predicts {self.prediction_type!r}; stage 1 supports "
                 "'epsilon' and 'v_prediction' models",
             )
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
 
-        # Autocast: on CUDA with mixed_precision 'auto'; fp32 master vector always.
+    def _init_precision(self, mixed_precision: str, cuda_graph: bool, static_inputs: bool) -> None:
+        """Autocast as ``anogen.devices`` decides it (the master vector is always fp32)."""
+        device = self.device
         self.mixed_precision = mixed_precision
         self.autocast_dtype = autocast_dtype(mixed_precision, device)
         self.autocast_enabled = self.autocast_dtype is not None
@@ -265,30 +283,31 @@ class EmbeddingTrainer:
             log.warning("embedding.cuda_graph needs CUDA without fp16 loss scaling; using the eager path")
         self.static_inputs = bool(static_inputs) or self.cuda_graph
 
-        backbone.to(device)
-        backbone.freeze()
-        if _shared_token_id is None:
-            self.token_id = backbone.add_placeholder_token(self.token, spec["init_word"])
+    def _init_vector(self, shared_token_id: int | None) -> None:
+        """Add the placeholder token; its fp32 vector is spliced in by a forward hook."""
+        backbone = self.backbone
+        if shared_token_id is None:
+            self.token_id = backbone.add_placeholder_token(self.token, self.spec["init_word"])
         else:  # GroupedEmbeddingTrainer added the token and splices every concept's vector itself
-            self.token_id = int(_shared_token_id)
+            self.token_id = int(shared_token_id)
         emb = backbone.input_embeddings()
         emb.weight.requires_grad_(False)
-        self.vector = torch.nn.Parameter(emb.weight[self.token_id].detach().to(device, torch.float32).clone())
-        self._hook = emb.register_forward_hook(self._splice) if _shared_token_id is None else None
+        self.vector = torch.nn.Parameter(emb.weight[self.token_id].detach().to(self.device, torch.float32).clone())
+        self._hook = emb.register_forward_hook(self._splice) if shared_token_id is None else None
 
-        self.template_ids = backbone.tokenize([t.format(self.token) for t in self.templates])
+    def _tokenize_templates(self) -> None:
+        self.template_ids = self.backbone.tokenize([t.format(self.token) for t in self.templates])
         for t, ids in zip(self.templates, self.template_ids):
             if not bool((ids == self.token_id).any()):
                 raise ConfigError(
                     "embedding.templates",
                     f"{t!r} formatted with {self.token!r} loses the placeholder token "
-                    f"(truncated at {backbone.max_length} tokens?)",
+                    f"(truncated at {self.backbone.max_length} tokens?)",
                 )
 
-        self._prepare_support()
-        if self.static_inputs:
-            self._prepare_static()
-
+    def _init_optimizer(self) -> None:
+        """AdamW on the one vector; generators for the data and noise draws, seeded from the spec."""
+        spec = self.spec
         self.optimizer = torch.optim.AdamW(
             [self.vector],
             lr=self.effective_lr,
@@ -301,11 +320,6 @@ class EmbeddingTrainer:
             "data": torch.Generator().manual_seed(self.seed % (1 << 63)),
             "noise": torch.Generator().manual_seed((self.seed + 1) % (1 << 63)),
         }
-        self.step_count = 0
-        self._losses: list[float] = []
-        self._pending: list[torch.Tensor] = []
-        self._graph = None
-        self._graph_loss: torch.Tensor | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -568,9 +582,9 @@ class GroupedEmbeddingTrainer:
         spec: dict,
         *,
         device: str = "cpu",
-        mixed_precision: str = "auto",
         n_devices: int = 1,
     ):
+        """``spec`` as for ``EmbeddingTrainer`` (its ``mixed_precision`` must not mean fp16)."""
         if not concepts:
             raise ValueError("no concept to train")
         backbone.to(device)
@@ -583,7 +597,7 @@ class GroupedEmbeddingTrainer:
                 items,
                 spec,
                 device=device,
-                mixed_precision=mixed_precision,
+                cuda_graph=False,  # one graph per concept cannot share the batched pass
                 n_devices=n_devices,
                 _shared_token_id=token_id,
             )
@@ -664,11 +678,6 @@ def render_loss_plot(path: Path, losses: Sequence[float], title: str = "embeddin
 # ----------------------------------------------------------------------------- the job
 
 
-def _kill_hook_step() -> int | None:
-    value = os.environ.get(KILL_ENV)
-    return int(value) if value else None
-
-
 def learn_embedding(
     *,
     support_items: Sequence,
@@ -678,137 +687,140 @@ def learn_embedding(
     out_dir: Path,
     key: str,
     inputs: dict,
-    device: str = "cpu",
-    mixed_precision: str = "auto",
+    device: str,
+    checkpoint_every: int,
+    cuda_graph: bool,
     n_devices: int = 1,
     extra: dict | None = None,
-    cuda_graph: bool = False,
 ) -> Path:
     """Learn the anomaly embedding for one support set; return the manifest path.
 
-    Resumes from ``out_dir/checkpoints/state.pt`` when it exists and no manifest does. A
-    directory that already holds a manifest (a completed job being rerun) is started
-    afresh: the manifest and the old checkpoint are removed first, so an interrupted rerun
-    never looks complete. The final checkpoint is kept (a few KB).
+    ``spec`` is the plan's hashed embedding spec (``Plan.embedding_spec``), written to the
+    manifest as given; ``device``, ``checkpoint_every``, ``cuda_graph`` and ``n_devices`` are
+    runtime values outside the key. Resumes from ``out_dir/checkpoints/state.pt`` when it
+    exists and no manifest does. A directory that already holds a manifest (a completed job
+    being rerun) is started afresh: the manifest and the old checkpoint are removed first, so
+    an interrupted rerun never looks complete. The final checkpoint is kept (a few KB).
     """
     from anogen.diffusion.backbone import load_backbone
-    from anogen.diffusion.textual_inversion import save_learned_embedding
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-    if (out_dir / MANIFEST_NAME).exists():
-        log.info("%s already holds a manifest: rerunning from step 0", out_dir)
-        (out_dir / MANIFEST_NAME).unlink()
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-
+    job = ResumableJob(out_dir, stage=STAGE, key=key, spec=spec, inputs=inputs)
+    # 1. a completed job being rerun starts from step 0
+    if (job.out_dir / MANIFEST_NAME).exists():
+        log.info("%s already holds a manifest: rerunning from step 0", job.out_dir)
+        job.start_afresh()
+    # 2. the frozen backbone and the trainer of the one placeholder vector
     backbone = load_backbone(model, revision, device)
-    trainer = EmbeddingTrainer(
-        backbone,
-        support_items,
-        spec,
-        device=device,
-        mixed_precision=mixed_precision,
-        n_devices=n_devices,
-        cuda_graph=cuda_graph,
-    )
-    steps = int(spec["steps"])
-    every = int(spec["checkpoint_every"])
+    trainer = EmbeddingTrainer(backbone, support_items, spec, device=device, cuda_graph=cuda_graph, n_devices=n_devices)
+    # 3. an interrupted run continues from its checkpoint
+    resumed_from = _resume(job, trainer)
+    _log_start(trainer, model, device)
+    # 4. the step loop, checkpointing every `checkpoint_every` steps
+    steps_per_second = _train(job, trainer, int(spec["steps"]), int(checkpoint_every))
+    trainer.close()
+    # 5. the vector and the loss curve, then the manifest (last)
+    files = _export(job.out_dir, trainer, key)
+    run = _run_record(trainer, model, device, resumed_from, steps_per_second)
+    manifest = job.write_manifest(files, extra={**run, **(extra or {})})
+    log.info("done: final loss %s, %s", run["final_loss"], manifest)
+    return manifest
 
-    state = load_checkpoint(ckpt_path)
-    resumed_from = 0
-    if state is not None:
-        if state.get("key") != key:
-            raise IntegrityError(
-                ckpt_path,
-                f"checkpoint was written for key {state.get('key')!r}, not {key!r}",
-                rebuild_hint=f"delete {ckpt_path.parent} to restart this job from step 0",
-            )
-        try:
-            trainer.load_state_dict(state)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise IntegrityError(
-                ckpt_path,
-                f"checkpoint does not fit this job ({exc})",
-                rebuild_hint=f"delete {ckpt_path.parent} to restart this job from step 0",
-            ) from exc
-        resumed_from = trainer.step_count
-        log.info("resuming from %s at step %d of %d", ckpt_path, resumed_from, steps)
 
+def _run_record(
+    trainer: EmbeddingTrainer, model: str, device: str, resumed_from: int, steps_per_second: float | None
+) -> dict[str, Any]:
+    """The manifest's ``extra``: what was trained where, and how the run went."""
+    return {
+        "family": trainer.backbone.family,
+        "model": model,
+        "token": trainer.token,
+        "token_id": trainer.token_id,
+        "resolution": trainer.resolution,
+        "effective_lr": trainer.effective_lr,
+        "final_loss": trainer.losses[-1] if trainer.losses else None,
+        "steps_per_second": steps_per_second,
+        "resumed_from_step": resumed_from,
+        "device": device,
+        "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
+        "cuda_graph": trainer._graph is not None,
+    }
+
+
+def _resume(job: ResumableJob, trainer: EmbeddingTrainer) -> int:
+    """Load the key-checked checkpoint of an interrupted run into ``trainer``; the step it resumes at."""
+    state = job.load_state()
+    if state is None:
+        return 0
+    job.restore(state, trainer.load_state_dict)
+    log.info("resuming from %s at step %d of %d", job.checkpoint_path, trainer.step_count, int(trainer.spec["steps"]))
+    return trainer.step_count
+
+
+def _log_start(trainer: EmbeddingTrainer, model: str, device: str) -> None:
     log.info(
         "learning %s on %s (%s, %d px) from %d support images: %d steps, batch %d, lr %.4g, mask_loss=%s, device %s%s",
         trainer.token,
         model,
-        backbone.family,
+        trainer.backbone.family,
         trainer.resolution,
         len(trainer.items),
-        steps,
+        int(trainer.spec["steps"]),
         trainer.batch_size,
         trainer.effective_lr,
         trainer.mask_loss,
         device,
         f", autocast {trainer.autocast_dtype}" if trainer.autocast_enabled else "",
     )
-    kill_at = _kill_hook_step()
+
+
+def _train(job: ResumableJob, trainer: EmbeddingTrainer, steps: int, checkpoint_every: int) -> float | None:
+    """Run the remaining steps; return this run's steps per second (None when none ran).
+
+    Losses stay on the device between sync points: progress reports (they show a synced
+    loss), checkpoints, every ``SYNC_EVERY`` steps, and the step the test kill hook ends with.
+    """
+    first = trainer.step_count
     t_start = time.perf_counter()
-    progress = Progress(steps, logger=log, start=resumed_from)
-    report_every = progress.every  # progress lines show a synced loss: they are sync points too
+    progress = Progress(steps, logger=log, start=first)
     loss = float("nan")
     while trainer.step_count < steps:
-        trainer.step_async()  # the loss stays on the device until the next sync point
+        killed_after = job.kill_pending  # the test SIGKILL follows this step: flush its loss first
+        trainer.step_async()
         step = trainer.step_count
-        report = step % report_every == 0 or step == steps
-        save = step % every == 0 or step == steps
-        if report or save or step % SYNC_EVERY == 0 or (kill_at is not None and step == kill_at):
-            flushed = trainer.flush_losses()
-            bad = [v for v in flushed if not math.isfinite(v)]
-            if bad:
-                first = step - len(flushed) + 1 + next(i for i, v in enumerate(flushed) if not math.isfinite(v))
-                raise FloatingPointError(f"embedding loss became {bad[0]} at step {first}")
-            loss = flushed[-1]
+        report = step % progress.every == 0 or step == steps
+        save = step % checkpoint_every == 0 or step == steps
+        if report or save or step % SYNC_EVERY == 0 or killed_after:
+            loss = _flush_finite(trainer, step)
         if save:
-            save_checkpoint(ckpt_path, {**trainer.state_dict(), "key": key})
+            job.save_state(trainer.state_dict())
         if report:
             progress.update(step, f"loss {loss:.5f}")
-        if kill_at is not None and step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    ran = trainer.step_count - resumed_from
+        job.progressed(step)
+    ran = trainer.step_count - first
     elapsed = time.perf_counter() - t_start
-    steps_per_second = ran / elapsed if ran and elapsed > 0 else None
-    trainer.close()
+    return ran / elapsed if ran and elapsed > 0 else None
 
-    vector = trainer.vector.detach().cpu()
+
+def _flush_finite(trainer: EmbeddingTrainer, step: int) -> float:
+    """Copy the pending losses to the host; a non-finite one stops the job, naming its step."""
+    flushed = trainer.flush_losses()
+    bad = [i for i, v in enumerate(flushed) if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"embedding loss became {flushed[bad[0]]} at step {step - len(flushed) + 1 + bad[0]}")
+    return flushed[-1]
+
+
+def _export(out_dir: Path, trainer: EmbeddingTrainer, key: str) -> list[str]:
+    """Write the learned vector (diffusers' textual-inversion file), loss.csv and loss.png."""
+    from anogen.diffusion.textual_inversion import save_learned_embedding
+
+    family = trainer.backbone.family
     save_learned_embedding(
         out_dir / EMBEDDING_FILE,
         trainer.token,
-        vector,
-        metadata={"family": backbone.family, "token_id": trainer.token_id, "key": key},
+        trainer.vector.detach().cpu(),
+        metadata={"family": family, "token_id": trainer.token_id, "key": key},
     )
     write_loss_csv(out_dir / LOSS_CSV, trainer.losses, trainer.effective_lr)
-    render_loss_plot(out_dir / LOSS_PNG, trainer.losses, title=f"{trainer.token} loss ({backbone.family})")
-    final_loss = trainer.losses[-1] if trainer.losses else None
-    manifest = write_manifest(
-        out_dir,
-        stage=STAGE,
-        key=key,
-        spec=spec,
-        inputs=inputs,
-        files=[EMBEDDING_FILE, LOSS_CSV, LOSS_PNG],
-        extra={
-            "family": backbone.family,
-            "model": model,
-            "token": trainer.token,
-            "token_id": trainer.token_id,
-            "resolution": trainer.resolution,
-            "effective_lr": trainer.effective_lr,
-            "final_loss": final_loss,
-            "steps_per_second": steps_per_second,
-            "resumed_from_step": resumed_from,
-            "device": device,
-            "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
-            "cuda_graph": trainer._graph is not None,
-            **(extra or {}),
-        },
-    )
-    log.info("done: final loss %s, %s", final_loss, manifest)
-    return manifest
+    render_loss_plot(out_dir / LOSS_PNG, trainer.losses, title=f"{trainer.token} loss ({family})")
+    return [EMBEDDING_FILE, LOSS_CSV, LOSS_PNG]
