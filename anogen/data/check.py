@@ -90,7 +90,7 @@ def planned_job_counts(plan) -> dict[str, int]:
     return {rule: n for rule, n in counts.items() if n}
 
 
-def _decode_all(index, report: CheckReport, resize: str = "squash") -> dict[str, Any]:
+def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
     """Decode every image and mask of a scanned category; sizes, modes and bad files."""
     from anogen.data import mvtec
     from anogen.io import read_image
