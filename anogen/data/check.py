@@ -66,18 +66,13 @@ class CheckReport:
         return "\n".join(out)
 
 
-def _builds_tiny_model(diffusion: dict) -> bool:
-    """Whether the tiny_model rule is part of the DAG (diffusion.tiny.family, or a "tiny:" model)."""
-    return bool(diffusion.get("tiny", {}).get("family")) or str(diffusion["model"]).startswith("tiny:")
-
-
 def planned_job_counts(plan) -> dict[str, int]:
     """Jobs per rule of the default target, as the Snakefile plans them from ``Plan``."""
     pairs = plan.pairs()
     runs = plan.detector_runs()
     counts = {
         "demo_data": 1 if plan.is_demo else 0,
-        "tiny_model": 1 if _builds_tiny_model(plan.config["diffusion"]) else 0,
+        "tiny_model": 1 if plan.tiny_family else 0,  # as data.smk decides
         "select_support": len(pairs),
         "estimate_foreground": len(plan.categories),
         "learn_embedding": len(pairs),
