@@ -94,7 +94,8 @@ def _plan_for(config: dict) -> tuple[Plan, str]:
     plan = Plan(config)
     if plan.is_demo or Path(config["data_root"]).is_dir():
         return plan, "counted in " + ("the demo config" if plan.is_demo else config["data_root"])
-    layout = {c: {"defects": list(d), "texture": False} for c, (_, _, d) in MVTEC_AD.items()}
+    # "texture" as a folder listing would give it (anogen.data.layouts.discover); no count depends on it
+    layout = {c: {"defects": list(d), "texture": False} for c, (_, _, d) in MVTEC_AD.items()}  # repeated on purpose
     return Plan(config, layout=layout), f"published MVTec AD counts ({config['data_root']} does not exist)"
 
 
@@ -169,7 +170,7 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
         return float(entry.get("overhead_s") or 0.0)
 
     emb = _rate(table, "embedding")
-    if int(emb_cfg["batch_size"]) != int(emb.get("batch_size", emb_cfg["batch_size"])):
+    if emb.get("batch_size") is not None and int(emb["batch_size"]) != int(emb_cfg["batch_size"]):
         notes.append(
             f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
             "(steps/s used unscaled)"
@@ -256,8 +257,9 @@ def estimate(
 
 def format_report(est: Estimate, n_gpus: int) -> str:
     t = est.table
+    origin = t.get("source", "measured")  # repeated on purpose: the throughput table's field, not embedding.source
     lines = [
-        f"throughput: {est.table_path.name} -- {t.get('gpu_model')} ({t.get('source', 'measured')}, {t.get('date', '?')})",
+        f"throughput: {est.table_path.name} -- {t.get('gpu_model')} ({origin}, {t.get('date', '?')})",
         f"image counts: {est.counts.source}",
         "",
         f"{'stage':<11} {'jobs':>5} {'work':>14} {'rate (measured)':>28} {'GPU-hours':>10}",

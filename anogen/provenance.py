@@ -97,7 +97,7 @@ def plan_warnings(config: dict) -> list[str]:
         notes.append(RANDOM_MODEL)
     if "destseg" in det["models"] and not det["destseg"]["teacher_weights"] and find_hub_resnet18() is None:
         notes.append(RANDOM_TEACHER)
-    uses_textures = det.get("synthetic_source", "draem") == "draem"
+    uses_textures = det["synthetic_source"] == "draem"
     if uses_textures and not det["texture_source"] and any(v != "generated_only" for v in det["variants"]):
         notes.append(FALLBACK_TEXTURES)
     return notes

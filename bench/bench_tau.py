@@ -276,6 +276,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
 
     import torch
 
+    from anogen.config import validate_config
     from anogen.data.mvtec import scan_category
     from anogen.detectors import load_trained_detector, train_detector
     from anogen.detectors.data import load_generated_items
@@ -320,19 +321,21 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
 
     predictor = load_trained_detector(model_dir)
     index = scan_category(data["root"], cfg["category"])
-    metrics = evaluate_detector(
+    config = validate_config({"data_root": str(data["root"])})
+    eval_spec = {**config["evaluation"], "resize": config["resize"]}
+    eval_spec.update(resolution=int(cfg["image_size"]), aupro_fpr_limit=0.3, n_visualizations=0, excluded=[])
+    eval_spec.update(category=cfg["category"], detector="draem", variant=f"tau{tau:g}")
+    manifest = evaluate_detector(
         predictor=predictor,
         test_items=index.test,
         data_root=data["root"],
-        exclude=set(),
-        resolution=int(cfg["image_size"]),
-        fpr_limit=0.3,
+        spec=eval_spec,
         out_dir=model_dir / "evaluation",
         key=f"eval-tau{tau:g}-s{seed}",
         inputs={},
-        spec={"category": cfg["category"], "detector": "draem", "variant": f"tau{tau:g}"},
-        n_visualizations=0,
+        batch_size=8,
     )
+    metrics = json.loads(manifest.with_name("metrics.json").read_text())
     probs = train_item_probabilities(predictor, generated, data["exact"], int(cfg["image_size"]))
     return {
         "tau": tau,

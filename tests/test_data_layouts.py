@@ -416,8 +416,8 @@ def test_folder_dag_end_to_end(tmp_path):
 
 def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(tmp_path):
     """Folder paths may be absolute and outside data_root: support and evaluation must still agree."""
+    from anogen.data.mvtec import relative_to_root
     from anogen.data.support import build_support_set, excluded_test_images
-    from anogen.evaluation.evaluate import _relpath
 
     elsewhere = make_folder_tree(tmp_path / "elsewhere" / "widget")
     root = tmp_path / "root"
@@ -435,7 +435,7 @@ def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(t
     )
     excluded = excluded_test_images([manifest])
     index = scan_category(root, "widget", options)
-    evaluated = {_relpath(item.path, root) for item in index.test}
+    evaluated = {relative_to_root(root, item.path) for item in index.test}
     assert len(excluded) == 3 and excluded <= evaluated
     assert all(rel.startswith("../elsewhere/widget/defect/") for rel in excluded)
 

@@ -260,7 +260,7 @@ def test_grayscale_category(tmp_path):
 def test_load_image_resize(tmp_path):
     path = _img(tmp_path / "a.png", 1, size=40)
     assert load_image(path).shape == (40, 40, 3)
-    out = load_image(path, size=16)
+    out = load_image(path, size=16, resize="squash")
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     with pytest.raises(DataError, match="does not exist"):
         load_image(tmp_path / "missing.png")
@@ -276,7 +276,7 @@ def test_load_mask_binary_and_nearest(tmp_path):
     mask = load_mask(path)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
     assert (mask == (m > 0)).all()
-    small = load_mask(path, size=17)
+    small = load_mask(path, size=17, resize="squash")
     assert small.shape == (17, 17) and set(np.unique(small)) <= {0, 1}
     # an RGB mask works too
     rgb = tmp_path / "rgb_mask.png"

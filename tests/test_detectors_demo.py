@@ -54,18 +54,23 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
     )
     losses = [float(r["loss"]) for r in csv.DictReader((out / "train_log.csv").open())]
     assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10
-    metrics = evaluate_detector(
+    import json
+
+    from anogen.config import validate_config
+
+    config = validate_config({"data_root": str(root)})
+    eval_spec = {**config["evaluation"], "resolution": 128, "aupro_fpr_limit": 0.3, "n_visualizations": 0}
+    eval_spec.update(category=category, detector="draem", variant="baseline", excluded=[], resize=config["resize"])
+    manifest = evaluate_detector(
         predictor=load_trained_detector(out),
         test_items=index.test,
         data_root=root,
-        exclude=set(),
-        resolution=128,
-        fpr_limit=0.3,
+        spec=eval_spec,
         out_dir=tmp_path / "eval",
         key="demo",
         inputs={},
-        spec={"category": category, "detector": "draem", "variant": "baseline"},
-        n_visualizations=0,
+        batch_size=8,
     )
+    metrics = json.loads(manifest.with_name("metrics.json").read_text())
     assert metrics["image_auroc"] > 0.6, metrics
     assert metrics["pixel_auroc"] > 0.55, metrics

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anogen.config import validate_config
 from anogen.errors import DataError
 from anogen.evaluation.evaluate import evaluate_detector
 from anogen.evaluation.metrics import MetricUndefinedWarning, image_auroc
@@ -71,24 +72,40 @@ def _make_category(root: Path, category: str = "widget", n_good: int = 4, n_bad:
     return items
 
 
-def _run(tmp_path, items, out="eval", **kw):
-    args = dict(
-        predictor=RedPredictor(),
+def eval_spec(**values) -> dict:
+    """A full evaluation spec as Plan.evaluation_spec makes it: schema defaults, then ``values``."""
+    config = validate_config({"data_root": "x"})
+    spec = dict(config["evaluation"])
+    spec.update(
+        category="widget",
+        detector="draem",
+        variant="anogen",
+        exclude_from_test=True,
+        excluded=["widget/test/crack/000.png"],
+        resize=config["resize"],
+        resolution=24,
+        aupro_fpr_limit=0.3,
+        n_visualizations=4,
+    )
+    spec.update(values)
+    return spec
+
+
+def _run(tmp_path, items, out="eval", predictor=None, batch_size=3, **spec_values):
+    """Evaluate ``items``; ``spec_values`` change the spec. Returns the content of metrics.json."""
+    manifest = evaluate_detector(
+        predictor=predictor or RedPredictor(),
         test_items=items,
         data_root=tmp_path / "data",
-        exclude={"widget/test/crack/000.png"},
-        resolution=24,
-        fpr_limit=0.3,
+        spec=eval_spec(**spec_values),
         out_dir=tmp_path / out,
         key="abc123def456",
         inputs={"detector": "0123456789ab"},
-        spec={"category": "widget", "detector": "draem", "variant": "anogen"},
-        n_visualizations=4,
-        batch_size=3,
+        batch_size=batch_size,
         extra={"note": "test"},
     )
-    args.update(kw)
-    return evaluate_detector(**args)
+    assert manifest == tmp_path / out / "manifest.json"
+    return json.loads(manifest.with_name("metrics.json").read_text())
 
 
 def test_evaluate_detector_writes_metrics_examples_manifest(tmp_path):
@@ -122,13 +139,13 @@ def test_evaluate_detector_writes_metrics_examples_manifest(tmp_path):
 def test_evaluate_detector_matches_direct_computation(tmp_path):
     items = _make_category(tmp_path / "data")
     pred = RedPredictor()
-    result = _run(tmp_path, items, exclude=set(), predictor=pred, n_visualizations=0)
+    result = _run(tmp_path, items, excluded=[], predictor=pred, n_visualizations=0)
     assert pred.batches == [3, 3, 3]
     import torch
 
     from anogen.evaluation.evaluate import _load_image
 
-    images = np.stack([_load_image(it.path, 32) for it in items])
+    images = np.stack([_load_image(it.path, 32, "squash") for it in items])
     scores, _ = RedPredictor().predict(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
     labels = [it.defect != "good" for it in items]
     assert result["image_auroc"] == pytest.approx(image_auroc(labels, scores), abs=1e-12)
@@ -149,10 +166,10 @@ def test_evaluate_detector_all_normal_gives_null_and_warns(tmp_path):
 def test_evaluate_detector_errors(tmp_path):
     items = _make_category(tmp_path / "data", n_good=1, n_bad=1)
     with pytest.raises(DataError, match="no test images"):
-        _run(tmp_path, items, exclude={"widget/test/good/000.png", "widget/test/crack/000.png"})
+        _run(tmp_path, items, excluded=["widget/test/crack/000.png", "widget/test/good/000.png"])
     broken = [Item(items[1].path, "crack", None)]
     with pytest.raises(DataError, match="no ground-truth mask"):
-        _run(tmp_path, broken, exclude=set())
+        _run(tmp_path, broken, excluded=[])
 
     class NanPredictor(RedPredictor):
         def predict(self, images):
@@ -160,7 +177,7 @@ def test_evaluate_detector_errors(tmp_path):
             return scores * np.nan, maps
 
     with pytest.raises(Exception, match="NaN or infinite"):
-        _run(tmp_path, items, exclude=set(), predictor=NanPredictor())
+        _run(tmp_path, items, excluded=[], predictor=NanPredictor())
     assert not (tmp_path / "eval" / "manifest.json").exists()
 
 

@@ -113,10 +113,9 @@ def test_schema_default_and_values():
 
 def test_evaluate_detector_applies_and_records_the_rule(tmp_path):
     items = _make_category(tmp_path / "data")
-    spec = {"category": "widget", "detector": "draem", "variant": "anogen"}
-    near = _run(tmp_path, items, out="near", spec=spec)
-    lin = _run(tmp_path, items, out="lin", spec={**spec, "mask_resize": "bilinear_uint8"})
-    aa = _run(tmp_path, items, out="aa", spec={**spec, "mask_resize": "bilinear_antialias"})
+    near = _run(tmp_path, items, out="near")  # the schema default
+    lin = _run(tmp_path, items, out="lin", mask_resize="bilinear_uint8")
+    aa = _run(tmp_path, items, out="aa", mask_resize="bilinear_antialias")
     assert near["mask_resize"] == "nearest" and lin["mask_resize"] == "bilinear_uint8"
     assert json.loads((tmp_path / "aa" / "metrics.json").read_text())["mask_resize"] == "bilinear_antialias"
     extra = {k: json.loads((tmp_path / k / "manifest.json").read_text())["extra"] for k in ("near", "lin", "aa")}
@@ -128,9 +127,9 @@ def test_evaluate_detector_applies_and_records_the_rule(tmp_path):
     n = sum(int(resize_gt_mask(np.asarray(Image.open(it.mask)), 24, "bilinear_uint8").sum()) for it in kept)
     assert extra["lin"]["n_anomalous_pixels"] == n
     with pytest.raises(ConfigError, match="mask_resize"):
-        _run(tmp_path, items, out="bad", spec={**spec, "mask_resize": "area"})
+        _run(tmp_path, items, out="bad", mask_resize="area")
     # 'official': each detector's own test-script rule, recorded resolved
-    off = _run(tmp_path, items, out="off", spec={**spec, "mask_resize": "official"})
+    off = _run(tmp_path, items, out="off", mask_resize="official")
     assert off["mask_resize"] == "bilinear_uint8" and off["pixel_aupr"] == lin["pixel_aupr"]
-    off2 = _run(tmp_path, items, out="off2", spec={**spec, "detector": "destseg", "mask_resize": "official"})
+    off2 = _run(tmp_path, items, out="off2", detector="destseg", mask_resize="official")
     assert off2["mask_resize"] == "bilinear_antialias" and off2["pixel_aupr"] == aa["pixel_aupr"]

@@ -66,18 +66,13 @@ class CheckReport:
         return "\n".join(out)
 
 
-def _builds_tiny_model(diffusion: dict) -> bool:
-    """Whether the tiny_model rule is part of the DAG (diffusion.tiny.family, or a "tiny:" model)."""
-    return bool(diffusion.get("tiny", {}).get("family")) or str(diffusion["model"]).startswith("tiny:")
-
-
 def planned_job_counts(plan) -> dict[str, int]:
     """Jobs per rule of the default target, as the Snakefile plans them from ``Plan``."""
     pairs = plan.pairs()
     runs = plan.detector_runs()
     counts = {
         "demo_data": 1 if plan.is_demo else 0,
-        "tiny_model": 1 if _builds_tiny_model(plan.config["diffusion"]) else 0,
+        "tiny_model": 1 if plan.tiny_family else 0,  # as data.smk decides
         "select_support": len(pairs),
         "estimate_foreground": len(plan.categories),
         "learn_embedding": len(pairs),
@@ -90,7 +85,7 @@ def planned_job_counts(plan) -> dict[str, int]:
     return {rule: n for rule, n in counts.items() if n}
 
 
-def _decode_all(index, report: CheckReport, resize: str = "squash") -> dict[str, Any]:
+def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
     """Decode every image and mask of a scanned category; sizes, modes and bad files."""
     from anogen.data import mvtec
     from anogen.io import read_image

@@ -69,21 +69,22 @@ __all__ = [
     "is_demo_folder",
 ]
 
-DEMO_DEFAULTS: dict[str, Any] = {
-    "root": "resources/demo_mvtec",
-    "seed": 0,
-    "image_size": 128,
-    "n_train_good": 16,
-    "n_test_good": 8,
-    "n_test_per_defect": 6,
-}
+
+def _schema_demo_defaults() -> dict[str, Any]:
+    from anogen.config import load_schema
+
+    return {name: sub["default"] for name, sub in load_schema()["properties"]["demo"]["properties"].items()}
+
+
+# The schema's demo section (its defaults are the one source; this is a read-only view of them).
+DEMO_DEFAULTS: dict[str, Any] = _schema_demo_defaults()
 
 DEMO_CATEGORIES: dict[str, dict[str, Any]] = {
     "brick_gray": {"defects": ["crack", "spot"], "texture": True, "grayscale": True},
     "grass_texture": {"defects": ["contamination", "hole"], "texture": True, "grayscale": False},
     "nut_object": {
         "defects": ["chip", "contamination", "scratch"],
-        "texture": False,
+        "texture": False,  # repeated on purpose: a fact of this category (an object), not a config default
         "grayscale": False,
     },
 }
@@ -99,26 +100,29 @@ _MIN_DIFF = 12  # every mask pixel differs from the clean image by at least this
 
 
 def normalize_demo_spec(spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """DEMO_DEFAULTS updated with ``spec``; ConfigError for unknown keys or bad values."""
-    out = dict(DEMO_DEFAULTS)
-    for key, value in (spec or {}).items():
-        if key not in DEMO_DEFAULTS:
-            raise ConfigError(f"demo.{key}", f"unknown key (known: {', '.join(DEMO_DEFAULTS)})")
-        out[key] = value
-    if not isinstance(out["root"], (str, os.PathLike)) or not str(out["root"]):
+    """``spec`` with the schema's ``demo`` defaults filled in and checked by the schema.
+
+    ConfigError naming the ``demo.<key>`` for unknown keys or bad values (the schema's
+    ranges are the only ones).
+    """
+    spec = {
+        key: str(value) if isinstance(value, os.PathLike) else int(value) if isinstance(value, np.integer) else value
+        for key, value in (spec or {}).items()
+    }
+    valid = _validated_demo(canonical_json(spec))
+    if not valid["root"]:
         raise ConfigError("demo.root", "must be a non-empty path")
-    out["root"] = str(out["root"])
-    limits = {"seed": None, "image_size": 32, "n_train_good": 1, "n_test_good": 1, "n_test_per_defect": 1}
-    for key, minimum in limits.items():
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ConfigError(f"demo.{key}", f"must be an integer, got {value!r}")
-        out[key] = int(value)
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"demo.{key}", f"must be >= {minimum}, got {value}")
-    if out["image_size"] > 1024:
-        raise ConfigError("demo.image_size", f"must be <= 1024, got {out['image_size']}")
-    return out
+    # in the schema's order; the counts are integers (the schema also accepts 48.0)
+    return {key: valid[key] if key == "root" else int(valid[key]) for key in DEMO_DEFAULTS}
+
+
+@functools.lru_cache(maxsize=64)
+def _validated_demo(spec_json: str) -> dict[str, Any]:
+    """The demo section of a config holding only it (cached: every rendered image normalises its spec)."""
+    from anogen.config import validate_config
+
+    spec = json.loads(spec_json)
+    return validate_config({"data_root": spec.get("root") or "demo", "demo": spec})["demo"]
 
 
 def demo_layout(spec: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from anogen.data.mvtec import relative_to_root
 from anogen.keys import KEY_LENGTH, canonical_json
 
 MASK_SUFFIX = "_mask"
@@ -45,7 +46,7 @@ class CategoryFiles:
         """Root-relative POSIX path of the test image ``name`` of ``defect`` (as listed)."""
         for path in self.test.get(defect, ()):
             if path.name == name:
-                return Path(os.path.relpath(path, self.root)).as_posix()
+                return relative_to_root(self.root, path)
         raise KeyError(f"{defect}/{name}")
 
 
@@ -83,7 +84,7 @@ def list_mvtec_files(root: str | Path, category: str) -> CategoryFiles:
 
 def file_record(root: Path, path: Path) -> list:
     """``[relative path, size, mtime_ns]`` of one file (``[relpath, None, None]`` if it is gone)."""
-    rel = Path(os.path.relpath(path, root)).as_posix()
+    rel = relative_to_root(root, path)
     try:
         st = os.stat(path)
     except FileNotFoundError:

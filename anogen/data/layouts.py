@@ -86,7 +86,7 @@ def layout_spec(config: dict) -> dict:
     This is what every data-reading job receives (``params.dataset``) and what the
     dataset part of the content keys holds: only the options of the chosen layout.
     """
-    layout = config.get("data_layout", "mvtec")
+    layout = config["data_layout"]
     spec: dict[str, Any] = {"data_layout": layout}
     if layout == "visa":
         spec.update(default_defect=config["default_defect"], visa=dict(config["visa"]))
@@ -96,7 +96,8 @@ def layout_spec(config: dict) -> dict:
 
 
 def layout_name(options: dict | None) -> str:
-    return "mvtec" if not options else options.get("data_layout", "mvtec")
+    """The layout of ``layout_spec`` options; no options at all means the MVTec layout."""
+    return options["data_layout"] if options else "mvtec"
 
 
 def _path(root: Path, value: str) -> Path:
@@ -121,7 +122,9 @@ def discover(root: str | Path, options: dict | None) -> tuple[dict[str, dict], l
     for category in list_categories(root, options, rejected):
         bad_defects: list[DataError] = []
         defects = list_defects(root, category, options, bad_defects)
-        layout[category] = {"defects": defects, "texture": False, "rejected": bad_defects}
+        # "texture": folders cannot tell a texture; the config's per-category options can (Plan.texture)
+        entry = {"defects": defects, "texture": False}  # repeated on purpose: a fact of the folders, not a default
+        layout[category] = {**entry, "rejected": bad_defects}
     return layout, rejected
 
 

@@ -233,7 +233,18 @@ class CategoryIndex:
 
 
 def relative_to_root(root: str | Path, path: str | Path) -> str:
-    return Path(os.path.relpath(Path(path), Path(root))).as_posix()
+    """``path`` relative to the data root ``root``, POSIX style: the one name of a data file.
+
+    Tried as given, then with both resolved (a data root reached through a symlink); a path
+    outside the root (a Folder-layout folder given as an absolute path) gets a ``../`` form.
+    """
+    path, root = Path(path), Path(root)
+    for p, r in ((path, root), (path.resolve(), root.resolve())):
+        try:
+            return p.relative_to(r).as_posix()
+        except ValueError:
+            continue
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def _header(path: Path) -> tuple[tuple[int, int], str]:
@@ -296,80 +307,16 @@ def scan_category(
     cat_dir = root / category
     _require_dir(cat_dir, f"category folder of {category!r} does not exist under {root}")
 
-    train_dir = cat_dir / "train" / GOOD
-    train_good: list[Path] = []
-    if not train_dir.is_dir():
-        report(errors, DataError(train_dir, "train/good folder is missing (it holds the normal training images)"))
-    else:
-        train_good = list_images(train_dir, errors)
-        if not train_good:
-            report(errors, DataError(train_dir, "contains no training images (expected *.png etc.)"))
-    train_good, modes = checked_headers(train_good, errors)
-    grayscale = bool(modes) and modes[0] in _GRAY_MODES
-
-    test_dir = cat_dir / "test"
-    try:
-        available = list_defects(root, category, [] if errors is not None else None)
-    except DataError as exc:
-        report(errors, exc)
-        available = []
-    if defects is None:
-        chosen = available
-    else:
-        chosen = []
-        for defect in defects:
-            validate_name(defect, test_dir / defect, "defect")
-            if defect == GOOD:
-                continue
-            if defect not in available:
-                report(
-                    errors,
-                    DataError(
-                        test_dir / defect,
-                        f"defect folder does not exist (defect types of {category}: {', '.join(available) or 'none'})",
-                    ),
-                )
-                continue
-            if defect not in chosen:
-                chosen.append(defect)
-        chosen.sort()
+    train_good, grayscale = _scan_train(cat_dir / "train" / GOOD, errors)
+    chosen = _chosen_defects(root, category, defects, errors)
 
     test: list[TestItem] = []
-    good_dir = test_dir / GOOD
+    good_dir = cat_dir / "test" / GOOD
     if good_dir.is_dir():
         good, _ = checked_headers(list_images(good_dir, errors), errors)
         test += [TestItem(path, GOOD, None) for path in good]
-
     for defect in chosen:
-        defect_dir = test_dir / defect
-        gt_dir = cat_dir / "ground_truth" / defect
-        images = list_images(defect_dir, errors)
-        if not images:
-            report(errors, DataError(defect_dir, "defect folder contains no images"))
-            continue
-        if min_shots is not None and len(images) < min_shots:
-            report(
-                errors,
-                DataError(
-                    defect_dir,
-                    f"has {len(images)} image(s) but support.shots = {min_shots} real anomalies "
-                    "are needed for the support set; lower support.shots or exclude this defect",
-                ),
-            )
-        masks = _mask_candidates(gt_dir)
-        seen: dict[str, Path] = {}
-        for path in images:
-            if path.stem in seen:
-                report(errors, DataError(path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"))
-                continue
-            seen[path.stem] = path
-            try:
-                mask = _find_mask(masks, gt_dir, path)
-                check_pair(path, mask)
-            except DataError as exc:
-                report(errors, exc)
-                continue
-            test.append(TestItem(path, defect, mask))
+        test += _scan_defect(cat_dir, defect, min_shots, errors)
 
     return CategoryIndex(
         root=root,
@@ -379,6 +326,83 @@ def scan_category(
         grayscale=grayscale,
         defects=list(chosen),
     )
+
+
+def _scan_train(train_dir: Path, errors: list | None) -> tuple[list[Path], bool]:
+    """The normal training images (headers checked) and whether they are grayscale."""
+    train_good: list[Path] = []
+    if not train_dir.is_dir():
+        report(errors, DataError(train_dir, "train/good folder is missing (it holds the normal training images)"))
+    else:
+        train_good = list_images(train_dir, errors)
+        if not train_good:
+            report(errors, DataError(train_dir, "contains no training images (expected *.png etc.)"))
+    train_good, modes = checked_headers(train_good, errors)
+    return train_good, bool(modes) and modes[0] in _GRAY_MODES
+
+
+def _chosen_defects(root: Path, category: str, defects: Iterable[str] | None, errors: list | None) -> list[str]:
+    """The defect types to scan: all of them (``defects`` None), or the requested ones, sorted."""
+    test_dir = root / category / "test"
+    try:
+        available = list_defects(root, category, [] if errors is not None else None)
+    except DataError as exc:
+        report(errors, exc)
+        available = []
+    if defects is None:
+        return available
+    chosen = []
+    for defect in defects:
+        validate_name(defect, test_dir / defect, "defect")
+        if defect == GOOD:
+            continue
+        if defect not in available:
+            report(
+                errors,
+                DataError(
+                    test_dir / defect,
+                    f"defect folder does not exist (defect types of {category}: {', '.join(available) or 'none'})",
+                ),
+            )
+            continue
+        if defect not in chosen:
+            chosen.append(defect)
+    return sorted(chosen)
+
+
+def _scan_defect(cat_dir: Path, defect: str, min_shots: int | None, errors: list | None) -> list[TestItem]:
+    """The test items of one defect type, each paired with its checked ground-truth mask."""
+    defect_dir = cat_dir / "test" / defect
+    gt_dir = cat_dir / "ground_truth" / defect
+    images = list_images(defect_dir, errors)
+    if not images:
+        report(errors, DataError(defect_dir, "defect folder contains no images"))
+        return []
+    if min_shots is not None and len(images) < min_shots:
+        report(
+            errors,
+            DataError(
+                defect_dir,
+                f"has {len(images)} image(s) but support.shots = {min_shots} real anomalies "
+                "are needed for the support set; lower support.shots or exclude this defect",
+            ),
+        )
+    masks = _mask_candidates(gt_dir)
+    seen: dict[str, Path] = {}
+    items = []
+    for path in images:
+        if path.stem in seen:
+            report(errors, DataError(path, f"has the same stem as {seen[path.stem]}, so its mask is ambiguous"))
+            continue
+        seen[path.stem] = path
+        try:
+            mask = _find_mask(masks, gt_dir, path)
+            check_pair(path, mask)
+        except DataError as exc:
+            report(errors, exc)
+            continue
+        items.append(TestItem(path, defect, mask))
+    return items
 
 
 def checked_headers(paths: list[Path], errors: list | None) -> tuple[list[Path], list[str]]:
@@ -413,13 +437,21 @@ def _check_size(size: int | None) -> None:
         raise ValueError(f"size must be a positive int or None, got {size!r}")
 
 
-def load_image(path: str | Path, size: int | None = None, resize: str = "squash") -> np.ndarray:
+def _check_geometry(size: int | None, resize: str | None) -> None:
+    """A ``size`` needs the config's ``resize`` geometry: the loaders never pick one themselves."""
+    _check_size(size)
+    if size is not None and resize is None:
+        raise ValueError("a size needs resize (the config's 'resize': squash, pad or crop)")
+
+
+def load_image(path: str | Path, size: int | None = None, resize: str | None = None) -> np.ndarray:
     """Decode fully to uint8 HxWx3 RGB (grayscale replicated); optional bicubic resize to size x size.
 
     With a ``size``, a non-square image is first made square by ``resize``
-    (``anogen.data.geometry``: squash, pad or crop); without one it is returned as stored.
+    (``anogen.data.geometry``: squash, pad or crop; required then); without one it is
+    returned as stored.
     """
-    _check_size(size)
+    _check_geometry(size, resize)
     array = read_image(path, "RGB")
     if size is not None:
         array = to_square(array, resize)
@@ -431,12 +463,12 @@ def load_image(path: str | Path, size: int | None = None, resize: str = "squash"
     return array
 
 
-def load_mask(path: str | Path, size: int | None = None, resize: str = "squash") -> np.ndarray:
+def load_mask(path: str | Path, size: int | None = None, resize: str | None = None) -> np.ndarray:
     """Decode fully to uint8 HxW in {0, 1} (any value > 0 is 1); NEAREST resize to size x size.
 
-    With a ``size``, the same ``resize`` geometry as :func:`load_image` (padding is 0).
+    With a ``size``, the same ``resize`` geometry as :func:`load_image` (padding is 0; required then).
     """
-    _check_size(size)
+    _check_geometry(size, resize)
     array = (read_image(path, "L") > 0).astype(np.uint8)
     if size is not None:
         array = to_square(array, resize)

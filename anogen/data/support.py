@@ -158,53 +158,15 @@ def build_support_set(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     try:
-        if files is not None:
-            files = list(files)
-            index = scan_category(root, category, layout, defects=[defect])
-            chosen = select_listed(index, defect, files, origin)
-            spec = {"category": category, "defect": defect, "files": files}
-        else:
-            if shots is None or seed is None:
-                raise ValueError("shots and seed are needed when no files are listed")
-            index = scan_category(root, category, layout, defects=[defect], min_shots=shots)
-            chosen = select_support(index, defect, shots, seed)
-            spec = {"category": category, "defect": defect, "shots": shots, "seed": seed}
-        copied: list[str] = []
-        records: list[dict[str, str]] = []
-        for i, item in enumerate(chosen):
-            assert item.mask is not None  # scan_category guarantees a mask for anomalies
-            image_rel = f"images/{i:03d}_{item.path.stem}{item.path.suffix}"
-            mask_rel = f"masks/{i:03d}_{item.path.stem}{item.mask.suffix}"
-            _copy(item.path, out_dir / image_rel)
-            _copy(item.mask, out_dir / mask_rel)
-            # Decode every copied byte now, so a truncated source stops the job here,
-            # with the source named, rather than in a later stage.
-            image = _decode(out_dir / image_rel, item.path, "RGB")
-            mask = _decode(out_dir / mask_rel, item.mask, "L")
-            if image.shape[:2] != mask.shape[:2]:
-                raise DataError(
-                    item.mask,
-                    f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
-                    f"{item.path} ({image.shape[1]}x{image.shape[0]})",
-                )
-            if not mask.any():
-                raise DataError(item.mask, "mask is empty (all zero) for an anomalous image")
-            copied += [image_rel, mask_rel]
-            records.append(
-                {
-                    "image": image_rel,
-                    "mask": mask_rel,
-                    "source_image": index.relpath(item.path),
-                    "source_mask": index.relpath(item.mask),
-                }
-            )
+        index, chosen, spec = _choose(root, category, defect, shots, seed, files, origin, layout)
+        records = [_copy_shot(i, item, index, out_dir) for i, item in enumerate(chosen)]
         return write_manifest(
             out_dir,
             stage=STAGE,
             key=key,
             spec=spec,
             inputs=inputs,
-            files=copied,
+            files=[rel for record in records for rel in (record["image"], record["mask"])],
             extra={
                 "items": records,
                 "grayscale": index.grayscale,
@@ -215,6 +177,50 @@ def build_support_set(
     except BaseException:
         _clear(out_dir)
         raise
+
+
+def _choose(root, category, defect, shots, seed, files, origin, layout) -> tuple[CategoryIndex, list[TestItem], dict]:
+    """(scanned index, chosen items, the manifest's spec): the listed ``files``, or ``shots`` seeded ones."""
+    if files is not None:
+        files = list(files)
+        index = scan_category(root, category, layout, defects=[defect])
+        return (
+            index,
+            select_listed(index, defect, files, origin),
+            {"category": category, "defect": defect, "files": files},
+        )
+    if shots is None or seed is None:
+        raise ValueError("shots and seed are needed when no files are listed")
+    index = scan_category(root, category, layout, defects=[defect], min_shots=shots)
+    spec = {"category": category, "defect": defect, "shots": shots, "seed": seed}
+    return index, select_support(index, defect, shots, seed), spec
+
+
+def _copy_shot(i: int, item: TestItem, index: CategoryIndex, out_dir: Path) -> dict[str, str]:
+    """Copy shot ``i`` (image and mask) into ``out_dir``, check the copies; its manifest record."""
+    assert item.mask is not None  # scan_category guarantees a mask for anomalies
+    image_rel = f"images/{i:03d}_{item.path.stem}{item.path.suffix}"
+    mask_rel = f"masks/{i:03d}_{item.path.stem}{item.mask.suffix}"
+    _copy(item.path, out_dir / image_rel)
+    _copy(item.mask, out_dir / mask_rel)
+    # Decode every copied byte now, so a truncated source stops the job here,
+    # with the source named, rather than in a later stage.
+    image = _decode(out_dir / image_rel, item.path, "RGB")
+    mask = _decode(out_dir / mask_rel, item.mask, "L")
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            item.mask,
+            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+            f"{item.path} ({image.shape[1]}x{image.shape[0]})",
+        )
+    if not mask.any():
+        raise DataError(item.mask, "mask is empty (all zero) for an anomalous image")
+    return {
+        "image": image_rel,
+        "mask": mask_rel,
+        "source_image": index.relpath(item.path),
+        "source_mask": index.relpath(item.mask),
+    }
 
 
 def _decode(copy: Path, source: Path, mode: str) -> np.ndarray:
@@ -238,8 +244,13 @@ def support_items(manifest_path: str | Path) -> list[dict[str, Any]]:
     return list(manifest["extra"]["items"])
 
 
-def read_support_set(manifest_path: str | Path, size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Verified (image uint8 HxWx3, mask uint8 HxW in {0,1}) pairs, optionally resized to size x size."""
+def read_support_set(
+    manifest_path: str | Path, size: int | None = None, resize: str | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Verified (image uint8 HxWx3, mask uint8 HxW in {0,1}) pairs, optionally resized to size x size.
+
+    A ``size`` needs the config's ``resize`` geometry (``anogen.data.mvtec.load_image``).
+    """
     path = _manifest_file(manifest_path)
     manifest = load_manifest(path)
     items = support_items(path)
@@ -247,7 +258,7 @@ def read_support_set(manifest_path: str | Path, size: int | None = None) -> list
     for item in items:
         image_path = verify_file(path, item["image"], manifest)
         mask_path = verify_file(path, item["mask"], manifest)
-        pairs.append((load_image(image_path, size), load_mask(mask_path, size)))
+        pairs.append((load_image(image_path, size, resize), load_mask(mask_path, size, resize)))
     return pairs
 
 

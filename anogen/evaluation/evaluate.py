@@ -18,16 +18,20 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from anogen.errors import AnogenError, DataError
+from anogen.data.geometry import to_square
+from anogen.data.mvtec import load_image, load_mask, relative_to_root
+from anogen.errors import AnogenError, ConfigError, DataError
 from anogen.evaluation.masks import resize_gt_mask, resolve_mask_resize
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
 from anogen.evaluation.visualize import render_panel
-from anogen.io import MANIFEST_NAME, atomic_save_image, atomic_write_json, write_manifest
+from anogen.io import atomic_save_image, atomic_write_json, read_image
+from anogen.resumable import ResumableJob
 
 log = logging.getLogger(__name__)
 
@@ -40,44 +44,15 @@ __all__ = ["evaluate_detector", "METRIC_KEYS"]
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
-    try:
-        from anogen.data.mvtec import load_image
-    except ImportError:  # pragma: no cover - data module not available
-        from PIL import Image
-
-        from anogen.io import read_image
-
-        arr = read_image(path, "RGB")
-        if arr.shape[:2] != (size, size):
-            arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
-        return arr
+def _load_image(path: Path, size: int, resize: str) -> np.ndarray:
     return load_image(path, size, resize)
 
 
-def _load_gt_mask(path: Path, size: int, method: str, resize: str = "squash") -> np.ndarray:
+def _load_gt_mask(path: Path, size: int, method: str, resize: str) -> np.ndarray:
     """The ground truth at ``size`` in the ``resize`` geometry of the images, by ``method``."""
-    from anogen.data.geometry import to_square
-    from anogen.data.mvtec import load_mask
-    from anogen.io import read_image
-
     if method == "nearest":
         return load_mask(path, size, resize)  # the data module's loader, as before
     return resize_gt_mask(to_square(read_image(path, "L"), resize), size, method)
-
-
-def _relpath(path: Path, data_root: Path) -> str:
-    path, data_root = Path(path), Path(data_root)
-    for p, r in ((path, data_root), (path.resolve(), data_root.resolve())):
-        try:
-            return p.relative_to(r).as_posix()
-        except ValueError:
-            continue
-    # Outside the data root (a Folder-layout folder given as an absolute path): the same
-    # "../" form the support manifest records (anogen.data.mvtec.relative_to_root).
-    import os
-
-    return Path(os.path.relpath(path, data_root)).as_posix()
 
 
 def _pick_examples(defects: Sequence[str], n: int) -> list[int]:
@@ -103,7 +78,157 @@ def _nan_to_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- steps
+
+
+def _mask_resize(spec: dict[str, Any]) -> str:
+    """``evaluation.mask_resize`` resolved for this detector (``official`` -> its own rule)."""
+    try:
+        return resolve_mask_resize(spec["mask_resize"], spec["detector"])
+    except ValueError as exc:
+        raise ConfigError("evaluation.mask_resize", str(exc)) from exc
+
+
+def _clear_outputs(job: ResumableJob) -> None:
+    """An interrupted earlier attempt must never look complete, nor leave stale panels behind."""
+    job.start_afresh()
+    examples_dir = job.out_dir / "examples"
+    if examples_dir.is_dir():
+        for stale in examples_dir.rglob("*.png"):
+            stale.unlink()
+
+
+def _select_items(test_items: Sequence[Any], data_root: Path, exclude: set[str]) -> tuple[list, list]:
+    """(kept, excluded) lists of ``(data-root-relative path, item)``; support images are excluded."""
+    items, excluded = [], []
+    for item in test_items:
+        rel = relative_to_root(data_root, item.path)
+        (excluded if rel in exclude else items).append((rel, item))
+    if not items:
+        raise DataError(data_root, "no test images left to evaluate after excluding the support images")
+    for _, item in items:
+        if item.defect != GOOD and item.mask is None:
+            raise DataError(item.path, "anomalous test image has no ground-truth mask")
+    return items, excluded
+
+
+def _predict_batch(predictor: Any, images: np.ndarray, batch: Sequence[tuple[str, Any]]):
+    """(scores (N,) float64, maps (N, S, S) float32) of one batch, checked for shape and finiteness."""
+    import torch
+
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    with torch.no_grad():
+        scores, maps = predictor.predict(tensor)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if scores.shape[0] != len(batch) or maps.ndim != 3 or maps.shape[0] != len(batch):
+        raise AnogenError(
+            f"predictor returned scores {scores.shape} and maps {maps.shape} "
+            f"for a batch of {len(batch)} images (expected (N,) and (N, S, S))"
+        )
+    bad = ~np.isfinite(scores) | ~np.isfinite(maps).all(axis=(1, 2))
+    if bad.any():
+        raise AnogenError(
+            f"the detector produced NaN or infinite output for {batch[int(np.argmax(bad))][0]} "
+            "(training probably diverged; retrain the detector)"
+        )
+    return scores, maps
+
+
+@dataclass
+class _Scored:
+    """What one pass over the test set keeps: image scores, pixel counts, the example maps."""
+
+    scores: np.ndarray
+    accumulator: PixelMetricAccumulator
+    kept: dict[int, dict[str, Any]] = field(default_factory=dict)
+    map_min: float = math.inf
+    map_max: float = -math.inf
+
+
+def _score_all(predictor, items, spec: dict[str, Any], mask_resize: str, batch_size: int) -> _Scored:
+    """Stream the test set through the detector: every map meets its mask at ``resolution``."""
+    resolution, image_size = int(spec["resolution"]), int(predictor.image_size)
+    chosen = set(_pick_examples([item.defect for _, item in items], int(spec["n_visualizations"])))
+    accumulator = PixelMetricAccumulator(resolution, fpr_limit=spec["aupro_fpr_limit"], expected_images=len(items))
+    run = _Scored(np.empty(len(items), dtype=np.float64), accumulator)
+    for start, batch in _batches(items, max(int(batch_size), 1)):
+        images = np.stack([_load_image(Path(item.path), image_size, spec["resize"]) for _, item in batch])
+        batch_scores, batch_maps = _predict_batch(predictor, images, batch)
+        maps = resize_map(batch_maps, resolution)
+        for j, (rel, item) in enumerate(batch):
+            mask = (
+                np.zeros((resolution, resolution), dtype=np.uint8)
+                if item.mask is None
+                else _load_gt_mask(Path(item.mask), resolution, mask_resize, spec["resize"])
+            )
+            accumulator.update(maps[j], mask)
+            if start + j in chosen:
+                run.kept[start + j] = {"rel": rel, "map": maps[j].copy(), "mask": mask, "image": images[j]}
+        run.scores[start : start + len(batch)] = batch_scores
+        run.map_min = min(run.map_min, float(maps.min()))
+        run.map_max = max(run.map_max, float(maps.max()))
+    return run
+
+
+def _write_metrics(out_dir: Path, spec, items, excluded, mask_resize: str, run: _Scored) -> dict[str, Any]:
+    labels = np.asarray([item.defect != GOOD for _, item in items])
+    values = dict(image_metrics(labels, run.scores))
+    values.update(run.accumulator.compute())
+    metrics: dict[str, Any] = {
+        "category": spec["category"],
+        "detector": spec["detector"],
+        "variant": spec["variant"],
+        "n_test_images": len(items),
+        "n_anomalous": int(labels.sum()),
+        "n_excluded": len(excluded),
+        "mask_resize": mask_resize,
+    }
+    for name in METRIC_KEYS:
+        metrics[name] = _nan_to_none(values[name])
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _write_examples(out_dir: Path, spec, items, run: _Scored) -> list[str]:
+    """One panel (image, ground truth, anomaly map on the shared scale) per chosen test image."""
+    example_files = []
+    for index in sorted(run.kept):
+        entry = run.kept[index]
+        rel, defect = entry["rel"], items[index][1].defect
+        title = f"{spec['detector']} ({spec['variant']}) on {rel}: {defect}, image score {run.scores[index]:.4g}"
+        panel = render_panel(
+            entry["image"], entry["mask"], entry["map"], vmin=run.map_min, vmax=run.map_max, title=title
+        )
+        # examples/<defect>/<image>.png: the report labels each panel by defect and image
+        # (workflow/rules/evaluation.smk), so every one of them is reachable there
+        name = f"examples/{defect}/{Path(rel).stem}.png"
+        atomic_save_image(out_dir / name, panel)
+        example_files.append(name)
+    return example_files
+
+
+def _manifest_extra(spec, mask_resize, predictor, run: _Scored, excluded, examples, metrics, t_start) -> dict:
+    """What the manifest records beyond the spec: the rule used, pixel counts, the examples, the metrics."""
+    return {
+        "resolution": int(spec["resolution"]),
+        "mask_resize": mask_resize,
+        "fpr_limit": float(spec["aupro_fpr_limit"]),
+        "image_size": int(predictor.image_size),
+        "n_pixels": run.accumulator.n_pixels,
+        "n_anomalous_pixels": run.accumulator.n_anomalous_pixels,
+        "n_regions": run.accumulator.n_regions,
+        "excluded": sorted(rel for rel, _ in excluded),
+        "examples": examples,
+        "anomaly_map_range": [run.map_min, run.map_max],
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "metrics": {name: metrics[name] for name in METRIC_KEYS},
+    }
+
+
+# ----------------------------------------------------------------------------- job
 
 
 def evaluate_detector(
@@ -111,23 +236,22 @@ def evaluate_detector(
     predictor: Any,
     test_items: Sequence[Any],
     data_root: str | Path,
-    exclude: set[str] | Iterable[str],
-    resolution: int,
-    fpr_limit: float,
+    spec: dict[str, Any],
     out_dir: str | Path,
     key: str,
     inputs: dict[str, str],
-    spec: dict[str, Any],
-    n_visualizations: int = 4,
-    batch_size: int = 8,
+    batch_size: int,
     extra: dict[str, Any] | None = None,
-    resize: str = "squash",
     extra_files: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Score ``test_items`` with ``predictor`` and write metrics, example panels and manifest.
+) -> Path:
+    """Score ``test_items`` with ``predictor``; write metrics, example panels and, last, the manifest.
 
-    ``extra_files``: files already in ``out_dir`` (e.g. the detector's loss plot) that the
-    manifest lists and hashes too.
+    ``spec`` is the evaluation spec of the plan (``Plan.evaluation_spec``): ``resolution``,
+    ``aupro_fpr_limit``, ``n_visualizations``, ``mask_resize``, ``resize``, ``category``,
+    ``detector``, ``variant`` and ``excluded`` (the support images, data-root-relative POSIX
+    paths: test items with such a path are dropped). ``batch_size`` (prediction batch) only
+    changes speed. ``extra_files``: files already in ``out_dir`` (e.g. the detector's loss
+    plot) that the manifest lists and hashes too.
 
     ``resize`` (``anogen.data.geometry``) makes each test image square for the detector
     (at its ``image_size``) and each ground-truth mask square at ``resolution`` with the
@@ -137,146 +261,33 @@ def evaluate_detector(
 
     ``predictor``: ``.image_size`` and ``.predict(images float32 N,3,S,S in [0,1]) ->
     (scores (N,), maps (N,S,S))``. ``test_items``: objects with ``.path``, ``.defect``
-    (``'good'`` = normal) and ``.mask`` (path or None). Items whose path relative to
-    ``data_root`` (POSIX) is in ``exclude`` (the support images) are dropped.
-    Returns the content of ``metrics.json`` (fractions in [0, 1]; undefined -> None).
+    (``'good'`` = normal) and ``.mask`` (path or None). ``metrics.json`` holds fractions in
+    [0, 1] (undefined -> null). Returns the manifest's path.
     """
-    import torch
-
-    out_dir = Path(out_dir)
-    data_root = Path(data_root)
-    exclude = set(exclude)
-    resolution = int(resolution)
-    batch_size = max(int(batch_size), 1)
-    image_size = int(predictor.image_size)
-    try:
-        mask_resize = resolve_mask_resize(spec.get("mask_resize", "nearest"), spec.get("detector"))
-    except ValueError as exc:
-        from anogen.errors import ConfigError
-
-        raise ConfigError("evaluation.mask_resize", str(exc)) from exc
     t_start = time.perf_counter()
+    out_dir, data_root = Path(out_dir), Path(data_root)
+    mask_resize = _mask_resize(spec)
+    # One short pass over the test set: no checkpoint, an interrupted run simply starts afresh.
+    job = ResumableJob(out_dir, stage="evaluation", key=key, spec=spec, inputs=inputs)
+    _clear_outputs(job)
 
-    # an interrupted earlier attempt must never look complete
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    examples_dir = out_dir / "examples"
-    if examples_dir.is_dir():
-        for stale in examples_dir.rglob("*.png"):
-            stale.unlink()
-
-    items = []
-    excluded = []
-    for item in test_items:
-        rel = _relpath(Path(item.path), data_root)
-        (excluded if rel in exclude else items).append((rel, item))
-    if not items:
-        raise DataError(data_root, "no test images left to evaluate after excluding the support images")
-    labels = [item.defect != GOOD for _, item in items]
-    for _, item in items:
-        if item.defect != GOOD and item.mask is None:
-            raise DataError(item.path, "anomalous test image has no ground-truth mask")
+    # 1. items: the test set less the support images
+    items, excluded = _select_items(test_items, data_root, set(spec["excluded"]))
     log.info(
         "evaluating %d test images (%d anomalous, %d support images excluded) at %d px",
-        len(items),
-        sum(labels),
-        len(excluded),
-        resolution,
+        *(len(items), sum(item.defect != GOOD for _, item in items), len(excluded), spec["resolution"]),
     )
-
-    chosen = set(_pick_examples([item.defect for _, item in items], int(n_visualizations)))
-    kept: dict[int, dict[str, Any]] = {}
-    accumulator = PixelMetricAccumulator(resolution, fpr_limit=fpr_limit, expected_images=len(items))
-    scores = np.empty(len(items), dtype=np.float64)
-    map_min, map_max = math.inf, -math.inf
-
-    for start, batch in _batches(items, batch_size):
-        images = np.stack([_load_image(Path(item.path), image_size, resize) for _, item in batch])
-        tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-        with torch.no_grad():
-            batch_scores, batch_maps = predictor.predict(tensor)
-        batch_scores = np.asarray(batch_scores, dtype=np.float64).reshape(-1)
-        batch_maps = np.asarray(batch_maps, dtype=np.float32)
-        if batch_maps.ndim == 4 and batch_maps.shape[1] == 1:
-            batch_maps = batch_maps[:, 0]
-        if batch_scores.shape[0] != len(batch) or batch_maps.ndim != 3 or batch_maps.shape[0] != len(batch):
-            raise AnogenError(
-                f"predictor returned scores {batch_scores.shape} and maps {batch_maps.shape} "
-                f"for a batch of {len(batch)} images (expected (N,) and (N, S, S))"
-            )
-        bad = ~np.isfinite(batch_scores) | ~np.isfinite(batch_maps).all(axis=(1, 2))
-        if bad.any():
-            raise AnogenError(
-                f"the detector produced NaN or infinite output for {batch[int(np.argmax(bad))][0]} "
-                "(training probably diverged; retrain the detector)"
-            )
-        maps = resize_map(batch_maps, resolution)
-        for j, (rel, item) in enumerate(batch):
-            mask = (
-                np.zeros((resolution, resolution), dtype=np.uint8)
-                if item.mask is None
-                else _load_gt_mask(Path(item.mask), resolution, mask_resize, resize)
-            )
-            accumulator.update(maps[j], mask)
-            index = start + j
-            if index in chosen:
-                kept[index] = {"rel": rel, "map": maps[j].copy(), "mask": mask, "image": images[j]}
-        scores[start : start + len(batch)] = batch_scores
-        map_min = min(map_min, float(maps.min()))
-        map_max = max(map_max, float(maps.max()))
-
-    values = dict(image_metrics(np.asarray(labels), scores))
-    values.update(accumulator.compute())
-
-    metrics: dict[str, Any] = {
-        "category": spec.get("category"),
-        "detector": spec.get("detector"),
-        "variant": spec.get("variant"),
-        "n_test_images": len(items),
-        "n_anomalous": int(sum(labels)),
-        "n_excluded": len(excluded),
-        "mask_resize": mask_resize,
-    }
-    for name in METRIC_KEYS:
-        metrics[name] = _nan_to_none(values[name])
-    atomic_write_json(out_dir / "metrics.json", metrics)
-
-    example_files = []
-    for index in sorted(kept):
-        entry = kept[index]
-        rel = entry["rel"]
-        defect = items[index][1].defect
-        title = f"{spec.get('detector')} ({spec.get('variant')}) on {rel}: {defect}, image score {scores[index]:.4g}"
-        panel = render_panel(entry["image"], entry["mask"], entry["map"], vmin=map_min, vmax=map_max, title=title)
-        # examples/<defect>/<image>.png: the report labels each panel by defect and image
-        # (workflow/rules/evaluation.smk), so every one of them is reachable there
-        name = f"examples/{defect}/{Path(rel).stem}.png"
-        atomic_save_image(out_dir / name, panel)
-        example_files.append(name)
-
-    manifest_extra = {
-        "resolution": resolution,
-        "mask_resize": mask_resize,
-        "fpr_limit": float(fpr_limit),
-        "image_size": image_size,
-        "n_pixels": accumulator.n_pixels,
-        "n_anomalous_pixels": accumulator.n_anomalous_pixels,
-        "n_regions": accumulator.n_regions,
-        "excluded": sorted(rel for rel, _ in excluded),
-        "examples": example_files,
-        "anomaly_map_range": [map_min, map_max],
-        "seconds": round(time.perf_counter() - t_start, 3),
-        "metrics": {name: metrics[name] for name in METRIC_KEYS},
-    }
+    # 2. predict: image scores, pixel metrics streamed, example maps kept
+    run = _score_all(predictor, items, spec, mask_resize, batch_size)
+    # 3. metrics
+    metrics = _write_metrics(out_dir, spec, items, excluded, mask_resize, run)
+    # 4. visualisations
+    example_files = _write_examples(out_dir, spec, items, run)
+    # 5. manifest, last
+    manifest_extra = _manifest_extra(spec, mask_resize, predictor, run, excluded, example_files, metrics, t_start)
     manifest_extra.update(extra or {})
-    write_manifest(
-        out_dir,
-        stage="evaluation",
-        key=key,
-        spec=spec,
-        inputs=inputs,
-        files=["metrics.json", *example_files, *extra_files],
-        extra=json.loads(json.dumps(manifest_extra, allow_nan=False)),
+    manifest = job.write_manifest(
+        ["metrics.json", *example_files, *extra_files], json.loads(json.dumps(manifest_extra, allow_nan=False))
     )
     log.info("metrics: %s", {name: metrics[name] for name in METRIC_KEYS})
-    return metrics
+    return manifest

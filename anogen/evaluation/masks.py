@@ -58,7 +58,7 @@ def _as_255(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.uint8)
 
 
-def resize_gt_mask(raw: np.ndarray, size: int, method: str = "nearest") -> np.ndarray:
+def resize_gt_mask(raw: np.ndarray, size: int, method: str) -> np.ndarray:
     """``raw``: uint8 HxW mask (0/255 or 0/1). Returns uint8 size x size in {0, 1}."""
     if method not in MASK_RESIZE_METHODS:
         raise ValueError(f"unknown mask_resize {method!r} (one of {MASK_RESIZE_METHODS})")
@@ -85,7 +85,7 @@ def resize_gt_mask(raw: np.ndarray, size: int, method: str = "nearest") -> np.nd
     return (t[0, 0] >= 0.5).numpy().astype(np.uint8)
 
 
-def load_gt_mask(path: str | Path, size: int, method: str = "nearest") -> np.ndarray:
+def load_gt_mask(path: str | Path, size: int, method: str) -> np.ndarray:
     """Read a mask file (grey levels kept) and ``resize_gt_mask`` it."""
     from anogen.io import read_image
 

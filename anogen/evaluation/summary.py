@@ -91,13 +91,27 @@ def _csv_text(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     return buf.getvalue()
 
 
+Ident = tuple[str, str, str]  # (category, detector, variant)
+
+
 def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) -> None:
     """Write summary.csv and table1.csv (see the module docstring) from metrics.json files."""
-    records: dict[tuple[str, str, str], dict[str, float]] = {}
-    origin: dict[tuple[str, str, str], Path] = {}
+    records, provenance_notes = _read_all(metrics_paths)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for category, detector, variant in records:
+        groups.setdefault((detector, variant), []).append(category)
+    rows, means = _summary_rows(records, provenance_notes, groups)
+    atomic_write_text(summary_csv, _csv_text(SUMMARY_COLUMNS, rows))
+    atomic_write_text(table1_csv, _table1_text(groups, means, provenance_notes))
+
+
+def _read_all(metrics_paths: list[Path]) -> tuple[dict[Ident, dict[str, float]], dict[Ident, list[str]]]:
+    """(metrics in percent, provenance notes) per category x detector x variant, each evaluated once."""
+    records: dict[Ident, dict[str, float]] = {}
+    origin: dict[Ident, Path] = {}
     # What each result was computed from when that is not a real run's (anogen.provenance):
     # the evaluation manifest beside metrics.json carries the notes of its whole chain.
-    provenance_notes: dict[tuple[str, str, str], list[str]] = {}
+    provenance_notes: dict[Ident, list[str]] = {}
     for path in sorted(Path(p) for p in metrics_paths):
         data = read_metrics(path)
         ident = (data["category"], data["detector"], data["variant"])
@@ -110,15 +124,14 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
         origin[ident] = path
         records[ident] = {name: _percent(data.get(name)) for name in METRICS}
         provenance_notes[ident] = manifest_notes(path.parent)
+    return records, provenance_notes
 
-    groups: dict[tuple[str, str], list[str]] = {}
-    for category, detector, variant in records:
-        groups.setdefault((detector, variant), []).append(category)
-    group_order = sorted(groups, key=lambda dv: (dv[0], _variant_rank(dv[1])))
 
+def _summary_rows(records, provenance_notes, groups) -> tuple[list[list[str]], dict[tuple[str, str], dict[str, float]]]:
+    """summary.csv's rows (each detector x variant: its categories, then its mean row) and the means."""
     rows: list[list[str]] = []
     means: dict[tuple[str, str], dict[str, float]] = {}
-    for detector, variant in group_order:
+    for detector, variant in sorted(groups, key=lambda dv: (dv[0], _variant_rank(dv[1]))):
         categories = sorted(groups[(detector, variant)])
         for category in categories:
             values = records[(category, detector, variant)]
@@ -126,28 +139,35 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
             row_notes = [f"undefined: {', '.join(undefined)}"] if undefined else []
             row_notes += provenance_notes[(category, detector, variant)]
             rows.append([category, detector, variant, *(_fmt(values[m]) for m in METRICS), "1", "; ".join(row_notes)])
-        mean_values: dict[str, float] = {}
-        notes = []
-        for name in METRICS:
-            available = [records[(c, detector, variant)][name] for c in categories]
-            defined = [v for v in available if not math.isnan(v)]
-            mean_values[name] = math.fsum(defined) / len(defined) if defined else math.nan
-            missing = [c for c, v in zip(categories, available) if math.isnan(v)]
-            if missing:
-                notes.append(
-                    f"{name} mean over {len(defined)}/{len(categories)} categories (undefined for {' '.join(missing)})"
-                )
+        mean_values, notes = _group_mean([records[(c, detector, variant)] for c in categories], categories)
         means[(detector, variant)] = mean_values
         notes += sorted({n for c in categories for n in provenance_notes[(c, detector, variant)]})
         rows.append(
             [MEAN, detector, variant, *(_fmt(mean_values[m]) for m in METRICS), str(len(categories)), "; ".join(notes)]
         )
-    atomic_write_text(summary_csv, _csv_text(SUMMARY_COLUMNS, rows))
+    return rows, means
 
-    # ---- table 1
-    detectors = sorted({detector for detector, _ in groups})
+
+def _group_mean(values: list[dict[str, float]], categories: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Per metric the mean over the categories where it is defined, and notes on the missing ones."""
+    mean_values: dict[str, float] = {}
+    notes = []
+    for name in METRICS:
+        available = [v[name] for v in values]
+        defined = [v for v in available if not math.isnan(v)]
+        mean_values[name] = math.fsum(defined) / len(defined) if defined else math.nan
+        missing = [c for c, v in zip(categories, available) if math.isnan(v)]
+        if missing:
+            notes.append(
+                f"{name} mean over {len(defined)}/{len(categories)} categories (undefined for {' '.join(missing)})"
+            )
+    return mean_values, notes
+
+
+def _table1_text(groups, means, provenance_notes) -> str:
+    """table1.csv: per metric the mean of each detector x variant column, and the anogen - baseline delta."""
     columns: list[tuple[str, str, str]] = []  # (header, detector, variant or "delta")
-    for detector in detectors:
+    for detector in sorted({detector for detector, _ in groups}):
         columns += [
             (f"{detector} baseline", detector, "baseline"),
             (f"{detector} anogen", detector, "anogen"),
@@ -172,7 +192,7 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
     # Every number of the table is a mean over runs that may carry notes: each row says which.
     table_note = "; ".join(_scoped_notes(provenance_notes))
     table_rows = [[METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns), table_note] for name in METRICS]
-    atomic_write_text(table1_csv, _csv_text(["metric", *(h for h, _, _ in columns), "note"], table_rows))
+    return _csv_text(["metric", *(h for h, _, _ in columns), "note"], table_rows)
 
 
 def _scoped_notes(notes: dict[tuple[str, str, str], list[str]]) -> list[str]:
