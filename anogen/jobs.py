@@ -223,6 +223,7 @@ def select_support(sm, params):
         key=sm.wildcards.key,
         inputs=params["inputs"],
         layout=runtime["dataset"],
+        spec=spec,
     )
 
 

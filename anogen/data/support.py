@@ -143,11 +143,14 @@ def build_support_set(
     files: list[str] | None = None,
     origin: str = "support.files",
     layout: dict | None = None,
+    spec: dict | None = None,
 ) -> Path:
     """Select, copy and verify the support set; write ``out_dir/manifest.json`` last. Returns its path.
 
     ``files`` names the set (``shots``/``seed`` are then unused); otherwise ``shots`` images
-    are chosen with ``seed``. The manifest's spec is the one the Plan keys the set with.
+    are chosen with ``seed``. ``spec`` is the spec the Plan keyed the set with (the workflow's
+    job passes it; the manifest records it as given); a direct call without one records the
+    selection's own arguments.
 
     Any previous ``manifest.json``, ``images/`` and ``masks/`` in ``out_dir`` are removed
     first; on error they stay removed, so no manifest.json is left behind. ``layout`` is
@@ -158,13 +161,13 @@ def build_support_set(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir)
     try:
-        index, chosen, spec = _choose(root, category, defect, shots, seed, files, origin, layout)
+        index, chosen, own_spec = _choose(root, category, defect, shots, seed, files, origin, layout)
         records = [_copy_shot(i, item, index, out_dir) for i, item in enumerate(chosen)]
         return write_manifest(
             out_dir,
             stage=STAGE,
             key=key,
-            spec=spec,
+            spec=own_spec if spec is None else spec,
             inputs=inputs,
             files=[rel for record in records for rel in (record["image"], record["mask"])],
             extra={
