@@ -261,7 +261,8 @@ def _draem_reference_counts():
 
 
 def test_draem_parameter_count_matches_published_architecture():
-    from anogen.detectors.draem.network import DraemNet, count_parameters
+    from anogen.detectors.common import count_parameters
+    from anogen.detectors.draem.network import DraemNet
 
     recon_ref, disc_ref = _draem_reference_counts()
     # The numbers: 69,048,579 + 28,374,146 = 97,422,725 ("~97M" in the method notes),
@@ -287,8 +288,8 @@ def _basic_block(cin, c):
 def test_destseg_parameter_count_matches_published_architecture():
     from torchvision.models import resnet18
 
+    from anogen.detectors.common import count_parameters
     from anogen.detectors.destseg.network import DestsegNet
-    from anogen.detectors.draem.network import count_parameters
 
     # Reference: apple/ml-destseg model/destseg.py + model_utils.py: teacher = timm resnet18
     # features 1-3 (frozen), student = timm resnet18 features 1-4 + decoder of BasicBlock
@@ -307,7 +308,7 @@ def test_destseg_parameter_count_matches_published_architecture():
     assert teacher_ref == 2_782_784 and encoder_ref == 11_176_512
     assert (encoder_ref + decoder_ref, seg_ref) == (24_665_024, 7_706_369)
 
-    net = DestsegNet()
+    net = DestsegNet(zero_init_last=True)
     assert count_parameters(net.teacher) == teacher_ref
     assert count_parameters(net.student) == encoder_ref + decoder_ref
     assert count_parameters(net.segmentation) == seg_ref
@@ -320,8 +321,8 @@ def test_destseg_parameter_count_matches_published_architecture():
 def test_destseg_teacher_weights_from_file(tmp_path, caplog):
     from torchvision.models import resnet18
 
-    from anogen.detectors.destseg.model import load_teacher_weights
     from anogen.detectors.destseg.network import DestsegNet
+    from anogen.detectors.destseg.trainer import load_teacher_weights
     from anogen.errors import ConfigError
 
     with pytest.raises(ConfigError, match="teacher_weights"):
@@ -332,6 +333,6 @@ def test_destseg_teacher_weights_from_file(tmp_path, caplog):
     torch.save(ref.state_dict(), path)
     state, info = load_teacher_weights(path)
     assert info["teacher"] == "imagenet" and info["teacher_weights"]["path"] == str(path)
-    net = DestsegNet()
+    net = DestsegNet(zero_init_last=True)
     net.teacher.load_torchvision_state(state)
     assert torch.equal(net.teacher.layers[2][1].conv2.weight, ref.layer3[1].conv2.weight)
