@@ -22,7 +22,7 @@ from anogen.detectors.data import (
     load_generated_items,
 )
 from anogen.detectors.textures import TextureSource
-from anogen.errors import IntegrityError
+from anogen.errors import DataError, IntegrityError
 from anogen.io import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,6 +184,25 @@ def test_generated_items_are_verified(tiny, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-20])
     with pytest.raises(IntegrityError, match="0003.png"):
         load_generated_items([copy / "manifest.json"], tiny["train"], tiny["root"])
+
+
+def test_generated_sources_resolve_against_the_data_root(tiny, tmp_path):
+    """``source_image`` is data-root-relative: ``root / source_image`` must be a training image."""
+    items = load_generated_items([tiny["manifest"]], tiny["train"], tiny["root"])
+    manifest = json.loads(tiny["manifest"].read_text())
+    rels = [it["source_image"] for it in manifest["extra"]["items"]]
+    assert rels[0] == "train/good/000.png"
+    assert [it.source for it in items] == [tiny["root"] / r for r in rels]
+    # without a root, the one root that makes every item a training image (train_detector's call)
+    assert load_generated_items([tiny["manifest"]], tiny["train"], None) == items
+    # a source that is not a training image names the manifest and the item
+    with pytest.raises(DataError, match=r"manifest.json.*0000.png.*train/good/000.png"):
+        load_generated_items([tiny["manifest"]], tiny["train"][1:], tiny["root"])
+    with pytest.raises(DataError, match=r"manifest.json.*0000.png"):
+        load_generated_items([tiny["manifest"]], tiny["train"][1:], None)
+    # a wrong data root is not rescued by a path-suffix guess
+    with pytest.raises(DataError, match="not one of the training images"):
+        load_generated_items([tiny["manifest"]], tiny["train"], tmp_path)
 
 
 def test_stream_is_a_pure_function_of_seed_and_step(tiny):

@@ -136,7 +136,7 @@ def _data_root_of(train_images: Sequence[Path], sources: list[tuple[Path, str, s
         if rel.is_absolute():
             continue
         k = len(rel.parts)
-        admitted = {Path(*p.parts[:-k]) for p in train_images if len(p.parts) > k and p.parts[-k:] == rel.parts}
+        admitted = {Path(*p.parts[:-k]) for p in train_images if len(p.parts) >= k and p.parts[-k:] == rel.parts}
         roots = admitted if roots is None else roots & admitted
         if not roots:
             raise DataError(

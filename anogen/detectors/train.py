@@ -12,9 +12,9 @@ Files written into ``out_dir``:
 
 Resuming (``anogen.resumable.ResumableJob``): every ``checkpoint_every`` steps
 ``checkpoints/state.pt`` is replaced atomically, key-checked: network and optimiser states,
-GradScaler state, the step, and all RNG states. Batches are a pure function of ``(seed, step)`` (see ``data.py``) and the
-learning rate a pure function of the step, so after a SIGKILL a rerun continues from the
-last checkpoint and, on CPU, ends with bit-identical weights. Once training is done the
+GradScaler state, the step, and all RNG states. Batches are a pure function of
+``(seed, step)`` (see ``data.py``) and the learning rate a pure function of the step, so
+after a SIGKILL a rerun continues from the last checkpoint and, on CPU, ends with bit-identical weights. Once training is done the
 checkpoint is replaced by ``checkpoints/finished.json`` (sha256 of the trained files), so a
 rerun of the finished job (Snakemake reruns it when a runtime-only param such as
 ``checkpoint_every`` changes) rewrites the manifest instead of training again.
@@ -89,6 +89,8 @@ def train_detector(
     # 1. sources and the sample stream
     train_images = [Path(p) for p in train_images]
     textures, texture_info = _textures(spec, texture_fallback)
+    # source_image is data-root-relative; the root is the one that makes every item a training
+    # image (exact, or a DataError: data._data_root_of)
     generated = load_generated_items(generated_manifests, train_images, None) if variant != "baseline" else []
     # 2. trainer (network, optimisers, loss) and stream
     trainer = build_trainer(spec, device, len(train_images))
