@@ -434,6 +434,36 @@ def test_load_trained_detector_verifies_files(tiny, tmp_path):
         load_trained_detector(tmp_path / "m")
 
 
+def test_a_detector_without_its_recorded_precision_is_refused(tiny, tmp_path):
+    """Prediction autocasts as training did: model_config.json must say how (no guessed default)."""
+    from anogen.io import sha256_file
+
+    out = tmp_path / "m"
+    spec = _spec("draem", "baseline", draem={"epochs": 1})
+    train_detector(
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[],
+        out_dir=out,
+        key="y" * 12,
+        inputs={},
+        device="cpu",
+        checkpoint_every=500,
+    )
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["draem"]["mixed_precision"] == "no"
+    del config["draem"]["mixed_precision"]
+    (out / "model_config.json").write_text(json.dumps(config))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["model_config.json"] = {
+        "sha256": sha256_file(out / "model_config.json"),
+        "bytes": (out / "model_config.json").stat().st_size,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="draem.mixed_precision"):
+        load_trained_detector(out)
+
+
 def test_bad_config_is_reported(tiny, tmp_path):
     from anogen.errors import ConfigError, DataError
 
