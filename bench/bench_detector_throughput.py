@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from anogen.devices import is_cuda  # noqa: E402
+
 MVTEC_TRAIN = {
     "bottle": 209,
     "cable": 224,
@@ -54,7 +56,7 @@ MVTEC_TRAIN = {
 
 
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if is_cuda(device):
         torch.cuda.synchronize()
 
 
@@ -86,8 +88,8 @@ def _precision(fp32: bool):
     if not fp32:
         yield
         return
-    import anogen.detectors.destseg.model as dm
-    import anogen.detectors.draem.model as rm
+    import anogen.detectors.destseg.trainer as dm
+    import anogen.detectors.draem.trainer as rm
 
     saved = rm.autocast, dm.autocast
     rm.autocast = dm.autocast = lambda *a, **k: contextlib.nullcontext()
@@ -97,36 +99,53 @@ def _precision(fp32: bool):
         rm.autocast, dm.autocast = saved
 
 
+def _schema_section(detector: str) -> dict:
+    """The schema's ``detectors.<detector>`` section, every default filled."""
+    from anogen.config import validate_config
+
+    return validate_config({"data_root": "."})["detectors"][detector]
+
+
+def _pipeline_spec(root: Path, size: int, detector: str, variant: str, section: dict) -> dict:
+    """The spec ``Plan.detector_spec`` makes for these settings (schema defaults elsewhere)."""
+    from anogen.config import Plan, validate_config
+
+    config = validate_config({"data_root": str(root), "detectors": {"image_size": size, detector: section}})
+    plan = Plan(config, layout={"bench": {"defects": ["box"], "texture": False}})
+    return plan.spec("detector", "bench", detector, variant)
+
+
 def bench_draem(size, batch_size, device, warmup, steps, fp32, channels_last=False, widths=None):
-    from anogen.detectors.draem.model import DraemTrainer
+    from anogen.detectors.draem.trainer import DraemTrainer
     from anogen.detectors.train import to_channels_last
 
-    cfg = {"batch_size": batch_size}
+    cfg = {**_schema_section("draem"), "batch_size": batch_size}
     if widths:  # (recon, disc); default: the published 128 / 64
         cfg.update(recon_base_width=widths[0], disc_base_width=widths[1])
-    tr = DraemTrainer(cfg, seed=0, tau=0.9, device=device, n_train=240)
+    tr = DraemTrainer(cfg, seed=0, tau=0.9, device=device, n_train=240, mixed_precision="auto")
     if channels_last:
         to_channels_last(tr)
     with _precision(fp32):
         rate = _time_steps(tr, _batch(batch_size, size, device), 0, warmup, steps, device)
-    mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    mem = torch.cuda.max_memory_allocated() / 2**30 if is_cuda(device) else float("nan")
     del tr
-    if device == "cuda":
+    if is_cuda(device):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     return rate, mem
 
 
 def bench_destseg(size, batch_size, device, warmup, steps, fp32, channels_last=False):
-    from anogen.detectors.destseg.model import DestsegTrainer
+    from anogen.detectors.destseg.trainer import DestsegTrainer
     from anogen.detectors.train import to_channels_last
 
     tr = DestsegTrainer(
-        {"batch_size": batch_size, "steps": 10**6, "student_steps": 10**5},
+        {**_schema_section("destseg"), "batch_size": batch_size, "steps": 10**6, "student_steps": 10**5},
         seed=0,
         tau=0.9,
         device=device,
         n_train=240,
+        mixed_precision="auto",  # bf16 autocast where supported; --fp32 turns autocast off
     )
     if channels_last:
         to_channels_last(tr)
@@ -134,9 +153,9 @@ def bench_destseg(size, batch_size, device, warmup, steps, fp32, channels_last=F
     with _precision(fp32):
         r1 = _time_steps(tr, b, 0, warmup, steps, device)
         r2 = _time_steps(tr, b, 10**5, warmup, steps, device)
-    mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    mem = torch.cuda.max_memory_allocated() / 2**30 if is_cuda(device) else float("nan")
     del tr
-    if device == "cuda":
+    if is_cuda(device):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     return r1, r2, mem
@@ -164,6 +183,7 @@ def _make_pipeline_data(root: Path, size: int, n: int = 32) -> tuple[list[Path],
     import cv2
     from PIL import Image
 
+    from anogen.data.mvtec import relative_to_root
     from anogen.io import write_manifest
 
     rng = np.random.default_rng(0)
@@ -189,7 +209,13 @@ def _make_pipeline_data(root: Path, size: int, n: int = 32) -> tuple[list[Path],
         Image.fromarray(box).save(gen / "masks" / f"{i}.png")
         files += [f"images/{i}.png", f"masks/{i}.png"]
         items.append(
-            {"image": f"images/{i}.png", "mask": f"masks/{i}.png", "source_image": str(train[i]), "box": {}, "seed": i}
+            {
+                "image": f"images/{i}.png",
+                "mask": f"masks/{i}.png",
+                "source_image": relative_to_root(root, train[i]),
+                "box": {},
+                "seed": i,
+            }
         )
     manifest = write_manifest(gen, stage="generation", key="bench", spec={}, files=files, extra={"items": items})
     return train, manifest
@@ -205,25 +231,15 @@ def bench_pipeline(size: int, steps: int, device: str, workers: int | None) -> N
 
     root = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     train, manifest = _make_pipeline_data(root, size)
-    base = {
-        "image_size": size,
-        "seed": 0,
-        "tau": 0.9,
-        "mix_prob": 0.5,
-        "weak_on_synthetic": True,
-        "texture_source": None,
-    }
     runs = [
         ("draem", "anogen", {"draem": {"epochs": max(2, steps // 4), "batch_size": 8}}),
         ("destseg", "anogen", {"destseg": {"steps": steps, "student_steps": steps // 2, "batch_size": 32}}),
     ]
     for det, variant, section in runs:
-        spec = {**base, "detector": det, "variant": variant, **section}
+        spec = _pipeline_spec(root, size, det, variant, section[det])
         out = root / f"{det}_{variant}"
         t0 = time.perf_counter()
         train_detector(
-            detector=det,
-            variant=variant,
             spec=spec,
             train_images=train,
             generated_manifests=[manifest],
@@ -259,27 +275,20 @@ def bench_synthesis(size: int, batch_sizes=(8, 16, 32), n_batches: int = 3, targ
     workers needed to feed the GPU at each target rate (images/s)."""
     import tempfile
 
-    from anogen.detectors.data import TrainStream, load_generated_items
+    from anogen.detectors.data import load_generated_items
     from anogen.detectors.textures import TextureSource
+    from anogen.detectors.train import build_stream
 
     root = Path(tempfile.mkdtemp(prefix="bench_synth_"))
     train, manifest = _make_pipeline_data(root, size)
-    generated = load_generated_items([manifest], train)
+    generated = load_generated_items([manifest], train, root)
     textures = TextureSource.from_config(None)
     rows = []
     for det in ("draem", "destseg"):
         for variant in ("baseline", "anogen"):
             for bs in batch_sizes:
-                stream = TrainStream(
-                    detector=det,
-                    variant=variant,
-                    image_size=size,
-                    seed=0,
-                    batch_size=bs,
-                    train_images=train,
-                    generated=generated if variant != "baseline" else (),
-                    textures=textures,
-                )
+                spec = _pipeline_spec(root, size, det, variant, {})
+                stream = build_stream(spec, bs, train, generated if variant != "baseline" else (), textures)
                 stream.batch(0)  # warm caches (texture files, permutation)
                 c0 = time.process_time()
                 for step in range(1, n_batches + 1):
@@ -341,7 +350,7 @@ def main() -> None:
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    gpu = device == "cuda"
+    gpu = is_cuda(device)
     size = args.size or (256 if gpu else 64)
     steps = args.steps or (20 if gpu else 3)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)

@@ -204,6 +204,11 @@ def detector_spec(cfg: dict[str, Any], tau: float, seed: int) -> dict[str, Any]:
         "tau": float(tau),
         "mix_prob": 1.0 if cfg["variant"] == "generated_only" else float(cfg["mix_prob"]),
         "weak_on_synthetic": False,
+        "generated_normal_prob": 0.0,
+        "augment_generated": False,
+        "mixed_precision": "no",
+        "resize": "squash",
+        "synthetic_source": "draem",
         "texture_source": None,
         "category": cfg["category"],
         "draem": {
@@ -215,6 +220,8 @@ def detector_spec(cfg: dict[str, Any], tau: float, seed: int) -> dict[str, Any]:
             "disc_base_width": int(cfg["disc_width"]),
             "ssim_weight": 1.0,
             "focal_gamma": 2.0,
+            "focal_smooth": 1e-5,
+            "ssim_value_range": None,
             "score_pool": 21,
         },
     }
@@ -240,6 +247,10 @@ def box_pixels_per_step(spec: dict[str, Any], train_images, generated, n_steps: 
         textures=textures,
         mix_prob=spec["mix_prob"],
         weak_on_synthetic=spec["weak_on_synthetic"],
+        generated_normal_prob=spec["generated_normal_prob"],
+        augment_generated=spec["augment_generated"],
+        synthetic_source=spec["synthetic_source"] if spec["variant"] != "generated_only" else None,
+        resize=spec["resize"],
     )
     out = np.empty(n_steps)
     for step in range(n_steps):
@@ -255,7 +266,7 @@ def train_item_probabilities(predictor, generated, exact: dict[str, str], size: 
 
     from anogen.detectors.data import load_binary_mask, load_rgb
 
-    images = np.stack([load_rgb(it.image, size) for it in generated]).astype(np.float32) / 255.0
+    images = np.stack([load_rgb(it.image, size, "squash") for it in generated]).astype(np.float32) / 255.0
     boxes = np.stack([load_binary_mask(it.mask, size) for it in generated]).astype(bool)
     defects = np.stack([load_binary_mask(it.manifest.parent / exact[it.name], size) for it in generated]).astype(bool)
     _, maps = predictor.predict(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
@@ -287,8 +298,6 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
     model_dir = out_dir / f"tau{tau:g}_seed{seed}"
     t0 = time.perf_counter()
     train_detector(
-        detector="draem",
-        variant=spec["variant"],
         spec=spec,
         train_images=data["train_images"],
         generated_manifests=[data["manifest"]],
@@ -298,14 +307,13 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
         device="cpu",
         checkpoint_every=10**9,
         log_every=10**9,
-        category=cfg["category"],
         num_workers=0,
     )
     train_s = time.perf_counter() - t0
 
     with open(model_dir / "train_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    generated = load_generated_items([data["manifest"]], data["train_images"])
+    generated = load_generated_items([data["manifest"]], data["train_images"], data["root"])
     box_px = box_pixels_per_step(spec, data["train_images"], generated, len(rows))
     batch_px = spec["draem"]["batch_size"] * spec["image_size"] ** 2
     # dropped pixels per step (weak_dropped is a fraction of all pixels of the batch)

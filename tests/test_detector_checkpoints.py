@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from anogen.detectors.destseg.model import load_teacher_weights
 from anogen.detectors.destseg.network import DestsegNet, teacher_state_layout
+from anogen.detectors.destseg.trainer import load_teacher_weights
 from anogen.detectors.draem.network import DraemNet
 from anogen.detectors.draem.official import load_official_draem, official_to_ours, ours_to_official
 from anogen.errors import DataError
@@ -91,7 +91,7 @@ def test_wrong_weights_are_reported(tmp_path):
     torch.save({"foo.weight": torch.zeros(3)}, path)
     state, _ = load_teacher_weights(path)
     with pytest.raises(KeyError, match="do not match"):
-        DestsegNet().teacher.load_torchvision_state(state)
+        DestsegNet(zero_init_last=True).teacher.load_torchvision_state(state)
     empty = tmp_path / "empty.pth"
     torch.save({}, empty)
     with pytest.raises(DataError, match="not ResNet18"):
@@ -102,11 +102,12 @@ def test_teacher_layout_reaches_the_trainer(reference, tmp_path):
     """train.py copies ``teacher_info`` into the manifest's extra (``teacher_layout``)."""
     path = tmp_path / "t.pth"
     torch.save(_timm_checkpoint(reference), path)
-    from anogen.detectors.destseg.model import DestsegTrainer
+    from anogen.config import validate_config
+    from anogen.detectors.destseg.trainer import DestsegTrainer
 
-    tr = DestsegTrainer(
-        {"teacher_weights": str(path), "zero_init_last": False}, seed=0, tau=1.0, device="cpu", n_train=4
-    )
+    cfg = {**validate_config({"data_root": "x"})["detectors"]["destseg"], "teacher_weights": str(path)}
+    cfg["zero_init_last"] = False
+    tr = DestsegTrainer(cfg, seed=0, tau=1.0, device="cpu", n_train=4, mixed_precision="no")
     assert tr.teacher_info["teacher_layout"] == "timm-checkpoint"
     assert torch.equal(tr.model.teacher.layers[0][0].conv1.weight, reference.layer1[0].conv1.weight)
 

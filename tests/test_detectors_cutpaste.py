@@ -19,6 +19,11 @@ def _noise(size=48, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
+# The schema's CutPaste patch shape (detectors.cutpaste) and a baseline's absent generated branch.
+CUTPASTE = {"area_ratio": (0.02, 0.15), "aspect_ratio": 0.3}
+BASELINE = dict(mix_prob=None, weak_on_synthetic=None, generated_normal_prob=None, augment_generated=None)
+
+
 def _rect(mask):
     ys, xs = np.nonzero(mask)
     return ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -26,7 +31,8 @@ def _rect(mask):
 
 @pytest.mark.parametrize("jitter", [0.0, 0.1])
 def test_mask_is_exactly_where_the_image_changed(jitter):
-    synth = CutPasteSynthesizer(DestsegSynthesizer(None, rotate_90=False, random_rotate=0.0), color_jitter=jitter)
+    recipe = DestsegSynthesizer(None, rotate_90=False, random_rotate=0.0)
+    synth = CutPasteSynthesizer(recipe, **CUTPASTE, color_jitter=jitter)
     normal = _noise()
     n_anom = 0
     for seed in range(60):
@@ -62,7 +68,7 @@ def test_mask_is_exactly_where_the_image_changed(jitter):
 
 
 def test_draem_recipe_keeps_half_normal_and_its_rotation():
-    synth = CutPasteSynthesizer(DraemSynthesizer(None), color_jitter=0.1)
+    synth = CutPasteSynthesizer(DraemSynthesizer(None), **CUTPASTE, color_jitter=0.1)
     normal = _noise(32)
     anom = rotated = 0
     for seed in range(200):
@@ -88,9 +94,12 @@ def test_stream_uses_cutpaste_and_needs_no_textures(tmp_path):
         seed=0,
         batch_size=8,
         train_images=paths,
+        generated=[],
         textures=None,
+        **BASELINE,
         synthetic_source="cutpaste",
-        cutpaste={"area_ratio": (0.05, 0.1), "color_jitter": 0.0},
+        resize="squash",
+        cutpaste={"area_ratio": (0.05, 0.1), "aspect_ratio": 0.3, "color_jitter": 0.0},
     )
     b = stream.batch(0)
     assert (b["kind"] == KIND_SYNTHETIC).all()
@@ -98,7 +107,17 @@ def test_stream_uses_cutpaste_and_needs_no_textures(tmp_path):
     assert ((b["mask"][:, 0] > 0) == changed).float().mean() > 0.99
     with pytest.raises(ValueError, match="TextureSource"):
         TrainStream(
-            detector="draem", variant="baseline", image_size=32, seed=0, batch_size=2, train_images=paths, textures=None
+            detector="draem",
+            variant="baseline",
+            image_size=32,
+            seed=0,
+            batch_size=2,
+            train_images=paths,
+            generated=[],
+            textures=None,
+            **BASELINE,
+            synthetic_source="draem",
+            resize="squash",
         )
 
 
@@ -137,4 +156,4 @@ def test_bad_area_ratio_names_the_key():
     from anogen.detectors.train import _cutpaste_args
 
     with pytest.raises(ConfigError, match="detectors.cutpaste.area_ratio"):
-        _cutpaste_args({"area_ratio": [0.3, 0.1]})
+        _cutpaste_args({"area_ratio": [0.3, 0.1], "aspect_ratio": 0.3, "color_jitter": 0.1})

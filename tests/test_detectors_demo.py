@@ -23,6 +23,9 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
         "variant": "baseline",
         "image_size": 64,
         "seed": 0,
+        "mixed_precision": "no",
+        "resize": "squash",
+        "synthetic_source": "draem",
         "texture_source": None,
         "draem": {
             "epochs": 50,
@@ -33,6 +36,7 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
             "disc_base_width": 8,
             "ssim_weight": 1.0,
             "focal_gamma": 2.0,
+            "focal_smooth": 1e-5,
             "score_pool": 21,
             # The default (null) infers the SSIM range from the reconstruction as the
             # official code does; this 50-epoch, 16-wide run reconstructs below -0.5
@@ -43,14 +47,14 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
     }
     out = tmp_path / "draem"
     train_detector(
-        detector="draem",
-        variant="baseline",
         spec=spec,
         train_images=index.train_good,
         generated_manifests=[],
         out_dir=out,
         key="demo",
         inputs={},
+        device="cpu",
+        checkpoint_every=500,
     )
     losses = [float(r["loss"]) for r in csv.DictReader((out / "train_log.csv").open())]
     assert sum(losses[-10:]) / 10 < 0.9 * sum(losses[:10]) / 10

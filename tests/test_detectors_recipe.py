@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from anogen.config import Plan, deep_update, validate_config
+from anogen.data.mvtec import relative_to_root
 from anogen.detectors.data import (
     KIND_GENERATED,
     KIND_GENERATED_NORMAL,
@@ -26,9 +27,9 @@ from anogen.detectors.data import (
 )
 from anogen.detectors.losses import focal_map, infer_value_range, ssim, ssim_loss, weak_focal_loss
 from anogen.detectors.perlin import rotate_array
-from anogen.detectors.precision import detector_autocast, effective_precision, grad_scaler
 from anogen.detectors.textures import TextureSource
 from anogen.detectors.train import build_trainer, train_detector
+from anogen.devices import autocast, effective_precision, grad_scaler
 from anogen.io import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +65,9 @@ def data(tmp_path_factory):
         Image.fromarray(img).save(gen / "images" / name)
         Image.fromarray(box).save(gen / "masks" / name)
         files += [f"images/{name}", f"masks/{name}"]
-        items.append({"image": f"images/{name}", "mask": f"masks/{name}", "source_image": str(src)})
+        items.append({"image": f"images/{name}", "mask": f"masks/{name}", "source_image": relative_to_root(root, src)})
     manifest = write_manifest(gen, stage="generation", key="g" * 12, spec={}, files=files, extra={"items": items})
-    return {"train": train, "manifest": manifest, "items": load_generated_items([manifest], train)}
+    return {"train": train, "manifest": manifest, "items": load_generated_items([manifest], train, root)}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,24 @@ def textures():
     return TextureSource.from_config(None)
 
 
+# The values TrainStream's callers pass unless a test says otherwise.
+STREAM = dict(
+    mix_prob=0.5,
+    weak_on_synthetic=True,
+    generated_normal_prob=0.0,
+    augment_generated=False,
+    synthetic_source="draem",
+    resize="squash",
+)
+
+
+def _schema(detector):
+    """The schema's section ``detectors.<detector>`` (every default filled)."""
+    return validate_config({"data_root": "x"})["detectors"][detector]
+
+
 def _stream(data, textures, detector="draem", variant="anogen", **kw):
+    kw = {**STREAM, **kw}
     return TrainStream(
         detector=detector,
         variant=variant,
@@ -142,14 +160,14 @@ def test_generated_normal_prob_reaches_the_stream_from_the_spec(data, textures, 
     T.TrainStream = spy
     try:
         manifest = train_detector(
-            detector="draem",
-            variant="anogen",
             spec=spec,
             train_images=data["train"],
             generated_manifests=[data["manifest"]],
             out_dir=tmp_path / "d",
             key="k" * 12,
             inputs={},
+            device="cpu",
+            checkpoint_every=500,
         )
     finally:
         T.TrainStream = orig
@@ -245,10 +263,10 @@ def test_augmented_stream_is_still_a_pure_function_of_seed_and_step(data, textur
 
 
 def test_destseg_trainer_thresholds_a_soft_mask_at_one_half():
-    from anogen.detectors.destseg.model import DestsegTrainer
+    from anogen.detectors.destseg.trainer import DestsegTrainer
 
     captured = {}
-    import anogen.detectors.destseg.model as M
+    import anogen.detectors.destseg.loss as M
 
     orig = M.weak_focal_loss
 
@@ -259,11 +277,12 @@ def test_destseg_trainer_thresholds_a_soft_mask_at_one_half():
     M.weak_focal_loss = spy
     try:
         tr = DestsegTrainer(
-            {"steps": 2, "student_steps": 0, "batch_size": 2, "zero_init_last": False},
+            {**_schema("destseg"), "steps": 2, "student_steps": 0, "batch_size": 2, "zero_init_last": False},
             seed=0,
             tau=1.0,
             device="cpu",
             n_train=1,
+            mixed_precision="no",
         )
         mask = torch.zeros(2, 1, 64, 64)
         mask[..., :, :32] = 0.6  # soft after a bilinear rotation: counts (>= 0.5)
@@ -298,7 +317,7 @@ def test_per_detector_tau_overrides_the_shared_one_and_keys_follow_the_effective
     assert a.key("detector", "cat_a", "destseg", "baseline") == b.key("detector", "cat_a", "destseg", "baseline")
     # the resolved tau is what the loss uses
     spec = p.spec("detector", "cat_a", "draem", "anogen")
-    assert build_trainer("draem", spec, "cpu", 4).tau == 0.9
+    assert build_trainer(spec, "cpu", 4).tau == 0.9
 
 
 def test_generated_branch_values_reach_only_the_generated_variants():
@@ -333,7 +352,7 @@ def test_precision_switch_defaults_to_fp32_and_reaches_the_key():
     assert grad_scaler("bf16", "cpu") is None and grad_scaler("no", "cuda") is None
     with pytest.raises(ValueError):
         effective_precision("fp8", "cuda")
-    with detector_autocast("auto", "cpu"):
+    with autocast("auto", "cpu"):
         assert not torch.is_autocast_enabled()
 
 
@@ -342,14 +361,14 @@ def test_precision_is_exported_for_prediction(data, textures, tmp_path):
 
     spec = _draem_spec(variant="baseline", mixed_precision="bf16")
     train_detector(
-        detector="draem",
-        variant="baseline",
         spec=spec,
         train_images=data["train"],
         generated_manifests=[],
         out_dir=tmp_path / "d",
         key="p" * 12,
         inputs={},
+        device="cpu",
+        checkpoint_every=500,
     )
     det = load_trained_detector(tmp_path / "d")
     assert det.mixed_precision == "bf16"
@@ -364,18 +383,20 @@ def test_precision_switch_on_cuda():
     net = DraemNet(8, 8).cuda().eval()
     x = torch.rand(2, 3, 64, 64, device="cuda")
     with torch.no_grad():
-        with detector_autocast("no", "cuda"):
+        with autocast("no", "cuda"):
             rec32, _ = net(x)
-        with detector_autocast("bf16", "cuda"):
+        with autocast("bf16", "cuda"):
             rec16, _ = net(x)
     assert rec32.dtype == torch.float32 and rec16.dtype == torch.bfloat16
 
 
 def _draem_spec(variant, **over):
     spec = {
+        "category": "cat_a",
         "detector": "draem",
         "variant": variant,
         "image_size": SIZE,
+        "resize": "squash",
         "seed": 0,
         "tau": 0.5,
         "mix_prob": 0.5,
@@ -456,9 +477,10 @@ def test_ssim_infers_the_value_range_from_the_reconstruction():
 
 
 def test_draem_trainer_uses_smoothing_and_ssim_range_from_config():
-    from anogen.detectors.draem.model import DraemTrainer
+    from anogen.detectors.draem.trainer import DraemTrainer
 
-    tr = DraemTrainer({"recon_base_width": 4, "disc_base_width": 4}, seed=0, tau=0.9, device="cpu", n_train=4)
+    cfg = {**_schema("draem"), "recon_base_width": 4, "disc_base_width": 4}
+    tr = DraemTrainer(cfg, seed=0, tau=0.9, device="cpu", n_train=4, mixed_precision="no")
     assert tr.cfg["focal_smooth"] == 1e-5 and tr.cfg["ssim_value_range"] is None
     schema = validate_config({"data_root": "/data"})["detectors"]["draem"]
     assert schema["focal_smooth"] == 1e-5 and schema["ssim_value_range"] is None
@@ -468,7 +490,7 @@ def test_zero_init_last_zeroes_the_last_bn_of_every_student_encoder_block():
     from anogen.detectors.destseg.network import DestsegNet
 
     torch.manual_seed(0)
-    net = DestsegNet()  # default: as timm's resnet18
+    net = DestsegNet(zero_init_last=_schema("destseg")["zero_init_last"])  # default: as timm's resnet18
     blocks = [b for layer in net.student.encoder.layers for b in layer]
     assert len(blocks) == 8
     for b in blocks:
@@ -489,14 +511,15 @@ def test_zero_init_last_zeroes_the_last_bn_of_every_student_encoder_block():
 
 
 def test_destseg_teacher_statistics_stay_frozen_during_training():
-    from anogen.detectors.destseg.model import DestsegTrainer
+    from anogen.detectors.destseg.trainer import DestsegTrainer
 
     tr = DestsegTrainer(
-        {"steps": 4, "student_steps": 2, "batch_size": 2, "zero_init_last": False},
+        {**_schema("destseg"), "steps": 4, "student_steps": 2, "batch_size": 2, "zero_init_last": False},
         seed=0,
         tau=1.0,
         device="cpu",
         n_train=2,
+        mixed_precision="no",
     )
     before = {k: v.clone() for k, v in tr.model.teacher.state_dict().items()}
     batch = {

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from anogen.config import validate_config
 from anogen.detectors import train as train_mod
-from anogen.detectors.draem.model import DraemTrainer
+from anogen.detectors.draem.trainer import DraemTrainer
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +40,10 @@ def test_channels_last_draem_step_is_the_same_function(_float64):
     ~1e-10. (In float32 the gradients of this randomly initialised network differ by up to
     ~20% in norm from round-off alone -- BatchNorm and SSIM at init are ill-conditioned --
     so float32 agreement is not a meaningful test of the layout change.)"""
-    cfg = {"epochs": 2, "batch_size": 4, "recon_base_width": 8, "disc_base_width": 8}
-    plain = DraemTrainer(dict(cfg), seed=0, tau=0.9, device="cpu", n_train=8)
-    fast = DraemTrainer(dict(cfg), seed=0, tau=0.9, device="cpu", n_train=8)
+    cfg = validate_config({"data_root": "x"})["detectors"]["draem"]
+    cfg.update(epochs=2, batch_size=4, recon_base_width=8, disc_base_width=8)
+    plain = DraemTrainer(dict(cfg), seed=0, tau=0.9, device="cpu", n_train=8, mixed_precision="no")
+    fast = DraemTrainer(dict(cfg), seed=0, tau=0.9, device="cpu", n_train=8, mixed_precision="no")
     fast.model.load_state_dict(plain.model.state_dict())
     train_mod.to_channels_last(fast)
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))

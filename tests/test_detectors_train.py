@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from anogen.data.mvtec import relative_to_root
 from anogen.detectors import load_trained_detector, train_detector
 from anogen.detectors.data import (
     KIND_GENERATED,
@@ -21,7 +22,7 @@ from anogen.detectors.data import (
     load_generated_items,
 )
 from anogen.detectors.textures import TextureSource
-from anogen.errors import IntegrityError
+from anogen.errors import DataError, IntegrityError
 from anogen.io import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def tiny(tmp_path_factory):
             {
                 "image": f"images/{name}",
                 "mask": f"masks/{name}",
-                "source_image": str(src),
+                "source_image": relative_to_root(root, src),
                 "box": {"x": int(x0), "y": int(y0), "w": int(w), "h": int(h)},
                 "seed": i,
             }
@@ -103,16 +104,20 @@ def tiny(tmp_path_factory):
 
 
 def _spec(detector: str, variant: str, **over) -> dict:
+    """A full detector spec, keyed as ``Plan.detector_spec`` writes it."""
     spec = {
+        "category": "tiny",
         "detector": detector,
         "variant": variant,
         "image_size": 32,
         "seed": 0,
-        "tau": 0.9,
-        "mix_prob": 0.5,
-        "weak_on_synthetic": True,
+        "mixed_precision": "no",
+        "resize": "squash",
+        "synthetic_source": "draem",
         "texture_source": None,
     }
+    if variant != "baseline":
+        spec.update(tau=0.9, mix_prob=0.5, weak_on_synthetic=True, generated_normal_prob=0.0, augment_generated=False)
     if detector == "draem":
         spec["draem"] = {
             "epochs": 6,
@@ -123,6 +128,8 @@ def _spec(detector: str, variant: str, **over) -> dict:
             "disc_base_width": 8,
             "ssim_weight": 1.0,
             "focal_gamma": 2.0,
+            "focal_smooth": 1e-5,
+            "ssim_value_range": None,
             "score_pool": 21,
         }
     else:
@@ -153,9 +160,19 @@ def _spec(detector: str, variant: str, **over) -> dict:
 
 # ----------------------------------------------------------------------------- streams
 
+# The values TrainStream's callers pass unless a test says otherwise.
+STREAM = dict(
+    mix_prob=0.5,
+    weak_on_synthetic=True,
+    generated_normal_prob=0.0,
+    augment_generated=False,
+    synthetic_source="draem",
+    resize="squash",
+)
+
 
 def test_generated_items_are_verified(tiny, tmp_path):
-    items = load_generated_items([tiny["manifest"]], tiny["train"])
+    items = load_generated_items([tiny["manifest"]], tiny["train"], tiny["root"])
     assert len(items) == 8
     assert items[0].source == tiny["train"][0]
     # a damaged cached image stops the run with a message naming it
@@ -166,12 +183,31 @@ def test_generated_items_are_verified(tiny, tmp_path):
     victim = copy / "images" / "0003.png"
     victim.write_bytes(victim.read_bytes()[:-20])
     with pytest.raises(IntegrityError, match="0003.png"):
-        load_generated_items([copy / "manifest.json"], tiny["train"])
+        load_generated_items([copy / "manifest.json"], tiny["train"], tiny["root"])
+
+
+def test_generated_sources_resolve_against_the_data_root(tiny, tmp_path):
+    """``source_image`` is data-root-relative: ``root / source_image`` must be a training image."""
+    items = load_generated_items([tiny["manifest"]], tiny["train"], tiny["root"])
+    manifest = json.loads(tiny["manifest"].read_text())
+    rels = [it["source_image"] for it in manifest["extra"]["items"]]
+    assert rels[0] == "train/good/000.png"
+    assert [it.source for it in items] == [tiny["root"] / r for r in rels]
+    # without a root, the one root that makes every item a training image (train_detector's call)
+    assert load_generated_items([tiny["manifest"]], tiny["train"], None) == items
+    # a source that is not a training image names the manifest and the item
+    with pytest.raises(DataError, match=r"manifest.json.*0000.png.*train/good/000.png"):
+        load_generated_items([tiny["manifest"]], tiny["train"][1:], tiny["root"])
+    with pytest.raises(DataError, match=r"manifest.json.*0000.png"):
+        load_generated_items([tiny["manifest"]], tiny["train"][1:], None)
+    # a wrong data root is not rescued by a path-suffix guess
+    with pytest.raises(DataError, match="not one of the training images"):
+        load_generated_items([tiny["manifest"]], tiny["train"], tmp_path)
 
 
 def test_stream_is_a_pure_function_of_seed_and_step(tiny):
     textures = TextureSource.from_config(None)
-    items = load_generated_items([tiny["manifest"]], tiny["train"])
+    items = load_generated_items([tiny["manifest"]], tiny["train"], tiny["root"])
 
     def make(variant, **kw):
         return TrainStream(
@@ -183,7 +219,7 @@ def test_stream_is_a_pure_function_of_seed_and_step(tiny):
             train_images=tiny["train"],
             generated=items,
             textures=textures,
-            **kw,
+            **{**STREAM, **kw},
         )
 
     a, b = make("anogen"), make("anogen")
@@ -220,14 +256,15 @@ _RUNNER = textwrap.dedent(
     logging.basicConfig(level=logging.INFO)
     import torch
     torch.set_num_threads(1)
+    import anogen.resumable as R
     from anogen.detectors import train as T
     cfg = json.loads(Path(sys.argv[1]).read_text())
     kill_at = cfg.pop("kill_at")
     if kill_at:
-        def _hook(step):
+        def _hook(job, step):
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-        T._after_step = _hook
+        R.after_progress = _hook
     cfg["train_images"] = [Path(p) for p in cfg["train_images"]]
     cfg["generated_manifests"] = [Path(p) for p in cfg["generated_manifests"]]
     cfg["out_dir"] = Path(cfg["out_dir"])
@@ -256,9 +293,8 @@ def _resume_case(tiny, tmp_path, detector, kill_at, checkpoint_every):
 
     spec = _spec(detector, "anogen")
     common = dict(
-        detector=detector,
-        variant="anogen",
         spec=spec,
+        device="cpu",
         train_images=[str(p) for p in tiny["train"]],
         generated_manifests=[str(tiny["manifest"])],
         key="k" * 12,
@@ -300,9 +336,8 @@ def test_rerun_of_a_finished_job_rewrites_only_the_manifest(tiny, tmp_path, capl
     """Snakemake reruns a finished job when a runtime-only param changes: no retraining."""
     spec = _spec("draem", "baseline")
     kw = dict(
-        detector="draem",
-        variant="baseline",
         spec=spec,
+        device="cpu",
         train_images=tiny["train"],
         generated_manifests=[],
         out_dir=tmp_path / "d",
@@ -352,8 +387,6 @@ def test_destseg_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
 def test_destseg_trains_both_phases_and_predicts(tiny, tmp_path):
     spec = _spec("destseg", "generated_only", destseg={"steps": 4, "student_steps": 2})
     manifest = train_detector(
-        detector="destseg",
-        variant="generated_only",
         spec=spec,
         train_images=tiny["train"],
         generated_manifests=[tiny["manifest"]],
@@ -361,6 +394,8 @@ def test_destseg_trains_both_phases_and_predicts(tiny, tmp_path):
         key="x" * 12,
         inputs={},
         extra={"lease": {"device": "cpu"}},
+        device="cpu",
+        checkpoint_every=500,
     )
     extra = json.loads(manifest.read_text())["extra"]
     assert extra["lease"] == {"device": "cpu"}
@@ -378,14 +413,14 @@ def test_destseg_trains_both_phases_and_predicts(tiny, tmp_path):
 def test_load_trained_detector_verifies_files(tiny, tmp_path):
     spec = _spec("draem", "baseline", draem={"epochs": 1})
     train_detector(
-        detector="draem",
-        variant="baseline",
         spec=spec,
         train_images=tiny["train"],
         generated_manifests=[],
         out_dir=tmp_path / "m",
         key="y" * 12,
         inputs={},
+        device="cpu",
+        checkpoint_every=500,
     )
     det = load_trained_detector(tmp_path / "m")
     assert det.image_size == 32
@@ -399,30 +434,60 @@ def test_load_trained_detector_verifies_files(tiny, tmp_path):
         load_trained_detector(tmp_path / "m")
 
 
+def test_a_detector_without_its_recorded_precision_is_refused(tiny, tmp_path):
+    """Prediction autocasts as training did: model_config.json must say how (no guessed default)."""
+    from anogen.io import sha256_file
+
+    out = tmp_path / "m"
+    spec = _spec("draem", "baseline", draem={"epochs": 1})
+    train_detector(
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[],
+        out_dir=out,
+        key="y" * 12,
+        inputs={},
+        device="cpu",
+        checkpoint_every=500,
+    )
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["draem"]["mixed_precision"] == "no"
+    del config["draem"]["mixed_precision"]
+    (out / "model_config.json").write_text(json.dumps(config))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["model_config.json"] = {
+        "sha256": sha256_file(out / "model_config.json"),
+        "bytes": (out / "model_config.json").stat().st_size,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="draem.mixed_precision"):
+        load_trained_detector(out)
+
+
 def test_bad_config_is_reported(tiny, tmp_path):
     from anogen.errors import ConfigError, DataError
 
     with pytest.raises(ConfigError, match="detectors.image_size"):
         train_detector(
-            detector="draem",
-            variant="baseline",
             spec=_spec("draem", "baseline", image_size=48),
             train_images=tiny["train"],
             generated_manifests=[],
             out_dir=tmp_path / "a",
             key="z" * 12,
             inputs={},
+            device="cpu",
+            checkpoint_every=500,
         )
     with pytest.raises(DataError, match="generated"):
         train_detector(
-            detector="draem",
-            variant="anogen",
             spec=_spec("draem", "anogen"),
             train_images=tiny["train"],
             generated_manifests=[],
             out_dir=tmp_path / "b",
             key="z" * 12,
             inputs={},
+            device="cpu",
+            checkpoint_every=500,
         )
 
 
@@ -433,14 +498,14 @@ def test_short_draem_run_lowers_loss_and_beats_chance(tiny, tmp_path):
 
     spec = _spec("draem", "baseline", draem={"epochs": 30, "batch_size": 8})  # 60 steps
     train_detector(
-        detector="draem",
-        variant="baseline",
         spec=spec,
         train_images=tiny["train"],
         generated_manifests=[],
         out_dir=tmp_path / "q",
         key="q" * 12,
         inputs={},
+        device="cpu",
+        checkpoint_every=500,
     )
     import csv
 
@@ -464,8 +529,6 @@ def test_loader_workers_give_the_same_model(tiny, tmp_path):
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
         train_detector(
-            detector="draem",
-            variant="anogen",
             spec=spec,
             train_images=tiny["train"],
             generated_manifests=[tiny["manifest"]],
@@ -473,6 +536,8 @@ def test_loader_workers_give_the_same_model(tiny, tmp_path):
             key="w" * 12,
             inputs={},
             num_workers=workers,
+            device="cpu",
+            checkpoint_every=500,
         )
         dirs.append(out)
     a, b = (load_file(d / "model.safetensors") for d in dirs)

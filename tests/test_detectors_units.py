@@ -213,6 +213,50 @@ def test_tau_one_equals_plain_box_supervision_exactly():
     assert torch.equal(lw, plain)
 
 
+def test_draem_loss_is_l2_plus_weighted_ssim_plus_the_weak_focal_loss():
+    from anogen.detectors.draem.loss import DraemLoss
+
+    g = torch.Generator().manual_seed(1)
+    rec, clean = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    logit = 4 * torch.randn(2, 1, 16, 16, generator=g)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1
+    weak = torch.tensor([True, False])
+    cfg = {"ssim_weight": 0.5, "focal_gamma": 2.0, "focal_smooth": 1e-5, "ssim_value_range": None}
+    loss, terms = DraemLoss(cfg, tau=0.9)(rec, clean, logit, mask, weak)
+    focal, weight = weak_focal_loss(logit, mask, 0.9, 2.0, apply=weak, smooth=1e-5)
+    l2 = ((rec - clean) ** 2).mean()
+    assert torch.allclose(terms["l2"], l2) and torch.equal(terms["focal"], focal)
+    assert torch.equal(terms["ssim"], ssim_loss(rec, clean)) and torch.equal(terms["weight"], weight)
+    assert torch.equal(loss, terms["l2"] + 0.5 * terms["ssim"] + focal)
+    assert weight[1].eq(1).all() and not weight[0].eq(1).all()  # only the weak sample drops pixels
+    # a baseline (no tau): the plain focal loss, bit for bit the weak loss without weak samples
+    none = torch.zeros(2, dtype=torch.bool)
+    base, bterms = DraemLoss(cfg, tau=None)(rec, clean, logit, mask, none)
+    plain, _ = weak_focal_loss(logit, mask, 0.9, 2.0, apply=none, smooth=1e-5)
+    assert torch.equal(bterms["focal"], plain) and bterms["weight"].eq(1).all()
+    assert torch.equal(bterms["focal"], focal_loss(logit, mask, 2.0, 1e-5))
+
+
+def test_destseg_loss_is_focal_plus_l1_on_the_thresholded_mask():
+    from anogen.detectors.destseg.loss import DestsegLoss
+
+    g = torch.Generator().manual_seed(2)
+    logit = 3 * torch.randn(2, 1, 8, 8, generator=g)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1  # bilinear 32 -> 8 of an aligned 16 px square, >= 0.5
+    weak = torch.tensor([True, True])
+    loss, terms = DestsegLoss({"focal_gamma": 4.0}, tau=0.5)(logit, mask, weak)
+    focal, weight = weak_focal_loss(logit, target, 0.5, 4.0, apply=weak)
+    l1 = (torch.sigmoid(logit) - target).abs().mean()
+    assert torch.equal(terms["focal"], focal) and torch.equal(terms["weight"], weight)
+    assert torch.allclose(terms["l1"], l1) and torch.equal(loss, focal + terms["l1"])
+    _, bterms = DestsegLoss({"focal_gamma": 4.0}, tau=None)(logit, mask, torch.zeros(2, dtype=torch.bool))
+    assert torch.equal(bterms["focal"], focal_loss(logit, target, 4.0)) and bterms["weight"].eq(1).all()
+
+
 def test_ssim():
     torch.manual_seed(0)
     a = torch.rand(2, 3, 32, 32)
@@ -261,7 +305,8 @@ def _draem_reference_counts():
 
 
 def test_draem_parameter_count_matches_published_architecture():
-    from anogen.detectors.draem.network import DraemNet, count_parameters
+    from anogen.detectors.common import count_parameters
+    from anogen.detectors.draem.network import DraemNet
 
     recon_ref, disc_ref = _draem_reference_counts()
     # The numbers: 69,048,579 + 28,374,146 = 97,422,725 ("~97M" in the method notes),
@@ -287,8 +332,8 @@ def _basic_block(cin, c):
 def test_destseg_parameter_count_matches_published_architecture():
     from torchvision.models import resnet18
 
+    from anogen.detectors.common import count_parameters
     from anogen.detectors.destseg.network import DestsegNet
-    from anogen.detectors.draem.network import count_parameters
 
     # Reference: apple/ml-destseg model/destseg.py + model_utils.py: teacher = timm resnet18
     # features 1-3 (frozen), student = timm resnet18 features 1-4 + decoder of BasicBlock
@@ -307,7 +352,7 @@ def test_destseg_parameter_count_matches_published_architecture():
     assert teacher_ref == 2_782_784 and encoder_ref == 11_176_512
     assert (encoder_ref + decoder_ref, seg_ref) == (24_665_024, 7_706_369)
 
-    net = DestsegNet()
+    net = DestsegNet(zero_init_last=True)
     assert count_parameters(net.teacher) == teacher_ref
     assert count_parameters(net.student) == encoder_ref + decoder_ref
     assert count_parameters(net.segmentation) == seg_ref
@@ -320,8 +365,8 @@ def test_destseg_parameter_count_matches_published_architecture():
 def test_destseg_teacher_weights_from_file(tmp_path, caplog):
     from torchvision.models import resnet18
 
-    from anogen.detectors.destseg.model import load_teacher_weights
     from anogen.detectors.destseg.network import DestsegNet
+    from anogen.detectors.destseg.trainer import load_teacher_weights
     from anogen.errors import ConfigError
 
     with pytest.raises(ConfigError, match="teacher_weights"):
@@ -332,6 +377,6 @@ def test_destseg_teacher_weights_from_file(tmp_path, caplog):
     torch.save(ref.state_dict(), path)
     state, info = load_teacher_weights(path)
     assert info["teacher"] == "imagenet" and info["teacher_weights"]["path"] == str(path)
-    net = DestsegNet()
+    net = DestsegNet(zero_init_last=True)
     net.teacher.load_torchvision_state(state)
     assert torch.equal(net.teacher.layers[2][1].conv2.weight, ref.layer3[1].conv2.weight)

@@ -2,9 +2,9 @@
 and/or generated anomalies.
 
 Public API:
-    train_detector(*, detector, variant, spec, train_images, generated_manifests, out_dir,
-                   key, inputs, device="cpu", checkpoint_every=500, texture_fallback=(),
-                   log_every=10, extra=None, category=None, num_workers=None) -> Path
+    train_detector(*, spec, train_images, generated_manifests, out_dir, key, inputs, device,
+                   checkpoint_every, extra=None, texture_fallback=(), num_workers=None,
+                   log_every=10) -> Path
     load_trained_detector(model_dir, device="cpu") -> TrainedDetector
         .image_size, .detector, .variant, .config
         .predict(images N,3,H,W float in [0, 1] at image_size)
@@ -32,11 +32,11 @@ class TrainedDetector:
         self.model = model.eval()
         self.config = config
         self.detector: str = config["detector"]
-        self.variant: str = config.get("variant", "")
+        self.variant: str = config["variant"]
         self.image_size: int = int(config["image_size"])
         self.device = device
-        # Detectors trained before the precision switch existed autocast on CUDA ("auto").
-        self.mixed_precision: str = config[self.detector].get("mixed_precision", "auto")
+        # What the detector was trained with (model_config.json records it).
+        self.mixed_precision: str = config[self.detector]["mixed_precision"]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -51,13 +51,13 @@ class TrainedDetector:
         for i in range(0, images.shape[0], batch_size):
             x = images[i : i + batch_size].to(self.device, torch.float32)
             if self.detector == "draem":
-                from anogen.detectors.draem.model import draem_predict
+                from anogen.detectors.draem.trainer import draem_predict
 
                 s, m = draem_predict(
                     self.model, x, self.config["draem"]["score_pool"], self.device, self.mixed_precision
                 )
             else:
-                from anogen.detectors.destseg.model import destseg_predict
+                from anogen.detectors.destseg.trainer import destseg_predict
 
                 s, m = destseg_predict(
                     self.model, x, self.config["destseg"]["top_k"], self.device, self.mixed_precision
@@ -80,7 +80,9 @@ def load_trained_detector(model_dir: str | Path, device: str = "cpu") -> Trained
     cfg_path = verify_file(manifest_path, CONFIG_FILE, manifest, hint)
     weights = verify_file(manifest_path, MODEL_FILE, manifest, hint)
     config = json.loads(cfg_path.read_text())
-    detector = config["detector"]
+    detector = config.get("detector")
+    if detector in ("draem", "destseg") and "mixed_precision" not in config.get(detector, {}):
+        raise IntegrityError(cfg_path, f"no {detector}.mixed_precision recorded (written by an older anogen)", hint)
     if detector == "draem":
         from anogen.detectors.draem.network import DraemNet
 
@@ -89,7 +91,7 @@ def load_trained_detector(model_dir: str | Path, device: str = "cpu") -> Trained
     elif detector == "destseg":
         from anogen.detectors.destseg.network import DestsegNet
 
-        model = DestsegNet()
+        model = DestsegNet(zero_init_last=False)  # every initial value is replaced by the weights below
     else:
         raise IntegrityError(cfg_path, f"unknown detector '{detector}'", hint)
     try:

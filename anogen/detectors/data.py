@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 import torch
 
+from anogen.data.mvtec import load_image
 from anogen.detectors.perlin import rotate_array
 from anogen.detectors.synthetic import (
     CutPasteSynthesizer,
@@ -82,14 +83,6 @@ def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------- image loading
 
 
-def _mvtec_loader() -> Callable[..., np.ndarray] | None:
-    try:
-        from anogen.data.mvtec import load_image  # written by the data stage
-    except ImportError:
-        return None
-    return load_image
-
-
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
@@ -98,19 +91,16 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def load_rgb(path: str | Path, size: int, resize: str = "squash") -> np.ndarray:
-    """uint8 size x size x 3 (via anogen.data.mvtec.load_image when that module exists).
+def load_rgb(path: str | Path, size: int, resize: str) -> np.ndarray:
+    """uint8 size x size x 3 via ``anogen.data.mvtec.load_image``.
 
-    ``resize`` (``anogen.data.geometry``) makes a non-square image square first; generated
-    images are square already, so only the normal training images depend on it.
+    ``resize`` (``anogen.data.geometry``, config ``resize``) makes a non-square image square
+    first; generated images are square already, so only the normal training images depend on it.
     """
-    loader = _mvtec_loader()
-    if loader is not None:
-        image = np.asarray(loader(path, size=size, resize=resize))
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        return resize_image(np.ascontiguousarray(image, dtype=np.uint8), size)
-    return resize_image(read_image(path, "RGB"), size)
+    image = np.asarray(load_image(path, size=size, resize=resize))
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return resize_image(np.ascontiguousarray(image, dtype=np.uint8), size)
 
 
 def load_binary_mask(path: str | Path, size: int) -> np.ndarray:
@@ -134,57 +124,66 @@ class GeneratedItem:
     name: str
 
 
-def _resolve_source(source: str, manifest_path: Path, train_images: Sequence[Path]) -> Path:
-    """Find the normal image a generated image was made from."""
-    candidates = [Path(source), manifest_path.parent / source]
-    for cand in candidates:
-        if cand.is_file():
-            return cand
-    # Match by the longest common path suffix among the training images.
-    parts = Path(source).parts
-    best, best_len = None, 0
-    for img in train_images:
-        ip = Path(img).parts
-        n = 0
-        while n < min(len(parts), len(ip)) and parts[-1 - n] == ip[-1 - n]:
-            n += 1
-        if n > best_len:
-            best, best_len = Path(img), n
-    if best is not None:
-        return best
-    raise DataError(
-        manifest_path,
-        f"source image '{source}' of a generated item is neither a file nor one of the training images",
-    )
+def _data_root_of(train_images: Sequence[Path], sources: list[tuple[Path, str, str]]) -> Path | None:
+    """The one directory ``R`` for which ``R / source_image`` is a training image for every item.
+
+    Exact, not a guess: a training image ``p`` admits ``R`` only when its last path components
+    equal *all* of ``source_image``'s, and every item must admit the same single ``R``. None
+    when every source is absolute (then no root is needed)."""
+    roots: set[Path] | None = None
+    for manifest, name, source in sources:
+        rel = Path(source)
+        if rel.is_absolute():
+            continue
+        k = len(rel.parts)
+        admitted = {Path(*p.parts[:-k]) for p in train_images if len(p.parts) >= k and p.parts[-k:] == rel.parts}
+        roots = admitted if roots is None else roots & admitted
+        if not roots:
+            raise DataError(
+                manifest,
+                f"item {name}: source_image '{source}' is not one of the training images (under one data root)",
+            )
+    if roots is not None and len(roots) > 1:
+        raise DataError(sources[0][0], f"the source images fit several data roots: {sorted(map(str, roots))}")
+    return None if roots is None else roots.pop()
 
 
-def load_generated_items(manifests: Sequence[str | Path], train_images: Sequence[Path] = ()) -> list[GeneratedItem]:
+def load_generated_items(
+    manifests: Sequence[str | Path], train_images: Sequence[str | Path], data_root: str | Path | None
+) -> list[GeneratedItem]:
     """Every item of every generation manifest; each image and mask is sha256-verified.
 
-    A damaged or missing cached file raises ``IntegrityError`` naming it.
+    An item's ``source_image`` is data-root-relative (``anogen.generation.run``); it must be one
+    of ``train_images`` (``data_root / source_image``), else ``DataError`` naming the manifest
+    and the item. ``data_root=None``: the root that makes every item a training image, if
+    there is exactly one (``_data_root_of``). A damaged or missing cached file raises
+    ``IntegrityError`` naming it.
     """
-    items: list[GeneratedItem] = []
+    train = [Path(p) for p in train_images]
+    entries: list[tuple[Path, dict, Path, Path]] = []
     for m in manifests:
         mpath = Path(m)
         if mpath.is_dir():
             mpath = mpath / "manifest.json"
         manifest = load_manifest(mpath)
         for entry in manifest.get("extra", {}).get("items", []):
-            try:
-                rel_img, rel_mask, source = entry["image"], entry["mask"], entry["source_image"]
-            except KeyError as exc:
-                raise DataError(mpath, f"generated item without {exc} field") from exc
-            image = verify_file(mpath, rel_img, manifest)
-            mask = verify_file(mpath, rel_mask, manifest)
-            items.append(
-                GeneratedItem(
-                    image=image,
-                    mask=mask,
-                    source=_resolve_source(source, mpath, train_images),
-                    manifest=mpath,
-                    name=rel_img,
-                )
+            missing = [f for f in ("image", "mask", "source_image") if f not in entry]
+            if missing:
+                raise DataError(mpath, f"generated item without '{missing[0]}' field")
+            image = verify_file(mpath, entry["image"], manifest)
+            entries.append((mpath, entry, image, verify_file(mpath, entry["mask"], manifest)))
+    if data_root is None:
+        data_root = _data_root_of(train, [(m, e["image"], e["source_image"]) for m, e, _, _ in entries])
+    known = set(train)
+    items: list[GeneratedItem] = []
+    for mpath, entry, image, mask in entries:
+        source = Path(data_root or "") / entry["source_image"]
+        if source not in known:
+            raise DataError(
+                mpath,
+                f"item {entry['image']}: source_image '{entry['source_image']}' ({source}) is not one of the training images",
             )
+        items.append(GeneratedItem(image=image, mask=mask, source=source, manifest=mpath, name=entry["image"]))
     return items
 
 
@@ -203,29 +202,29 @@ class TrainStream:
         seed: int,
         batch_size: int,
         train_images: Sequence[str | Path],
-        generated: Sequence[GeneratedItem] = (),
-        textures: TextureSource | None = None,
-        mix_prob: float = 0.5,
-        weak_on_synthetic: bool = True,
+        generated: Sequence[GeneratedItem],
+        textures: TextureSource | None,
+        mix_prob: float | None,
+        weak_on_synthetic: bool | None,
+        generated_normal_prob: float | None,
+        augment_generated: bool | None,
+        synthetic_source: str | None,
+        resize: str,
         destseg_rotation: tuple[bool, float] = (True, 5.0),
-        generated_normal_prob: float = 0.0,
-        augment_generated: bool = False,
-        synthetic_source: str = "draem",
         cutpaste: dict[str, Any] | None = None,
-        resize: str = "squash",
     ):
+        """The config values of the generated branch (``mix_prob``, ``weak_on_synthetic``,
+        ``generated_normal_prob``, ``augment_generated``) are None for a baseline, and
+        ``synthetic_source`` for ``generated_only``, as in ``Plan.detector_spec``;
+        ``destseg_rotation``: the category's ``synthetic.destseg_rotation_for``."""
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}")
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}")
         self.detector, self.variant = detector, variant
         self.size, self.seed, self.batch_size = int(image_size), int(seed), int(batch_size)
-        self.mix_prob, self.weak_on_synthetic = float(mix_prob), bool(weak_on_synthetic)
-        self.generated_normal_prob = float(generated_normal_prob)
-        self.augment_generated = bool(augment_generated)
+        self._generated_branch(variant, mix_prob, weak_on_synthetic, generated_normal_prob, augment_generated)
         self.destseg_rotation = (bool(destseg_rotation[0]), float(destseg_rotation[1]))
-        if synthetic_source not in SYNTHETIC_SOURCES:
-            raise ValueError(f"unknown synthetic_source {synthetic_source!r}")
         self.train_images = [Path(p) for p in train_images]
         if not self.train_images:
             raise DataError("<train images>", "no normal training images given")
@@ -235,24 +234,45 @@ class TrainStream:
                 "<generated manifests>",
                 f"variant '{variant}' needs generated anomalies, but the generation manifests list no items",
             )
-        if variant != "generated_only":
-            if textures is None and synthetic_source == "draem":
-                raise ValueError("synthetic anomalies need a TextureSource")
-            if detector == "draem":
-                self.synth: Any = DraemSynthesizer(textures)
-            else:
-                r90, small = destseg_rotation
-                self.synth = DestsegSynthesizer(textures, rotate_90=r90, random_rotate=small)
-            if synthetic_source == "cutpaste":
-                self.synth = CutPasteSynthesizer(self.synth, **(cutpaste or {}))
-        else:
-            self.synth = None
+        self.synth = None if variant == "generated_only" else self._synthesizer(textures, synthetic_source, cutpaste)
         # Normal images are small at training size: keep them all in memory.
         self.resize = resize
         self._normals = [load_rgb(p, self.size, resize) for p in self.train_images]
         self._by_path = {str(p): i for i, p in enumerate(self.train_images)}
         self._extra_sources: dict[str, np.ndarray] = {}
         self._perm_cache: tuple[int, np.ndarray] | None = None
+
+    def _generated_branch(self, variant, mix_prob, weak_on_synthetic, generated_normal_prob, augment_generated):
+        values = {
+            "mix_prob": mix_prob,
+            "weak_on_synthetic": weak_on_synthetic,
+            "generated_normal_prob": generated_normal_prob,
+            "augment_generated": augment_generated,
+        }
+        if variant == "baseline":
+            # Never read: a baseline draws no generated samples and marks none weak.
+            self.mix_prob = self.weak_on_synthetic = self.generated_normal_prob = self.augment_generated = None
+            return
+        missing = [name for name, value in values.items() if value is None]
+        if missing:
+            raise ValueError(f"variant {variant!r} needs {', '.join(missing)}")
+        self.mix_prob, self.weak_on_synthetic = float(mix_prob), bool(weak_on_synthetic)
+        self.generated_normal_prob = float(generated_normal_prob)
+        self.augment_generated = bool(augment_generated)
+
+    def _synthesizer(self, textures: TextureSource | None, synthetic_source: str | None, cutpaste: dict | None):
+        if synthetic_source not in SYNTHETIC_SOURCES:
+            raise ValueError(f"unknown synthetic_source {synthetic_source!r}")
+        if textures is None and synthetic_source == "draem":
+            raise ValueError("synthetic anomalies need a TextureSource")
+        if self.detector == "draem":
+            synth: Any = DraemSynthesizer(textures)
+        else:
+            r90, small = self.destseg_rotation
+            synth = DestsegSynthesizer(textures, rotate_90=r90, random_rotate=small)
+        if synthetic_source == "cutpaste":
+            synth = CutPasteSynthesizer(synth, **(cutpaste or {}))
+        return synth
 
     # -- budget helpers
     @property
@@ -305,7 +325,7 @@ class TrainStream:
         if plain_normal:
             image, mask = clean.copy(), np.zeros((self.size, self.size), np.uint8)
         else:
-            image = load_rgb(item.image, self.size).astype(np.float32) / 255.0
+            image = load_rgb(item.image, self.size, self.resize).astype(np.float32) / 255.0
             mask = load_binary_mask(item.mask, self.size)
         if self.augment_generated:
             image, clean, mask = self._augment_generated(image, clean, mask, rng)

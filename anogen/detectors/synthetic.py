@@ -302,15 +302,12 @@ class CutPasteSynthesizer:
         self,
         recipe: _Base,
         *,
-        area_ratio: tuple[float, float] = (0.02, 0.15),
-        aspect_ratio: float = 0.3,
-        color_jitter: float = 0.1,
+        area_ratio: tuple[float, float],
+        aspect_ratio: float,
+        color_jitter: float,
     ):
+        # Ranges: the schema (detectors.cutpaste) and train._cutpaste_args (min <= max).
         lo, hi = (float(v) for v in area_ratio)
-        if not 0 < lo <= hi < 1:
-            raise ValueError(f"area_ratio must satisfy 0 < lo <= hi < 1, got {area_ratio}")
-        if not 0 < aspect_ratio <= 1:
-            raise ValueError(f"aspect_ratio must lie in (0, 1], got {aspect_ratio}")
         self.recipe, self.area_ratio = recipe, (lo, hi)
         self.aspect_ratio, self.color_jitter = float(aspect_ratio), float(color_jitter)
 

@@ -71,11 +71,9 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 def load_skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> dict[str, np.ndarray]:
     """Load the bundled scikit-image photographs that are available offline (cached)."""
+    import skimage.data as skdata
+
     out: dict[str, np.ndarray] = {}
-    try:
-        import skimage.data as skdata
-    except ImportError:  # pragma: no cover - scikit-image is a dependency
-        return out
     for name in names:
         if name in _SKIMAGE_CACHE:
             out[name] = _SKIMAGE_CACHE[name]

@@ -10,11 +10,11 @@ Files written into ``out_dir``:
   ``extra``: texture source, teacher status (DeSTSeg), parameter counts, steps, final loss,
   and whatever the caller passes in ``extra`` (the device lease).
 
-Resuming: every ``checkpoint_every`` steps ``checkpoints/state.pt`` is replaced atomically
-(``anogen.checkpoint``): network and optimiser states, GradScaler state, the step, and all
-RNG states. Batches are a pure function of ``(seed, step)`` (see ``data.py``) and the
-learning rate a pure function of the step, so after a SIGKILL a rerun continues from the
-last checkpoint and, on CPU, ends with bit-identical weights. Once training is done the
+Resuming (``anogen.resumable.ResumableJob``): every ``checkpoint_every`` steps
+``checkpoints/state.pt`` is replaced atomically, key-checked: network and optimiser states,
+GradScaler state, the step, and all RNG states. Batches are a pure function of
+``(seed, step)`` (see ``data.py``) and the learning rate a pure function of the step, so
+after a SIGKILL a rerun continues from the last checkpoint and, on CPU, ends with bit-identical weights. Once training is done the
 checkpoint is replaced by ``checkpoints/finished.json`` (sha256 of the trained files), so a
 rerun of the finished job (Snakemake reruns it when a runtime-only param such as
 ``checkpoint_every`` changes) rewrites the manifest instead of training again.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -36,73 +35,304 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from anogen.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from anogen.detectors.data import (
-    DETECTORS,
-    SYNTHETIC_SOURCES,
-    VARIANTS,
-    TrainStream,
-    load_generated_items,
-    make_loader,
-)
-from anogen.detectors.precision import MODES as MIXED_PRECISION_MODES
-from anogen.detectors.precision import effective_precision
+from anogen.checkpoint import capture_rng, restore_rng
+from anogen.detectors.data import DETECTORS, VARIANTS, TrainStream, load_generated_items, make_loader
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
-from anogen.errors import ConfigError, IntegrityError
-from anogen.io import atomic_write_json, atomic_write_text, sha256_file, write_manifest
+from anogen.devices import effective_precision, is_cuda
+from anogen.errors import ConfigError
+from anogen.io import atomic_write_json, atomic_write_text
 from anogen.progress import Progress
+from anogen.resumable import ResumableJob
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 LOG_FILE = "train_log.csv"
-CHECKPOINT = Path("checkpoints") / "state.pt"
-FINISHED = Path("checkpoints") / "finished.json"  # lets a rerun of a finished job skip training
+FILES = (MODEL_FILE, CONFIG_FILE, LOG_FILE)
 FORMAT_VERSION = 1
 
 
-def _after_step(step: int) -> None:
-    """Called after every completed step (``step`` = steps done). Tests replace it."""
+def train_detector(
+    *,
+    spec: dict[str, Any],
+    train_images: Sequence[Path],
+    generated_manifests: Sequence[Path],
+    out_dir: Path,
+    key: str,
+    inputs: dict[str, str],
+    device: str,
+    checkpoint_every: int,
+    extra: dict[str, Any] | None = None,
+    texture_fallback: Sequence[Path] = (),
+    num_workers: int | None = None,
+    log_every: int = 10,
+) -> Path:
+    """Train, write ``out_dir`` (see module docstring) and return the manifest path.
+
+    ``spec``: exactly ``Plan.detector_spec`` (detector, variant and category included; the
+    generated-branch values only for non-baseline variants, the synthetic source only for
+    variants other than generated_only). ``generated_manifests``: stage-2 manifests, whose
+    items' data-root-relative ``source_image`` must be ``train_images``. ``extra`` is added
+    to the manifest's ``extra`` (the device lease).
+    """
+    _check_spec(spec)
+    detector, variant = spec["detector"], spec["variant"]
+    job = ResumableJob(out_dir, stage="detector", key=key, spec=spec, inputs=inputs)
+    # 0. a finished job rerun by Snakemake (a runtime-only param such as checkpoint_every
+    #    changed): the trained files are intact, so only the manifest is redone
+    finished = job.finished_record()
+    if finished is not None:
+        log.info("%s/%s: already trained (%s); rewriting the manifest only", detector, variant, job.finished_path)
+        return _write_manifest(job, {**finished["extra"], **(extra or {})})
+    # 1. sources and the sample stream
+    train_images = [Path(p) for p in train_images]
+    textures, texture_info = _textures(spec, texture_fallback)
+    # source_image is data-root-relative; the root is the one that makes every item a training
+    # image (exact, or a DataError: data._data_root_of)
+    generated = load_generated_items(generated_manifests, train_images, None) if variant != "baseline" else []
+    # 2. trainer (network, optimisers, loss) and stream
+    trainer = build_trainer(spec, device, len(train_images))
+    stream = build_stream(spec, trainer.batch_size, train_images, generated, textures)
+    # 3. resume from the checkpoint of an interrupted run, if any
+    start = _resume(job, trainer, detector, variant)
+    if start == 0:
+        log.info(
+            "%s/%s: training %d steps (batch %d, %d px, %d normal images, %d generated items) on %s",
+            *(detector, variant, trainer.total_steps, trainer.batch_size, stream.size),
+            *(len(train_images), len(generated), device),
+        )
+        log.info("parameters: %s; textures: %s", trainer.parameter_counts(), texture_info)
+    # 4. the training loop
+    speed = _speed_setup(trainer, device, num_workers)
+    loader = make_loader(
+        stream, start, trainer.total_steps, num_workers=speed["loader_workers"], pin_memory=is_cuda(device)
+    )
+    last = _train_loop(job, trainer, loader, start, checkpoint_every, log_every, f"{detector}/{variant}")
+    # 5. export: weights, model config, completion record, manifest last
+    _export_model(job.out_dir, trainer, spec)
+    sources = {"texture_source": texture_info, "n_train_images": len(train_images), "n_generated_items": len(generated)}
+    manifest_extra = _manifest_extra(spec, trainer, device, last, job.out_dir, speed, sources)
+    job.mark_finished(FILES, manifest_extra)
+    return _write_manifest(job, {**manifest_extra, **(extra or {})})
 
 
-def _check_spec(detector: str, variant: str, spec: dict[str, Any]) -> None:
+# ----------------------------------------------------------------------------- steps of train_detector
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    detector, variant = spec["detector"], spec["variant"]
     if detector not in DETECTORS:
         raise ConfigError("detectors.models", f"unknown detector '{detector}'")
     if variant not in VARIANTS:
         raise ConfigError("detectors.variants", f"unknown variant '{variant}'")
     size = int(spec["image_size"])
-    if size < 32 or size % 32:
+    if size < 32 or size % 32:  # the schema checks this too; tests call train_detector directly
         raise ConfigError(
             "detectors.image_size", f"must be a multiple of 32 (both networks downsample 32x), got {size}"
         )
-    tau = float(spec.get("tau", 0.9))
-    if not 0.0 <= tau <= 1.0:
-        raise ConfigError(f"detectors.{detector}.tau", f"must lie in [0, 1], got {tau}")
-    mode = spec.get("mixed_precision", "no")
-    if mode not in MIXED_PRECISION_MODES:
-        raise ConfigError("detectors.mixed_precision", f"must be one of {MIXED_PRECISION_MODES}, got {mode!r}")
-    source = spec.get("synthetic_source", "draem")
-    if source not in SYNTHETIC_SOURCES:
-        raise ConfigError("detectors.synthetic_source", f"must be one of {SYNTHETIC_SOURCES}, got {source!r}")
     if detector not in spec:
         raise ConfigError(f"detectors.{detector}", "section missing from the detector spec")
 
 
-def build_trainer(detector: str, spec: dict[str, Any], device: str, n_train: int):
-    if detector == "draem":
-        from anogen.detectors.draem.model import DraemTrainer as cls
+def _textures(spec: dict[str, Any], fallback: Sequence[Path]) -> tuple[TextureSource | None, dict[str, Any]]:
+    """The texture source of the synthetic branch and how the manifest describes it."""
+    if spec["variant"] == "generated_only":
+        return None, {"kind": "none", "note": "generated_only uses no synthetic anomalies"}
+    if spec["synthetic_source"] == "cutpaste":
+        return None, {"kind": "none", "note": "CutPaste anomalies need no textures"}
+    textures = TextureSource.from_config(spec["texture_source"], list(fallback))
+    return textures, textures.describe()
+
+
+def build_trainer(spec: dict[str, Any], device: str, n_train: int):
+    """The detector's trainer; ``tau`` is None for a baseline (its spec has none: no weak loss)."""
+    if spec["detector"] == "draem":
+        from anogen.detectors.draem.trainer import DraemTrainer as cls
     else:
-        from anogen.detectors.destseg.model import DestsegTrainer as cls
+        from anogen.detectors.destseg.trainer import DestsegTrainer as cls
     return cls(
-        dict(spec[detector]),
+        dict(spec[spec["detector"]]),
         seed=int(spec["seed"]),
-        tau=float(spec.get("tau", 0.9)),
+        tau=spec["tau"] if spec["variant"] != "baseline" else None,
         device=device,
         n_train=n_train,
-        mixed_precision=spec.get("mixed_precision", "no"),
+        mixed_precision=spec["mixed_precision"],
     )
+
+
+def build_stream(spec: dict[str, Any], batch_size: int, train_images, generated, textures) -> TrainStream:
+    """The sample stream of ``spec``: the generated-branch values exist for non-baseline
+    variants only, the synthetic source for variants other than generated_only."""
+    variant = spec["variant"]
+    branch = {name: spec[name] if variant != "baseline" else None for name in _GENERATED_BRANCH}
+    source = spec["synthetic_source"] if variant != "generated_only" else None
+    return TrainStream(
+        detector=spec["detector"],
+        variant=variant,
+        image_size=int(spec["image_size"]),
+        seed=int(spec["seed"]),
+        batch_size=batch_size,
+        train_images=train_images,
+        generated=generated,
+        textures=textures,
+        **branch,
+        synthetic_source=source,
+        resize=spec["resize"],
+        destseg_rotation=destseg_rotation_for(spec["category"]),
+        cutpaste=_cutpaste_args(spec["cutpaste"]) if source == "cutpaste" else None,
+    )
+
+
+_GENERATED_BRANCH = ("mix_prob", "weak_on_synthetic", "generated_normal_prob", "augment_generated")
+
+
+def _cutpaste_args(section: dict[str, Any]) -> dict[str, Any]:
+    """``detectors.cutpaste`` -> keyword arguments of ``CutPasteSynthesizer``."""
+    lo, hi = (float(v) for v in section["area_ratio"])
+    if not 0 < lo <= hi < 1:  # the schema bounds each end; the order is checked here
+        raise ConfigError("detectors.cutpaste.area_ratio", f"needs 0 < min <= max < 1, got [{lo}, {hi}]")
+    return {
+        "area_ratio": (lo, hi),
+        "aspect_ratio": float(section["aspect_ratio"]),
+        "color_jitter": float(section["color_jitter"]),
+    }
+
+
+def _resume(job: ResumableJob, trainer, detector: str, variant: str) -> int:
+    """The step to start at: that of the checkpoint of an interrupted run, else 0 (afresh)."""
+    state = job.load_state()
+    if state is None:
+        job.start_afresh()
+        return 0
+    start = job.restore(state, lambda s: _restore(trainer, s))
+    log.info(
+        "%s/%s: resuming from %s at step %d of %d", detector, variant, job.checkpoint_path, start, trainer.total_steps
+    )
+    return start
+
+
+def _state(trainer, step: int) -> dict[str, Any]:
+    return {
+        "step": step,
+        "total_steps": trainer.total_steps,
+        "model": trainer.model.state_dict(),
+        "optimizers": {n: o.state_dict() for n, o in trainer.optimizers().items()},
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "rng": capture_rng(),
+    }
+
+
+def _restore(trainer, state: dict[str, Any]) -> int:
+    if state.get("total_steps") != trainer.total_steps:
+        raise ValueError(f"it was written for {state.get('total_steps')} steps, not {trainer.total_steps}")
+    trainer.model.load_state_dict(state["model"])
+    for name, opt in trainer.optimizers().items():
+        opt.load_state_dict(state["optimizers"][name])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"])
+    return int(state["step"])
+
+
+def _speed_setup(trainer, device: str, num_workers: int | None) -> dict[str, Any]:
+    """Runtime-only speed settings (cudnn autotuning, memory layout, loader workers)."""
+    if is_cuda(device):
+        torch.backends.cudnn.benchmark = True
+    channels_last = use_channels_last(device)
+    if channels_last:
+        to_channels_last(trainer)
+    workers = _default_workers(device) if num_workers is None else int(num_workers)
+    return {"channels_last": channels_last, "loader_workers": workers}
+
+
+def _train_loop(job: ResumableJob, trainer, loader, start: int, checkpoint_every: int, log_every: int, what: str):
+    """Steps ``start..total``: one log row each, a checkpoint every ``checkpoint_every``
+    steps, the kill hook after each. Returns the last step's losses ({} if none ran)."""
+    total = trainer.total_steps
+    csv_log = _CsvLog(job.out_dir / LOG_FILE, trainer.log_columns, start)
+    progress = Progress(total, logger=log, what=f"{what} step", unit="steps", start=start, every=log_every)
+    t0 = time.perf_counter()
+    last: dict[str, float] = {}
+    step = start
+    try:
+        for batch in loader:
+            if int(batch["step"]) != step:  # pragma: no cover - loader contract
+                raise RuntimeError(f"loader produced step {int(batch['step'])}, expected {step}")
+            last = trainer.train_step(batch, step)
+            step += 1
+            csv_log.write({"step": step, **last, "seconds": time.perf_counter() - t0})
+            progress.update(step, lambda last=last: _progress_text(last))
+            if step % checkpoint_every == 0 and step < total:
+                csv_log.flush()
+                job.save_state(_state(trainer, step))
+            job.progressed(step)
+    finally:
+        csv_log.close()
+    return last
+
+
+def _progress_text(last: dict[str, float]) -> str:
+    losses = " ".join(
+        f"{k} {v:.4f}"
+        for k, v in last.items()
+        if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
+    )
+    return losses + f" lr {last['lr']:.3g}"
+
+
+def _export_model(out_dir: Path, trainer, spec: dict[str, Any]) -> None:
+    """``model.safetensors`` and ``model_config.json`` (what ``load_trained_detector`` reads)."""
+    model_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
+    save_file(model_state, str(out_dir / MODEL_FILE))
+    detector = spec["detector"]
+    config = {
+        "format_version": FORMAT_VERSION,
+        "detector": detector,
+        "variant": spec["variant"],
+        "image_size": int(spec["image_size"]),
+        detector: trainer.export_config(),
+    }
+    atomic_write_json(out_dir / CONFIG_FILE, config)
+
+
+def _manifest_extra(spec, trainer, device: str, last: dict[str, float], out_dir: Path, speed: dict, sources: dict):
+    detector, variant = spec["detector"], spec["variant"]
+    extra: dict[str, Any] = {
+        "detector": detector,
+        "variant": variant,
+        "texture_source": sources["texture_source"],
+        "parameters": trainer.parameter_counts(),
+        "steps": trainer.total_steps,
+        "batch_size": trainer.batch_size,
+        "n_train_images": sources["n_train_images"],
+        "n_generated_items": sources["n_generated_items"],
+        "final_loss": last.get("loss") if last else _last_logged_loss(out_dir / LOG_FILE),
+        "device": device,
+        "precision": {
+            "mixed_precision": spec["mixed_precision"],
+            "effective": effective_precision(spec["mixed_precision"], device),
+        },
+        "synthetic_source": spec["synthetic_source"] if variant != "generated_only" else None,
+        **speed,
+    }
+    if variant != "baseline":
+        extra["tau"] = float(spec["tau"])
+    if detector == "destseg":
+        extra.update(trainer.teacher_info)
+        r90, small = destseg_rotation_for(spec["category"])
+        extra["rotation"] = {"category": spec["category"], "rotate_90": r90, "random_rotate": small}
+    return extra
+
+
+def _write_manifest(job: ResumableJob, manifest_extra: dict[str, Any]) -> Path:
+    manifest = job.write_manifest(list(FILES), manifest_extra)
+    log.info("%s/%s: done, %s", manifest_extra["detector"], manifest_extra["variant"], manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- the training log
 
 
 class _CsvLog:
@@ -156,35 +386,6 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _state(trainer, step: int, key: str) -> dict[str, Any]:
-    return {
-        "key": key,
-        "step": step,
-        "total_steps": trainer.total_steps,
-        "model": trainer.model.state_dict(),
-        "optimizers": {n: o.state_dict() for n, o in trainer.optimizers().items()},
-        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        "rng": capture_rng(),
-    }
-
-
-def _restore(trainer, ckpt: dict[str, Any], path: Path, key: str) -> int:
-    if ckpt.get("key") != key or ckpt.get("total_steps") != trainer.total_steps:
-        raise IntegrityError(
-            path,
-            f"checkpoint belongs to key {ckpt.get('key')} / {ckpt.get('total_steps')} steps, "
-            f"not {key} / {trainer.total_steps}",
-            rebuild_hint=f"delete {path}",
-        )
-    trainer.model.load_state_dict(ckpt["model"])
-    for name, opt in trainer.optimizers().items():
-        opt.load_state_dict(ckpt["optimizers"][name])
-    if trainer.scaler is not None and ckpt.get("scaler"):
-        trainer.scaler.load_state_dict(ckpt["scaler"])
-    restore_rng(ckpt["rng"])
-    return int(ckpt["step"])
-
-
 # ----------------------------------------------------------------------------- speed (runtime-only)
 # Neither setting changes what is trained (batches are a pure function of (seed, step) whatever
 # the worker count; channels_last is the same function in another memory layout), so both stay
@@ -197,7 +398,7 @@ MAX_WORKERS = 16
 def use_channels_last(device: str) -> bool:
     """channels_last on CUDA (tensor-core convolutions without layout transposes) unless disabled.
     Off on CPU: there it slows DeSTSeg's student phase down (measured) and changes round-off."""
-    return str(device).startswith("cuda") and os.environ.get(CHANNELS_LAST_ENV, "1") != "0"
+    return is_cuda(device) and os.environ.get(CHANNELS_LAST_ENV, "1") != "0"
 
 
 def to_channels_last(trainer) -> None:
@@ -221,243 +422,10 @@ def _default_workers(device: str) -> int:
     override = os.environ.get(WORKERS_ENV)
     if override is not None and override.strip():
         return max(0, int(override))
-    if device != "cuda":
+    if not is_cuda(device):
         return 0
     slots = int(os.environ.get("ANOGEN_GPU_SLOTS") or 0) or max(1, torch.cuda.device_count())
     return max(0, min(MAX_WORKERS, _usable_cpus() // slots - 1))
-
-
-def train_detector(
-    *,
-    detector: str,
-    variant: str,
-    spec: dict[str, Any],
-    train_images: Sequence[Path],
-    generated_manifests: Sequence[Path],
-    out_dir: Path,
-    key: str,
-    inputs: dict[str, str],
-    device: str = "cpu",
-    checkpoint_every: int = 500,
-    texture_fallback: Sequence[Path] = (),
-    log_every: int = 10,
-    extra: dict[str, Any] | None = None,
-    category: str | None = None,
-    num_workers: int | None = None,
-) -> Path:
-    """Train, write ``out_dir`` (see module docstring) and return the manifest path.
-
-    ``spec``: {"detector", "variant", "image_size", "seed", "tau" (the detector's resolved
-    tau), "mix_prob", "weak_on_synthetic", "generated_normal_prob", "augment_generated",
-    "synthetic_source", "cutpaste", "texture_source", "mixed_precision",
-    "draem": {...} | "destseg": {...}} (missing keys: the neutral values of ``TrainStream``,
-    fp32, the DRAEM-style synthetic source).
-    ``category`` (default: ``spec.get("category")``) selects DeSTSeg's published
-    per-category rotation policy (``synthetic.DESTSEG_ROTATION``).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if category is None:
-        category = spec.get("category")
-    _check_spec(detector, variant, spec)
-    size, seed = int(spec["image_size"]), int(spec["seed"])
-    train_images = [Path(p) for p in train_images]
-
-    textures = None
-    source = spec.get("synthetic_source", "draem")
-    texture_info: dict[str, Any] = {"kind": "none", "note": "generated_only uses no synthetic anomalies"}
-    if variant != "generated_only" and source == "cutpaste":
-        texture_info = {"kind": "none", "note": "CutPaste anomalies need no textures"}
-    elif variant != "generated_only":
-        textures = TextureSource.from_config(spec.get("texture_source"), list(texture_fallback))
-        texture_info = textures.describe()
-    generated = load_generated_items(generated_manifests, train_images) if variant != "baseline" else []
-
-    trainer = build_trainer(detector, spec, device, len(train_images))
-    rotation = destseg_rotation_for(category)
-    stream = TrainStream(
-        detector=detector,
-        variant=variant,
-        image_size=size,
-        seed=seed,
-        batch_size=trainer.batch_size,
-        train_images=train_images,
-        generated=generated,
-        textures=textures,
-        mix_prob=float(spec.get("mix_prob", 0.5)),
-        weak_on_synthetic=bool(spec.get("weak_on_synthetic", True)),
-        destseg_rotation=rotation,
-        generated_normal_prob=float(spec.get("generated_normal_prob", 0.0)),
-        augment_generated=bool(spec.get("augment_generated", False)),
-        synthetic_source=source,
-        cutpaste=_cutpaste_args(spec.get("cutpaste")) if source == "cutpaste" else None,
-        resize=str(spec.get("resize", "squash")),
-    )
-    total = trainer.total_steps
-
-    ckpt_path = out_dir / CHECKPOINT
-    finished = _finished_record(out_dir, key)
-    if finished is not None:
-        # A completed job rerun by Snakemake (e.g. after a runtime-only param such as
-        # checkpoint_every changed): the trained files are intact, so only the manifest is redone.
-        log.info("%s/%s: already trained (%s); rewriting the manifest only", detector, variant, out_dir / FINISHED)
-        manifest_extra = {**finished["extra"], **(extra or {})}
-        return _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant)
-    start = 0
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        start = _restore(trainer, ckpt, ckpt_path, key)
-        log.info("%s/%s: resuming from %s at step %d of %d", detector, variant, ckpt_path, start, total)
-        del ckpt
-    else:
-        log.info(
-            "%s/%s: training %d steps (batch %d, %d px, %d normal images, %d generated items) on %s",
-            detector,
-            variant,
-            total,
-            trainer.batch_size,
-            size,
-            len(train_images),
-            len(generated),
-            device,
-        )
-        log.info("parameters: %s; textures: %s", trainer.parameter_counts(), texture_info)
-
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True
-    channels_last = use_channels_last(device)
-    if channels_last:
-        to_channels_last(trainer)
-    workers = _default_workers(device) if num_workers is None else int(num_workers)
-    loader = make_loader(stream, start, total, num_workers=workers, pin_memory=device == "cuda")
-    csv_log = _CsvLog(out_dir / LOG_FILE, trainer.log_columns, start)
-
-    t0 = time.perf_counter()
-    progress = Progress(
-        total, logger=log, what=f"{detector}/{variant} step", unit="steps", start=start, every=log_every
-    )
-    last: dict[str, float] = {}
-    step = start
-    try:
-        for batch in loader:
-            if int(batch["step"]) != step:  # pragma: no cover - loader contract
-                raise RuntimeError(f"loader produced step {int(batch['step'])}, expected {step}")
-            last = trainer.train_step(batch, step)
-            step += 1
-            csv_log.write({"step": step, **last, "seconds": time.perf_counter() - t0})
-            progress.update(
-                step,
-                lambda last=last: (
-                    " ".join(
-                        f"{k} {v:.4f}"
-                        for k, v in last.items()
-                        if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
-                    )
-                    + f" lr {last['lr']:.3g}"
-                ),
-            )
-            if step % checkpoint_every == 0 and step < total:
-                csv_log.flush()
-                save_checkpoint(ckpt_path, _state(trainer, step, key))
-            _after_step(step)
-    finally:
-        csv_log.close()
-
-    # ------------------------------------------------------------------ export
-    model_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
-    save_file(model_state, str(out_dir / MODEL_FILE))
-    config = {
-        "format_version": FORMAT_VERSION,
-        "detector": detector,
-        "variant": variant,
-        "image_size": size,
-        detector: trainer.export_config(),
-    }
-    atomic_write_json(out_dir / CONFIG_FILE, config)
-    final_loss = last.get("loss") if last else _last_logged_loss(out_dir / LOG_FILE)
-    manifest_extra: dict[str, Any] = {
-        "detector": detector,
-        "variant": variant,
-        "texture_source": texture_info,
-        "parameters": trainer.parameter_counts(),
-        "steps": total,
-        "batch_size": trainer.batch_size,
-        "n_train_images": len(train_images),
-        "n_generated_items": len(generated),
-        "final_loss": final_loss,
-        "device": device,
-        "precision": {
-            "mixed_precision": spec.get("mixed_precision", "no"),
-            "effective": effective_precision(spec.get("mixed_precision", "no"), device),
-        },
-        "synthetic_source": source if variant != "generated_only" else None,
-        "channels_last": channels_last,
-        "loader_workers": workers,
-    }
-    if variant != "baseline":
-        manifest_extra["tau"] = float(spec.get("tau", 0.9))
-    if detector == "destseg":
-        manifest_extra.update(trainer.teacher_info)
-        manifest_extra["rotation"] = {"category": category, "rotate_90": rotation[0], "random_rotate": rotation[1]}
-    # Record completion before dropping the (large) resumable state: a rerun of this finished
-    # job verifies the trained files against this record instead of training again.
-    atomic_write_json(
-        out_dir / FINISHED,
-        {
-            "key": key,
-            "files": {name: sha256_file(out_dir / name) for name in (MODEL_FILE, CONFIG_FILE, LOG_FILE)},
-            "extra": manifest_extra,
-        },
-    )
-    (out_dir / CHECKPOINT).unlink(missing_ok=True)
-    manifest_extra.update(extra or {})
-    return _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant)
-
-
-def _cutpaste_args(section: dict[str, Any] | None) -> dict[str, Any]:
-    """``detectors.cutpaste`` -> keyword arguments of ``CutPasteSynthesizer``."""
-    section = section or {}
-    args: dict[str, Any] = {}
-    if "area_ratio" in section:
-        lo, hi = (float(v) for v in section["area_ratio"])
-        if not 0 < lo <= hi < 1:
-            raise ConfigError("detectors.cutpaste.area_ratio", f"needs 0 < min <= max < 1, got [{lo}, {hi}]")
-        args["area_ratio"] = (lo, hi)
-    for name in ("aspect_ratio", "color_jitter"):
-        if name in section:
-            args[name] = float(section[name])
-    return args
-
-
-def _write_detector_manifest(out_dir, key, spec, inputs, manifest_extra, detector, variant) -> Path:
-    manifest = write_manifest(
-        out_dir,
-        stage="detector",
-        key=key,
-        spec=spec,
-        inputs=inputs,
-        files=[MODEL_FILE, CONFIG_FILE, LOG_FILE],
-        extra=manifest_extra,
-    )
-    log.info("%s/%s: done, %s", detector, variant, manifest)
-    return manifest
-
-
-def _finished_record(out_dir: Path, key: str) -> dict[str, Any] | None:
-    """The completion record of an earlier run of this job, if its files are all intact."""
-    path = out_dir / FINISHED
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    if record.get("key") != key:
-        return None
-    for name, digest in record.get("files", {}).items():
-        if not (out_dir / name).is_file() or sha256_file(out_dir / name) != digest:
-            return None
-    return record
 
 
 def _last_logged_loss(path: Path) -> float | None:

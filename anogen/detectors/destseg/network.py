@@ -5,7 +5,7 @@ Published layer plan (re-implemented with torchvision building blocks):
 Teacher: an ImageNet ResNet18 cut after ``layer3`` (features of layer1/2/3: 64, 128 and
     256 channels at 1/4, 1/8 and 1/16 of the input side); frozen, always in eval mode.
 Student: a randomly initialised full ResNet18 encoder (through ``layer4``, no pooling/fc;
-    with ``zero_init_last`` (default) the last BatchNorm gamma of every residual block starts
+    with ``zero_init_last`` (the schema's default) the last BatchNorm gamma of every residual block starts
     at 0, as timm's ``resnet18(pretrained=False)`` used by the official code initialises it;
     torchvision's default leaves it at 1) followed by a decoder of ResNet ``BasicBlock`` pairs: 512->512 at 1/32, then bilinear
     resizing to the teacher's layer3/2/1 sizes and 512->256, 256->128, 128->64 (the first
@@ -136,7 +136,7 @@ def teacher_state_layout(state: dict) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 class StudentNet(nn.Module):
-    def __init__(self, zero_init_last: bool = True):
+    def __init__(self, zero_init_last: bool):
         super().__init__()
         self.decoder4 = _res_layer(512, 512)
         self.decoder3 = _res_layer(512, 256)
@@ -194,7 +194,7 @@ class SegmentationNet(nn.Module):
 
 
 class DestsegNet(nn.Module):
-    def __init__(self, zero_init_last: bool = True):
+    def __init__(self, zero_init_last: bool):
         super().__init__()
         self.teacher = ResNet18Features(3)
         for p in self.teacher.parameters():

@@ -115,7 +115,7 @@ def init_weights(module: nn.Module) -> None:
 class DraemNet(nn.Module):
     """Both sub-networks. ``forward(x) -> (reconstruction, anomaly_logit N,1,H,W)``."""
 
-    def __init__(self, recon_base_width: int = 128, disc_base_width: int = 64):
+    def __init__(self, recon_base_width: int, disc_base_width: int):
         super().__init__()
         self.recon = ReconstructiveSubNetwork(3, 3, recon_base_width)
         self.disc = DiscriminativeSubNetwork(6, 2, disc_base_width)
@@ -129,7 +129,3 @@ class DraemNet(nn.Module):
 def anomaly_logit(two_class_logits: torch.Tensor) -> torch.Tensor:
     """``softmax(l)[:, 1] == sigmoid(l1 - l0)``: one anomaly logit per pixel (N,1,H,W)."""
     return two_class_logits[:, 1:2] - two_class_logits[:, 0:1]
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,13 +1,7 @@
-"""DRAEM training step, learning-rate schedule and scoring.
+"""DRAEM training step, learning-rate schedule and scoring (the loss: ``loss.DraemLoss``).
 
-Loss per step (DRAEM / AnoGen Eq. 3-4, 9):
-    L = MSE(rec, clean) + ssim_weight * (1 - SSIM_11(rec, clean)) + focal_gamma(mask),
-with the official code's small numeric details by default: the focal loss clamps its
-one-hot target with ``focal_smooth = 1e-5`` (``losses.focal_map``), and SSIM infers its
-value range from the reconstruction (``ssim_value_range: null``; ``losses.infer_value_range``).
-with the focal term replaced by the weak box loss (``losses.weak_focal_loss``) for the
-samples the stream marks ``weak``. The discriminative input is ``rec ++ image`` and, as in
-the published code, the segmentation loss also trains the reconstructive network.
+The discriminative input is ``rec ++ image`` and, as in the published code, the
+segmentation loss also trains the reconstructive network.
 
 Budget: ``epochs`` passes of ``ceil(n_train / batch_size)`` steps. Learning rate (Adam, both
 sub-networks): ``schedule='original'``: x0.2 from epoch 0.8*epochs and again from
@@ -24,23 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anogen.detectors.draem.network import DraemNet, count_parameters, init_weights
-from anogen.detectors.losses import ssim_loss, weak_focal_loss
-from anogen.detectors.precision import detector_autocast, grad_scaler
-
-DRAEM_DEFAULTS = {
-    "epochs": 700,
-    "batch_size": 8,
-    "learning_rate": 1e-4,
-    "schedule": "original",
-    "recon_base_width": 128,
-    "disc_base_width": 64,
-    "ssim_weight": 1.0,
-    "focal_gamma": 2.0,
-    "focal_smooth": 1e-5,
-    "ssim_value_range": None,
-    "score_pool": 21,
-}
+from anogen.detectors.common import backward_step, count_parameters
+from anogen.detectors.draem.loss import DraemLoss
+from anogen.detectors.draem.network import DraemNet, init_weights
+from anogen.devices import autocast, grad_scaler
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -61,6 +42,9 @@ def draem_scores(p_anomaly: torch.Tensor, pool: int) -> torch.Tensor:
 
 
 class DraemTrainer:
+    """``cfg``: the spec's ``draem`` section (every key the schema fills); ``tau``: the
+    resolved tau of a non-baseline variant, None for a baseline."""
+
     name = "draem"
     log_columns = ("loss", "l2", "ssim", "focal", "weak_dropped", "lr")
 
@@ -69,16 +53,18 @@ class DraemTrainer:
         cfg: dict[str, Any],
         *,
         seed: int,
-        tau: float,
+        tau: float | None,
         device: str,
         n_train: int,
-        mixed_precision: str = "no",
+        mixed_precision: str,
     ):
-        self.cfg = {**DRAEM_DEFAULTS, **cfg}
-        self.tau, self.device = float(tau), device
+        self.cfg = dict(cfg)
+        self.device = device
         self.mixed_precision = mixed_precision
+        self.loss = DraemLoss(self.cfg, tau)
+        self.tau = self.loss.tau
         torch.manual_seed(seed)
-        self.model = DraemNet(self.cfg["recon_base_width"], self.cfg["disc_base_width"])
+        self.model = DraemNet(int(self.cfg["recon_base_width"]), int(self.cfg["disc_base_width"]))
         init_weights(self.model)
         self.model.to(device)
         lr = float(self.cfg["learning_rate"])
@@ -127,48 +113,26 @@ class DraemTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with detector_autocast(self.mixed_precision, dev):
+        with autocast(self.mixed_precision, dev):
             rec, logit = self.model(image)
-        rec, logit = rec.float(), logit.float()
-        l2 = F.mse_loss(rec, clean)
-        value_range = self.cfg["ssim_value_range"]
-        ssim = ssim_loss(rec, clean, value_range=None if value_range is None else float(value_range))
-        focal, weight = weak_focal_loss(
-            logit,
-            mask,
-            self.tau,
-            float(self.cfg["focal_gamma"]),
-            apply=weak,
-            smooth=float(self.cfg["focal_smooth"]),
-        )
-        loss = l2 + float(self.cfg["ssim_weight"]) * ssim + focal
+        loss, terms = self.loss(rec.float(), clean, logit.float(), mask, weak)
         self.optimizer.zero_grad(set_to_none=True)
-        _backward_step(loss, self.optimizer, self.scaler)
+        backward_step(loss, self.optimizer, self.scaler)
         return {
             "loss": loss.item(),
-            "l2": l2.item(),
-            "ssim": ssim.item(),
-            "focal": focal.item(),
-            "weak_dropped": float((weight == 0).float().mean().item()),
+            "l2": terms["l2"].item(),
+            "ssim": terms["ssim"].item(),
+            "focal": terms["focal"].item(),
+            "weak_dropped": float((terms["weight"] == 0).float().mean().item()),
             "lr": lr,
         }
 
 
 @torch.no_grad()
-def draem_predict(model: DraemNet, images: torch.Tensor, pool: int, device: str, mixed_precision: str = "no"):
+def draem_predict(model: DraemNet, images: torch.Tensor, pool: int, device: str, mixed_precision: str):
     model.eval()
-    with detector_autocast(mixed_precision, device):
+    with autocast(mixed_precision, device):
         _, logit = model(images)
     p = torch.sigmoid(logit.float())
     scores = draem_scores(p, pool)
     return scores.cpu().numpy().astype(np.float64), p[:, 0].cpu().numpy().astype(np.float32)
-
-
-def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()

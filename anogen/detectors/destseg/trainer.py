@@ -1,13 +1,9 @@
-"""DeSTSeg training (two phases), teacher weights and scoring.
+"""DeSTSeg training (two phases), teacher weights and scoring (the losses: ``loss.DestsegLoss``).
 
 Phase 1 (``step < student_steps``): only the student learns, SGD (lr ``student_lr``,
-momentum, weight decay): the cosine distance between the teacher's features of the clean
-image and the student's features of the anomalous one (``losses.cosine_distance_loss``).
-Phase 2: student frozen (eval mode), the segmentation network learns, SGD with lr
-``seg_lr_residual`` for its residual part and ``seg_lr_head`` for the ASPP head:
-``focal_gamma4(logit, mask) + L1(sigmoid(logit), mask)`` on the mask resized to the output
-size (1/4 of the image: bilinear, then >= 0.5). For ``weak`` samples the focal term is the
-weak box loss (the L1 term stays plain, as in the published AnoGen setup).
+momentum, weight decay). Phase 2: student frozen (eval mode), the segmentation network
+learns, SGD with lr ``seg_lr_residual`` for its residual part and ``seg_lr_head`` for the
+ASPP head.
 
 Image score: the mean of the ``top_k`` (100) largest values of the anomaly map after
 bilinear upsampling to the image size.
@@ -31,30 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from anogen import provenance
+from anogen.detectors.common import backward_step, count_parameters
+from anogen.detectors.destseg.loss import DestsegLoss
 from anogen.detectors.destseg.network import DestsegNet, teacher_state_layout
-from anogen.detectors.draem.model import _backward_step
-from anogen.detectors.draem.network import count_parameters
-from anogen.detectors.losses import cosine_distance_loss, weak_focal_loss
-from anogen.detectors.precision import detector_autocast, grad_scaler
+from anogen.devices import autocast, grad_scaler
 from anogen.errors import ConfigError, DataError
 from anogen.io import sha256_file
 
 log = logging.getLogger(__name__)
-
-DESTSEG_DEFAULTS = {
-    "steps": 5000,
-    "student_steps": 1000,
-    "batch_size": 32,
-    "student_lr": 0.4,
-    "seg_lr_residual": 0.1,
-    "seg_lr_head": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "focal_gamma": 4.0,
-    "top_k": 100,
-    "teacher_weights": None,
-    "zero_init_last": True,
-}
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +93,9 @@ def destseg_scores(p_anomaly: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 class DestsegTrainer:
+    """``cfg``: the spec's ``destseg`` section (every key the schema fills); ``tau``: the
+    resolved tau of a non-baseline variant, None for a baseline."""
+
     name = "destseg"
     log_columns = ("phase", "loss", "cosine", "focal", "l1", "weak_dropped", "lr")
 
@@ -121,24 +104,20 @@ class DestsegTrainer:
         cfg: dict[str, Any],
         *,
         seed: int,
-        tau: float,
+        tau: float | None,
         device: str,
         n_train: int,
-        mixed_precision: str = "no",
+        mixed_precision: str,
     ):
-        self.cfg = {**DESTSEG_DEFAULTS, **cfg}
-        self.tau, self.device = float(tau), device
+        self.cfg = c = dict(cfg)
+        self.device = device
         self.mixed_precision = mixed_precision
+        self.loss = DestsegLoss(c, tau)
+        self.tau = self.loss.tau
         torch.manual_seed(seed)
-        self.model = DestsegNet(zero_init_last=bool(self.cfg["zero_init_last"]))
-        state, self.teacher_info = load_teacher_weights(self.cfg.get("teacher_weights"))
-        if state is not None:
-            try:
-                self.model.teacher.load_torchvision_state(state)
-            except (KeyError, RuntimeError) as exc:
-                raise DataError(self.teacher_info["teacher_weights"]["path"], f"not ResNet18 weights ({exc})") from exc
+        self.model = DestsegNet(zero_init_last=bool(c["zero_init_last"]))
+        self._load_teacher(c["teacher_weights"])
         self.model.to(device)
-        c = self.cfg
         self.student_opt = torch.optim.SGD(
             self.model.student.parameters(),
             lr=float(c["student_lr"]),
@@ -158,6 +137,15 @@ class DestsegTrainer:
         self.total_steps = int(c["steps"])
         self.student_steps = int(c["student_steps"])
         self.scaler = grad_scaler(mixed_precision, device)
+
+    def _load_teacher(self, teacher_weights: str | None) -> None:
+        state, self.teacher_info = load_teacher_weights(teacher_weights)
+        if state is None:
+            return
+        try:
+            self.model.teacher.load_torchvision_state(state)
+        except (KeyError, RuntimeError) as exc:
+            raise DataError(self.teacher_info["teacher_weights"]["path"], f"not ResNet18 weights ({exc})") from exc
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.student_opt, "segmentation": self.seg_opt}
@@ -185,60 +173,63 @@ class DestsegTrainer:
         }
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        if step < self.student_steps:
+            return self._student_step(batch, step)
+        return self._segmentation_step(batch, step)
+
+    def _student_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         dev, m = self.device, self.model
         image = batch["image"].to(dev, non_blocking=True)
-        if step < self.student_steps:
-            clean = batch["clean"].to(dev, non_blocking=True)
-            m.student.train()
-            m.segmentation.eval()
-            with detector_autocast(self.mixed_precision, dev):
-                t = m.teacher_features(clean)
-                s = m.student_features(image, [f.shape[2:] for f in t])
-                cos = cosine_distance_loss(m.distance_maps(t, s))
-            self.student_opt.zero_grad(set_to_none=True)
-            _backward_step(cos, self.student_opt, self.scaler)
-            return {
-                "phase": 1,
-                "loss": cos.item(),
-                "cosine": cos.item(),
-                "focal": float("nan"),
-                "l1": float("nan"),
-                "weak_dropped": float("nan"),
-                "lr": self.lr_at(step),
-            }
+        clean = batch["clean"].to(dev, non_blocking=True)
+        m.student.train()
+        m.segmentation.eval()
+        with autocast(self.mixed_precision, dev):
+            t = m.teacher_features(clean)
+            s = m.student_features(image, [f.shape[2:] for f in t])
+            cos = self.loss.student(m.distance_maps(t, s))
+        self.student_opt.zero_grad(set_to_none=True)
+        backward_step(cos, self.student_opt, self.scaler)
+        nan = float("nan")
+        return {
+            "phase": 1,
+            "loss": cos.item(),
+            "cosine": cos.item(),
+            "focal": nan,
+            "l1": nan,
+            "weak_dropped": nan,
+            "lr": self.lr_at(step),
+        }
 
+    def _segmentation_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        dev, m = self.device, self.model
+        image = batch["image"].to(dev, non_blocking=True)
         mask = batch["mask"].to(dev, non_blocking=True)
         weak = batch["weak"].to(dev)
         m.student.eval()
         m.segmentation.train()
-        with detector_autocast(self.mixed_precision, dev):
+        with autocast(self.mixed_precision, dev):
             with torch.no_grad():
                 t = m.teacher_features(image)
                 s = [f.detach() for f in m.student_features(image, [f.shape[2:] for f in t])]
             logit = m.segment(t, s)
-        logit = logit.float()
-        target = F.interpolate(mask, size=logit.shape[2:], mode="bilinear", align_corners=False)
-        target = (target >= 0.5).float()
-        focal, weight = weak_focal_loss(logit, target, self.tau, float(self.cfg["focal_gamma"]), apply=weak)
-        l1 = F.l1_loss(torch.sigmoid(logit), target)
-        loss = focal + l1
+        loss, terms = self.loss(logit.float(), mask, weak)
         self.seg_opt.zero_grad(set_to_none=True)
-        _backward_step(loss, self.seg_opt, self.scaler)
+        backward_step(loss, self.seg_opt, self.scaler)
         return {
             "phase": 2,
             "loss": loss.item(),
             "cosine": float("nan"),
-            "focal": focal.item(),
-            "l1": l1.item(),
-            "weak_dropped": float((weight == 0).float().mean().item()),
+            "focal": terms["focal"].item(),
+            "l1": terms["l1"].item(),
+            "weak_dropped": float((terms["weight"] == 0).float().mean().item()),
             "lr": self.lr_at(step),
         }
 
 
 @torch.no_grad()
-def destseg_predict(model: DestsegNet, images: torch.Tensor, top_k: int, device: str, mixed_precision: str = "no"):
+def destseg_predict(model: DestsegNet, images: torch.Tensor, top_k: int, device: str, mixed_precision: str):
     model.eval()
-    with detector_autocast(mixed_precision, device):
+    with autocast(mixed_precision, device):
         logit = model(images)
     p = torch.sigmoid(logit.float())
     p = F.interpolate(p, size=images.shape[2:], mode="bilinear", align_corners=False)
