@@ -373,6 +373,7 @@ def train_detector(sm, params):
             device=lease.device,
             checkpoint_every=runtime["checkpoint_every"],
             extra={"lease": lease.as_dict()},
+            data_root=runtime["data_root"],
         )
 
 

@@ -68,8 +68,13 @@ def train_detector(
     texture_fallback: Sequence[Path] = (),
     num_workers: int | None = None,
     log_every: int = 10,
+    data_root: str | Path | None = None,
 ) -> Path:
     """Train, write ``out_dir`` (see module docstring) and return the manifest path.
+
+    ``data_root``: what the generated items' ``source_image`` paths are relative to (the
+    workflow passes the data set's root); None only for direct calls, which then take the one
+    root that makes every item a training image (``data._data_root_of``).
 
     ``spec``: exactly ``Plan.detector_spec`` (detector, variant and category included; the
     generated-branch values only for non-baseline variants, the synthetic source only for
@@ -89,9 +94,8 @@ def train_detector(
     # 1. sources and the sample stream
     train_images = [Path(p) for p in train_images]
     textures, texture_info = _textures(spec, texture_fallback)
-    # source_image is data-root-relative; the root is the one that makes every item a training
-    # image (exact, or a DataError: data._data_root_of)
-    generated = load_generated_items(generated_manifests, train_images, None) if variant != "baseline" else []
+    # source_image is data-root-relative (a DataError names an item that is no training image)
+    generated = load_generated_items(generated_manifests, train_images, data_root) if variant != "baseline" else []
     # 2. trainer (network, optimisers, loss) and stream
     trainer = build_trainer(spec, device, len(train_images))
     stream = build_stream(spec, trainer.batch_size, train_images, generated, textures)
