@@ -38,7 +38,7 @@ def test_large_image_is_processed_at_work_size_and_returned_full_size():
 
 def test_flat_image_falls_back_and_is_never_empty():
     flat = np.full((64, 64, 3), 120, np.uint8)
-    mask, method = estimate_foreground_with_method(flat)
+    mask, method = estimate_foreground_with_method(flat, "grabcut", 5)
     assert method in ("otsu", "full") and mask.mean() >= 0.01
 
 

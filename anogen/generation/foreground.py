@@ -102,8 +102,8 @@ def _degenerate(mask: np.ndarray | None) -> bool:
 
 def estimate_foreground_with_method(
     image: np.ndarray,
-    method: str = "grabcut",
-    iterations: int = 5,
+    method: str,
+    iterations: int,  # generation.grabcut_iterations
     *,
     margin: float = MARGIN,
     work_size: int = WORK_SIZE,
@@ -126,7 +126,7 @@ def estimate_foreground_with_method(
     return _resize_mask(mask, h, w), used
 
 
-def estimate_foreground(image: np.ndarray, method: str = "grabcut", iterations: int = 5) -> np.ndarray:
+def estimate_foreground(image: np.ndarray, method: str, iterations: int) -> np.ndarray:
     """Foreground mask of an object image: uint8 HxW in {0, 1}, same size as ``image``."""
     return estimate_foreground_with_method(image, method, iterations)[0]
 
