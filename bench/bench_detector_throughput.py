@@ -107,7 +107,7 @@ def _schema_section(detector: str) -> dict:
 
 
 def _pipeline_spec(root: Path, size: int, detector: str, variant: str, section: dict) -> dict:
-    """The spec ``Plan.detector_spec`` makes for these settings (schema defaults elsewhere)."""
+    """The spec ``Plan.spec("detector", ...)`` makes for these settings (schema defaults elsewhere)."""
     from anogen.config import Plan, validate_config
 
     config = validate_config({"data_root": str(root), "detectors": {"image_size": size, detector: section}})

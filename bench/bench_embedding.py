@@ -34,7 +34,7 @@ def default_spec(batch_size: int, resolution: int | None) -> dict:
     batch and resolution (``mixed_precision``: the schema's ``diffusion.mixed_precision``)."""
     from anogen.config import Plan, validate_config
 
-    spec = Plan(validate_config({"data_root": "unused"})).embedding_spec("bench", "defect")
+    spec = Plan(validate_config({"data_root": "unused"})).spec("embedding", "bench", "defect")
     spec.update(steps=STEPS_PER_EMBEDDING, batch_size=batch_size, resolution=resolution)
     return spec
 

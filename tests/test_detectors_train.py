@@ -104,7 +104,7 @@ def tiny(tmp_path_factory):
 
 
 def _spec(detector: str, variant: str, **over) -> dict:
-    """A full detector spec, keyed as ``Plan.detector_spec`` writes it."""
+    """A full detector spec, keyed as ``Plan.spec("detector", ...)`` writes it."""
     spec = {
         "category": "tiny",
         "detector": detector,

@@ -29,10 +29,10 @@ TOKEN = "<anomaly>"
 
 
 def make_spec(**overrides) -> dict:
-    """The plan's embedding spec (``Plan.embedding_spec``, schema defaults filled) with tiny-run values."""
+    """The plan's embedding spec (``Plan.spec("embedding", ...)``, schema defaults filled) with tiny-run values."""
     from anogen.config import Plan, validate_config
 
-    spec = Plan(validate_config({"data_root": "/data"})).embedding_spec("cat", "defect")
+    spec = Plan(validate_config({"data_root": "/data"})).spec("embedding", "cat", "defect")
     spec.update(
         placeholder_token=TOKEN,
         steps=3,

@@ -73,7 +73,7 @@ def _make_category(root: Path, category: str = "widget", n_good: int = 4, n_bad:
 
 
 def eval_spec(**values) -> dict:
-    """A full evaluation spec as Plan.evaluation_spec makes it: schema defaults, then ``values``."""
+    """A full evaluation spec as Plan.spec("evaluation", ...) makes it: schema defaults, then ``values``."""
     config = validate_config({"data_root": "x"})
     spec = dict(config["evaluation"])
     spec.update(

@@ -215,7 +215,7 @@ class TrainStream:
     ):
         """The config values of the generated branch (``mix_prob``, ``weak_on_synthetic``,
         ``generated_normal_prob``, ``augment_generated``) are None for a baseline, and
-        ``synthetic_source`` for ``generated_only``, as in ``Plan.detector_spec``;
+        ``synthetic_source`` for ``generated_only``, as in ``Plan.spec("detector", ...)``;
         ``destseg_rotation``: the category's ``synthetic.destseg_rotation_for``."""
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}")

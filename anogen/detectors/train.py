@@ -76,7 +76,7 @@ def train_detector(
     workflow passes the data set's root); None only for direct calls, which then take the one
     root that makes every item a training image (``data._data_root_of``).
 
-    ``spec``: exactly ``Plan.detector_spec`` (detector, variant and category included; the
+    ``spec``: exactly ``Plan.spec("detector", ...)`` (detector, variant and category included; the
     generated-branch values only for non-baseline variants, the synthetic source only for
     variants other than generated_only). ``generated_manifests``: stage-2 manifests, whose
     items' data-root-relative ``source_image`` must be ``train_images``. ``extra`` is added

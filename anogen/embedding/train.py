@@ -223,7 +223,7 @@ class EmbeddingTrainer:
         static_inputs: bool = False,
         _shared_token_id: int | None = None,
     ):
-        """``spec``: the embedding spec the plan hashed (``Plan.embedding_spec``; its
+        """``spec``: the embedding spec the plan hashed (``Plan.spec("embedding", ...)``; its
         ``mixed_precision`` decides autocast). ``cuda_graph`` and ``static_inputs`` are speed
         switches (equal results; a CUDA graph within float round-off, see the module notes)."""
         missing = [k for k in SPEC_KEYS if k not in spec]
@@ -695,7 +695,7 @@ def learn_embedding(
 ) -> Path:
     """Learn the anomaly embedding for one support set; return the manifest path.
 
-    ``spec`` is the plan's hashed embedding spec (``Plan.embedding_spec``), written to the
+    ``spec`` is the plan's hashed embedding spec (``Plan.spec("embedding", ...)``), written to the
     manifest as given; ``device``, ``checkpoint_every``, ``cuda_graph`` and ``n_devices`` are
     runtime values outside the key. Resumes from ``out_dir/checkpoints/state.pt`` when it
     exists and no manifest does. A directory that already holds a manifest (a completed job

@@ -246,7 +246,7 @@ def evaluate_detector(
 ) -> Path:
     """Score ``test_items`` with ``predictor``; write metrics, example panels and, last, the manifest.
 
-    ``spec`` is the evaluation spec of the plan (``Plan.evaluation_spec``): ``resolution``,
+    ``spec`` is the evaluation spec of the plan (``Plan.spec("evaluation", ...)``): ``resolution``,
     ``aupro_fpr_limit``, ``n_visualizations``, ``mask_resize``, ``resize``, ``category``,
     ``detector``, ``variant`` and ``excluded`` (the support images, data-root-relative POSIX
     paths: test items with such a path are dropped). ``batch_size`` (prediction batch) only

@@ -447,7 +447,7 @@ def generate_anomalies(
 ) -> Path:
     """Generate the (category, defect) set into ``out_dir``; return the manifest path.
 
-    ``spec`` is the plan's generation spec (``Plan.generation_spec``); ``batch_size``,
+    ``spec`` is the plan's generation spec (``Plan.spec("generation", ...)``); ``batch_size``,
     ``channels_last`` and ``compile`` are speed-only. ``backbone`` (optional) is an already
     loaded Backbone of ``model`` to reuse (tests, benchmarks); the learned token is added to
     it or, if present, its row overwritten.
