@@ -85,13 +85,8 @@ def train_detector(
     _check_spec(spec)
     detector, variant = spec["detector"], spec["variant"]
     job = ResumableJob(out_dir, stage="detector", key=key, spec=spec, inputs=inputs)
-    # 0. a finished job rerun by Snakemake (a runtime-only param such as checkpoint_every
-    #    changed): the trained files are intact, so only the manifest is redone
-    finished = job.finished_record()
-    if finished is not None:
-        log.info("%s/%s: already trained (%s); rewriting the manifest only", detector, variant, job.finished_path)
-        return _write_manifest(job, {**finished["extra"], **(extra or {})})
-    # 1. sources and the sample stream
+    # 1. sources and the sample stream (first even for a finished job: its inputs are verified
+    #    again and the provenance notes of textures and teacher recorded, see step 3)
     train_images = [Path(p) for p in train_images]
     textures, texture_info = _textures(spec, texture_fallback)
     # source_image is data-root-relative (a DataError names an item that is no training image)
@@ -99,7 +94,13 @@ def train_detector(
     # 2. trainer (network, optimisers, loss) and stream
     trainer = build_trainer(spec, device, len(train_images))
     stream = build_stream(spec, trainer.batch_size, train_images, generated, textures)
-    # 3. resume from the checkpoint of an interrupted run, if any
+    # 3. a finished job rerun by Snakemake (a runtime-only param such as checkpoint_every
+    #    changed): the trained files are intact, so only the manifest is redone
+    finished = job.finished_record()
+    if finished is not None:
+        log.info("%s/%s: already trained (%s); rewriting the manifest only", detector, variant, job.finished_path)
+        return _write_manifest(job, {**finished["extra"], **(extra or {})})
+    # 4. resume from the checkpoint of an interrupted run, if any
     start = _resume(job, trainer, detector, variant)
     if start == 0:
         log.info(
@@ -108,13 +109,13 @@ def train_detector(
             *(len(train_images), len(generated), device),
         )
         log.info("parameters: %s; textures: %s", trainer.parameter_counts(), texture_info)
-    # 4. the training loop
+    # 5. the training loop
     speed = _speed_setup(trainer, device, num_workers)
     loader = make_loader(
         stream, start, trainer.total_steps, num_workers=speed["loader_workers"], pin_memory=is_cuda(device)
     )
     last = _train_loop(job, trainer, loader, start, checkpoint_every, log_every, f"{detector}/{variant}")
-    # 5. export: weights, model config, completion record, manifest last
+    # 6. export: weights, model config, completion record, manifest last
     _export_model(job.out_dir, trainer, spec)
     sources = {"texture_source": texture_info, "n_train_images": len(train_images), "n_generated_items": len(generated)}
     manifest_extra = _manifest_extra(spec, trainer, device, last, job.out_dir, speed, sources)
