@@ -53,10 +53,10 @@ GIB24 = 24.0
 
 def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
     """Full-size random pipeline of ``family`` written with save_pretrained (initialised on the GPU)."""
-    from diffusers import LDMTextToImagePipeline, StableDiffusionPipeline
     from transformers import AutoTokenizer
 
     from anogen.diffusion import tiny
+    from anogen.provenance import RANDOM_MODEL_MARKER
 
     tmp = Path(tempfile.mkdtemp(prefix="tok_"))
     n_vocab = (tiny._write_bert_tokenizer if family == "ldm" else tiny._write_clip_tokenizer)(tmp)
@@ -66,28 +66,9 @@ def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
     with ctx:
         parts = tiny.build_components(family, "full", seed=0)
     parts = {k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in parts.items()}
-    if family == "ldm":
-        pipe = LDMTextToImagePipeline(
-            vqvae=parts["vae"],
-            bert=parts["text_encoder"],
-            tokenizer=tokenizer,
-            unet=parts["unet"],
-            scheduler=parts["scheduler"],
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=parts["vae"],
-            text_encoder=parts["text_encoder"],
-            tokenizer=tokenizer,
-            unet=parts["unet"],
-            scheduler=parts["scheduler"],
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    tiny.assemble_pipeline(family, parts, tokenizer).save_pretrained(out_dir, safe_serialization=True)
     # the same marker the tiny models carry: these weights are random, nothing here is a result
-    (out_dir / "anogen_tiny.json").write_text(json.dumps({"family": family, "size": "full", "random": True}) + "\n")
+    (out_dir / RANDOM_MODEL_MARKER).write_text(json.dumps({"family": family, "size": "full", "random": True}) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 

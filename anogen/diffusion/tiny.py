@@ -136,12 +136,35 @@ def build_components(
     return {"vae": vae, "text_encoder": text_encoder, "unet": unet, "scheduler": scheduler}
 
 
+def assemble_pipeline(family: str, parts: dict, tokenizer):
+    """The diffusers pipeline of ``family`` over ``build_components`` parts, ready for ``save_pretrained``."""
+    from diffusers import LDMTextToImagePipeline, StableDiffusionPipeline
+
+    if family == "ldm":
+        return LDMTextToImagePipeline(
+            vqvae=parts["vae"],
+            bert=parts["text_encoder"],
+            tokenizer=tokenizer,
+            unet=parts["unet"],
+            scheduler=parts["scheduler"],
+        )
+    return StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=tokenizer,
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_tiny_model(family: str, out_dir: str | Path, *, seed: int, resolution: int) -> Path:
     """Build a tiny pipeline of ``family`` and save it to ``out_dir`` with ``save_pretrained``.
 
     The folder appears atomically: it is assembled beside ``out_dir`` and renamed.
     """
-    from diffusers import LDMTextToImagePipeline, StableDiffusionPipeline
     from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
@@ -152,25 +175,7 @@ def build_tiny_model(family: str, out_dir: str | Path, *, seed: int, resolution:
         n_vocab = _write_bert_tokenizer(tok_dir) if family == "ldm" else _write_clip_tokenizer(tok_dir)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         parts = build_components(family, "tiny", resolution, vocab_size=n_vocab, seed=seed)
-        if family == "ldm":
-            pipe = LDMTextToImagePipeline(
-                vqvae=parts["vae"],
-                bert=parts["text_encoder"],
-                tokenizer=tokenizer,
-                unet=parts["unet"],
-                scheduler=parts["scheduler"],
-            )
-        else:
-            pipe = StableDiffusionPipeline(
-                vae=parts["vae"],
-                text_encoder=parts["text_encoder"],
-                tokenizer=tokenizer,
-                unet=parts["unet"],
-                scheduler=parts["scheduler"],
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
+        pipe = assemble_pipeline(family, parts, tokenizer)
         shutil.rmtree(tok_dir)
         model_dir = tmp / "model"
         pipe.save_pretrained(model_dir, safe_serialization=True)
