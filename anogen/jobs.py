@@ -232,12 +232,10 @@ def select_support(sm, params):
 
 @job
 def learn_embedding(sm, params):
-    from anogen.data.support import read_support_set
     from anogen.embedding import learn_embedding as run
 
     spec, runtime = params["spec"], params["runtime"]
-    support = _one(sm.input.support)
-    items = _squared(read_support_set(support), spec["resize"], support)
+    items = _support_pairs(sm, spec["resize"])
     with _device() as lease:
         run(
             support_items=items,
@@ -269,6 +267,14 @@ def import_embedding(sm, params):
 
 
 # ----------------------------------------------------------------------------- stage 2
+
+
+def _support_pairs(sm, resize: str):
+    """The job's support set (``input.support``) as squared (image, mask) pairs."""
+    from anogen.data.support import read_support_set
+
+    where = _one(sm.input.support)
+    return _squared(read_support_set(where), resize, where)
 
 
 def _squared(pairs, resize: str, where: str):
@@ -317,12 +323,10 @@ def estimate_foreground(sm, params):
 
 @job
 def generate_anomalies(sm, params):
-    from anogen.data.support import read_support_set
     from anogen.generation.run import generate_anomalies as run
 
     spec, runtime = params["spec"], params["runtime"]
-    support_set = _one(sm.input.support)
-    support = [image for image, _ in _squared(read_support_set(support_set), spec["resize"], support_set)]
+    support = [image for image, _ in _support_pairs(sm, spec["resize"])]
     # A defect with a box template has no foreground input (the template replaces it).
     foreground = list(getattr(sm.input, "foreground", []) or [])
     with _device() as lease:
