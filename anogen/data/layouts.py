@@ -57,7 +57,7 @@ from anogen.data.mvtec import (
     checked_headers,
     is_image_file,
     report,
-    validate_name,
+    select_defects,
 )
 from anogen.errors import DataError
 from anogen.keys import canonical_json
@@ -200,25 +200,14 @@ def scan_category(
 
 
 def _choose(available: list[str], defects: Iterable[str] | None, where: Path, category: str, errors) -> list[str]:
-    if defects is None:
-        return list(available)
-    chosen = []
-    for defect in defects:
-        validate_name(defect, where, "defect")
-        if defect == GOOD:
-            continue
-        if defect not in available:
-            report(
-                errors,
-                DataError(
-                    where,
-                    f"category {category} has no defect type {defect!r} (defect types: {', '.join(available) or 'none'})",
-                ),
-            )
-            continue
-        if defect not in chosen:
-            chosen.append(defect)
-    return sorted(chosen)
+    types = ", ".join(available) or "none"
+    return select_defects(
+        available,
+        defects,
+        lambda _: where,
+        lambda defect: f"category {category} has no defect type {defect!r} (defect types: {types})",
+        errors,
+    )
 
 
 def _check_shots(where: Path, n: int, min_shots: int | None, errors) -> None:

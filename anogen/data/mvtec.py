@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -349,21 +349,37 @@ def _chosen_defects(root: Path, category: str, defects: Iterable[str] | None, er
     except DataError as exc:
         report(errors, exc)
         available = []
+    return select_defects(
+        available,
+        defects,
+        lambda defect: test_dir / defect,
+        lambda defect: f"defect folder does not exist (defect types of {category}: {', '.join(available) or 'none'})",
+        errors,
+    )
+
+
+def select_defects(
+    available: list[str],
+    defects: Iterable[str] | None,
+    where: Callable[[str], Path],
+    missing: Callable[[str], str],
+    errors,
+) -> list[str]:
+    """The requested defect types (all ``available`` for None), sorted, without good or repeats.
+
+    A bad name stops (``validate_name``); a defect type not ``available`` is reported as
+    ``DataError(where(defect), missing(defect))`` (collected in ``errors`` when given). Every layout
+    chooses its defect types here (``anogen.data.layouts``).
+    """
     if defects is None:
-        return available
+        return list(available)
     chosen = []
     for defect in defects:
-        validate_name(defect, test_dir / defect, "defect")
+        validate_name(defect, where(defect), "defect")
         if defect == GOOD:
             continue
         if defect not in available:
-            report(
-                errors,
-                DataError(
-                    test_dir / defect,
-                    f"defect folder does not exist (defect types of {category}: {', '.join(available) or 'none'})",
-                ),
-            )
+            report(errors, DataError(where(defect), missing(defect)))
             continue
         if defect not in chosen:
             chosen.append(defect)
