@@ -502,7 +502,7 @@ class Plan:
         """Everything the job of one stage instance reads: hashed spec, inputs, key, runtime values."""
         spec, inputs = self.spec(stage, *values), self.inputs(stage, *values)
         runtime = getattr(self, f"_{stage}_runtime")(*values)
-        return JobSpec.make(STAGES[stage], values, spec, inputs, content_key(spec, inputs), runtime)
+        return JobSpec.make(STAGES[stage], values, spec, inputs, self.key(stage, *values), runtime)
 
     def instances(self, stage: str) -> list[tuple[str, ...]]:
         """Every wildcard tuple of ``stage`` this config plans."""
