@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import importlib.util
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,6 +51,7 @@ KILL_AT = 6  # embedding steps 8, checkpoint every 4: the rerun resumes from ste
 CATEGORY, DEFECTS = "nut_object", ["chip", "scratch"]
 DEFECTS_TINY = ["chip"]  # the CPU check: one (category, defect) pair keeps it within minutes
 GIB24 = 24.0
+JOBS_PER_GPU = 3  # the DAG's jobs at once on one card (each well under a third of an H200's memory)
 
 
 # ----------------------------------------------------------------------------- 1. the DAG
@@ -94,7 +100,13 @@ def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool
         "category_options": {},
         "demo": {"root": str(work / "no-demo")},  # != data_root: the MVTec scanning path runs
         "support": {"shots": 2, "seed": 0, "exclude_from_test": True},
-        "resources": {"gpu_slots": None, "lock_dir": None, "threads": 1 if cpu else 4},
+        # on the GPU, JOBS_PER_GPU slots per card: the DAG's short jobs share it, as jobs on
+        # several cards would run side by side, and the check fits its lease
+        "resources": {
+            "gpu_slots": None if cpu else JOBS_PER_GPU * max(1, torch.cuda.device_count()),
+            "lock_dir": str(work / "gpu-slots"),
+            "threads": 1 if cpu else 4,
+        },
         "diffusion": diffusion,
         "embedding": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "resolution": None, "cuda_graph": not cpu},
         "generation": {
@@ -142,10 +154,26 @@ def _snakemake(
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
     env.pop("SLURM_JOB_ID", None)
-    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    # its own process group: on timeout the jobs it started die with it and free the GPU
+    proc = subprocess.Popen(
+        cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise TimeoutError(f"snakemake {' '.join(targets)} ran past {timeout:.0f} s: {err[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def run_dag(work: Path, args, checks: list[dict]) -> dict:
+def _until(deadline: float | None, floor: float = 30.0) -> float:
+    """Seconds left before ``deadline`` (at least ``floor``); no deadline: 20 minutes."""
+    return 1200.0 if deadline is None else max(floor, deadline - time.perf_counter())
+
+
+def run_dag(work: Path, args, checks: list[dict], deadline: float | None = None) -> dict:
+    """The DAG on the device; its snakemake calls stop at ``deadline`` (a perf_counter time)."""
     from anogen.cli import referenced_dirs
     from anogen.config import Plan, load_config_file
     from anogen.data.demo import generate_demo_dataset
@@ -173,7 +201,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
     cfg_path = work / "check_config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     plan = Plan(load_config_file(cfg_path))
-    cores, gpus = (2, 2) if args.cpu else (max(2, os.cpu_count() or 2), max(1, torch.cuda.device_count()))
+    cores, gpus = (2, 2) if args.cpu else (max(2, os.cpu_count() or 2), cfg["resources"]["gpu_slots"])
 
     def check(name: str, ok: bool, detail: str = "") -> None:
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -191,6 +219,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
         gpus,
         str(emb_dir / "manifest.json"),
         env_extra={KILL_ENV: str(KILL_AT)},
+        timeout=_until(deadline),
     )
     check(
         "embedding job killed mid-run",
@@ -201,7 +230,7 @@ def run_dag(work: Path, args, checks: list[dict]) -> dict:
     )
     # b) the whole DAG, resuming the killed job, and the export of the generated set
     export = Path(cfg["results_dir"]) / "export" / f"generated-{plan.export_key}" / "dataset.json"
-    full = _snakemake(work, cfg_path, cores, gpus, "all", str(export))
+    full = _snakemake(work, cfg_path, cores, gpus, "all", str(export), timeout=_until(deadline))
     dag_s = time.perf_counter() - t1
     check("whole DAG completed", full.returncode == 0, f"rc {full.returncode}")
     if full.returncode != 0:
@@ -466,8 +495,8 @@ def _before(rows: list[dict], stage: str) -> dict | None:
 
 
 def throughput_table(rows: list[dict], gpu: str, args) -> dict:
-    import diffusers
-
+    # written even when the preflight found diffusers missing
+    diffusers = importlib.import_module("diffusers") if importlib.util.find_spec("diffusers") else None
     stages = {}
     for stage in ("embedding", "generation", "detector_draem", "detector_destseg"):
         best = _best(rows, stage)
@@ -496,7 +525,7 @@ def throughput_table(rows: list[dict], gpu: str, args) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
+            "diffusers": getattr(diffusers, "__version__", None),
             "cuda": torch.version.cuda,
             "python": platform.python_version(),
         },
@@ -558,15 +587,155 @@ def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", s).strip("_") or "gpu"
 
 
+# ----------------------------------------------------------------------------- 0. preflight
+
+# every third-party module the workflow's jobs import: a missing one on the device machine is
+# named before any minute of the lease goes into a DAG that cannot start
+RUNTIME_MODULES = (
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "snakemake",
+    "cv2",
+    "skimage",
+    "sklearn",
+    "scipy",
+    "pandas",
+    "PIL",
+    "yaml",
+    "jsonschema",
+    "matplotlib",
+    "tqdm",
+)
+
+
+def preflight(args) -> dict:
+    """Versions of torch, CUDA and every runtime module; raises naming each one that is missing."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    missing = []
+    for name in ("anogen", *RUNTIME_MODULES):
+        try:
+            with warnings.catch_warnings():  # jsonschema deprecates its __version__
+                warnings.simplefilter("ignore", DeprecationWarning)
+                versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except Exception as exc:  # an ImportError, or a broken install that fails while importing
+            missing.append(f"{name} ({type(exc).__name__}: {exc})")
+    if missing:
+        raise RuntimeError(
+            "cannot import " + "; ".join(missing) + ". On the lent GPU machine carry them as wheels: "
+            "bash bench/device/fetch_wheels.sh here, then bench/device/run_check.sh there with carry ['.whl']"
+        )
+    sm = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True)
+    if sm.returncode != 0:
+        raise RuntimeError(f"snakemake does not start: {sm.stderr[-1500:]}")
+    versions["snakemake_cli"] = sm.stdout.strip()
+    if args.device == "cuda":
+        prop = torch.cuda.get_device_properties(0)
+        versions["gpu_memory_gib"] = round(prop.total_memory / 2**30, 1)
+        versions["gpu_capability"] = f"{prop.major}.{prop.minor}"
+    return versions
+
+
+# ----------------------------------------------------------------------------- 4. driver
+
+# about how long each phase takes at full size on one H200 (seconds); with --budget-s a phase
+# that no longer fits is skipped (and reported), so the check ends inside the device lease
+PHASE_SECONDS = {"stage 1": 60, "stage 2": 120, "stage 3": 60, "evaluation": 20}
+
+
+class CheckRun:
+    """The check's state, written to JSON after every phase: a lease that ends mid-run still
+    leaves every finished measurement behind."""
+
+    def __init__(self, args, gpu: str, out: Path):
+        self.args, self.gpu, self.out = args, gpu, out
+        self.t0 = time.perf_counter()
+        self.deadline = None if args.budget_s is None else self.t0 + args.budget_s
+        self.checks: list[dict] = []
+        self.rows: list[dict] = []
+        self.dag: dict = {}
+        self.synth: list[dict] = []
+        self.versions: dict = {}
+        self.phase_s: dict[str, float] = {}
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+    def phase(self, name: str, fn, need_s: float = 0.0):
+        """Run one phase; an exception or a budget skip becomes a failed check, never an abort."""
+        left = self.left()
+        if left is not None and left < need_s:
+            self._fail(f"{name} phase", f"skipped: {left:.0f} s of --budget-s left, it needs about {need_s:.0f}")
+            self.write()
+            return None
+        t0 = time.perf_counter()
+        print(f"--- {name} ({'no budget' if left is None else f'{left:.0f} s left'})", flush=True)
+        try:
+            return fn()
+        except Exception as exc:
+            traceback.print_exc()
+            self._fail(f"{name} phase", f"{type(exc).__name__}: {exc}"[:1500])
+            return None
+        finally:
+            self.phase_s[name] = round(time.perf_counter() - t0, 1)
+            self.write()
+
+    def _fail(self, name: str, detail: str) -> None:
+        self.checks.append({"check": name, "ok": False, "detail": detail})
+        print(f"[FAILED] {name}: {detail}", flush=True)
+
+    def table(self) -> dict:
+        table = throughput_table(self.rows, self.gpu, self.args)
+        table["versions"].update(self.versions)
+        table.update(
+            rows=self.rows,
+            synthesis=self.synth,
+            checks=self.checks,
+            dag={k: v for k, v in self.dag.items() if k != "detector_dirs"},
+            phase_s=self.phase_s,
+            total_s=round(time.perf_counter() - self.t0, 1),
+        )
+        return table
+
+    def write(self, proj: dict | None = None) -> dict:
+        table = self.table()
+        if proj is not None:
+            table["projection"] = proj
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_suffix(".partial")
+        tmp.write_text(json.dumps(table, indent=1, default=str) + "\n")
+        tmp.replace(self.out)
+        return table
+
+
+def _out_path(out: Path | None, args, gpu: str) -> Path:
+    name = f"throughput_{'cpu' if args.cpu else gpu_slug(gpu)}.json"
+    if out is None:
+        return REPO / "bench" / "results" / name
+    return out / name if out.is_dir() else out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="run on the CPU (logic check; not committed)")
     ap.add_argument("--tiny", action="store_true", help="tiny models and 64 px instead of full size")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the DAG run here (default: a temp folder)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/throughput_<gpu>.json)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path, or a folder for throughput_<gpu>.json (default bench/results/)",
+    )
     ap.add_argument("--group", type=int, default=4, help="concepts in the grouped stage-1 benchmark")
     ap.add_argument("--compile", action="store_true", help="also time generation with torch.compile (minutes)")
     ap.add_argument("--skip-dag", action="store_true", help="throughput only")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="end within this many seconds: the DAG is stopped and later phases are skipped (and reported) past it",
+    )
     args = ap.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         print("no CUDA device: run with --cpu --tiny for the CPU logic check", file=sys.stderr)
@@ -580,37 +749,35 @@ def main(argv=None) -> int:
     gpu = "cpu" if args.cpu else torch.cuda.get_device_name()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="anogen_gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
+    run = CheckRun(args, gpu, _out_path(args.out, args, gpu))
     print(f"anogen GPU check: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}, workdir {work}", flush=True)
 
-    checks: list[dict] = []
-    dag: dict = {}
+    # 0. nothing else can run without the workflow's packages
+    run.versions = run.phase("preflight", lambda: preflight(args)) or {}
+    if not run.versions:
+        print(f"wrote {run.out}", file=sys.stderr)
+        return 3
+    # 1. the DAG, stopped early enough to leave the benchmarks their time
     if not args.skip_dag:
-        dag = run_dag(work, args, checks)
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-    rows += bench_stage1(args)
-    rows += bench_stage2(args)
-    det_rows, synth = bench_stage3(args)
-    rows += det_rows
-    if dag.get("detector_dirs"):
-        rows += bench_evaluation(args, dag["detector_dirs"])
-    bench_s = time.perf_counter() - t0
-    table = throughput_table(rows, gpu, args)
-    proj = projection(table)
-    print_table(rows, checks, proj, dag, gpu)
-    table.update(
-        rows=rows,
-        synthesis=synth,
-        checks=checks,
-        dag={k: v for k, v in dag.items() if k != "detector_dirs"},
-        projection=proj,
-        bench_s=bench_s,
-    )
-    out = args.out or (REPO / "bench" / "results" / f"throughput_{'cpu' if args.cpu else gpu_slug(gpu)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=1, default=str) + "\n")
-    print(f"\nwrote {out}")
-    failed = [c for c in checks if not c["ok"]]
+        reserve = sum(PHASE_SECONDS.values())
+        dag_deadline = None if run.deadline is None else run.deadline - reserve
+        run.dag = run.phase("DAG", lambda: run_dag(work, args, run.checks, dag_deadline)) or {}
+    # 2. throughput and peak memory, most needed first
+    run.rows += run.phase("stage 1", lambda: bench_stage1(args), PHASE_SECONDS["stage 1"]) or []
+    run.rows += run.phase("stage 2", lambda: bench_stage2(args), PHASE_SECONDS["stage 2"]) or []
+    det_rows, run.synth = run.phase("stage 3", lambda: bench_stage3(args), PHASE_SECONDS["stage 3"]) or ([], [])
+    run.rows += det_rows
+    if run.dag.get("detector_dirs"):
+        ev = run.phase(
+            "evaluation", lambda: bench_evaluation(args, run.dag["detector_dirs"]), PHASE_SECONDS["evaluation"]
+        )
+        run.rows += ev or []
+    # 3. the projection from what was measured
+    proj = run.phase("projection", lambda: projection(run.table())) or {}
+    print_table(run.rows, run.checks, proj, run.dag, gpu)
+    run.write(proj)
+    print(f"\nwrote {run.out} ({run.table()['total_s']:.0f} s in all; phases {run.phase_s})")
+    failed = [c for c in run.checks if not c["ok"]]
     if failed:
         print(f"{len(failed)} check(s) FAILED: {[c['check'] for c in failed]}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ added to the README later is tested too (or the test is taught what it is).
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shlex
 import subprocess
@@ -244,6 +245,25 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places):
             assert proc.returncode == 0, proc.stderr
             checked["hf"] += 1
             continue
+        if words[:2] == ["bash", "bench/device/fetch_wheels.sh"]:
+            # as written, in this checkout: every carried wheel exists for the GPU machine's Python
+            proc = subprocess.run(words, cwd=e2e.REPO, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            wheels = sorted(p.name for p in (e2e.REPO / ".whl").glob("*.whl"))
+            assert any("-cp312-" in w for w in wheels) and any(w.startswith("snakemake-") for w in wheels), wheels
+            checked["device wheels"] += 1
+            continue
+        if words[:2] == ["bash", "bench/device/run_check.sh"]:
+            # as written, on this machine without a GPU: it stops with the reason (its --cpu --tiny
+            # form is tests/test_gpu_check.py); the wheels above are for Python 3.12, so not here
+            env = {**os.environ, "OUT": str(tmp_path / "device-out"), "ANOGEN_WHEELS": str(tmp_path)}
+            if __import__("torch").cuda.is_available():
+                checked["device check"] += 1  # a GPU here: the check itself would run for minutes
+                continue
+            proc = subprocess.run(words, cwd=e2e.REPO, capture_output=True, text=True, timeout=300, env=env)
+            assert proc.returncode == 2 and "no CUDA device" in proc.stdout, proc.stdout[-3000:]
+            checked["device check"] += 1
+            continue
         if words[0] == "printf":
             subprocess.run(["bash", "-c", substitute(statement, places)], cwd=checkout, check=True)
             checked["printf"] += 1
@@ -276,7 +296,9 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places):
             check_full_run(statement, words, counts, outputs, text, config, places)
             checked["full run"] += 1
     assert checked["demo"] >= 2 and checked["full run"] >= 5 and checked["printf"] >= 2, checked
-    assert {"anogen estimate", "anogen check-data", "anogen gc"} <= set(checked), checked
+    assert {"anogen estimate", "anogen check-data", "anogen gc", "device wheels", "device check"} <= set(checked), (
+        checked
+    )
 
 
 def test_demo_config_is_not_used_for_other_data(tmp_path, places):
