@@ -22,11 +22,13 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-RANDOM_MODEL = "random diffusion model (tiny, randomly initialised): generated anomalies are not an LDM's"
+# not "tiny": bench/gpu_check.py's full-size random LDM carries the same marker
+RANDOM_MODEL = "random diffusion model (randomly initialised weights): generated anomalies are not an LDM's"
 RANDOM_TEACHER = "random DeSTSeg teacher (no ImageNet ResNet18 weights)"
 FALLBACK_TEXTURES = "synthetic anomalies from scikit-image photographs, not DTD (detectors.texture_source unset)"
 
-# Marker file a tiny random model folder carries (written by anogen.diffusion.tiny).
+# Marker file a random model folder carries (written by anogen.diffusion.tiny and by
+# bench/gpu_check.py for its full-size random LDM).
 RANDOM_MODEL_MARKER = "anogen_tiny.json"
 
 _current: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("anogen_notes", default=None)
