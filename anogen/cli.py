@@ -101,7 +101,15 @@ def cmd_estimate(args) -> int:
             file=sys.stderr,
         )
         return 1
-    estimate = est.build_jobs(config, found[1], found[0])
+    try:
+        estimate = est.build_jobs(config, found[1], found[0])
+    except est.MissingMeasurement as missing:
+        print(
+            f"anogen estimate: {found[0]} has no {missing.args[0]} throughput (a device check cut short?); "
+            "rerun bench/gpu_check.py on that GPU, or name another table folder with --results",
+            file=sys.stderr,
+        )
+        return 1
     print(est.format_report(estimate, args.gpus))
     return 0
 

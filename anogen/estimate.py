@@ -72,10 +72,15 @@ def find_table(gpu_model: str | None = None, results_dir: Path = RESULTS_DIR) ->
     return max(hits, key=lambda pt: (str(pt[1].get("date", "")), str(pt[0])))
 
 
+class MissingMeasurement(LookupError):
+    """The throughput table has no rate for a stage the config runs (a partial device check)."""
+
+
 def _rate(table: dict, stage: str) -> dict:
     entry = table.get("stages", {}).get(stage)
     if not entry or not entry.get("value"):
-        raise KeyError(stage)
+        # bench/gpu_check.py writes its table after every phase: one cut short lacks later stages
+        raise MissingMeasurement(stage)
     return entry
 
 
@@ -258,8 +263,10 @@ def estimate(
 def format_report(est: Estimate, n_gpus: int) -> str:
     t = est.table
     origin = t.get("source", "measured")  # repeated on purpose: the throughput table's field, not embedding.source
+    failed = [c["check"] for c in t.get("checks", []) if not c.get("ok")]
     lines = [
         f"throughput: {est.table_path.name} -- {t.get('gpu_model')} ({origin}, {t.get('date', '?')})",
+        *([f"WARNING: that device check failed {len(failed)} check(s): {', '.join(failed)}"] if failed else []),
         f"image counts: {est.counts.source}",
         "",
         f"{'stage':<11} {'jobs':>5} {'work':>14} {'rate (measured)':>28} {'GPU-hours':>10}",

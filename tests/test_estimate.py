@@ -110,3 +110,22 @@ def test_cli_prints_stages_and_total(capsys):
         assert word in out
     assert main(["estimate", "--configfile", str(REPO / "config" / "mvtec.yaml"), "--gpu-model", "B200"]) == 1
     assert "no throughput measurement" in capsys.readouterr().err
+
+
+def test_a_table_cut_short_stops_naming_it_and_failed_checks_are_shown(tmp_path, capsys):
+    """gpu_check writes its table after every phase: one whose lease ended early lacks stages."""
+    t = _table(tmp_path, embedding={"value": 5.0, "unit": "steps/s"})
+    cfg = str(REPO / "config" / "mvtec.yaml")
+    args = ["estimate", "--configfile", cfg, "--gpu-model", "gpu 9000", "--results", str(tmp_path)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "throughput_test.json has no generation throughput" in err and "gpu_check" in err
+    t["stages"].update(
+        generation={"value": 1.0, "unit": "images/s", "steps": 50},
+        detector_draem={"value": 100.0, "unit": "images/s", "image_size": 256},
+        detector_destseg={"value": 100.0, "unit": "images/s", "image_size": 256},
+    )
+    t["checks"] = [{"check": "stage 3 phase", "ok": False, "detail": "skipped"}, {"check": "x", "ok": True}]
+    (tmp_path / "throughput_test.json").write_text(json.dumps(t))
+    assert main(args) == 0
+    assert "WARNING: that device check failed 1 check(s): stage 3 phase" in capsys.readouterr().out
