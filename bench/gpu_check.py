@@ -167,6 +167,12 @@ def _snakemake(
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def record_check(checks: list[dict], name: str, ok: bool, detail: str = "") -> None:
+    """Append one check to the run's list and print it (the DAG's checks and failed phases alike)."""
+    checks.append({"check": name, "ok": bool(ok), "detail": detail})
+    print(f"[{'ok' if ok else 'FAILED'}] {name}{': ' + detail if detail else ''}", flush=True)
+
+
 def _until(deadline: float | None, floor: float = 30.0) -> float:
     """Seconds left before ``deadline`` (at least ``floor``); no deadline: 20 minutes."""
     return 1200.0 if deadline is None else max(floor, deadline - time.perf_counter())
@@ -204,8 +210,7 @@ def run_dag(work: Path, args, checks: list[dict], deadline: float | None = None)
     cores, gpus = (2, 2) if args.cpu else (max(2, os.cpu_count() or 2), cfg["resources"]["gpu_slots"])
 
     def check(name: str, ok: bool, detail: str = "") -> None:
-        checks.append({"check": name, "ok": bool(ok), "detail": detail})
-        print(f"[{'ok' if ok else 'FAILED'}] {name}{': ' + detail if detail else ''}", flush=True)
+        record_check(checks, name, ok, detail)
 
     # a) one embedding job killed after its first checkpoint
     emb_dir = (
@@ -666,7 +671,12 @@ class CheckRun:
         """Run one phase; an exception or a budget skip becomes a failed check, never an abort."""
         left = self.left()
         if left is not None and left < need_s:
-            self._fail(f"{name} phase", f"skipped: {left:.0f} s of --budget-s left, it needs about {need_s:.0f}")
+            record_check(
+                self.checks,
+                f"{name} phase",
+                False,
+                f"skipped: {left:.0f} s of --budget-s left, it needs about {need_s:.0f}",
+            )
             self.write()
             return None
         t0 = time.perf_counter()
@@ -675,15 +685,11 @@ class CheckRun:
             return fn()
         except Exception as exc:
             traceback.print_exc()
-            self._fail(f"{name} phase", f"{type(exc).__name__}: {exc}"[:1500])
+            record_check(self.checks, f"{name} phase", False, f"{type(exc).__name__}: {exc}"[:1500])
             return None
         finally:
             self.phase_s[name] = round(time.perf_counter() - t0, 1)
             self.write()
-
-    def _fail(self, name: str, detail: str) -> None:
-        self.checks.append({"check": name, "ok": False, "detail": detail})
-        print(f"[FAILED] {name}: {detail}", flush=True)
 
     def table(self) -> dict:
         table = throughput_table(self.rows, self.gpu, self.args)
@@ -775,8 +781,8 @@ def main(argv=None) -> int:
     # 3. the projection from what was measured
     proj = run.phase("projection", lambda: projection(run.table())) or {}
     print_table(run.rows, run.checks, proj, run.dag, gpu)
-    run.write(proj)
-    print(f"\nwrote {run.out} ({run.table()['total_s']:.0f} s in all; phases {run.phase_s})")
+    final = run.write(proj)
+    print(f"\nwrote {run.out} ({final['total_s']:.0f} s in all; phases {run.phase_s})")
     failed = [c for c in run.checks if not c["ok"]]
     if failed:
         print(f"{len(failed)} check(s) FAILED: {[c['check'] for c in failed]}", file=sys.stderr)
