@@ -1,6 +1,6 @@
 """DeSTSeg (Zhang et al., CVPR 2023): teacher, denoising student and segmentation network.
 
-Published layer plan (re-implemented with torchvision building blocks):
+Published layer plan (ResNet18 parts: ``resnet``, torchvision's ``resnet18`` re-implemented exactly):
 
 Teacher: an ImageNet ResNet18 cut after ``layer3`` (features of layer1/2/3: 64, 128 and
     256 channels at 1/4, 1/8 and 1/16 of the input side); frozen, always in eval mode.
@@ -26,29 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
-from torchvision.models.resnet import BasicBlock
+
+from anogen.detectors.destseg.resnet import ResNet18Trunk, kaiming_init, make_layer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _res_layer(inplanes: int, planes: int, blocks: int = 2) -> nn.Sequential:
-    downsample = None
-    if inplanes != planes:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes))
-    layers = [BasicBlock(inplanes, planes, 1, downsample)]
-    layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
-
-def _kaiming_init(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    return make_layer(inplanes, planes, blocks)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -60,7 +46,7 @@ class ResNet18Features(nn.Module):
 
     def __init__(self, last_layer: int = 4):
         super().__init__()
-        net = resnet18(weights=None)
+        net = ResNet18Trunk()
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layers = nn.ModuleList([getattr(net, f"layer{i}") for i in range(1, last_layer + 1)])
         self.last_layer = last_layer
@@ -142,7 +128,7 @@ class StudentNet(nn.Module):
         self.decoder3 = _res_layer(512, 256)
         self.decoder2 = _res_layer(256, 128)
         self.decoder1 = _res_layer(128, 64)
-        _kaiming_init(self)
+        kaiming_init(self)
         self.encoder = ResNet18Features(4)  # torchvision's own (kaiming) initialisation
         if zero_init_last:
             self.encoder.zero_init_last()
@@ -157,12 +143,41 @@ class StudentNet(nn.Module):
         return [b1, b2, b3]
 
 
+class SameDilatedConv2d(nn.Conv2d):
+    """A stride-1 dilated convolution with "same" zero padding (``dilation * (k // 2)``) that
+    skips the kernel taps which, on the input at hand, only ever read the padding.
+
+    With dilation ``d`` a tap ``i`` rows off the centre reads ``i * d`` rows away: on a map of
+    ``h`` rows it never reaches a pixel once ``i * d >= h``. ASPP's rate-18 branch on DeSTSeg's
+    16x16 maps (64 px images, the demo's) is such a case: only its centre tap ever sees a
+    pixel; skipping the other eight makes a segmentation step 1.07x faster on a CPU core
+    (bench/bench_job_overheads.py). Dropping taps that multiply zeros leaves the sums unchanged
+    (up to float round-off: terms are added in another order) and their gradients are zero
+    either way; the parameter is the whole kernel, so checkpoints and weight decay see it as
+    before. On maps large enough for every tap (256 px images) this is ``nn.Conv2d``."""
+
+    def __init__(self, cin: int, cout: int, k: int, dilation: int, bias: bool = False):
+        if k % 2 != 1:
+            raise ValueError(f"SameDilatedConv2d needs an odd kernel, got {k}")
+        super().__init__(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        rh, rw = min(kh // 2, (x.shape[-2] - 1) // dh), min(kw // 2, (x.shape[-1] - 1) // dw)
+        if (rh, rw) == (kh // 2, kw // 2):
+            return super().forward(x)
+        weight = self.weight[:, :, kh // 2 - rh : kh // 2 + rh + 1, kw // 2 - rw : kw // 2 + rw + 1]
+        return F.conv2d(x, weight, self.bias, padding=(rh * dh, rw * dw), dilation=self.dilation)
+
+
 def _cbr(cin: int, cout: int, k: int, padding: int = 0, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+    if dilation > 1:
+        if padding != dilation * (k // 2):
+            raise ValueError(f"a dilated conv here pads by dilation * (k // 2), got padding {padding}")
+        conv = SameDilatedConv2d(cin, cout, k, dilation)
+    else:
+        conv = nn.Conv2d(cin, cout, k, padding=padding, dilation=dilation, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ASPP(nn.Module):
@@ -181,7 +196,7 @@ class SegmentationNet(nn.Module):
     def __init__(self, inplanes: int = 448):
         super().__init__()
         self.res = _res_layer(inplanes, 256)
-        _kaiming_init(self.res)
+        kaiming_init(self.res)
         self.head = nn.Sequential(
             ASPP(256, 256),
             _cbr(256, 256, 3, 1),
