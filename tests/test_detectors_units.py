@@ -266,6 +266,45 @@ def test_ssim():
     assert ssim(a, b, reduce=False).shape == a.shape
 
 
+def _ssim_by_grouped_conv(img1, img2, value_range=1.0):
+    """The official DRAEM formulation: the 2-D window as a grouped 11x11 convolution."""
+    import torch.nn.functional as F
+
+    from anogen.detectors.losses import gaussian_window
+
+    window = gaussian_window(11, 1.5, img1.shape[1])
+
+    def filt(x):
+        return F.conv2d(x, window, padding=5, groups=img1.shape[1])
+
+    mu1, mu2 = filt(img1), filt(img2)
+    s1, s2, s12 = filt(img1 * img1) - mu1**2, filt(img2 * img2) - mu2**2, filt(img1 * img2) - mu1 * mu2
+    c1, c2 = (0.01 * value_range) ** 2, (0.03 * value_range) ** 2
+    return (((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))).mean()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 40, 24), (2, 1, 8, 8)])
+def test_separable_gaussian_filter_and_ssim_equal_the_grouped_convolution(shape):
+    import torch.nn.functional as F
+
+    from anogen.detectors.losses import gaussian_filter, gaussian_window
+
+    torch.manual_seed(1)
+    x = torch.rand(*shape)
+    by_conv = F.conv2d(x, gaussian_window(11, 1.5, shape[1]), padding=5, groups=shape[1])
+    assert torch.allclose(gaussian_filter(x), by_conv, rtol=0, atol=1e-6)
+    # the loss and its gradient, on a reconstruction-like pair
+    a = x.clone().requires_grad_(True)
+    b = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    ours = ssim(a, b)
+    (grad_ours,) = torch.autograd.grad(ours, a)
+    a2 = x.clone().requires_grad_(True)
+    ref = _ssim_by_grouped_conv(a2, b)
+    (grad_ref,) = torch.autograd.grad(ref, a2)
+    assert abs(ours.item() - ref.item()) < 1e-6
+    assert torch.allclose(grad_ours, grad_ref, rtol=1e-4, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- networks
 
 
