@@ -17,7 +17,7 @@ from anogen.errors import DataError
 from anogen.evaluation.evaluate import evaluate_detector
 from anogen.evaluation.metrics import MetricUndefinedWarning, image_auroc
 from anogen.evaluation.summary import summarize
-from anogen.evaluation.visualize import heat_colors, render_panel
+from anogen.evaluation.visualize import PanelRenderer, heat_colors, render_panel
 from anogen.io import load_manifest, verify_manifest
 
 SIZE = 48
@@ -187,6 +187,29 @@ def test_visualize_panel():
     assert heat_colors(np.zeros((3, 3))).shape == (3, 3, 3)  # constant map: no division by zero
     panel = render_panel(np.zeros((8, 8, 3), np.uint8), np.ones((16, 16)), np.zeros((8, 8)), title="x")
     assert panel.dtype == np.uint8 and panel.ndim == 3 and panel.shape[2] == 3
+
+
+def test_a_reused_panel_figure_draws_what_a_fresh_one_draws():
+    """Titles with and without descenders, a second image and a new colour range: each panel
+    of one PanelRenderer equals render_panel's own; a new range or size builds a new figure."""
+    rng = np.random.default_rng(0)
+    cases = [
+        ((32, 32), 0.0, 1.0, "draem (baseline) on nut_object/test/crack/000.png: crack, image score 0.1234"),
+        ((32, 32), 0.0, 1.0, "AAAA"),
+        ((32, 32), 0.0, 1.0, "x"),
+        ((32, 32), -2.0, 5.0, "destseg (anogen) on grass/test/good/003.png: good, image score 12.5"),
+        ((48, 40), -2.0, 5.0, None),
+    ]
+    renderer = PanelRenderer()
+    try:
+        for shape, lo, hi, title in cases:
+            image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+            mask, amap = rng.random(shape) > 0.8, rng.random(shape) * (hi - lo) + lo
+            reused = renderer.render(image, mask, amap, vmin=lo, vmax=hi, title=title)
+            fresh = render_panel(image, mask, amap, vmin=lo, vmax=hi, title=title)
+            assert reused.shape == fresh.shape and np.array_equal(reused, fresh), title
+    finally:
+        renderer.close()
 
 
 def test_visualize_panel_shows_the_map_in_jet_with_a_colour_bar():

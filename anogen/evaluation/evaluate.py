@@ -29,7 +29,7 @@ from anogen.data.mvtec import load_image, load_mask, relative_to_root
 from anogen.errors import AnogenError, ConfigError, DataError
 from anogen.evaluation.masks import resize_gt_mask, resolve_mask_resize
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
-from anogen.evaluation.visualize import render_panel
+from anogen.evaluation.visualize import PanelRenderer
 from anogen.io import atomic_save_image, atomic_write_json, read_image
 from anogen.resumable import ResumableJob
 
@@ -195,18 +195,22 @@ def _write_metrics(out_dir: Path, spec, items, excluded, mask_resize: str, run: 
 def _write_examples(out_dir: Path, spec, items, run: _Scored) -> list[str]:
     """One panel (image, ground truth, anomaly map on the shared scale) per chosen test image."""
     example_files = []
-    for index in sorted(run.kept):
-        entry = run.kept[index]
-        rel, defect = entry["rel"], items[index][1].defect
-        title = f"{spec['detector']} ({spec['variant']}) on {rel}: {defect}, image score {run.scores[index]:.4g}"
-        panel = render_panel(
-            entry["image"], entry["mask"], entry["map"], vmin=run.map_min, vmax=run.map_max, title=title
-        )
-        # examples/<defect>/<image>.png: the report labels each panel by defect and image
-        # (workflow/rules/evaluation.smk), so every one of them is reachable there
-        name = f"examples/{defect}/{Path(rel).stem}.png"
-        atomic_save_image(out_dir / name, panel)
-        example_files.append(name)
+    renderer = PanelRenderer()  # one figure for all panels (same size and colour range)
+    try:
+        for index in sorted(run.kept):
+            entry = run.kept[index]
+            rel, defect = entry["rel"], items[index][1].defect
+            title = f"{spec['detector']} ({spec['variant']}) on {rel}: {defect}, image score {run.scores[index]:.4g}"
+            panel = renderer.render(
+                entry["image"], entry["mask"], entry["map"], vmin=run.map_min, vmax=run.map_max, title=title
+            )
+            # examples/<defect>/<image>.png: the report labels each panel by defect and image
+            # (workflow/rules/evaluation.smk), so every one of them is reachable there
+            name = f"examples/{defect}/{Path(rel).stem}.png"
+            atomic_save_image(out_dir / name, panel)
+            example_files.append(name)
+    finally:
+        renderer.close()
     return example_files
 
 

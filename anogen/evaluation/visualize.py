@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["heat_colors", "overlay", "render_panel"]
+__all__ = ["PanelRenderer", "heat_colors", "overlay", "render_panel"]
 
 # (position, R, G, B) control points of the ramp
 _RAMP = np.array(
@@ -54,6 +54,113 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _tiles(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, lo: float, hi: float):
+    """The four tiles at the anomaly map's size (image and mask resized if needed)."""
+    h, w = amap.shape
+    img = _to_rgb(image)
+    if img.shape[:2] != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+    m = (np.asarray(mask) > 0).astype(np.uint8) * 255
+    if m.shape != (h, w):
+        m = np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST))
+    return img, m, amap, overlay(img, heat_colors(amap, lo, hi))
+
+
+def _value_range(amap: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[float, float]:
+    lo = float(np.min(amap)) if vmin is None else float(vmin)
+    hi = float(np.max(amap)) if vmax is None else float(vmax)
+    return lo, (hi if hi > lo else lo + 1e-12)
+
+
+_TALLEST_LINE = "Ag|()[]{}_^"
+
+
+class PanelRenderer:
+    """Draws panels into one matplotlib figure, reused from panel to panel.
+
+    Building a figure and running its constrained layout is most of a panel's cost (0.27 s
+    against 0.09 s for a reused figure on a CPU core; an evaluation draws about 16). The
+    layout depends only on the tile size, the colour bar's range and whether there is a
+    title, so the figure is kept while those stay the same and only the tiles' pixels and
+    the title's text change; anything else builds a new figure. A reused figure's panel
+    equals ``render_panel``'s pixel for pixel (tests/test_evaluate_summary.py)."""
+
+    def __init__(self):
+        self._fig = None
+        self._key = None
+
+    def render(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        anomaly_map: np.ndarray,
+        *,
+        vmin: float | None = None,
+        vmax: float | None = None,
+        title: str | None = None,
+    ) -> np.ndarray:
+        """uint8 RGB panel: test image | ground truth | anomaly map | overlay, with a colour bar.
+
+        All tiles are shown at the anomaly map's size (image and mask resized if needed);
+        ``title`` (e.g. the image path and score) is written above; the colour bar spans
+        [vmin, vmax] (the value range shared by every panel of one evaluation).
+        """
+        amap = np.asarray(anomaly_map, dtype=np.float64)
+        lo, hi = _value_range(amap, vmin, vmax)
+        tiles = _tiles(image, mask, amap, lo, hi)
+        key = (amap.shape, lo, hi, bool(title))
+        if key != self._key:
+            self.close()
+            self._build(tiles, lo, hi, bool(title))
+            self._key = key
+        for shown, tile in zip(self._images, tiles):
+            shown.set_data(tile)
+        if title:
+            self._title.set_text(title)
+        self._fig.canvas.draw()
+        rgba = np.asarray(self._fig.canvas.buffer_rgba(), dtype=np.uint8)
+        return np.ascontiguousarray(rgba[..., :3])
+
+    def _build(self, tiles, lo: float, hi: float, titled: bool) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import Normalize
+
+        fig, axes = plt.subplots(1, 4, figsize=(9.6, 2.9), layout="constrained")
+        labels = ("test image", "ground truth", "anomaly map", "overlay")
+        self._images = []
+        for ax, label, tile in zip(axes, labels, tiles):
+            if label == "anomaly map":
+                shown = ax.imshow(tile, cmap="jet", norm=Normalize(lo, hi), interpolation="nearest")
+                heat = shown
+            else:
+                shown = ax.imshow(
+                    tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest"
+                )
+            self._images.append(shown)
+            ax.set_title(label, fontsize="medium")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        bar = fig.colorbar(heat, ax=list(axes), fraction=0.02, pad=0.01)
+        bar.set_label("anomaly score")
+        # The layout is computed once, for a title line as tall as any (ascender, descender,
+        # brackets), and then kept: every panel of the figure has the same geometry, whatever
+        # its title's letters.
+        self._title = fig.suptitle(_TALLEST_LINE, fontsize="medium") if titled else None
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
+        self._fig = fig
+
+    def close(self) -> None:
+        if self._fig is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(self._fig)
+        self._fig = self._key = None
+
+
 def render_panel(
     image: np.ndarray,
     mask: np.ndarray,
@@ -63,48 +170,9 @@ def render_panel(
     vmax: float | None = None,
     title: str | None = None,
 ) -> np.ndarray:
-    """uint8 RGB panel: test image | ground truth | anomaly map | overlay, with a colour bar.
-
-    All tiles are shown at the anomaly map's size (image and mask resized if needed);
-    ``title`` (e.g. the image path and score) is written above; the colour bar spans
-    [vmin, vmax] (the value range shared by every panel of one evaluation).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import Normalize
-
-    amap = np.asarray(anomaly_map, dtype=np.float64)
-    h, w = amap.shape
-    img = _to_rgb(image)
-    if img.shape[:2] != (h, w):
-        img = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
-    m = (np.asarray(mask) > 0).astype(np.uint8) * 255
-    if m.shape != (h, w):
-        m = np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST))
-    lo = float(np.min(amap)) if vmin is None else float(vmin)
-    hi = float(np.max(amap)) if vmax is None else float(vmax)
-    if not hi > lo:
-        hi = lo + 1e-12
-    heat = heat_colors(amap, lo, hi)
-
-    fig, axes = plt.subplots(1, 4, figsize=(9.6, 2.9), layout="constrained")
-    tiles = (("test image", img), ("ground truth", m), ("anomaly map", amap), ("overlay", overlay(img, heat)))
-    shown = None
-    for ax, (label, tile) in zip(axes, tiles):
-        if label == "anomaly map":
-            shown = ax.imshow(tile, cmap="jet", norm=Normalize(lo, hi), interpolation="nearest")
-        else:
-            ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(label, fontsize="medium")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    bar = fig.colorbar(shown, ax=list(axes), fraction=0.02, pad=0.01)
-    bar.set_label("anomaly score")
-    if title:
-        fig.suptitle(title, fontsize="medium")
-    fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba(), dtype=np.uint8)
-    plt.close(fig)
-    return np.ascontiguousarray(rgba[..., :3])
+    """One panel in a figure of its own (``PanelRenderer.render``)."""
+    renderer = PanelRenderer()
+    try:
+        return renderer.render(image, mask, anomaly_map, vmin=vmin, vmax=vmax, title=title)
+    finally:
+        renderer.close()
