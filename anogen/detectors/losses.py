@@ -161,7 +161,7 @@ def gaussian_filter(x: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torc
     padding: ``conv2d(x, gaussian_window(size, sigma, C), padding=size // 2, groups=C)``.
 
     The window is separable, so the filter is ``B_H @ x @ B_W^T`` with banded matrices: the
-    same sums up to float round-off (< 1e-6), and on a CPU core 12x faster than the grouped
+    same sums up to float round-off (< 1e-6), and on a CPU core 10x faster than the grouped
     11x11 convolution at 64 px, forward and backward (the convolution was 15% of a DRAEM step
     there: bench/bench_job_overheads.py)."""
     h, w = x.shape[-2:]

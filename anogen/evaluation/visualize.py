@@ -78,8 +78,9 @@ _TALLEST_LINE = "Ag|()[]{}_^"
 class PanelRenderer:
     """Draws panels into one matplotlib figure, reused from panel to panel.
 
-    Building a figure and running its constrained layout is most of a panel's cost (0.27 s
-    against 0.09 s for a reused figure on a CPU core; an evaluation draws about 16). The
+    Building a figure and running its constrained layout is most of a panel's cost: a
+    reused figure draws a panel 4x faster on a CPU core (bench/bench_job_overheads.py), and
+    an evaluation draws about 16. The
     layout depends only on the tile size, the colour bar's range and whether there is a
     title, so the figure is kept while those stay the same and only the tiles' pixels and
     the title's text change; anything else builds a new figure. A reused figure's panel

@@ -33,10 +33,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _res_layer(inplanes: int, planes: int, blocks: int = 2) -> nn.Sequential:
-    return make_layer(inplanes, planes, blocks)
-
-
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + eps)
 
@@ -124,10 +120,10 @@ def teacher_state_layout(state: dict) -> tuple[str, dict[str, torch.Tensor]]:
 class StudentNet(nn.Module):
     def __init__(self, zero_init_last: bool):
         super().__init__()
-        self.decoder4 = _res_layer(512, 512)
-        self.decoder3 = _res_layer(512, 256)
-        self.decoder2 = _res_layer(256, 128)
-        self.decoder1 = _res_layer(128, 64)
+        self.decoder4 = make_layer(512, 512)
+        self.decoder3 = make_layer(512, 256)
+        self.decoder2 = make_layer(256, 128)
+        self.decoder1 = make_layer(128, 64)
         kaiming_init(self)
         self.encoder = ResNet18Features(4)  # torchvision's own (kaiming) initialisation
         if zero_init_last:
@@ -150,7 +146,7 @@ class SameDilatedConv2d(nn.Conv2d):
     With dilation ``d`` a tap ``i`` rows off the centre reads ``i * d`` rows away: on a map of
     ``h`` rows it never reaches a pixel once ``i * d >= h``. ASPP's rate-18 branch on DeSTSeg's
     16x16 maps (64 px images, the demo's) is such a case: only its centre tap ever sees a
-    pixel; skipping the other eight makes a segmentation step 1.07x faster on a CPU core
+    pixel; skipping the other eight makes a segmentation step 1.05x faster on a CPU core
     (bench/bench_job_overheads.py). Dropping taps that multiply zeros leaves the sums unchanged
     (up to float round-off: terms are added in another order) and their gradients are zero
     either way; the parameter is the whole kernel, so checkpoints and weight decay see it as
@@ -195,7 +191,7 @@ class ASPP(nn.Module):
 class SegmentationNet(nn.Module):
     def __init__(self, inplanes: int = 448):
         super().__init__()
-        self.res = _res_layer(inplanes, 256)
+        self.res = make_layer(inplanes, 256)
         kaiming_init(self.res)
         self.head = nn.Sequential(
             ASPP(256, 256),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "ResNet18Trunk", "kaiming_init"]
+__all__ = ["BasicBlock", "ResNet18Trunk", "kaiming_init", "make_layer"]
 
 # torchvision's resnet18: (planes, stride) of layer1..layer4, two BasicBlocks each
 RESNET18_LAYERS = ((64, 1), (128, 2), (256, 2), (512, 2))
