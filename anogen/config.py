@@ -31,7 +31,7 @@ TINY_MODEL_DIR = "resources/models/tiny-random-{family}"
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
 _NOT_IN_KEYS = {
-    "embedding": {"checkpoint_every", "cuda_graph"},
+    "embedding": {"checkpoint_every", "cuda_graph", "gradient_checkpointing"},
     "generation": {"batch_size", "channels_last", "compile"},
     "evaluation": {"batch_size"},
 }
@@ -119,6 +119,13 @@ def _check_semantics(config: dict) -> None:
         raise ConfigError(
             "detectors.destseg.student_steps",
             f"{ds['student_steps']} must be smaller than detectors.destseg.steps ({ds['steps']})",
+        )
+    emb = config["embedding"]
+    if emb["gradient_checkpointing"] and emb["cuda_graph"]:
+        raise ConfigError(
+            "embedding.gradient_checkpointing",
+            "cannot be combined with embedding.cuda_graph (capturing the recomputation inside a "
+            "CUDA graph is not supported here): set one of them to false",
         )
     _check_layout_options(config)
     model = config["diffusion"]["model"]
@@ -587,7 +594,8 @@ class Plan:
         if source is not None:
             return {"source": str(source)}
         emb = self.config["embedding"]
-        return {**self._model_runtime(), "checkpoint_every": emb["checkpoint_every"], "cuda_graph": emb["cuda_graph"]}
+        speed = {k: emb[k] for k in ("checkpoint_every", "cuda_graph", "gradient_checkpointing")}
+        return {**self._model_runtime(), **speed}
 
     def _model_runtime(self) -> dict:
         """Where the diffusion model is loaded from (its identity is in the model key)."""

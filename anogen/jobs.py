@@ -248,6 +248,7 @@ def learn_embedding(sm, params):
             device=lease.device,
             checkpoint_every=runtime["checkpoint_every"],
             cuda_graph=runtime["cuda_graph"],
+            gradient_checkpointing=runtime["gradient_checkpointing"],
             extra={"lease": lease.as_dict()},
         )
 

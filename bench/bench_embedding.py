@@ -93,6 +93,7 @@ def bench_family(family: str, args) -> dict:
         device=device,
         cuda_graph=False,  # the plain eager step (gpu_check.py measures the graph)
         n_devices=1,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     setup_s = time.perf_counter() - t0
     for _ in range(args.warmup):
@@ -117,6 +118,7 @@ def bench_family(family: str, args) -> dict:
         "resolution": trainer.resolution,
         "latent": list(trainer.latent_shape),
         "batch": args.batch,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "params_unet_M": sum(p.numel() for p in backbone.unet.parameters()) / 1e6,
         "params_text_M": sum(p.numel() for p in backbone.text_encoder.parameters()) / 1e6,
         "params_vae_M": sum(p.numel() for p in backbone.vae.parameters()) / 1e6,
@@ -151,6 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default native)")
     p.add_argument("--image-size", type=int, default=None, help="support image side (default 2x native)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="the UNet's gradient checkpointing (less memory)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
 

@@ -41,8 +41,8 @@ def test_job_spec_is_what_the_key_hashes(demo_plan):
 
 def test_runtime_values_stay_out_of_the_spec(demo_plan):
     emb = demo_plan.job("embedding", "cat_a", "hole")
-    assert {"checkpoint_every", "cuda_graph", "model"} <= set(emb.runtime)
-    assert not {"checkpoint_every", "cuda_graph"} & set(emb.spec)
+    assert {"checkpoint_every", "cuda_graph", "gradient_checkpointing", "model"} <= set(emb.runtime)
+    assert not {"checkpoint_every", "cuda_graph", "gradient_checkpointing"} & set(emb.spec)
     gen = demo_plan.job("generation", "cat_a", "hole")
     assert {"batch_size", "channels_last", "compile"} <= set(gen.runtime)
     assert "mixed_precision" in gen.spec and "batch_size" not in gen.spec

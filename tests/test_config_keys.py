@@ -89,6 +89,7 @@ def test_defaults_filled():
             "generation.box_ranges.bottle.hole.width.1",
         ),
         ({"detectors": {"destseg": {"steps": 100, "student_steps": 100}}}, "detectors.destseg.student_steps"),
+        ({"embedding": {"gradient_checkpointing": True, "cuda_graph": True}}, "embedding.gradient_checkpointing"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -205,6 +206,8 @@ def test_runtime_knobs_change_no_key():
         )
     )
     assert new == base
+    memory = deep_update(demo_raw(), {"embedding": {"gradient_checkpointing": True}})
+    assert all_keys(plan(memory)) == base  # a memory switch: same function, same results
 
 
 def test_support_seed_changes_support_and_everything_downstream():

@@ -127,7 +127,9 @@ def test_only_placeholder_row_changes(tiny_models, family):
             weight_name = f"text_encoder.{k}"
     assert weight_name is not None
 
-    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(learning_rate=0.05), cuda_graph=False)
+    trainer = EmbeddingTrainer(
+        backbone, make_items(), make_spec(learning_rate=0.05), cuda_graph=False, gradient_checkpointing=False
+    )
     init = trainer.vector.detach().clone()
     for _ in range(3):
         trainer.step()
@@ -161,7 +163,7 @@ def test_mask_loss_ignores_prediction_outside_mask(tiny_models, family):
     pixel. The loss is blind to the error outside the mask, which is what this checks.
     """
     backbone = load_backbone(str(tiny_models[family]))
-    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False)
+    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False, gradient_checkpointing=False)
     batch = trainer.sample_batch()
     mask = batch["mask"]
     assert mask is not None and 0 < float(mask.mean()) < 1
@@ -196,7 +198,11 @@ def test_mask_loss_ignores_prediction_outside_mask(tiny_models, family):
 
     # mask_loss: false draws the same batch (same seed) and only drops the weighting
     plain = EmbeddingTrainer(
-        load_backbone(str(tiny_models[family])), make_items(), make_spec(mask_loss=False), cuda_graph=False
+        load_backbone(str(tiny_models[family])),
+        make_items(),
+        make_spec(mask_loss=False),
+        cuda_graph=False,
+        gradient_checkpointing=False,
     )
     b_plain = plain.sample_batch()
     assert b_plain["mask"] is None
@@ -206,7 +212,9 @@ def test_mask_loss_ignores_prediction_outside_mask(tiny_models, family):
 def test_v_prediction_target_and_unsupported_prediction(tiny_models):
     backbone = load_backbone(str(tiny_models["sd"]))
     backbone.scheduler_config = dict(backbone.scheduler_config, prediction_type="v_prediction")
-    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(mask_loss=False), cuda_graph=False)
+    trainer = EmbeddingTrainer(
+        backbone, make_items(), make_spec(mask_loss=False), cuda_graph=False, gradient_checkpointing=False
+    )
     batch = trainer.sample_batch()
     seen = {}
 
@@ -223,13 +231,15 @@ def test_v_prediction_target_and_unsupported_prediction(tiny_models):
     backbone = load_backbone(str(tiny_models["sd"]))
     backbone.scheduler_config = dict(backbone.scheduler_config, prediction_type="sample")
     with pytest.raises(ConfigError, match="diffusion.model"):
-        EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False)
+        EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False, gradient_checkpointing=False)
 
 
 def test_bad_resolution_and_missing_model(tiny_models, tmp_path):
     backbone = load_backbone(str(tiny_models["sd"]))
     with pytest.raises(ConfigError, match="embedding.resolution"):
-        EmbeddingTrainer(backbone, make_items(), make_spec(resolution=60), cuda_graph=False)
+        EmbeddingTrainer(
+            backbone, make_items(), make_spec(resolution=60), cuda_graph=False, gradient_checkpointing=False
+        )
     with pytest.raises(ConfigError, match="diffusion.model"):
         learn_embedding(
             support_items=make_items(),
@@ -242,6 +252,7 @@ def test_bad_resolution_and_missing_model(tiny_models, tmp_path):
             device="cpu",
             checkpoint_every=2,
             cuda_graph=False,
+            gradient_checkpointing=False,
         )
 
 
@@ -257,7 +268,7 @@ a = np.load({items!r})
 items = [(a[f"i{{k}}"], a[f"m{{k}}"]) for k in range(len(a.files) // 2)]
 learn_embedding(support_items=items, model={model!r}, revision=None, spec=json.loads({spec!r}),
                 out_dir={out!r}, key="k1", inputs={{"support": "s1"}}, device="cpu", checkpoint_every={every},
-                cuda_graph=False)
+                cuda_graph=False, gradient_checkpointing=False)
 """
 
 
@@ -273,6 +284,7 @@ def _run_job(model, spec, out, items, checkpoint_every=2):
         device="cpu",
         checkpoint_every=checkpoint_every,
         cuda_graph=False,
+        gradient_checkpointing=False,
     )
 
 

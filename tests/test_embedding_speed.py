@@ -1,5 +1,6 @@
-"""Stage 1 speed paths on CPU: static buffers equal the plain path bit for bit; grouped
-concepts equal training each alone within float tolerance; no per-step host sync in the job."""
+"""Stage 1 speed and memory paths on CPU: static buffers equal the plain path bit for bit; grouped
+concepts equal training each alone within float tolerance; no per-step host sync in the job;
+the UNet's gradient checkpointing gives the plain results and keeps fewer activations."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def tiny_ldm(tmp_path_factory):
 
 
 def _train_alone(model, items, spec, steps, **kw):
-    t = EmbeddingTrainer(load_backbone(str(model)), items, spec, cuda_graph=False, **kw)
+    t = EmbeddingTrainer(
+        load_backbone(str(model)), items, spec, cuda_graph=False, **{"gradient_checkpointing": False, **kw}
+    )
     for _ in range(steps):
         t.step_async()
     return t.vector.detach().clone(), t.losses
@@ -41,19 +44,63 @@ def test_static_buffers_equal_plain_path_bit_for_bit(tiny_ldm, flip_p):
     assert torch.equal(v_plain, v_static)
     assert l_plain == l_static and len(l_plain) == 5
     # and it really trained: the vector moved
-    init = EmbeddingTrainer(load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False).vector.detach()
+    init = EmbeddingTrainer(
+        load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False, gradient_checkpointing=False
+    ).vector.detach()
     assert not torch.equal(init, v_plain)
 
 
 def test_cuda_graph_request_on_cpu_is_the_plain_static_path(tiny_ldm):
-    t = EmbeddingTrainer(load_backbone(str(tiny_ldm)), make_items(), make_spec(), cuda_graph=True)
+    t = EmbeddingTrainer(
+        load_backbone(str(tiny_ldm)), make_items(), make_spec(), cuda_graph=True, gradient_checkpointing=False
+    )
     assert not t.cuda_graph and not t.static_inputs  # CPU: nothing to capture, nothing changes
+
+
+def test_gradient_checkpointing_gives_the_plain_results(tiny_ldm):
+    spec = make_spec()
+    v_plain, l_plain = _train_alone(tiny_ldm, make_items(), spec, 4)
+    v_ckpt, l_ckpt = _train_alone(tiny_ldm, make_items(), spec, 4, gradient_checkpointing=True)
+    np.testing.assert_allclose(l_ckpt, l_plain, rtol=1e-6)
+    torch.testing.assert_close(v_ckpt, v_plain, rtol=1e-5, atol=1e-7)
+
+
+def _bytes_saved_for_backward(trainer) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one loss."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = trainer.loss_on(trainer.sample_batch())
+    loss.backward()
+    return sum(storages.values())
+
+
+def test_gradient_checkpointing_keeps_fewer_activations(tiny_ldm):
+    """The switch must reach the UNet: with it, the blocks' activations are recomputed in the
+    backward pass instead of being kept (checkpointing's own holders are not autograd saves)."""
+    backbone = load_backbone(str(tiny_ldm))
+    plain = _bytes_saved_for_backward(
+        EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False, gradient_checkpointing=False)
+    )
+    assert not backbone.unet.is_gradient_checkpointing
+    backbone = load_backbone(str(tiny_ldm))
+    trainer = EmbeddingTrainer(backbone, make_items(), make_spec(), cuda_graph=False, gradient_checkpointing=True)
+    assert backbone.unet.is_gradient_checkpointing
+    assert _bytes_saved_for_backward(trainer) < 0.5 * plain
 
 
 def test_losses_sync_lazily_and_match_step(tiny_ldm):
     spec = make_spec()
-    a = EmbeddingTrainer(load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False)
-    b = EmbeddingTrainer(load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False)
+    a = EmbeddingTrainer(
+        load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False, gradient_checkpointing=False
+    )
+    b = EmbeddingTrainer(
+        load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False, gradient_checkpointing=False
+    )
     floats = [a.step() for _ in range(4)]
     for _ in range(4):
         b.step_async()
@@ -71,16 +118,22 @@ def test_grouped_concepts_equal_training_each_alone(tiny_ldm):
     spec = make_spec(batch_size=2)
     concepts = [make_items(seed=0), make_items(n=2, seed=1), make_items(n=4, seed=2)]
     steps = 4
-    init = EmbeddingTrainer(load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False).vector.detach().clone()
+    init = (
+        EmbeddingTrainer(
+            load_backbone(str(tiny_ldm)), make_items(), spec, cuda_graph=False, gradient_checkpointing=False
+        )
+        .vector.detach()
+        .clone()
+    )
     alone, first_grads = [], []
     for items in concepts:
-        t = EmbeddingTrainer(load_backbone(str(tiny_ldm)), items, spec, cuda_graph=False)
+        t = EmbeddingTrainer(load_backbone(str(tiny_ldm)), items, spec, cuda_graph=False, gradient_checkpointing=False)
         t.step()
         first_grads.append(t.vector.grad.clone())
         for _ in range(steps - 1):
             t.step_async()
         alone.append((t.vector.detach().clone(), t.losses))
-    group = GroupedEmbeddingTrainer(load_backbone(str(tiny_ldm)), concepts, spec)
+    group = GroupedEmbeddingTrainer(load_backbone(str(tiny_ldm)), concepts, spec, gradient_checkpointing=False)
     curves = [group.step()]
     for k, g in enumerate(first_grads):
         grouped_grad = group.trainers[k].vector.grad

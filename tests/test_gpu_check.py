@@ -44,6 +44,8 @@ def test_gpu_check_cpu_tiny(tmp_path):
         assert table["stages"][stage]["value"] > 0, stage
     variants = [r["variant"] for r in table["rows"] if r["stage"] == "embedding"]
     assert variants[0].startswith("before") and any("grouped" in v for v in variants)
+    memory_row = [r for r in table["rows"] if r["variant"] == "gradient checkpointing (memory)"]
+    assert len(memory_row) == 1 and memory_row[0]["value"] > 0  # measured, not ": failed"
     proj = table["projection"]["this run"]
     assert proj["total_gpu_hours"] > 0 and proj["wall_h_4gpu"] <= proj["wall_h_1gpu"]
     assert "=== anogen GPU check on cpu ===" in proc.stdout

@@ -49,6 +49,13 @@ part of the content key):
   vector, AdamW state and generators, and its loss is computed on its own slice, so the
   gradient of each vector is exactly that of training it alone (equal within float
   round-off of the batched kernels; tested on CPU).
+
+Memory switch (``embedding.gradient_checkpointing``, runtime-only like ``cuda_graph``):
+diffusers' ``enable_gradient_checkpointing`` on the UNet, whose activations are nearly all
+of what a step keeps for its backward pass (the text encoder's are a few percent; measured
+by ``bench/bench_embedding_memory.py``). The UNet blocks are then run once more in the
+backward pass; the function is the same, so losses and vectors equal the plain path within
+float round-off (tested on CPU).
 """
 
 from __future__ import annotations
@@ -205,6 +212,14 @@ def _resolution(backbone, spec: dict) -> int:
     return int(res)
 
 
+def set_gradient_checkpointing(backbone, enabled: bool) -> None:
+    """Turn the UNet's gradient checkpointing on or off (the backbone may be reused by another trainer)."""
+    if enabled:
+        backbone.unet.enable_gradient_checkpointing()
+    else:
+        backbone.unet.disable_gradient_checkpointing()
+
+
 class EmbeddingTrainer:
     """One learnable placeholder vector on a frozen backbone; ``step()`` is one optimiser step.
 
@@ -221,11 +236,13 @@ class EmbeddingTrainer:
         cuda_graph: bool,
         n_devices: int = 1,
         static_inputs: bool = False,
+        gradient_checkpointing: bool,
         _shared_token_id: int | None = None,
     ):
         """``spec``: the embedding spec the plan hashed (``Plan.spec("embedding", ...)``; its
         ``mixed_precision`` decides autocast). ``cuda_graph`` and ``static_inputs`` are speed
-        switches (equal results; a CUDA graph within float round-off, see the module notes)."""
+        switches (equal results; a CUDA graph within float round-off, see the module notes);
+        ``gradient_checkpointing`` is the memory switch (same results within float round-off)."""
         missing = [k for k in SPEC_KEYS if k not in spec]
         if missing:
             raise ConfigError("embedding", f"missing keys {missing} (the config schema fills defaults)")
@@ -236,6 +253,7 @@ class EmbeddingTrainer:
         self._init_precision(spec["mixed_precision"], cuda_graph, static_inputs)
         backbone.to(device)
         backbone.freeze()
+        set_gradient_checkpointing(backbone, gradient_checkpointing)
         self._init_vector(_shared_token_id)
         self._tokenize_templates()
         self._prepare_support()
@@ -583,6 +601,7 @@ class GroupedEmbeddingTrainer:
         *,
         device: str = "cpu",
         n_devices: int = 1,
+        gradient_checkpointing: bool,
     ):
         """``spec`` as for ``EmbeddingTrainer`` (its ``mixed_precision`` must not mean fp16)."""
         if not concepts:
@@ -599,6 +618,7 @@ class GroupedEmbeddingTrainer:
                 device=device,
                 cuda_graph=False,  # one graph per concept cannot share the batched pass
                 n_devices=n_devices,
+                gradient_checkpointing=gradient_checkpointing,
                 _shared_token_id=token_id,
             )
             for items in concepts
@@ -690,14 +710,15 @@ def learn_embedding(
     device: str,
     checkpoint_every: int,
     cuda_graph: bool,
+    gradient_checkpointing: bool,
     n_devices: int = 1,
     extra: dict | None = None,
 ) -> Path:
     """Learn the anomaly embedding for one support set; return the manifest path.
 
     ``spec`` is the plan's hashed embedding spec (``Plan.spec("embedding", ...)``), written to the
-    manifest as given; ``device``, ``checkpoint_every``, ``cuda_graph`` and ``n_devices`` are
-    runtime values outside the key. Resumes from ``out_dir/checkpoints/state.pt`` when it
+    manifest as given; ``device``, ``checkpoint_every``, ``cuda_graph``, ``gradient_checkpointing``
+    and ``n_devices`` are runtime values outside the key. Resumes from ``out_dir/checkpoints/state.pt`` when it
     exists and no manifest does. A directory that already holds a manifest (a completed job
     being rerun) is started afresh: the manifest and the old checkpoint are removed first, so
     an interrupted rerun never looks complete. The final checkpoint is kept (a few KB).
@@ -711,7 +732,15 @@ def learn_embedding(
         job.start_afresh()
     # 2. the frozen backbone and the trainer of the one placeholder vector
     backbone = load_backbone(model, revision, device)
-    trainer = EmbeddingTrainer(backbone, support_items, spec, device=device, cuda_graph=cuda_graph, n_devices=n_devices)
+    trainer = EmbeddingTrainer(
+        backbone,
+        support_items,
+        spec,
+        device=device,
+        cuda_graph=cuda_graph,
+        n_devices=n_devices,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     # 3. an interrupted run continues from its checkpoint
     resumed_from = _resume(job, trainer)
     _log_start(trainer, model, device)
@@ -743,6 +772,7 @@ def _run_record(
         "device": device,
         "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
         "cuda_graph": trainer._graph is not None,
+        "gradient_checkpointing": bool(trainer.backbone.unet.is_gradient_checkpointing),
     }
 
 
@@ -758,7 +788,7 @@ def _resume(job: ResumableJob, trainer: EmbeddingTrainer) -> int:
 
 def _log_start(trainer: EmbeddingTrainer, model: str, device: str) -> None:
     log.info(
-        "learning %s on %s (%s, %d px) from %d support images: %d steps, batch %d, lr %.4g, mask_loss=%s, device %s%s",
+        "learning %s on %s (%s, %d px) from %d support images: %d steps, batch %d, lr %.4g, mask_loss=%s, device %s%s%s",
         trainer.token,
         model,
         trainer.backbone.family,
@@ -770,6 +800,7 @@ def _log_start(trainer: EmbeddingTrainer, model: str, device: str) -> None:
         trainer.mask_loss,
         device,
         f", autocast {trainer.autocast_dtype}" if trainer.autocast_enabled else "",
+        ", UNet gradient checkpointing" if trainer.backbone.unet.is_gradient_checkpointing else "",
     )
 
 
