@@ -18,8 +18,9 @@ temporaries), in fp32. glibc's malloc maps every block of 64 KiB or more on its 
 peak of live tensors.
 
 From these it prints a bound for the GPU under bf16 autocast (``diffusion.mixed_precision``'s
-default): stage 1, the fp32 parameters + their bf16 copies (autocast's cast cache, at most half
-the parameter bytes) + the fp32 step bytes (bf16 activations are at most as large); stage 2,
+default): stage 1, the fp32 parameters + their bf16 copies (autocast casts each frozen weight
+where it is used and autograd keeps the copy for the backward pass: at most half the parameter
+bytes) + the fp32 step bytes (bf16 activations are at most as large); stage 2,
 the fp32 parameters (the UNet's are kept in bf16 there, half of that) + the fp32 batch bytes.
 The CUDA context and cuBLAS workspaces (about 1 GiB) come on top. ``bench/gpu_check.py``
 measures the real peak on a GPU.
