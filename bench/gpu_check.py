@@ -326,7 +326,7 @@ def bench_stage1(args) -> list[dict]:
             if i == 0:
                 raise
             traceback.print_exc()
-            rows.append({"stage": "embedding", "variant": f"{name}: failed", "value": None, "unit": "steps/s"})
+            rows.append({"stage": "embedding", "variant": f"{name}: failed", "value": None, "unit": "concept-steps/s"})
     del backbone
     return rows
 
