@@ -13,6 +13,7 @@ the projected time for 73 embeddings x 6000 steps on 1 and on 4 GPUs (one job pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -50,8 +51,11 @@ def random_backbone(family: str, size: str, device: str, resolution: int | None)
         writer = _write_bert_tokenizer if family == "ldm" else _write_clip_tokenizer
         n_vocab = writer(Path(tmp) / "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
-    # full size keeps the real vocabulary (30522 / 49408 rows); the tokenizer uses a prefix
-    parts = build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab, seed=0)
+    # Initialise the weights directly on the device: random init of ~1.5B parameters on
+    # the CPU takes longer than a GPU benchmark itself.
+    with torch.device(device) if device != "cpu" else contextlib.nullcontext():
+        # full size keeps the real vocabulary (30522 / 49408 rows); the tokenizer uses a prefix
+        parts = build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab, seed=0)
     backbone = Backbone(
         family=family,
         model=f"random-{size}-{family}",

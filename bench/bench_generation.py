@@ -14,11 +14,9 @@ CUDA) and reports images/s per batch size and the projected time of a full MVTec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,30 +29,10 @@ MVTEC_FULL_RUN_IMAGES = 70_760
 
 
 def build_backbone(family: str, size: str, resolution: int | None, device: str):
-    from transformers import AutoTokenizer
+    """``bench_embedding.random_backbone`` with the learned token ``<anomaly>`` added (random vector)."""
+    from bench_embedding import random_backbone
 
-    from anogen.diffusion import tiny
-    from anogen.diffusion.backbone import Backbone
-
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = tiny._write_bert_tokenizer if family == "ldm" else tiny._write_clip_tokenizer
-        n_vocab = writer(Path(tmp))
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
-    # Initialise the weights directly on the device: random init of ~1.5B parameters on
-    # the CPU takes longer than the benchmark itself.
-    ctx = torch.device(device) if device != "cpu" else contextlib.nullcontext()
-    with ctx:
-        parts = tiny.build_components(family, size, resolution, vocab_size=None if size == "full" else n_vocab, seed=0)
-    backbone = Backbone(
-        family,
-        f"random-{family}-{size}",
-        parts["vae"],
-        parts["text_encoder"],
-        tokenizer,
-        parts["unet"],
-        dict(parts["scheduler"].config),
-    )
-    backbone = backbone.freeze().to(device)
+    backbone = random_backbone(family, size, device, resolution)
     backbone.set_token_embedding("<anomaly>", torch.randn(backbone.embedding_dim))
     n_params = {
         k: sum(p.numel() for p in m.parameters())
