@@ -469,7 +469,7 @@ class Plan:
 
     def model_spec(self) -> dict:
         d = self.config["diffusion"]
-        spec = {"model": d["model"], "revision": d["revision"]}
+        spec = {k: d[k] for k in ("model", "revision", "variant", "scheduler")}
         if self.tiny_family:
             spec["tiny"] = d["tiny"]
         return spec
@@ -599,7 +599,12 @@ class Plan:
 
     def _model_runtime(self) -> dict:
         """Where the diffusion model is loaded from (its identity is in the model key)."""
-        return {"model": self.model_path, "revision": self.config["diffusion"]["revision"]}
+        d = self.config["diffusion"]
+        return {
+            "model": self.model_path,
+            "revision": d["revision"],
+            "model_options": {"variant": d["variant"], "scheduler": d["scheduler"]},
+        }
 
     # ------------------------------------------------------------------ stage 2: generation
     def _generation_spec(self, category: str, defect: str) -> dict:

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -58,25 +57,20 @@ JOBS_PER_GPU = 3  # the DAG's jobs at once on one card (each well under a third 
 
 
 def build_random_full_model(out_dir: Path, family: str = "ldm") -> Path:
-    """Full-size random pipeline of ``family`` written with save_pretrained (initialised on the GPU)."""
-    from transformers import AutoTokenizer
-
+    """Full-size random pipeline of ``family`` in the published layout (initialised on the GPU)."""
     from anogen.diffusion import tiny
-    from anogen.provenance import RANDOM_MODEL_MARKER
 
-    tmp = Path(tempfile.mkdtemp(prefix="tok_"))
-    n_vocab = (tiny._write_bert_tokenizer if family == "ldm" else tiny._write_clip_tokenizer)(tmp)
-    del n_vocab  # full size keeps the real vocabulary size; the tokenizer uses a prefix of it
-    tokenizer = AutoTokenizer.from_pretrained(tmp)
     ctx = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    with ctx:
-        parts = tiny.build_components(family, "full", seed=0)
-    parts = {k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in parts.items()}
-    tiny.assemble_pipeline(family, parts, tokenizer).save_pretrained(out_dir, safe_serialization=True)
-    # the same marker the tiny models carry: these weights are random, nothing here is a result
-    (out_dir / RANDOM_MODEL_MARKER).write_text(json.dumps({"family": family, "size": "full", "random": True}) + "\n")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    with tempfile.TemporaryDirectory(prefix="tok_") as tok_dir:
+        # full size keeps the real vocabulary size; the tokenizer uses a prefix of it
+        tiny.write_tokenizer_files(family, Path(tok_dir))
+        with ctx:
+            parts = tiny.build_components(family, "full", seed=0)
+        parts = {k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in parts.items()}
+        # the same marker the tiny models carry: these weights are random, nothing here is a result
+        return tiny.save_random_model(
+            family, parts, Path(tok_dir), out_dir, {"family": family, "size": "full", "random": True}
+        )
 
 
 def check_config(work: Path, data_root: Path, model: Path, tiny: bool, cpu: bool) -> dict:

@@ -17,39 +17,35 @@ from typing import Any
 
 import torch
 
+from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
+from anogen.diffusion.published import FAMILY_OF_PIPELINE, SUBFOLDERS
+from anogen.diffusion.schedule import resolve_schedule, schedule_record
 from anogen.errors import ConfigError
 
-_FAMILY_OF_PIPELINE = {
-    "LDMTextToImagePipeline": "ldm",
-    "StableDiffusionPipeline": "sd",
-}
-_SUBFOLDERS = {
-    "ldm": {"vae": "vqvae", "text_encoder": "bert", "tokenizer": "tokenizer", "unet": "unet", "scheduler": "scheduler"},
-    "sd": {
-        "vae": "vae",
-        "text_encoder": "text_encoder",
-        "tokenizer": "tokenizer",
-        "unet": "unet",
-        "scheduler": "scheduler",
-    },
-}
 
-
-def detect_family(model: str, revision: str | None = None) -> str:
+def read_model_index(model: str, revision: str | None = None) -> dict:
+    """``model_index.json`` of a local folder or of a hub id (from the cache when offline)."""
     from diffusers import DiffusionPipeline
 
     try:
-        index = DiffusionPipeline.load_config(model, revision=revision)
+        return dict(DiffusionPipeline.load_config(model, revision=revision))
     except Exception as exc:
         where = "local folder" if Path(model).exists() else "hub id (offline runs need it in the HF cache)"
         raise ConfigError("diffusion.model", f"cannot read model_index.json of {model!r} as a {where}: {exc}") from exc
+
+
+def family_of_index(model: str, index: dict) -> str:
     cls = index.get("_class_name")
-    if cls not in _FAMILY_OF_PIPELINE:
+    if cls not in FAMILY_OF_PIPELINE:
         raise ConfigError(
             "diffusion.model",
-            f"{model!r} is a {cls}; supported pipelines are {sorted(_FAMILY_OF_PIPELINE)}",
+            f"{model!r} is a {cls}; supported pipelines are {sorted(FAMILY_OF_PIPELINE)}",
         )
-    return _FAMILY_OF_PIPELINE[cls]
+    return FAMILY_OF_PIPELINE[cls]
+
+
+def detect_family(model: str, revision: str | None = None) -> str:
+    return family_of_index(model, read_model_index(model, revision))
 
 
 @dataclasses.dataclass
@@ -64,6 +60,8 @@ class Backbone:
     unet: Any
     scheduler_config: dict
     device: str = "cpu"
+    # where scheduler_config came from (anogen.diffusion.schedule.resolve_schedule)
+    scheduler_source: str = "file: scheduler_config.json as published"
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -97,6 +95,10 @@ class Backbone:
 
         return DDIMScheduler.from_config(self.scheduler_config)
 
+    def schedule_record(self) -> dict:
+        """The noise schedule's values and their source, for manifests."""
+        return schedule_record(self.scheduler_config, self.scheduler_source)
+
     # ------------------------------------------------------------------ text
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         return self.tokenizer(
@@ -115,13 +117,24 @@ class Backbone:
         The row starts as the mean of the rows of ``init_word``'s tokens (one token for a
         real model's "defect"; a tiny tokenizer may split it).
         """
-        if token in self.tokenizer.get_vocab():
+        vocab = self.tokenizer.get_vocab()
+        if token in vocab:
             raise ConfigError(
                 "embedding.placeholder_token",
                 f"{token!r} is already a token of {self.model}; choose a new string",
             )
+        used_ids = set(vocab.values())
         self.tokenizer.add_tokens([token])
         token_id = int(self.tokenizer.convert_tokens_to_ids(token))
+        # A vocabulary with a repeated line has fewer entries than ids, so the new token can be
+        # given an id a real word already has; a case-folding tokenizer can map the token onto a
+        # word. Either way training would overwrite that word's row.
+        if token_id in used_ids or self.tokenizer.encode(token, add_special_tokens=False) != [token_id]:
+            raise ConfigError(
+                "embedding.placeholder_token",
+                f"{token!r} tokenizes to an id {self.model}'s vocabulary already uses "
+                f"({self.tokenizer.encode(token, add_special_tokens=False)}); choose a new string",
+            )
         emb = self.input_embeddings()
         if token_id >= emb.num_embeddings:
             self.text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
@@ -177,35 +190,64 @@ class Backbone:
         return self
 
 
-def load_backbone(model: str, revision: str | None = None, device: str = "cpu") -> Backbone:
-    """Load every component of ``model`` with ``from_pretrained``, frozen, in float32."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel, VQModel
-    from transformers import AutoTokenizer
+def load_backbone(
+    model: str,
+    revision: str | None = None,
+    device: str = "cpu",
+    *,
+    variant: str | None = None,
+    scheduler: str = "trained",  # repeated on purpose: direct calls load as the workflow does by default
+) -> Backbone:
+    """Load every component of ``model`` with the class its ``model_index.json`` names, frozen, in float32.
 
-    family = detect_family(model, revision)
-    sub = _SUBFOLDERS[family]
+    ``model`` is a local folder or a hub id (read from the HF cache when ``HF_HUB_OFFLINE=1`` or
+    without network); ``variant`` picks weight files such as ``*.fp16.safetensors`` (upcast to
+    float32: autocast decides the compute precision); ``scheduler`` is ``diffusion.scheduler``.
+    """
+    # 1. the pipeline's index: its family and the class of every component
+    index = read_model_index(model, revision)
+    family = family_of_index(model, index)
+    sub = SUBFOLDERS[family]
+    # 2. every file a component needs, checked first so that one message names all that is missing
+    root = local_model_root(model, revision)
+    if root is not None:
+        missing = missing_model_files(root, index, sub, variant)
+        if missing:
+            raise ConfigError("diffusion.model", f"{model!r} ({root}) lacks " + "; ".join(missing))
+    # 3. the components, in float32 whatever their files or config say
     kw: dict[str, Any] = {"revision": revision} if revision else {}
-    if family == "ldm":
-        from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertModel
-
-        text_encoder = LDMBertModel.from_pretrained(model, subfolder=sub["text_encoder"], **kw)
-    else:
-        from transformers import CLIPTextModel
-
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder=sub["text_encoder"], **kw)
-    from diffusers import DiffusionPipeline
-
-    vae_cls_name = DiffusionPipeline.load_config(model, **kw)[sub["vae"]][1]
-    vae_cls = VQModel if vae_cls_name == "VQModel" else AutoencoderKL
-    vae = vae_cls.from_pretrained(model, subfolder=sub["vae"], **kw)
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder=sub["unet"], **kw)
-    tokenizer = AutoTokenizer.from_pretrained(model, subfolder=sub["tokenizer"], **kw)
+    weights = {**kw, "variant": variant} if variant else kw
+    parts = {
+        name: component_class(index, sub[name]).from_pretrained(
+            model, subfolder=sub[name], **weights, **_float32(component_class(index, sub[name]))
+        )
+        for name in ("text_encoder", "vae", "unet")
+    }
+    tokenizer = component_class(index, sub["tokenizer"]).from_pretrained(model, subfolder=sub["tokenizer"], **kw)
+    # 4. the noise schedule: the trained one for the LDM family, unless the file is asked for
     from diffusers import DDIMScheduler
 
-    scheduler_config = dict(DDIMScheduler.load_config(model, subfolder=sub["scheduler"], **kw))
-    backbone = Backbone(family, model, vae, text_encoder, tokenizer, unet, scheduler_config)
+    file_config = dict(DDIMScheduler.load_config(model, subfolder=sub["scheduler"], **kw))
+    scheduler_config, source = resolve_schedule(family, file_config, scheduler)
+    backbone = Backbone(
+        family, model, parts["vae"], parts["text_encoder"], tokenizer, parts["unet"], scheduler_config, "cpu", source
+    )
     from anogen import provenance
 
     if provenance.is_random_model(model):
         provenance.record(provenance.RANDOM_MODEL)
     return backbone.freeze().to(device)
+
+
+def _float32(cls) -> dict:
+    """The keyword that pins float32 weights: diffusers says ``torch_dtype``; transformers >= 4.56 ``dtype``."""
+    if cls.__module__.startswith("diffusers.models") or not _transformers_takes_dtype():
+        return {"torch_dtype": torch.float32}
+    return {"dtype": torch.float32}
+
+
+def _transformers_takes_dtype() -> bool:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return (major, minor) >= (4, 56)

@@ -1,9 +1,11 @@
 """Tiny randomly initialised diffusers pipelines for offline runs and tests.
 
 No weights can be downloaded here, so the default run builds a small pipeline of the
-chosen family from configs, writes its tokenizer files itself, and saves everything with
-``save_pretrained``. It is then loaded by ``anogen.diffusion.backbone.load_backbone``
-through exactly the same ``from_pretrained`` calls as real weights.
+chosen family from configs, writes its tokenizer files itself, and saves everything in the
+layout the real checkpoints are published in (``anogen.diffusion.published``: pickled ``.bin``
+weights, slow-tokenizer files, the published scheduler and config files). It is then loaded by
+``anogen.diffusion.backbone.load_backbone`` through exactly the same ``from_pretrained`` calls
+as real weights, scheduler override included.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from anogen.diffusion import architectures as arch
+from anogen.diffusion.published import save_published_layout
 from anogen.provenance import RANDOM_MODEL_MARKER
 
 # Words the tokenizers know as whole tokens: every word of the default prompt templates,
@@ -33,7 +36,9 @@ _CLIP_BOS, _CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 
 def _bert_vocab() -> list[str]:
     chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
-    return _BERT_SPECIALS + chars + ["##" + c for c in chars if c.isalnum()] + _WORDS
+    # Each token once ("a" is a character and a word): a repeated line leaves an id that two
+    # lines share, and a token added later would be given an id a word already has.
+    return list(dict.fromkeys(_BERT_SPECIALS + chars + ["##" + c for c in chars if c.isalnum()] + _WORDS))
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -69,6 +74,11 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
             current = merged
     vocab += [_CLIP_BOS, _CLIP_EOS]
     return {tok: i for i, tok in enumerate(vocab)}, merges
+
+
+def write_tokenizer_files(family: str, folder: Path) -> int:
+    """The tiny vocabulary files of ``family``'s tokenizer in ``folder``; returns the vocabulary size."""
+    return _write_bert_tokenizer(folder) if family == "ldm" else _write_clip_tokenizer(folder)
 
 
 def _write_bert_tokenizer(folder: Path) -> int:
@@ -136,56 +146,30 @@ def build_components(
     return {"vae": vae, "text_encoder": text_encoder, "unet": unet, "scheduler": scheduler}
 
 
-def assemble_pipeline(family: str, parts: dict, tokenizer):
-    """The diffusers pipeline of ``family`` over ``build_components`` parts, ready for ``save_pretrained``."""
-    from diffusers import LDMTextToImagePipeline, StableDiffusionPipeline
+def save_random_model(family: str, parts: dict, tokenizer_dir: Path, out_dir: Path, marker: dict) -> Path:
+    """Save random ``parts`` in the published layout of ``family`` to ``out_dir``, atomically.
 
-    if family == "ldm":
-        return LDMTextToImagePipeline(
-            vqvae=parts["vae"],
-            bert=parts["text_encoder"],
-            tokenizer=tokenizer,
-            unet=parts["unet"],
-            scheduler=parts["scheduler"],
-        )
-    return StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=tokenizer,
-        unet=parts["unet"],
-        scheduler=parts["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def build_tiny_model(family: str, out_dir: str | Path, *, seed: int, resolution: int) -> Path:
-    """Build a tiny pipeline of ``family`` and save it to ``out_dir`` with ``save_pretrained``.
-
-    The folder appears atomically: it is assembled beside ``out_dir`` and renamed.
+    The folder is assembled beside ``out_dir`` and renamed; it carries the random-model marker, so
+    every result computed from it says so (``anogen.provenance``).
     """
-    from transformers import AutoTokenizer
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tok_dir = tmp / "_tokenizer_src"
-        n_vocab = _write_bert_tokenizer(tok_dir) if family == "ldm" else _write_clip_tokenizer(tok_dir)
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        parts = build_components(family, "tiny", resolution, vocab_size=n_vocab, seed=seed)
-        pipe = assemble_pipeline(family, parts, tokenizer)
-        shutil.rmtree(tok_dir)
-        model_dir = tmp / "model"
-        pipe.save_pretrained(model_dir, safe_serialization=True)
-        # The marker makes every result computed from this model say so (anogen.provenance).
-        (model_dir / RANDOM_MODEL_MARKER).write_text(
-            json.dumps({"family": family, "seed": seed, "resolution": resolution}, sort_keys=True) + "\n"
-        )
+        model_dir = save_published_layout(family, parts, tokenizer_dir, tmp / "model")
+        (model_dir / RANDOM_MODEL_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         model_dir.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def build_tiny_model(family: str, out_dir: str | Path, *, seed: int, resolution: int) -> Path:
+    """Build a tiny pipeline of ``family`` and save it to ``out_dir`` in the published layout."""
+    with tempfile.TemporaryDirectory(prefix="anogen-tokenizer-") as tok_dir:
+        n_vocab = write_tokenizer_files(family, Path(tok_dir))
+        parts = build_components(family, "tiny", resolution, vocab_size=n_vocab, seed=seed)
+        marker = {"family": family, "seed": seed, "resolution": resolution}
+        return save_random_model(family, parts, Path(tok_dir), Path(out_dir), marker)

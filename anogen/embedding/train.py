@@ -714,12 +714,13 @@ def learn_embedding(
     cuda_graph: bool,
     gradient_checkpointing: bool,
     n_devices: int = 1,
+    model_options: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
     """Learn the anomaly embedding for one support set; return the manifest path.
 
     ``spec`` is the plan's hashed embedding spec (``Plan.spec("embedding", ...)``), written to the
-    manifest as given; ``device``, ``checkpoint_every``, ``cuda_graph``, ``gradient_checkpointing``
+    manifest as given; ``model_options`` (``variant``, ``scheduler``) go to ``load_backbone``; ``device``, ``checkpoint_every``, ``cuda_graph``, ``gradient_checkpointing``
     and ``n_devices`` are runtime values outside the key. Resumes from ``out_dir/checkpoints/state.pt`` when it
     exists and no manifest does. A directory that already holds a manifest (a completed job
     being rerun) is started afresh: the manifest and the old checkpoint are removed first, so
@@ -733,7 +734,7 @@ def learn_embedding(
         log.info("%s already holds a manifest: rerunning from step 0", job.out_dir)
         job.start_afresh()
     # 2. the frozen backbone and the trainer of the one placeholder vector
-    backbone = load_backbone(model, revision, device)
+    backbone = load_backbone(model, revision, device, **(model_options or {}))
     trainer = EmbeddingTrainer(
         backbone,
         support_items,
@@ -763,6 +764,7 @@ def _run_record(
     """The manifest's ``extra``: what was trained where, and how the run went."""
     return {
         "family": trainer.backbone.family,
+        "noise_schedule": trainer.backbone.schedule_record(),
         "model": model,
         "token": trainer.token,
         "token_id": trainer.token_id,

@@ -302,14 +302,16 @@ class _Sampler:
         return self.backbone.resolution
 
 
-def _load_sampler(backbone, *, model, revision, device, embedding_path, mixed_precision, channels_last, compile):
+def _load_sampler(
+    backbone, *, model, revision, model_options, device, embedding_path, mixed_precision, channels_last, compile
+):
     """Load ``model`` (unless given), prepare it for inference and add the learned token."""
     from anogen.diffusion.backbone import load_backbone
     from anogen.diffusion.textual_inversion import load_learned_embedding
 
     t_load = time.monotonic()
     if backbone is None:
-        backbone = load_backbone(model, revision, device)
+        backbone = load_backbone(model, revision, device, **(model_options or {}))
     prepare_for_inference(backbone, mixed_precision, channels_last=channels_last, compile=compile)
     token, vector = load_learned_embedding(embedding_path)
     check_embedding_width(embedding_path, vector, backbone)
@@ -439,6 +441,7 @@ def generate_anomalies(
     inputs: dict[str, str],
     device: str,
     batch_size: int,
+    model_options: dict | None = None,
     channels_last: bool,
     compile: bool,
     support_images: Sequence[np.ndarray] = (),
@@ -447,7 +450,8 @@ def generate_anomalies(
 ) -> Path:
     """Generate the (category, defect) set into ``out_dir``; return the manifest path.
 
-    ``spec`` is the plan's generation spec (``Plan.spec("generation", ...)``); ``batch_size``,
+    ``spec`` is the plan's generation spec (``Plan.spec("generation", ...)``); ``model_options``
+    (``variant``, ``scheduler``) go to ``load_backbone``; ``batch_size``,
     ``channels_last`` and ``compile`` are speed-only. ``backbone`` (optional) is an already
     loaded Backbone of ``model`` to reuse (tests, benchmarks); the learned token is added to
     it or, if present, its row overwritten.
@@ -458,6 +462,7 @@ def generate_anomalies(
         backbone,
         model=model,
         revision=revision,
+        model_options=model_options,
         device=device,
         embedding_path=embedding_path,
         mixed_precision=spec["mixed_precision"],
@@ -499,6 +504,7 @@ def _manifest_extra(plan, rels, sampler: _Sampler, generated: int, seconds: floa
         "images_per_second": ips,
         "resolution": sampler.resolution,
         "family": sampler.backbone.family,
+        "noise_schedule": sampler.backbone.schedule_record(),
         "model": run["model"],
         "revision": run["revision"],
         "token": sampler.token,

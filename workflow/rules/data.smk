@@ -37,6 +37,9 @@ if PLAN.tiny_family:
                     "family": PLAN.tiny_family,
                     "seed": config["diffusion"]["tiny"]["seed"],
                     "resolution": config["diffusion"]["tiny"]["resolution"],
+                    # saved as the real checkpoints are published (anogen.diffusion.published);
+                    # a model saved in another layout by an older checkout is rebuilt
+                    "layout": "published",
                 }
             ),
         script:
