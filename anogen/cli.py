@@ -1,4 +1,9 @@
-"""Command line: ``anogen keys``, ``anogen gc``, ``anogen estimate`` and ``anogen check-data``.
+"""Command line: ``anogen preflight``, ``anogen check-data``, ``anogen estimate``, ``anogen keys`` and ``anogen gc``.
+
+``anogen preflight --configfile C`` checks, in seconds, everything the config needs from outside
+the project before a long run: the diffusion model's files, classes and noise schedule, the
+DeSTSeg teacher, the texture folder, the authors' repository, the data set, the free space under
+``results_dir``, and prints the run's estimate (``anogen.preflight``); exit status 1 on a problem.
 
 ``anogen estimate`` prints the jobs, GPU-hours per stage and the wall time on N GPUs of a
 config from a measured throughput table (``anogen.estimate``).
@@ -125,6 +130,20 @@ def cmd_check_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_preflight(args) -> int:
+    from anogen.preflight import preflight
+
+    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    report = preflight(
+        config,
+        gpus=args.gpus,
+        foreground_images=args.foreground_images,
+        echo=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         help="normal images per category on which GrabCut's foreground coverage is measured",
     )
     check.set_defaults(func=cmd_check_data)
+    pre = sub.add_parser("preflight", help="check everything a run needs from outside the project, in seconds")
+    pre.add_argument("--configfile", default="config/config.yaml")
+    pre.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    pre.add_argument("--gpus", type=int, default=1, help="GPUs the run will use (time estimate, checkpoints at once)")
+    pre.add_argument("--foreground-images", type=int, default=4, help="as for check-data")
+    pre.set_defaults(func=cmd_preflight)
     args = parser.parse_args(argv)
     if getattr(args, "configfile", None) is None:
         args.configfile = ["config/config.yaml"]

@@ -18,6 +18,7 @@ global config, so Snakemake's params trigger and the content keys see all of the
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -161,13 +162,53 @@ def job(fn: Callable) -> Callable:
                 log.error("%s", exc)
                 print(f"anogen error in rule {rule}: {exc}", file=console, flush=True)
                 sys.exit(1)
-            except Exception:
+            except Exception as exc:
+                if _disk_full(exc):
+                    # One line instead of a library's traceback; the traceback stays in the log.
+                    message = _disk_full_message(sm, rule)
+                    log.error("%s\n%s", message, traceback.format_exc())
+                    print(f"anogen error in rule {rule}: {message}", file=console, flush=True)
+                    sys.exit(1)
                 log.error("unexpected failure:\n%s", traceback.format_exc())
                 print(f"anogen: rule {rule} failed unexpectedly; see {log_path}", file=console, flush=True)
                 raise
             log.info("done in %.1f s", time.time() - started)
 
     return wrapper
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (safetensors and torch re-raise it as their own errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_message(sm, rule: str) -> str:
+    """Which folder, how much is free there, how much the job needs (or had written)."""
+    import shutil
+
+    from anogen import artifact_sizes as sizes
+
+    outputs = list(getattr(sm, "output", []))
+    folder = Path(outputs[0]).parent if outputs else Path.cwd()
+    free = shutil.disk_usage(sizes.nearest_existing(folder)).free
+    written = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    need = None
+    with contextlib.suppress(Exception):  # the message must not fail for want of an estimate
+        spec = _params(sm)["spec"]
+        if rule == "train_detector":
+            need = sizes.detector_bytes(spec)[1]
+    needs = f"the job needs about {sizes.human(need)} at its peak" if need else "the job needed more"
+    return (
+        f"no space left on device writing {folder}: {sizes.human(free)} free there, {sizes.human(written)} "
+        f"written by this job so far, {needs}; free space and rerun (snakemake --rerun-incomplete), "
+        "nothing already computed is lost"
+    )
 
 
 @contextlib.contextmanager

@@ -182,11 +182,24 @@ def expected_manifests(plan: Plan) -> dict[str, set[str]]:
 # ----------------------------------------------------------------------------- the test
 
 
-def run_anogen(checkout: Path, statement: str, places: dict[str, Path]) -> subprocess.CompletedProcess:
-    """``.venv/bin/anogen ...`` as written (through this interpreter, see dry_run)."""
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory) -> Path:
+    """What `hf download CompVis/ldm-text2im-large-256` leaves: the published layout (tiny weights) in
+    the HF cache, read offline (e2e.env sets HF_HUB_OFFLINE=1)."""
+    from tests.hub_fixtures import install_in_hub_cache, published_model
+
+    root = tmp_path_factory.mktemp("hub")
+    install_in_hub_cache(published_model("ldm", root / "ldm"), REAL_MODEL, root / "cache")
+    return root / "cache"
+
+
+def run_anogen(checkout: Path, statement: str, places: dict[str, Path], hub_cache: Path) -> subprocess.CompletedProcess:
+    """``.venv/bin/anogen ...`` as written (through this interpreter, see dry_run), after the README's
+    `hf download` (the hub cache above)."""
     words = shlex.split(substitute(statement, places))
     cmd = [sys.executable, "-m", "anogen.cli", *words[1:]]
-    return subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=900, env=e2e.env())
+    env = {**e2e.env(), "HF_HUB_CACHE": str(hub_cache)}
+    return subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=900, env=env)
 
 
 STAGE_TARGETS = {
@@ -225,7 +238,7 @@ def check_full_run(statement: str, words: list[str], counts, outputs, text: str,
             assert got == expected, (statement, rule, sorted(got ^ expected)[:4])
 
 
-def test_every_readme_command_plans_what_it_says(tmp_path, places):
+def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
     checked = collections.Counter()
     checkout = fresh_checkout(tmp_path / "checkout")
     for statement in readme_statements():
@@ -269,9 +282,14 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places):
             checked["printf"] += 1
             continue
         if words[0] == ".venv/bin/anogen":
-            proc = run_anogen(checkout, statement, places)
+            proc = run_anogen(checkout, statement, places, hub_cache)
             assert proc.returncode == 0, f"{statement}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-            expect = {"estimate": "total", "check-data": "jobs: select_support 73", "gc": "referenced kept"}[words[1]]
+            expect = {
+                "estimate": "total",
+                "check-data": "jobs: select_support 73",
+                "gc": "referenced kept",
+                "preflight": "preflight: ready",
+            }[words[1]]
             assert expect in proc.stdout, (statement, proc.stdout[-2000:])
             checked[f"anogen {words[1]}"] += 1
             continue
@@ -296,9 +314,14 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places):
             check_full_run(statement, words, counts, outputs, text, config, places)
             checked["full run"] += 1
     assert checked["demo"] >= 2 and checked["full run"] >= 5 and checked["printf"] >= 2, checked
-    assert {"anogen estimate", "anogen check-data", "anogen gc", "device wheels", "device check"} <= set(checked), (
-        checked
-    )
+    assert {
+        "anogen preflight",
+        "anogen estimate",
+        "anogen check-data",
+        "anogen gc",
+        "device wheels",
+        "device check",
+    } <= set(checked), checked
 
 
 def test_demo_config_is_not_used_for_other_data(tmp_path, places):

@@ -234,7 +234,7 @@ def load_backbone(
     )
     from anogen import provenance
 
-    if provenance.is_random_model(model):
+    if provenance.is_random_model(model) or (root is not None and provenance.is_random_model(str(root))):
         provenance.record(provenance.RANDOM_MODEL)
     return backbone.freeze().to(device)
 

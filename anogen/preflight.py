@@ -1,0 +1,250 @@
+"""``anogen preflight``: in seconds, before a run of hours, check everything a config needs from outside.
+
+Each check reads files only (configs, indices, the teacher's weights for its sha256), never loads a
+diffusion model: the diffusion model (the classes ``model_index.json`` names, every file they
+read, what the config files say about dtypes, the noise schedule that will be used, the image
+size it implies), the DeSTSeg teacher weights (layout, sha256), the texture folder, the authors'
+repository when named, the data set (``anogen check-data``'s report), and the free space under
+``results_dir`` against what the run will write (``anogen.artifact_sizes``); then the run's
+``anogen estimate``. Every problem is listed; the exit status is 1 when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anogen import artifact_sizes as sizes
+from anogen.config import Plan
+from anogen.errors import AnogenError
+
+
+@dataclass
+class PreflightReport:
+    """What was checked, section by section, with each problem and warning where it was found."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # the model's native resolution, when the model could be read (sizes the generated images)
+    resolution: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def section(self, title: str) -> None:
+        self.lines.append(f"\n== {title}")
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+        self.lines.append(f"PROBLEM  {message}")
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            self.lines.append(f"warning  {message}")
+
+    def render(self) -> str:
+        if self.problems:
+            verdict = [f"\npreflight: {len(self.problems)} problem(s), {len(self.warnings)} warning(s):"]
+            verdict += [f"  - {p}" for p in self.problems]
+        else:
+            verdict = [f"\npreflight: ready ({len(self.warnings)} warning(s))"]
+        return "\n".join([*self.lines, *verdict]).lstrip("\n")
+
+
+def preflight(
+    config: dict, *, gpus: int = 1, foreground_images: int = 4, echo: Callable[[str], None] | None = None
+) -> PreflightReport:
+    """Run every check on a validated config (``load_config_file``)."""
+    report = PreflightReport()
+    plan = Plan(config)
+    for check in (_check_model, _check_teacher, _check_textures, _check_authors, _check_data, _check_space):
+        if echo:
+            echo(f"preflight: {check.__name__[len('_check_') :]} ...")
+        try:
+            check(plan, report, gpus=gpus, foreground_images=foreground_images)
+        except AnogenError as exc:
+            report.problem(str(exc))
+    return report
+
+
+# ----------------------------------------------------------------------------- the diffusion model
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _check_model(plan: Plan, report: PreflightReport, **_) -> None:
+    from anogen.diffusion.backbone import family_of_index, read_model_index
+    from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
+    from anogen.diffusion.published import SUBFOLDERS
+    from anogen.diffusion.schedule import resolve_schedule, schedule_record
+    from anogen.provenance import RANDOM_MODEL, is_random_model
+
+    diffusion = plan.config["diffusion"]
+    model = plan.model_path
+    report.section(f"diffusion model: {diffusion['model']}")
+    if plan.tiny_family:
+        report.warn(f"diffusion.model {diffusion['model']!r}: {RANDOM_MODEL}")
+        report.resolution = int(diffusion["tiny"]["resolution"])
+        if not Path(model).is_dir():
+            report.lines.append(f"built by rule tiny_model into {model} (random weights, {report.resolution} px)")
+            return
+    index = read_model_index(model, diffusion["revision"])
+    family = family_of_index(model, index)
+    sub = SUBFOLDERS[family]
+    for part in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
+        cls = component_class(index, sub[part])
+        report.lines.append(f"{part:<12} {sub[part] + '/':<14} {cls.__module__.split('.')[0]}.{cls.__name__}")
+    root = local_model_root(model, diffusion["revision"])
+    if root is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        (report.problem if offline else report.warn)(
+            f"diffusion.model {model!r} is not in the local Hugging Face cache"
+            + (
+                " and HF_HUB_OFFLINE is set: run `hf download " + model + "` first"
+                if offline
+                else ": the first job would download it, which compute nodes without network cannot"
+            )
+        )
+        return
+    report.lines.append(f"files: {root}")
+    for missing in missing_model_files(root, index, sub, diffusion["variant"]):
+        report.problem(f"diffusion.model: {missing}")
+    _dtypes_and_size(root, sub, family, plan, report)
+    scheduler_file = root / sub["scheduler"] / "scheduler_config.json"
+    if scheduler_file.is_file():
+        values, source = resolve_schedule(family, _json(scheduler_file), diffusion["scheduler"])
+        record = schedule_record(values, source)
+        shown = ", ".join(f"{k} {record[k]}" for k in ("beta_schedule", "beta_start", "beta_end", "steps_offset"))
+        report.lines.append(
+            f"noise schedule ({record['source']}): {shown}, set_alpha_to_one {record['set_alpha_to_one']}"
+        )
+    if is_random_model(str(root)) and not plan.tiny_family:
+        report.warn(f"diffusion.model {model!r}: {RANDOM_MODEL}")
+
+
+def _dtypes_and_size(root: Path, sub: dict, family: str, plan: Plan, report: PreflightReport) -> None:
+    """What the component configs say about precision (loaded in float32 regardless), the image
+    size the UNet and VAE imply, and the text encoder's width against imported embeddings."""
+    configs = {p: root / sub[p] / "config.json" for p in ("unet", "vae", "text_encoder")}
+    if not all(path.is_file() for path in configs.values()):
+        return  # reported as missing files
+    unet, vae, encoder = (_json(configs[p]) for p in ("unet", "vae", "text_encoder"))
+    saved = encoder.get("torch_dtype") or encoder.get("dtype") or "float32"
+    report.lines.append(
+        f"text encoder saved as {saved}" + ("" if saved == "float32" else " (loaded as float32: autocast decides)")
+    )
+    report.resolution = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    report.lines.append(f"native resolution {report.resolution} px (UNet {unet['sample_size']} latent x VAE f8)")
+    width = encoder.get("d_model") or encoder.get("hidden_size")
+    report.lines.append(f"text encoder width {width}")
+    imported = [p for p in plan.pairs() if plan.embedding_source(*p) is not None]
+    if imported and width != 1280:
+        report.problem(
+            f"embedding.source 'authors': the published embeddings are 1280-d (LDMBert), {root} has a {width}-d text encoder"
+        )
+
+
+# ----------------------------------------------------------------------------- stage 3's sources
+
+
+def _check_teacher(plan: Plan, report: PreflightReport, **_) -> None:
+    from anogen.detectors.destseg.network import teacher_state_layout
+    from anogen.detectors.destseg.trainer import _read_state_dict
+    from anogen.io import sha256_file
+    from anogen.provenance import RANDOM_TEACHER, find_hub_resnet18
+
+    det = plan.config["detectors"]
+    if "destseg" not in det["models"]:
+        return
+    report.section("DeSTSeg teacher")
+    configured = det["destseg"]["teacher_weights"]
+    path = Path(configured) if configured else find_hub_resnet18()
+    if configured and not path.is_file():
+        report.problem(f"detectors.destseg.teacher_weights: {path} does not exist")
+        return
+    if path is None:
+        report.warn(f"no ImageNet ResNet18 weights: {RANDOM_TEACHER}")
+        return
+    layout, state = teacher_state_layout(_read_state_dict(path))
+    origin = "detectors.destseg.teacher_weights" if configured else "torch hub cache"
+    report.lines.append(f"{path} ({origin}): layout {layout}, {len(state)} tensors, sha256 {sha256_file(path)}")
+
+
+def _check_textures(plan: Plan, report: PreflightReport, **_) -> None:
+    from anogen.config import check_required_sources
+    from anogen.detectors.textures import TextureSource
+    from anogen.provenance import FALLBACK_TEXTURES
+
+    det = plan.config["detectors"]
+    if not det["models"] or det["synthetic_source"] == "cutpaste":
+        return
+    report.section("texture source (synthetic anomalies)")
+    check_required_sources(plan.config)
+    if not det["texture_source"]:
+        report.warn(FALLBACK_TEXTURES)
+        return
+    source = TextureSource.from_folder(det["texture_source"])
+    report.lines.append(f"{det['texture_source']}: {len(source.files)} images")
+
+
+def _check_authors(plan: Plan, report: PreflightReport, **_) -> None:
+    from anogen.authors import check_authors_repo
+
+    repo = plan.config["authors_repo"]
+    if repo:
+        report.section("authors' repository")
+        report.lines.append(f"{check_authors_repo(repo)}: a clone of the authors' repository")
+
+
+# ----------------------------------------------------------------------------- data, space, time
+
+
+def _check_data(plan: Plan, report: PreflightReport, *, foreground_images: int, **_) -> None:
+    from anogen.data.check import check_data
+
+    report.section("data set")
+    if plan.is_demo and not Path(plan.config["data_root"]).is_dir():
+        report.lines.append(f"made by rule demo_data into {plan.config['data_root']}")
+        return
+    data = check_data(plan.config, foreground_images=foreground_images)
+    report.lines += data.lines
+    for message in data.problems:
+        report.problem(message)
+    for message in data.warnings:
+        report.warn(message)
+
+
+def _check_space(plan: Plan, report: PreflightReport, *, gpus: int, **_) -> None:
+    from anogen import estimate as est
+
+    report.section("disk space and time")
+    found = est.find_table()
+    if found is None:
+        report.warn("no throughput table in bench/results: neither disk space nor time estimated")
+        return
+    estimate = est.build_jobs(plan.config, found[1], found[0])
+    resolution = report.resolution or int(plan.config["detectors"]["image_size"])
+    need = sizes.run_bytes(plan, estimate, resolution, concurrent_jobs=gpus)
+    results = plan.config["results_dir"]
+    where = sizes.nearest_existing(results)
+    free = shutil.disk_usage(where).free
+    report.lines.append(
+        f"{results}: a run from scratch writes about {sizes.human(need['total'])} ("
+        + ", ".join(f"{k} {sizes.human(v)}" for k, v in need.items() if k != "total")
+        + f"); {sizes.human(free)} free on {where}"
+    )
+    if free < need["total"]:
+        report.problem(
+            f"results_dir {results}: {sizes.human(free)} free on {where}, the run needs about "
+            f"{sizes.human(need['total'])} (detector checkpoints dominate)"
+        )
+    report.lines.append(est.format_report(estimate, gpus))
