@@ -547,6 +547,25 @@ class EmbeddingTrainer:
 
     _graph_start = 0  # step at which this process started (warm-up counts from here)
 
+    def _optimizer_for_this_run(self) -> None:
+        """After loading a checkpoint: AdamW's ``capturable`` and step counters as THIS run needs.
+
+        ``load_state_dict`` takes ``capturable`` from the checkpoint, and ``cuda_graph`` is not
+        in the key, so the run that wrote it may have had the other setting: a graph run's
+        state resumed eagerly fails on its next step (capturable needs device step counters),
+        and an eager run's state resumed with a graph makes the capture fail. The update rule
+        is the same either way; only where the step count lives differs.
+        """
+        capturable = self.cuda_graph
+        for group in self.optimizer.param_groups:
+            group["capturable"] = capturable
+            for p in group["params"]:
+                st = self.optimizer.state.get(p)
+                if st and "step" in st:
+                    # a fresh AdamW's layout: a float32 scalar on the parameter's device when
+                    # capturable, on the CPU otherwise
+                    st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device if capturable else "cpu")
+
     def step(self) -> float:
         """One optimiser step; returns the loss as a float (syncs the host)."""
         self.step_async()
@@ -572,6 +591,7 @@ class EmbeddingTrainer:
         with torch.no_grad():
             self.vector.copy_(state["vector"].to(self.vector))
         self.optimizer.load_state_dict(state["optimizer"])
+        self._optimizer_for_this_run()
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.step_count = int(state["step"])
