@@ -176,3 +176,52 @@ def simulate_gpu_count(monkeypatch, n: int) -> CudaInitSpy:
         monkeypatch.setattr(torch.cuda, name, spy.make(f"torch.cuda.{name}"))
     monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", spy.make("torch._C._cuda_getDeviceCount"), raising=False)
     return spy
+
+
+# ----------------------------------------------------------------------------- host syncs
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts what makes the host wait for the device: ``.item()`` / ``float(t)`` / ``bool(t)``
+    (ATen's ``_local_scalar_dense`` / ``is_nonzero``) and ``.cpu()`` / ``.tolist()`` /
+    ``.numpy()`` (patched while ``counting`` runs; on the CPU they dispatch nothing).
+
+    ``host_side(t)`` names tensors that live on the host on a GPU too, whose reads cost no
+    sync: the optimisers' step counters (non-capturable Adam / SGD keep them on the CPU and
+    read them with ``.item()``)."""
+
+    def __init__(self, host_side=lambda t: False):
+        super().__init__()
+        self.calls: list[str] = []
+        self.host_side = host_side
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+            if not self.host_side(args[0]):
+                self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def optimizer_step_counters(optimizers):
+    """``host_side`` for ``HostSyncCounter``: the ``step`` tensors of these optimisers' states."""
+
+    def host_side(t) -> bool:
+        return any(t is st.get("step") for opt in optimizers for st in opt.state.values())
+
+    return host_side
+
+
+@contextlib.contextmanager
+def counting_host_syncs(monkeypatch, host_side=lambda t: False):
+    counter = HostSyncCounter(host_side)
+    with monkeypatch.context() as m:
+        for name in ("cpu", "tolist", "numpy"):
+            real = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _real=real, _name=name, **kwargs):
+                counter.calls.append(f"Tensor.{_name}")
+                return _real(self, *args, **kwargs)
+
+            m.setattr(torch.Tensor, name, counted)
+        with counter:
+            yield counter
