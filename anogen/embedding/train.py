@@ -43,7 +43,9 @@ part of the content key):
   ``GRAPH_WARMUP`` eager static steps, forward + backward + AdamW step are captured once
   and replayed. AdamW then runs with ``capturable=True`` (same update rule, step count
   kept on the device), so results match the eager path within float round-off, not bit
-  for bit; fp16 autocast (GradScaler) falls back to the eager static path;
+  for bit; fp16 autocast (GradScaler) falls back to the eager static path. A checkpoint
+  resumes under either setting (AdamW's ``capturable`` follows the current run, not the
+  checkpoint's); the CPU tests stand in for CUDA with ``tests/cuda_standins.py``;
 - ``GroupedEmbeddingTrainer``: K (category, defect) concepts on one frozen backbone in
   one process, one forward/backward of batch K x b per step; each concept keeps its own
   vector, AdamW state and generators, and its loss is computed on its own slice, so the
@@ -547,6 +549,11 @@ class EmbeddingTrainer:
 
     _graph_start = 0  # step at which this process started (warm-up counts from here)
 
+    @property
+    def graph_captured(self) -> bool:
+        """Whether steps now replay a captured CUDA graph (a failed capture falls back to eager)."""
+        return self._graph is not None
+
     def _optimizer_for_this_run(self) -> None:
         """After loading a checkpoint: AdamW's ``capturable`` and step counters as THIS run needs.
 
@@ -793,7 +800,7 @@ def _run_record(
         "resumed_from_step": resumed_from,
         "device": device,
         "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
-        "cuda_graph": trainer._graph is not None,
+        "cuda_graph": trainer.graph_captured,
         "gradient_checkpointing": bool(trainer.backbone.unet.is_gradient_checkpointing),
     }
 
