@@ -109,3 +109,58 @@ def test_resume_across_a_cuda_graph_change(monkeypatch, tiny_ldm, tmp_path, firs
     assert all(g["capturable"] is then for g in tail.optimizer.param_groups)
     init = _trainer(tiny_ldm, False).vector.detach()
     _assert_same_run(losses, tail.vector.detach(), ref_losses, ref.vector.detach(), init)
+
+
+class _Stop(Exception):
+    """Ends a job right after a checkpoint, as a kill would (in this process, so the stand-ins hold)."""
+
+
+def _job(model, out, graph: bool, spec):
+    from anogen.embedding import learn_embedding
+
+    return learn_embedding(
+        support_items=make_items(),
+        model=str(model),
+        revision=None,
+        spec=spec,
+        out_dir=out,
+        key="k1",
+        inputs={"support": "s1"},
+        device="cpu",
+        checkpoint_every=SPLIT,
+        cuda_graph=graph,
+        gradient_checkpointing=False,
+    )
+
+
+def test_job_resumed_with_a_graph_captures_one_and_says_so(monkeypatch, tiny_ldm, tmp_path):
+    """The job path: an eager run stopped at its checkpoint, rerun with ``cuda_graph: true`` on
+    the stand-in device. Before the fix the capture failed, the job went on eagerly and its
+    manifest said ``cuda_graph: false``."""
+    import json
+
+    import anogen.resumable as resumable
+
+    spec = make_spec(mixed_precision="no", steps=STEPS)
+    with monkeypatch.context() as m:
+        _standins(m)
+        ref = json.loads(_job(tiny_ldm, tmp_path / "ref", True, spec).read_text())
+
+    def stop(job, done):
+        if done == SPLIT:
+            raise _Stop
+
+    with monkeypatch.context() as m:
+        m.setattr(resumable, "after_progress", stop)
+        with pytest.raises(_Stop):
+            _job(tiny_ldm, tmp_path / "run", False, spec)
+    with monkeypatch.context() as m:
+        _standins(m)
+        manifest = json.loads(_job(tiny_ldm, tmp_path / "run", True, spec).read_text())
+    assert manifest["extra"]["resumed_from_step"] == SPLIT and manifest["extra"]["cuda_graph"] is True
+    assert ref["extra"]["cuda_graph"] is True
+
+    def losses(d):
+        return [float(line.split(",")[1]) for line in (d / "loss.csv").read_text().splitlines()[1:]]
+
+    np.testing.assert_allclose(losses(tmp_path / "run"), losses(tmp_path / "ref"), rtol=2e-5, atol=1e-7)
