@@ -2,9 +2,17 @@
 
 Snakemake's ``resources: gpu=1`` is only a counter: it limits how many GPU jobs run at
 once but says nothing about *which* GPU each one gets. Each job therefore leases a slot
-by taking a non-blocking ``fcntl.flock`` on one of N node-local lock files and exports
+by taking a non-blocking ``fcntl.lockf`` on one of N node-local lock files and exports
 ``CUDA_VISIBLE_DEVICES`` for that slot before CUDA is initialised. The kernel drops the
-lock when the process exits, even on SIGKILL, so a crashed job never leaks its slot.
+lock when the process exits, even on SIGKILL, so a crashed job never leaks its slot. The
+lock is a POSIX record lock, owned by the process and not inherited by ``fork``: a
+detector job forks its DataLoader workers inside the lease, and with ``flock`` (owned by
+the open file, shared with every forked child) a killed job's slot stayed taken until
+its last worker died.
+
+The GPUs are counted without initialising CUDA (NVML, else a child process): once CUDA
+is initialised a later ``CUDA_VISIBLE_DEVICES`` is ignored and every job would land on
+GPU 0, so a lease in a process whose CUDA is already initialised is an error.
 
 Under Slurm (``SLURM_JOB_ID`` set) nothing is done: Slurm has already restricted the job
 to the GPUs it allocated. Without any GPU the job still leases a slot (so concurrency can
@@ -19,6 +27,8 @@ import fcntl
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,14 +59,39 @@ def _inherited_devices() -> list[str] | None:
 
 
 def _gpu_count_without_init() -> int:
-    """GPUs this process may use (honours an inherited CUDA_VISIBLE_DEVICES)."""
+    """GPUs this process may use (honours an inherited CUDA_VISIBLE_DEVICES), CUDA left uninitialised.
+
+    ``torch.cuda.device_count()`` asks NVML, but where NVML is missing or the visible devices
+    are MIG ids it falls back to a driver call that initialises CUDA in this process; after
+    that the lease's ``CUDA_VISIBLE_DEVICES`` would be ignored. So: NVML's count, else none
+    when the node has no NVIDIA driver at all, else a child process counts.
+    """
     try:
         import torch
-
-        # device_count() asks NVML and does not create a CUDA context.
-        return torch.cuda.device_count()
-    except Exception:  # pragma: no cover - torch without CUDA support
+    except ImportError:  # pragma: no cover - torch is a dependency
         return 0
+    if not torch.cuda._is_compiled():
+        return 0
+    count = torch.cuda._device_count_nvml()  # negative: NVML unavailable or MIG ids
+    if count >= 0:
+        return count
+    if not os.path.exists(NVIDIA_CONTROL_DEVICE):
+        return 0  # no NVIDIA driver on this node: nothing to count, nothing to initialise
+    return _gpu_count_in_child()
+
+
+NVIDIA_CONTROL_DEVICE = "/dev/nvidiactl"  # present wherever the NVIDIA driver is loaded
+_COUNT_SCRIPT = "import torch; print(torch.cuda.device_count())"
+
+
+def _gpu_count_in_child() -> int:
+    """``torch.cuda.device_count()`` in a child process, so that any CUDA it initialises is not ours."""
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_SCRIPT], capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"counting GPUs in a child process failed: {done.stderr.strip()[-500:]}")
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 def physical_device(slot: int, gpus: int, inherited: list[str] | None) -> str:
@@ -75,6 +110,16 @@ def _cuda_initialised() -> bool:
         return False
 
 
+def _refuse_initialised_cuda() -> None:
+    """Fail loudly: CUDA initialised before the lease would ignore the slot's CUDA_VISIBLE_DEVICES."""
+    if _cuda_initialised():
+        raise RuntimeError(
+            "CUDA was initialised in this process before its device lease: the lease's "
+            "CUDA_VISIBLE_DEVICES would be ignored and the job would run on GPU 0 whatever its slot; "
+            "call anogen.devices.lease_device() before anything touches torch.cuda"
+        )
+
+
 @contextlib.contextmanager
 def lease_device(
     slots: int | None = None,
@@ -88,7 +133,7 @@ def lease_device(
     ``slots``: number of lock files (default: ``ANOGEN_GPU_SLOTS``, else the visible GPUs;
     with neither, no lock is taken and the job runs on the CPU).
     ``lock_dir``: node-local directory for the lock files (default ``ANOGEN_LOCK_DIR`` or
-    /tmp/anogen-gpu-slots); never put it on NFS, where flock is unreliable.
+    /tmp/anogen-gpu-slots); node-local, as a lock on a shared file system may be slow or unreliable.
     """
     if os.environ.get("SLURM_JOB_ID"):
         gpus = _gpu_count_without_init()
@@ -98,9 +143,7 @@ def lease_device(
         yield lease
         return
 
-    if _cuda_initialised():
-        raise RuntimeError("lease_device() must run before CUDA is initialised in this process")
-
+    _refuse_initialised_cuda()
     gpus = 0 if prefer_cpu else _gpu_count_without_init()
     if slots is None and os.environ.get("ANOGEN_GPU_SLOTS"):
         slots = int(os.environ["ANOGEN_GPU_SLOTS"])
@@ -117,28 +160,7 @@ def lease_device(
     lock_dir = Path(lock_dir or os.environ.get("ANOGEN_LOCK_DIR") or DEFAULT_LOCK_DIR)
     lock_dir.mkdir(parents=True, exist_ok=True)
 
-    handle = None
-    slot = None
-    deadline = time.monotonic() + wait_seconds
-    announced = False
-    while handle is None:
-        for candidate in range(slots):
-            fh = open(lock_dir / f"slot-{candidate}.lock", "a+")
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.close()
-                continue
-            handle, slot = fh, candidate
-            break
-        if handle is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no free device slot in {lock_dir} after {wait_seconds}s")
-            if not announced:
-                log.warning("all %d device slots in %s are busy; waiting", slots, lock_dir)
-                announced = True
-            time.sleep(poll_seconds)
-
+    handle, slot = _acquire_slot(lock_dir, slots, wait_seconds, poll_seconds)
     try:
         handle.seek(0)
         handle.truncate()
@@ -154,8 +176,44 @@ def lease_device(
         log.info("device lease: %s", lease)
         yield lease
     finally:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        handle.close()
+        _release_slot(handle)
+
+
+# Lock files this process holds. POSIX locks never conflict within one process, and closing
+# ANY descriptor of a locked file drops the process's lock on it, so a second lease in the
+# same process must neither test nor open a slot this process already holds.
+_HELD: dict[str, object] = {}
+
+
+def _acquire_slot(lock_dir: Path, slots: int, wait_seconds: float, poll_seconds: float):
+    """The open, ``lockf``-locked file of the first free slot and its number; waits while all are busy."""
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while True:
+        for candidate in range(slots):
+            path = str((lock_dir / f"slot-{candidate}.lock").resolve())
+            if path in _HELD:
+                continue
+            fh = open(path, "a+")
+            try:
+                fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EAGAIN / EACCES: another process holds it
+                fh.close()
+                continue
+            _HELD[path] = fh
+            return fh, candidate
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no free device slot in {lock_dir} after {wait_seconds}s")
+        if not announced:
+            log.warning("all %d device slots in %s are busy; waiting", slots, lock_dir)
+            announced = True
+        time.sleep(poll_seconds)
+
+
+def _release_slot(handle) -> None:
+    _HELD.pop(handle.name, None)
+    fcntl.lockf(handle.fileno(), fcntl.LOCK_UN)
+    handle.close()
 
 
 # ----------------------------------------------------------------------------- numeric precision

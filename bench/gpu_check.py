@@ -363,9 +363,16 @@ def _stage1_variant(args, backbone, i: int, name: str, kw: dict, mode: str, k: i
     _sync(device)
     sps = steps / (time.perf_counter() - t0)
     tr.close()  # every trainer sets the shared backbone's checkpointing switch itself
+    graph = {}
+    if kw.get("cuda_graph"):
+        # the trainer falls back to eager when a capture fails: say which of the two was timed
+        captured = tr.graph_captured
+        name = name if captured else f"{name} NOT captured: eager static buffers"
+        graph = {"cuda_graph_requested": True, "cuda_graph": captured}
     return {
         "stage": "embedding",
         "variant": name,
+        **graph,
         "value": sps * k,
         "unit": "concept-steps/s",
         "batch_size": 4,
@@ -706,6 +713,12 @@ class CheckRun:
             self.phase_s[name] = round(time.perf_counter() - t0, 1)
             self.write()
 
+    def in_child(self, target: str, *payload):
+        """A phase function that runs ``target`` ("module:function") in a process of its own: a
+        sticky CUDA error (an illegal access poisons the context for good) or a crash then
+        fails that phase alone, and every following phase starts on a fresh context."""
+        return lambda: run_phase_in_child(target, self.args, payload, timeout=self.left())
+
     def table(self) -> dict:
         table = throughput_table(self.rows, self.gpu, self.args)
         table["versions"].update(self.versions)
@@ -728,6 +741,40 @@ class CheckRun:
         tmp.write_text(json.dumps(table, indent=1, default=str) + "\n")
         tmp.replace(self.out)
         return table
+
+
+def run_phase_in_child(target: str, args, payload=(), timeout: float | None = None):
+    """``target(args, *payload)`` in a child ``gpu_check.py --phase``; its JSON result. The
+    child's output goes to this log; a non-zero exit or a timeout raises (a failed phase)."""
+    with tempfile.TemporaryDirectory(prefix="anogen_phase_") as tmp:
+        io = Path(tmp) / "phase.json"
+        io.write_text(json.dumps({"payload": list(payload)}, default=str))
+        cmd = [sys.executable, str(Path(__file__).resolve()), *getattr(args, "argv", [])]
+        cmd += ["--phase", target, "--phase-io", str(io)]
+        try:
+            proc = subprocess.run(cmd, timeout=None if timeout is None else max(timeout, 1.0))
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"{target} ran past the budget ({timeout:.0f} s left) and was stopped") from exc
+        if proc.returncode != 0:
+            raise RuntimeError(f"{target} exited {proc.returncode} in its own process (its output is above)")
+        return json.loads(io.read_text())["result"]
+
+
+def run_phase_here(args) -> int:
+    """The child's side of ``run_phase_in_child``: run the phase, write its result."""
+    module, _, function = args.phase.partition(":")
+    payload = json.loads(args.phase_io.read_text())["payload"]
+    result = getattr(importlib.import_module(module), function)(args, *payload)
+    args.phase_io.write_text(json.dumps({"result": result}, default=str))
+    return 0
+
+
+def record_graph_checks(checks: list[dict], rows: list[dict]) -> None:
+    """A stage-1 row that asked for a CUDA graph says whether one was captured; so does a check."""
+    for r in rows:
+        if r.get("cuda_graph_requested"):
+            detail = "captured and replayed" if r["cuda_graph"] else "capture failed: the eager path was timed"
+            record_check(checks, "stage-1 benchmark ran as a CUDA graph", bool(r["cuda_graph"]), detail)
 
 
 def _out_path(out: Path | None, args, gpu: str) -> Path:
@@ -757,16 +804,21 @@ def main(argv=None) -> int:
         default=None,
         help="end within this many seconds: the DAG is stopped and later phases are skipped (and reported) past it",
     )
+    ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # module:function, in a child
+    ap.add_argument("--phase-io", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if not args.cpu and not torch.cuda.is_available():
-        print("no CUDA device: run with --cpu --tiny for the CPU logic check", file=sys.stderr)
-        return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a phase child is started with
     args.device = "cpu" if args.cpu else "cuda"
     if args.cpu:
         torch.set_num_threads(1)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.phase:
+        return run_phase_here(args)
+    if not args.cpu and not torch.cuda.is_available():
+        print("no CUDA device: run with --cpu --tiny for the CPU logic check", file=sys.stderr)
+        return 2
     gpu = "cpu" if args.cpu else torch.cuda.get_device_name()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="anogen_gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -784,15 +836,17 @@ def main(argv=None) -> int:
         dag_deadline = None if run.deadline is None else run.deadline - reserve
         run.dag = run.phase("DAG", lambda: run_dag(work, args, run.checks, dag_deadline)) or {}
     # 2. throughput and peak memory, most needed first
-    run.rows += run.phase("stage 1", lambda: bench_stage1(args), PHASE_SECONDS["stage 1"]) or []
-    run.rows += run.phase("stage 2", lambda: bench_stage2(args), PHASE_SECONDS["stage 2"]) or []
-    det_rows, run.synth = run.phase("stage 3", lambda: bench_stage3(args), PHASE_SECONDS["stage 3"]) or ([], [])
+    #    (each in a process of its own: a sticky CUDA error fails one phase, not the rest)
+    stage1 = run.phase("stage 1", run.in_child("gpu_check:bench_stage1"), PHASE_SECONDS["stage 1"]) or []
+    record_graph_checks(run.checks, stage1)
+    run.rows += stage1
+    run.rows += run.phase("stage 2", run.in_child("gpu_check:bench_stage2"), PHASE_SECONDS["stage 2"]) or []
+    stage3 = run.phase("stage 3", run.in_child("gpu_check:bench_stage3"), PHASE_SECONDS["stage 3"])
+    det_rows, run.synth = stage3 or ([], [])
     run.rows += det_rows
     if run.dag.get("detector_dirs"):
-        ev = run.phase(
-            "evaluation", lambda: bench_evaluation(args, run.dag["detector_dirs"]), PHASE_SECONDS["evaluation"]
-        )
-        run.rows += ev or []
+        ev = run.in_child("gpu_check:bench_evaluation", run.dag["detector_dirs"])
+        run.rows += run.phase("evaluation", ev, PHASE_SECONDS["evaluation"]) or []
     # 3. the projection from what was measured
     proj = run.phase("projection", lambda: projection(run.table())) or {}
     print_table(run.rows, run.checks, proj, run.dag, gpu)

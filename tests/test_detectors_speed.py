@@ -49,8 +49,8 @@ def test_channels_last_draem_step_is_the_same_function(_float64):
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dtype == torch.float64
     b = {k: v.double() if v.is_floating_point() else v for k, v in _batch().items()}
-    lp = plain.train_step(b, 0)["loss"]
-    lf = fast.train_step(b, 0)["loss"]
+    lp = float(plain.train_step(b, 0)["loss"])
+    lf = float(fast.train_step(b, 0)["loss"])
     assert lf == pytest.approx(lp, rel=1e-10)
     n = 0
     for (name, p), q in zip(plain.model.named_parameters(), fast.model.parameters()):

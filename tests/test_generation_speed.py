@@ -27,9 +27,11 @@ def model(tmp_path_factory):
     return folder
 
 
-def _run(folder, **switches):
+def _run(folder, wrap_unet=None, **switches):
     backbone = load_backbone(str(folder))
     prepare_for_inference(backbone, "auto", **{"channels_last": False, "compile": False, **switches})
+    if wrap_unet is not None:
+        backbone.unet = wrap_unet(backbone.unet)
     torch.manual_seed(0)
     backbone.set_token_embedding("<anomaly>", torch.randn(backbone.embedding_dim))
     with torch.no_grad():
@@ -60,3 +62,31 @@ def test_compiled_unet_equals_plain(model):
     backbone, fast = _run(model, compile=True, compile_backend="eager")
     assert getattr(backbone, "unet_compiled", False)
     assert (fast - plain).abs().max() < 1e-5
+
+
+def test_compiled_unet_gets_device_timesteps_built_once(model):
+    """One int64 tensor of every timestep, made on the device once per call: each UNet call
+    gets a 0-d view of it (no host-to-device copy per step) and one graph serves them all."""
+    import torch._dynamo
+
+    seen = []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+    class Spy:
+        def __init__(self, unet):
+            self.unet = unet
+
+        def __getattr__(self, name):
+            return getattr(self.unet, name)
+
+        def __call__(self, sample, t, **kwargs):
+            seen.append(t)
+            return self.unet(sample, t, **kwargs)
+
+    _run(model, wrap_unet=Spy, compile=True, compile_backend="eager")
+    assert len(seen) == STEPS and all(isinstance(t, torch.Tensor) and t.dim() == 0 for t in seen)
+    assert len({t.untyped_storage().data_ptr() for t in seen}) == 1  # views of one tensor
+    assert [t.storage_offset() for t in seen] == list(range(STEPS))
+    assert [int(t) for t in seen] == sorted((int(t) for t in seen), reverse=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

@@ -158,3 +158,103 @@ def test_lease_does_nothing_under_slurm(tmp_path, monkeypatch):
         assert lease.slot is None and "slurm" in lease.reason
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert not list(tmp_path.iterdir())
+
+
+_FORKING_HOLDER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from anogen.devices import lease_device
+    with lease_device(slots=1, lock_dir=sys.argv[1]):
+        child = os.fork()  # as a DataLoader worker is forked inside the lease
+        if child == 0:
+            time.sleep(30)
+            os._exit(0)
+        print(json.dumps({"child": child}), flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_killed_job_frees_its_slot_at_once_while_its_forked_child_lives(tmp_path):
+    """With flock the lock belonged to the open file, which the forked child shares: the slot
+    stayed taken until the child died (26.7 s with a child living 30 s)."""
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+    p = subprocess.Popen(
+        [sys.executable, "-c", _FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    child = json.loads(p.stdout.readline())["child"]
+    try:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        start = time.monotonic()
+        with lease_device(slots=1, lock_dir=tmp_path, wait_seconds=1.0, poll_seconds=0.02) as lease:
+            took = time.monotonic() - start
+            assert lease.slot == 0
+        os.kill(child, 0)  # the child is still alive (raises if it is gone)
+        assert took < 1.0
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_second_lease_in_one_process_takes_another_slot_and_keeps_the_first(tmp_path):
+    """POSIX locks never conflict within a process and closing any descriptor of a locked file
+    drops its lock: the lease must skip the slots this process holds, and not open them."""
+    with lease_device(slots=2, lock_dir=tmp_path) as first, lease_device(slots=2, lock_dir=tmp_path) as second:
+        assert {first.slot, second.slot} == {0, 1}
+        probe = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path)], capture_output=True, text=True)
+        assert "TimeoutError" in probe.stderr  # another process finds both slots taken
+
+
+_PROBE = textwrap.dedent(
+    """
+    import sys
+    from anogen.devices import lease_device
+    with lease_device(slots=2, lock_dir=sys.argv[1], wait_seconds=0.2, poll_seconds=0.05):
+        pass
+    """
+)
+
+
+def test_gpu_count_never_initialises_cuda(monkeypatch, tmp_path):
+    """NVML's count; every call that would initialise CUDA here is a spy that fails."""
+    import anogen.devices as devices
+    from tests.cuda_standins import simulate_gpu_count
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    spy = simulate_gpu_count(monkeypatch, 4)
+    assert devices._gpu_count_without_init() == 4
+    with lease_device(lock_dir=tmp_path) as lease:
+        assert lease.device == "cuda" and lease.slot == 0 and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert spy.calls == []
+
+
+def test_gpu_count_without_nvml_asks_a_child_process(monkeypatch):
+    """NVML unavailable (or MIG ids): torch would fall back to a driver call that initialises
+    CUDA in this process; the count is taken in a child process instead."""
+    import anogen.devices as devices
+    from tests.cuda_standins import simulate_gpu_count
+
+    spy = simulate_gpu_count(monkeypatch, -1)
+    monkeypatch.setattr(devices, "NVIDIA_CONTROL_DEVICE", str(__file__))  # "a driver is loaded"
+    children = []
+    monkeypatch.setattr(devices, "_gpu_count_in_child", lambda: children.append(1) or 2)
+    assert devices._gpu_count_without_init() == 2 and children == [1]
+    monkeypatch.setattr(devices, "NVIDIA_CONTROL_DEVICE", "/nonexistent/nvidiactl")  # no driver: no GPU
+    assert devices._gpu_count_without_init() == 0 and children == [1]
+    assert spy.calls == []
+
+
+def test_gpu_count_in_a_child_process_leaves_cuda_alone_here():
+    import anogen.devices as devices
+
+    assert devices._gpu_count_in_child() >= 0
+    assert not torch.cuda.is_initialized()
+
+
+def test_lease_refuses_a_process_whose_cuda_is_initialised(monkeypatch, tmp_path):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="CUDA was initialised in this process before its device lease"):
+        with lease_device(slots=1, lock_dir=tmp_path):
+            pass

@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 from anogen.checkpoint import capture_rng, restore_rng
+from anogen.detectors.common import rows_to_host
 from anogen.detectors.data import DETECTORS, VARIANTS, TrainStream, load_generated_items, make_loader
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
@@ -254,28 +255,56 @@ def _speed_setup(trainer, device: str, num_workers: int | None) -> dict[str, Any
 
 def _train_loop(job: ResumableJob, trainer, loader, start: int, checkpoint_every: int, log_every: int, what: str):
     """Steps ``start..total``: one log row each, a checkpoint every ``checkpoint_every``
-    steps, the kill hook after each. Returns the last step's losses ({} if none ran)."""
+    steps, the kill hook after each. Returns the last step's losses ({} if none ran).
+
+    The losses stay on the device and reach the host every ``log_every`` steps, at checkpoints
+    and at the end (``_PendingRows``), so the host queues the next step while the device works;
+    the rows written are the same, one per step."""
     total = trainer.total_steps
     csv_log = _CsvLog(job.out_dir / LOG_FILE, trainer.log_columns, start)
+    rows = _PendingRows(csv_log)
     progress = Progress(total, logger=log, what=f"{what} step", unit="steps", start=start, every=log_every)
     t0 = time.perf_counter()
-    last: dict[str, float] = {}
     step = start
     try:
         for batch in loader:
             if int(batch["step"]) != step:  # pragma: no cover - loader contract
                 raise RuntimeError(f"loader produced step {int(batch['step'])}, expected {step}")
-            last = trainer.train_step(batch, step)
+            losses = trainer.train_step(batch, step)
             step += 1
-            csv_log.write({"step": step, **last, "seconds": time.perf_counter() - t0})
-            progress.update(step, lambda last=last: _progress_text(last))
-            if step % checkpoint_every == 0 and step < total:
+            rows.add({"step": step, **losses, "seconds": time.perf_counter() - t0})
+            checkpoint = step % checkpoint_every == 0 and step < total
+            if step % log_every == 0 or checkpoint or step == total:
+                rows.flush()
+            progress.update(step, lambda: _progress_text(rows.flush()))  # a line due by time syncs too
+            if checkpoint:
                 csv_log.flush()
                 job.save_state(_state(trainer, step))
             job.progressed(step)
+        rows.flush()  # (after a failure, the rows since the last checkpoint are dropped on resume anyway)
     finally:
         csv_log.close()
-    return last
+    return rows.last
+
+
+class _PendingRows:
+    """Log rows whose losses are still device tensors; ``flush`` copies them in one transfer,
+    writes them to the log and returns the last step's values (without step and seconds)."""
+
+    def __init__(self, csv_log: _CsvLog):
+        self.csv_log, self.rows, self.last = csv_log, [], {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> dict[str, Any]:
+        if self.rows:
+            host = rows_to_host(self.rows)
+            self.rows = []
+            for row in host:
+                self.csv_log.write(row)
+            self.last = {k: v for k, v in host[-1].items() if k not in ("step", "seconds")}
+        return self.last
 
 
 def _progress_text(last: dict[str, float]) -> str:

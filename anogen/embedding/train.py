@@ -43,7 +43,9 @@ part of the content key):
   ``GRAPH_WARMUP`` eager static steps, forward + backward + AdamW step are captured once
   and replayed. AdamW then runs with ``capturable=True`` (same update rule, step count
   kept on the device), so results match the eager path within float round-off, not bit
-  for bit; fp16 autocast (GradScaler) falls back to the eager static path;
+  for bit; fp16 autocast (GradScaler) falls back to the eager static path. A checkpoint
+  resumes under either setting (AdamW's ``capturable`` follows the current run, not the
+  checkpoint's); the CPU tests stand in for CUDA with ``tests/cuda_standins.py``;
 - ``GroupedEmbeddingTrainer``: K (category, defect) concepts on one frozen backbone in
   one process, one forward/backward of batch K x b per step; each concept keeps its own
   vector, AdamW state and generators, and its loss is computed on its own slice, so the
@@ -547,6 +549,30 @@ class EmbeddingTrainer:
 
     _graph_start = 0  # step at which this process started (warm-up counts from here)
 
+    @property
+    def graph_captured(self) -> bool:
+        """Whether steps now replay a captured CUDA graph (a failed capture falls back to eager)."""
+        return self._graph is not None
+
+    def _optimizer_for_this_run(self) -> None:
+        """After loading a checkpoint: AdamW's ``capturable`` and step counters as THIS run needs.
+
+        ``load_state_dict`` takes ``capturable`` from the checkpoint, and ``cuda_graph`` is not
+        in the key, so the run that wrote it may have had the other setting: a graph run's
+        state resumed eagerly fails on its next step (capturable needs device step counters),
+        and an eager run's state resumed with a graph makes the capture fail. The update rule
+        is the same either way; only where the step count lives differs.
+        """
+        capturable = self.cuda_graph
+        for group in self.optimizer.param_groups:
+            group["capturable"] = capturable
+            for p in group["params"]:
+                st = self.optimizer.state.get(p)
+                if st and "step" in st:
+                    # a fresh AdamW's layout: a float32 scalar on the parameter's device when
+                    # capturable, on the CPU otherwise
+                    st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device if capturable else "cpu")
+
     def step(self) -> float:
         """One optimiser step; returns the loss as a float (syncs the host)."""
         self.step_async()
@@ -572,6 +598,7 @@ class EmbeddingTrainer:
         with torch.no_grad():
             self.vector.copy_(state["vector"].to(self.vector))
         self.optimizer.load_state_dict(state["optimizer"])
+        self._optimizer_for_this_run()
         if self.grad_scaler is not None and state.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.step_count = int(state["step"])
@@ -775,7 +802,7 @@ def _run_record(
         "resumed_from_step": resumed_from,
         "device": device,
         "autocast": str(trainer.autocast_dtype) if trainer.autocast_enabled else None,
-        "cuda_graph": trainer._graph is not None,
+        "cuda_graph": trainer.graph_captured,
         "gradient_checkpointing": bool(trainer.backbone.unet.is_gradient_checkpointing),
     }
 

@@ -199,13 +199,23 @@ class _Draws:
         return self.noise[1 + i * 2 + 1] if self.eta > 0 else self.noise[1 + i]
 
 
-def _guided_noise(backbone, z, t: int, context, guidance_scale: float, mixed_precision: str) -> torch.Tensor:
-    """The UNet's noise prediction at ``t``, classifier-free guided when ``uses_guidance``."""
+def _device_timesteps(backbone, timesteps: list[int]) -> torch.Tensor | None:
+    """For a compiled UNet, all timesteps as one int64 tensor on the device, built once per call
+    (it would specialise on a Python int: one recompilation per timestep; and a fresh 0-d tensor
+    per UNet call is a host-to-device copy per step). None for an eager UNet, which takes ints."""
+    if not getattr(backbone, "unet_compiled", False):
+        return None
+    return torch.tensor(timesteps, dtype=torch.int64, device=backbone.device)
+
+
+def _guided_noise(
+    backbone, z, t: int, context, guidance_scale: float, mixed_precision: str, t_device=None
+) -> torch.Tensor:
+    """The UNet's noise prediction at ``t`` (``t_device``: the same as a 0-d device tensor, for a
+    compiled UNet), classifier-free guided when ``uses_guidance``."""
     cfg = uses_guidance(guidance_scale)
     model_in = torch.cat([z, z]) if cfg else z
-    # a compiled UNet would specialise on a Python int: one recompilation per timestep
-    compiled = getattr(backbone, "unet_compiled", False)
-    t_arg = torch.tensor(t, dtype=torch.int64, device=backbone.device) if compiled else t
+    t_arg = t if t_device is None else t_device
     with autocast(mixed_precision, backbone.device):
         eps_pred = backbone.unet(model_in, t_arg, encoder_hidden_states=context).sample
     eps_pred = eps_pred.float()
@@ -277,9 +287,11 @@ def inpaint(
         trace = {"z0": z0.cpu(), "mask": m.cpu(), "initial": z.cpu(), "steps": []}
         trace.update(timesteps=schedule.timesteps, alphas_cumprod=schedule.abar.clone())
 
+    t_device = _device_timesteps(backbone, schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         # loop step: guided noise prediction, DDIM step to s_i, then blend (Eq. 7)
-        eps_pred = _guided_noise(backbone, z, t, context, guidance_scale, mixed_precision)
+        t_arg = None if t_device is None else t_device[i]
+        eps_pred = _guided_noise(backbone, z, t, context, guidance_scale, mixed_precision, t_arg)
         step = schedule.scheduler.step(eps_pred, t, z, eta=eta, variance_noise=draws.variance(i))
         denoised = step.prev_sample
         target_t, fwd_noise, reference = _reference(schedule, draws, z0, i)

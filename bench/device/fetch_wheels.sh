@@ -10,6 +10,9 @@ DEST=${WHEELS:-.whl}
 PY=${PYTHON:-python3}
 [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 mkdir -p "$DEST"
+# start from no wheel at all: a wheel left from an earlier pin beside the new one makes the
+# install on the device fail (two versions of one package)
+rm -f "$DEST"/*.whl
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
     platforms+=(--platform "$p")

@@ -172,12 +172,14 @@ class DestsegTrainer:
             "mixed_precision": self.mixed_precision,
         }
 
-    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
+        """One optimiser step of the phase ``step`` is in; losses as 0-d device tensors (no host
+        sync, see ``DraemTrainer.train_step``), phase and learning rate as numbers."""
         if step < self.student_steps:
             return self._student_step(batch, step)
         return self._segmentation_step(batch, step)
 
-    def _student_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    def _student_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
         dev, m = self.device, self.model
         image = batch["image"].to(dev, non_blocking=True)
         clean = batch["clean"].to(dev, non_blocking=True)
@@ -190,17 +192,18 @@ class DestsegTrainer:
         self.student_opt.zero_grad(set_to_none=True)
         backward_step(cos, self.student_opt, self.scaler)
         nan = float("nan")
+        cos = cos.detach()
         return {
             "phase": 1,
-            "loss": cos.item(),
-            "cosine": cos.item(),
+            "loss": cos,
+            "cosine": cos,
             "focal": nan,
             "l1": nan,
             "weak_dropped": nan,
             "lr": self.lr_at(step),
         }
 
-    def _segmentation_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    def _segmentation_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
         dev, m = self.device, self.model
         image = batch["image"].to(dev, non_blocking=True)
         mask = batch["mask"].to(dev, non_blocking=True)
@@ -217,11 +220,11 @@ class DestsegTrainer:
         backward_step(loss, self.seg_opt, self.scaler)
         return {
             "phase": 2,
-            "loss": loss.item(),
+            "loss": loss.detach(),
             "cosine": float("nan"),
-            "focal": terms["focal"].item(),
-            "l1": terms["l1"].item(),
-            "weak_dropped": float((terms["weight"] == 0).float().mean().item()),
+            "focal": terms["focal"].detach(),
+            "l1": terms["l1"].detach(),
+            "weak_dropped": (terms["weight"] == 0).float().mean(),
             "lr": self.lr_at(step),
         }
 

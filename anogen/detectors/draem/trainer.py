@@ -103,7 +103,9 @@ class DraemTrainer:
         }
 
     # -- one step
-    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
+        """One optimiser step; the losses stay 0-d device tensors (no host sync: the caller
+        copies them in batches, ``common.rows_to_host``), the learning rate is a float."""
         dev = self.device
         image = batch["image"].to(dev, non_blocking=True)
         clean = batch["clean"].to(dev, non_blocking=True)
@@ -119,11 +121,11 @@ class DraemTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         backward_step(loss, self.optimizer, self.scaler)
         return {
-            "loss": loss.item(),
-            "l2": terms["l2"].item(),
-            "ssim": terms["ssim"].item(),
-            "focal": terms["focal"].item(),
-            "weak_dropped": float((terms["weight"] == 0).float().mean().item()),
+            "loss": loss.detach(),
+            "l2": terms["l2"].detach(),
+            "ssim": terms["ssim"].detach(),
+            "focal": terms["focal"].detach(),
+            "weak_dropped": (terms["weight"] == 0).float().mean(),
             "lr": lr,
         }
 
