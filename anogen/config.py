@@ -103,7 +103,9 @@ def validate_config(raw: dict | None) -> dict:
 
 
 def _check_semantics(config: dict) -> None:
-    def check_box(where: str, box: dict) -> None:
+    def check_box(where: str, box: dict | str) -> None:
+        if box == "learned":
+            return
         for axis in ("width", "height"):
             lo, hi = box[axis]
             if lo > hi:
@@ -112,7 +114,7 @@ def _check_semantics(config: dict) -> None:
     gen = config["generation"]
     check_box("generation.default_box", gen["default_box"])
     for cat, defects in gen["box_ranges"].items():
-        for defect, box in defects.items():
+        for defect, box in ({} if defects == "learned" else defects).items():
             check_box(f"generation.box_ranges.{cat}.{defect}", box)
     ds = config["detectors"]["destseg"]
     if ds["student_steps"] >= ds["steps"]:
@@ -345,9 +347,19 @@ class Plan:
         return path
 
     def box(self, category: str, defect: str) -> dict:
+        """The generation spec's box: a hand-set range, or how a learned one is made (``learned``)."""
         gen = self.config["generation"]
-        box = gen["box_ranges"].get(category, {}).get(defect, gen["default_box"])
+        per_category = gen["box_ranges"].get(category, {})
+        box = "learned" if per_category == "learned" else per_category.get(defect, gen["default_box"])
+        if box == "learned":
+            learned = gen["learned_box"]
+            how = {name: learned[name] for name in ("margin", "min_size", "min_component")}
+            return {"learned": how, "rotate": bool(learned["rotate"])}
         return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box["rotate"])}
+
+    def learns_box(self, category: str, defect: str) -> bool:
+        """Whether (category, defect)'s box range comes from its support masks."""
+        return "learned" in self.box(category, defect)
 
     # ------------------------------------------------------------------ the diffusion model
     @property
@@ -607,6 +619,7 @@ class Plan:
         drop = {
             "box_ranges",
             "default_box",
+            "learned_box",  # in the resolved box below
             "grabcut_iterations",
             *_NOT_IN_KEYS["generation"],
             *_SELECTORS["generation"],
@@ -625,6 +638,8 @@ class Plan:
 
     def _generation_upstream(self, category: str, defect: str) -> dict:
         upstream = {"embedding": ("embedding", (category, defect))}
+        if self.learns_box(category, defect):
+            upstream["support"] = ("support", (category, defect))  # the masks the range is learned from
         if self.box_template(category, defect) is None:
             upstream["foreground"] = ("foreground", (category,))  # a template replaces the foreground
         return upstream
