@@ -110,7 +110,11 @@ def handset_ranges(config: dict) -> dict[tuple[str, str], dict]:
             continue
         for defect, box in defects.items():
             if box != "learned":
-                out[(category, defect)] = {"width": box["width"], "height": box["height"], "rotate": box["rotate"]}
+                out[(category, defect)] = {
+                    "width": box["width"],
+                    "height": box["height"],
+                    "rotate": bool(box.get("rotate")),
+                }
     return out
 
 

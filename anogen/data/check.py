@@ -190,11 +190,29 @@ def texture_threshold() -> float:
     return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
 
 
+def _support_sets(index, shots: int, seed: int, report: CheckReport) -> dict[str, list]:
+    """Defect -> the support items the support job would choose; a defect with too few is a problem."""
+    from anogen.data.support import select_support
+
+    chosen_sets: dict[str, list] = {}
+    for defect in index.defects:
+        try:
+            chosen_sets[defect] = select_support(index, defect, shots, seed)
+        except AnogenError:
+            where = str(index.defect_path(defect))
+            if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
+                usable = len(index.defect_items(defect))
+                report.problems.append(
+                    f"{where}: only {usable} usable anomalous image(s) (see the problems "
+                    f"with its files) but support.shots = {shots} are needed"
+                )
+    return chosen_sets
+
+
 def _check_category(
     plan, category: str, defects: list[str], options: dict, report: CheckReport, foreground_images: int
 ) -> None:
     from anogen.data.layouts import scan_category
-    from anogen.data.support import select_support
 
     config = plan.config
     shots, seed = config["support"]["shots"], config["support"]["seed"]
@@ -208,22 +226,8 @@ def _check_category(
     decoded = _decode_all(index, report, config["resize"])
 
     # What the evaluation would see after the support images are left out.
-    excluded: set[str] = set()
-    chosen_sets: dict[str, list] = {}
-    for defect in index.defects:
-        try:
-            chosen = select_support(index, defect, shots, seed)
-        except AnogenError:
-            where = str(index.defect_path(defect))
-            if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
-                usable = len(index.defect_items(defect))
-                report.problems.append(
-                    f"{where}: only {usable} usable anomalous image(s) (see the problems "
-                    f"with its files) but support.shots = {shots} are needed"
-                )
-            continue
-        excluded |= {str(item.path) for item in chosen}
-        chosen_sets[defect] = chosen
+    chosen_sets = _support_sets(index, shots, seed, report)
+    excluded = {str(item.path) for chosen in chosen_sets.values() for item in chosen}
     kept = [item for item in index.test if not (config["support"]["exclude_from_test"] and str(item.path) in excluded)]
     n_good = sum(not item.is_anomalous for item in kept)
     n_bad = len(kept) - n_good
