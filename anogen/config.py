@@ -408,13 +408,24 @@ class Plan:
         """Root-relative paths of the support images the evaluation leaves out (sorted)."""
         if not self.config["support"]["exclude_from_test"]:
             return ()
-        return tuple(
-            sorted(
-                self._test_relpath(category, d, name)
-                for d in self.defects(category)
-                for name in self.support_files(category, d) or ()
-            )
-        )
+        chosen = {
+            self._test_relpath(category, d, name)
+            for d in self.defects(category)
+            for name in self.support_files(category, d) or ()
+        }
+        if self.config["data_layout"] == "realiad" and not self.is_demo:
+            chosen |= self._sibling_views(category, chosen)
+        return tuple(sorted(chosen))
+
+    def _sibling_views(self, category: str, chosen: set[str]) -> set[str]:
+        """Real-IAD: every test view (any label) of the samples the support views belong to."""
+        from anogen.data.mvtec import relative_to_root
+        from anogen.data.realiad import sample_of
+
+        files = self._category_files(category)
+        samples = {sample_of(rel) for rel in chosen}
+        views = (relative_to_root(files.root, p) for paths in files.test.values() for p in paths)
+        return {rel for rel in views if sample_of(rel) in samples}
 
     def _test_relpath(self, category: str, defect: str, name: str) -> str:
         """Data-root-relative POSIX path of a test image, as evaluation items name it."""

@@ -121,3 +121,53 @@ def make_mvtec_ad2_tree(root: Path, *, n_train=4, n_test_good=2, n_bad=3, height
         for private in ("test_private", "test_private_mixed"):
             _save(base / private / f"{0:03d}_regular.png", normal_image(rng, height, width))
     return root
+
+
+REALIAD_CATEGORIES = ("audiojack", "toy_brick")
+REALIAD_DEFECTS = ("AK", "HS")  # pit, scratch
+VIEWS = ("C1", "C2", "C3", "C4", "C5")
+VISIBLE = ("C1", "C2", "C3")  # the defect of an NG sample shows in these views; C4, C5 are labelled OK
+
+
+def _realiad_view(rng, base: Path, name: str, sample: str, label: str, cam: str, defect, size: int) -> dict:
+    """Write one view (and its mask when the defect shows in it); return its split-file record."""
+    stem = f"{base.name}_{name}_{label}_{cam}_20231021{name}"
+    rel = f"{sample}/{stem}.jpg"
+    record = {"category": label, "anomaly_class": defect or "OK", "image_path": rel, "mask_path": None}
+    if defect:
+        image, mask = anomalous_image(rng, size, size)
+        record["mask_path"] = f"{sample}/{stem}_mask.png"
+        _save(base / record["mask_path"], mask * 255)
+    else:
+        image = normal_image(rng, size, size)
+    _save(base / rel, image)
+    return record
+
+
+def make_realiad_tree(
+    root: Path, *, n_train=2, n_test_ok=1, n_ng=2, size=32, seed=0, json_dir="realiad_jsons/realiad_jsons"
+) -> Path:
+    """Real-IAD: ``realiad_1024/<c>/{OK/S0001, NG/<code>/S0101}/<c>_<id>_<OK|NG>_<C1..C5>_<time>.jpg`` (masks
+    ``<stem>_mask.png`` beside the anomalous views) and ``<json_dir>/<c>.json`` split files, one record per view."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    for category in REALIAD_CATEGORIES:
+        base = root / "realiad_1024" / category
+        split = {"train": [], "test": []}
+        for s in range(1, n_train + n_test_ok + 1):
+            side = "train" if s <= n_train else "test"
+            for cam in VIEWS:
+                split[side].append(_realiad_view(rng, base, f"{s:04d}", f"OK/S{s:04d}", "OK", cam, None, size))
+        sample = 100
+        for code in REALIAD_DEFECTS:
+            for _ in range(n_ng):
+                sample += 1
+                folder = f"NG/{code}/S{sample:04d}"
+                for cam in VIEWS:
+                    defect = code if cam in VISIBLE else None
+                    split["test"].append(_realiad_view(rng, base, f"{sample:04d}", folder, "NG", cam, defect, size))
+        meta = {"prefix": "", "normal_class": "OK", "pre_transform": None}
+        (root / json_dir).mkdir(parents=True, exist_ok=True)
+        (root / json_dir / f"{category}.json").write_text(json.dumps({"meta": meta, **split}, indent=1))
+    return root

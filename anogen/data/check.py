@@ -228,6 +228,11 @@ def _check_category(
     # What the evaluation would see after the support images are left out.
     chosen_sets = _support_sets(index, shots, seed, report)
     excluded = {str(item.path) for chosen in chosen_sets.values() for item in chosen}
+    if config["data_layout"] == "realiad":  # every view of a support sample leaves the test set
+        try:
+            excluded |= {str(Path(config["data_root"]) / rel) for rel in plan.excluded_from_test(category)}
+        except AnogenError as exc:
+            report.problems.append(str(exc))
     kept = [item for item in index.test if not (config["support"]["exclude_from_test"] and str(item.path) in excluded)]
     n_good = sum(not item.is_anomalous for item in kept)
     n_bad = len(kept) - n_good
