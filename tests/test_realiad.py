@@ -105,3 +105,27 @@ def test_realiad_dry_run(root, tmp_path):
     n = len(REALIAD_CATEGORIES) * len(REALIAD_DEFECTS)
     assert jobs["select_support"] == jobs["generate_anomalies"] == n
     assert jobs["estimate_foreground"] == len(REALIAD_CATEGORIES)
+
+
+@pytest.mark.e2e
+def test_learned_boxes_through_the_workflow(root, tmp_path):
+    """The jobs on Real-IAD with a learned box range: the generated set records the range it
+    learned from its support set's masks, and the support key is one of its inputs."""
+    from anogen.io import load_manifest
+
+    extra = {
+        "data_root": str(root),
+        "data_layout": "realiad",
+        "categories": ["audiojack"],
+        "defects": {"audiojack": ["AK"]},
+        "generation": {"default_box": "learned", "boxes_per_image": 1, "images_per_box": 1, "max_normal_images": 2},
+    }
+    workdir = e2e.make_workdir(tmp_path / "work", extra)
+    e2e.run(workdir, "generated")
+    (manifest,) = (workdir / "results" / "generated" / "audiojack" / "AK").glob("*/manifest.json")
+    m = load_manifest(manifest)
+    box = m["extra"]["box_range"]
+    assert box["source"] == "learned" and len(box["components"]) == 3
+    assert m["spec"]["box"]["learned"]["margin"] == 0.4 and "support" in m["inputs"]
+    (support,) = (workdir / "results" / "support" / "audiojack" / "AK").glob("*/manifest.json")
+    assert m["inputs"]["support"] == load_manifest(support)["key"]
