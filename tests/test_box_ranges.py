@@ -207,3 +207,14 @@ def test_box_ranges_command_learns_from_the_support_masks_only(tmp_path, capsys)
     ref.write_text(yaml.safe_dump({"widget": {"scratch": {"width": [0.5, 0.6], "height": [0.05, 0.1]}}}))
     assert cli_main(["box-ranges", "--configfile", str(config_file), "--reference", str(ref)]) == 0
     assert "| widget | scratch |" in capsys.readouterr().out
+
+
+def test_check_data_warns_about_a_learned_range_of_nearly_the_whole_image(tmp_path):
+    from anogen.data.check import check_data
+    from tests.fake_trees import build_fake_mvtec
+
+    root = build_fake_mvtec(tmp_path / "mvtec", categories=("bottle",))  # masks: the whole 8 x 8 image
+    config = validate_config({"data_root": str(root), "generation": {"default_box": "learned"}})
+    report = check_data(config, foreground_images=1)
+    assert report.boxes["bottle/broken_large"]["width"] == [pytest.approx(1 / 1.4, abs=1e-4), 1.0]
+    assert any("bottle/broken_large: the box range learned" in w for w in report.warnings)

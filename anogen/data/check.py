@@ -153,6 +153,10 @@ def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None,
 REGION_FRACTION = 0.002
 
 
+# A learned box range whose smaller side starts here covers nearly the whole image: worth a look.
+WHOLE_IMAGE_BOX = 0.6
+
+
 def _regions(mask: np.ndarray) -> int:
     import cv2
 
@@ -176,6 +180,12 @@ def _learned_boxes(plan, category: str, chosen: dict, report: CheckReport) -> No
             report.problems.append(str(exc))
             continue
         report.boxes[f"{category}/{defect}"] = box
+        if min(box["width"][0], box["height"][0]) >= WHOLE_IMAGE_BOX:
+            report.warnings.append(
+                f"{category}/{defect}: the box range learned from its support masks starts at "
+                f"{min(box['width'][0], box['height'][0]):.0%} of the image (nearly the whole image): check "
+                f"those masks, or hand-set generation.box_ranges.{category}.{defect}"
+            )
         report.lines.append(
             f"  boxes of {defect} (learned from {len(items)} support masks, {len(box['components'])} "
             f"components): width {box['width'][0]:.3f}-{box['width'][1]:.3f}, "
