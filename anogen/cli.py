@@ -144,6 +144,18 @@ def cmd_preflight(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_box_ranges(args) -> int:
+    from anogen.data import box_ranges
+
+    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    reference = box_ranges.reference_from_file(args.reference) if args.reference else None
+    rows = box_ranges.learn_all(config, reference)
+    print(box_ranges.render(rows))
+    if args.csv:
+        Path(args.csv).write_text(box_ranges.to_csv(rows), encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--gpus", type=int, default=1, help="GPUs the run will use (time estimate, checkpoints at once)")
     pre.add_argument("--foreground-images", type=int, default=4, help="as for check-data")
     pre.set_defaults(func=cmd_preflight)
+    boxes = sub.add_parser(
+        "box-ranges", help="learn every planned defect's box range from its support masks; compare with hand-set ranges"
+    )
+    boxes.add_argument("--configfile", default="config/config.yaml")
+    boxes.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    boxes.add_argument(
+        "--reference",
+        default=None,
+        help="YAML with hand-set ranges (a config's generation.box_ranges, or {category: {defect: box}}); "
+        "default: the config's own generation.box_ranges",
+    )
+    boxes.add_argument("--csv", default=None, help="also write the table as CSV here")
+    boxes.set_defaults(func=cmd_box_ranges)
     args = parser.parse_args(argv)
     if getattr(args, "configfile", None) is None:
         args.configfile = ["config/config.yaml"]

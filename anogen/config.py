@@ -103,7 +103,9 @@ def validate_config(raw: dict | None) -> dict:
 
 
 def _check_semantics(config: dict) -> None:
-    def check_box(where: str, box: dict) -> None:
+    def check_box(where: str, box: dict | str) -> None:
+        if box == "learned":
+            return
         for axis in ("width", "height"):
             lo, hi = box[axis]
             if lo > hi:
@@ -112,7 +114,7 @@ def _check_semantics(config: dict) -> None:
     gen = config["generation"]
     check_box("generation.default_box", gen["default_box"])
     for cat, defects in gen["box_ranges"].items():
-        for defect, box in defects.items():
+        for defect, box in ({} if defects == "learned" else defects).items():
             check_box(f"generation.box_ranges.{cat}.{defect}", box)
     ds = config["detectors"]["destseg"]
     if ds["student_steps"] >= ds["steps"]:
@@ -345,9 +347,19 @@ class Plan:
         return path
 
     def box(self, category: str, defect: str) -> dict:
+        """The generation spec's box: a hand-set range, or how a learned one is made (``learned``)."""
         gen = self.config["generation"]
-        box = gen["box_ranges"].get(category, {}).get(defect, gen["default_box"])
+        per_category = gen["box_ranges"].get(category, {})
+        box = "learned" if per_category == "learned" else per_category.get(defect, gen["default_box"])
+        if box == "learned":
+            learned = gen["learned_box"]
+            how = {name: learned[name] for name in ("margin", "min_size", "min_component")}
+            return {"learned": how, "rotate": bool(learned["rotate"])}
         return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box["rotate"])}
+
+    def learns_box(self, category: str, defect: str) -> bool:
+        """Whether (category, defect)'s box range comes from its support masks."""
+        return "learned" in self.box(category, defect)
 
     # ------------------------------------------------------------------ the diffusion model
     @property
@@ -396,13 +408,24 @@ class Plan:
         """Root-relative paths of the support images the evaluation leaves out (sorted)."""
         if not self.config["support"]["exclude_from_test"]:
             return ()
-        return tuple(
-            sorted(
-                self._test_relpath(category, d, name)
-                for d in self.defects(category)
-                for name in self.support_files(category, d) or ()
-            )
-        )
+        chosen = {
+            self._test_relpath(category, d, name)
+            for d in self.defects(category)
+            for name in self.support_files(category, d) or ()
+        }
+        if self.config["data_layout"] == "realiad" and not self.is_demo:
+            chosen |= self._sibling_views(category, chosen)
+        return tuple(sorted(chosen))
+
+    def _sibling_views(self, category: str, chosen: set[str]) -> set[str]:
+        """Real-IAD: every test view (any label) of the samples the support views belong to."""
+        from anogen.data.mvtec import relative_to_root
+        from anogen.data.realiad import sample_of
+
+        files = self._category_files(category)
+        samples = {sample_of(rel) for rel in chosen}
+        views = (relative_to_root(files.root, p) for paths in files.test.values() for p in paths)
+        return {rel for rel in views if sample_of(rel) in samples}
 
     def _test_relpath(self, category: str, defect: str, name: str) -> str:
         """Data-root-relative POSIX path of a test image, as evaluation items name it."""
@@ -612,6 +635,7 @@ class Plan:
         drop = {
             "box_ranges",
             "default_box",
+            "learned_box",  # in the resolved box below
             "grabcut_iterations",
             *_NOT_IN_KEYS["generation"],
             *_SELECTORS["generation"],
@@ -630,6 +654,8 @@ class Plan:
 
     def _generation_upstream(self, category: str, defect: str) -> dict:
         upstream = {"embedding": ("embedding", (category, defect))}
+        if self.learns_box(category, defect):
+            upstream["support"] = ("support", (category, defect))  # the masks the range is learned from
         if self.box_template(category, defect) is None:
             upstream["foreground"] = ("foreground", (category,))  # a template replaces the foreground
         return upstream

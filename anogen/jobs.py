@@ -369,7 +369,7 @@ def generate_anomalies(sm, params):
     from anogen.generation.run import generate_anomalies as run
 
     spec, runtime = params["spec"], params["runtime"]
-    support = [image for image, _ in _support_pairs(sm, spec["resize"])]
+    pairs = _support_pairs(sm, spec["resize"])  # the montage's row 1; a learned box range's masks
     # A defect with a box template has no foreground input (the template replaces it).
     foreground = list(getattr(sm.input, "foreground", []) or [])
     with _device() as lease:
@@ -390,7 +390,8 @@ def generate_anomalies(sm, params):
             batch_size=runtime["batch_size"],
             channels_last=runtime["channels_last"],
             compile=runtime["compile"],
-            support_images=support,
+            support_images=[image for image, _ in pairs],
+            support_masks=[mask for _, mask in pairs],
             extra={"lease": lease.as_dict()},
         )
 

@@ -50,6 +50,8 @@ class CheckReport:
     lines: list[str] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
     coverage: dict[str, float] = field(default_factory=dict)
+    regions: dict[str, float] = field(default_factory=dict)  # separate foreground regions per image (median)
+    boxes: dict[str, dict] = field(default_factory=dict)  # "category/defect" -> learned box range
 
     @property
     def ok(self) -> bool:
@@ -125,13 +127,14 @@ def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
     return {"sizes": sizes, "modes": modes, "bad": bad}
 
 
-def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None, collections.Counter]:
-    """Mean foreground fraction of the image over ``n`` evenly spaced images, and the methods used."""
+def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None, collections.Counter, float | None]:
+    """Mean foreground fraction of the image over ``n`` evenly spaced images, the methods used, and
+    the median number of separate foreground regions (``REGION_FRACTION`` of the image or more)."""
     from anogen.data.mvtec import load_image
     from anogen.generation.foreground import estimate_foreground_with_method
 
     chosen = paths[:: max(1, len(paths) // max(1, n))][:n]
-    fractions, methods = [], collections.Counter()
+    fractions, methods, regions = [], collections.Counter(), []
     for path in chosen:
         try:
             mask, method = estimate_foreground_with_method(load_image(path), "grabcut", iterations)
@@ -139,7 +142,55 @@ def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None,
             continue  # already reported by the decode pass
         fractions.append(float(mask.mean()))
         methods[method] += 1
-    return (float(np.mean(fractions)) if fractions else None), methods
+        regions.append(_regions(mask))
+    if not fractions:
+        return None, methods, None
+    return float(np.mean(fractions)), methods, float(np.median(regions))
+
+
+# A foreground region counts (multi-instance categories: one region per object) from this
+# fraction of the image on; smaller ones are GrabCut's specks.
+REGION_FRACTION = 0.002
+
+
+# A learned box range whose smaller side starts here covers nearly the whole image: worth a look.
+WHOLE_IMAGE_BOX = 0.6
+
+
+def _regions(mask: np.ndarray) -> int:
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    return int(np.sum(stats[1:n, cv2.CC_STAT_AREA] >= REGION_FRACTION * mask.size))
+
+
+def _learned_boxes(plan, category: str, chosen: dict, report: CheckReport) -> None:
+    """The box range each defect with a learned range gets from its support masks (``chosen``)."""
+    from anogen.data.mvtec import load_mask
+    from anogen.generation.boxes import learned_box_range
+
+    learned = plan.config["generation"]["learned_box"]
+    for defect, items in chosen.items():
+        if not plan.learns_box(category, defect):
+            continue
+        try:
+            masks = [to_square(load_mask(item.mask), plan.config["resize"]) for item in items]
+            box = learned_box_range(masks, learned, learned["rotate"], f"support set of {category}/{defect}")
+        except AnogenError as exc:
+            report.problems.append(str(exc))
+            continue
+        report.boxes[f"{category}/{defect}"] = box
+        if min(box["width"][0], box["height"][0]) >= WHOLE_IMAGE_BOX:
+            report.warnings.append(
+                f"{category}/{defect}: the box range learned from its support masks starts at "
+                f"{min(box['width'][0], box['height'][0]):.0%} of the image (nearly the whole image): check "
+                f"those masks, or hand-set generation.box_ranges.{category}.{defect}"
+            )
+        report.lines.append(
+            f"  boxes of {defect} (learned from {len(items)} support masks, {len(box['components'])} "
+            f"components): width {box['width'][0]:.3f}-{box['width'][1]:.3f}, "
+            f"height {box['height'][0]:.3f}-{box['height'][1]:.3f} of the image"
+        )
 
 
 def texture_threshold() -> float:
@@ -149,11 +200,29 @@ def texture_threshold() -> float:
     return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
 
 
+def _support_sets(index, shots: int, seed: int, report: CheckReport) -> dict[str, list]:
+    """Defect -> the support items the support job would choose; a defect with too few is a problem."""
+    from anogen.data.support import select_support
+
+    chosen_sets: dict[str, list] = {}
+    for defect in index.defects:
+        try:
+            chosen_sets[defect] = select_support(index, defect, shots, seed)
+        except AnogenError:
+            where = str(index.defect_path(defect))
+            if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
+                usable = len(index.defect_items(defect))
+                report.problems.append(
+                    f"{where}: only {usable} usable anomalous image(s) (see the problems "
+                    f"with its files) but support.shots = {shots} are needed"
+                )
+    return chosen_sets
+
+
 def _check_category(
     plan, category: str, defects: list[str], options: dict, report: CheckReport, foreground_images: int
 ) -> None:
     from anogen.data.layouts import scan_category
-    from anogen.data.support import select_support
 
     config = plan.config
     shots, seed = config["support"]["shots"], config["support"]["seed"]
@@ -167,20 +236,13 @@ def _check_category(
     decoded = _decode_all(index, report, config["resize"])
 
     # What the evaluation would see after the support images are left out.
-    excluded: set[str] = set()
-    for defect in index.defects:
+    chosen_sets = _support_sets(index, shots, seed, report)
+    excluded = {str(item.path) for chosen in chosen_sets.values() for item in chosen}
+    if config["data_layout"] == "realiad":  # every view of a support sample leaves the test set
         try:
-            chosen = select_support(index, defect, shots, seed)
-        except AnogenError:
-            where = str(index.defect_path(defect))
-            if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
-                usable = len(index.defect_items(defect))
-                report.problems.append(
-                    f"{where}: only {usable} usable anomalous image(s) (see the problems "
-                    f"with its files) but support.shots = {shots} are needed"
-                )
-            continue
-        excluded |= {str(item.path) for item in chosen}
+            excluded |= {str(Path(config["data_root"]) / rel) for rel in plan.excluded_from_test(category)}
+        except AnogenError as exc:
+            report.problems.append(str(exc))
     kept = [item for item in index.test if not (config["support"]["exclude_from_test"] and str(item.path) in excluded)]
     n_good = sum(not item.is_anomalous for item in kept)
     n_bad = len(kept) - n_good
@@ -213,18 +275,21 @@ def _check_category(
         + f"; after excluding the support sets: {n_good} normal + {n_bad} anomalous test images"
     )
     report.lines.append(f"  sizes {size_text}; aspect ratios {ratios}; {dict(modes)}")
+    _learned_boxes(plan, category, chosen_sets, report)
 
     if plan.texture(category) or plan.foreground_template(category):
         report.lines.append("  foreground: " + ("texture (whole image)" if plan.texture(category) else "template"))
         return
     usable = [p for p in index.train_good if str(p) not in decoded["bad"]]
-    cover, methods = _coverage(usable, foreground_images, config["generation"]["grabcut_iterations"])
+    cover, methods, regions = _coverage(usable, foreground_images, config["generation"]["grabcut_iterations"])
     if cover is None:
         return
     report.coverage[category] = cover
+    report.regions[category] = regions
     line = (
         f"  foreground (GrabCut on {sum(methods.values())} normal images, methods {dict(methods)}): "
-        f"{cover:.0%} of the image"
+        f"{cover:.0%} of the image, {regions:g} separate region(s) per image (median; a multi-instance "
+        "category needs one per instance)"
     )
     if cover >= texture_threshold():
         line += f"; nearly everything: if {category} is a texture, set category_options.{category}.texture: true"

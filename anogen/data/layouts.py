@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from anogen.data import mvtec
+from anogen.data import mvtec, realiad
 from anogen.data.mvtec import (
     GOOD,
     MASK_SUFFIX,
@@ -62,7 +62,7 @@ from anogen.data.mvtec import (
 from anogen.errors import DataError
 from anogen.keys import canonical_json
 
-LAYOUTS = ("mvtec", "visa", "folder")
+LAYOUTS = ("mvtec", "visa", "folder", "realiad")
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 
 __all__ = [
@@ -92,6 +92,8 @@ def layout_spec(config: dict) -> dict:
         spec.update(default_defect=config["default_defect"], visa=dict(config["visa"]))
     elif layout == "folder":
         spec.update(default_defect=config["default_defect"], folder=dict(config["folder"]))
+    elif layout == "realiad":
+        spec.update(realiad=dict(config["realiad"]))
     return spec
 
 
@@ -145,6 +147,8 @@ def list_categories(root: str | Path, options: dict | None = None, rejected: lis
         if not categories:
             raise DataError(root, "data_layout is folder but folder.categories names no data set")
         return categories
+    if name == "realiad":
+        return mvtec._checked_names(realiad.list_categories(root, options), root, "category", rejected)
     raise ValueError(f"unknown data layout {name!r} (expected one of {LAYOUTS})")
 
 
@@ -168,6 +172,9 @@ def list_defects(
             if not folder.is_dir():
                 raise DataError(folder, f"abnormal_dir of folder.categories.{category} ({defect}) does not exist")
         return sorted(_abnormal_dirs(root, opts, options["default_defect"]))
+    if name == "realiad":
+        where = realiad.json_path(root, options, category)
+        return mvtec._checked_names(realiad.list_defects(root, options, category), where, "defect", rejected)
     raise ValueError(f"unknown data layout {name!r} (expected one of {LAYOUTS})")
 
 
@@ -196,6 +203,8 @@ def scan_category(
         return _scan_visa(root, category, options, defects, min_shots, errors)
     if name == "folder":
         return _scan_folder(root, category, options, defects, min_shots, errors)
+    if name == "realiad":
+        return _scan_realiad(root, category, options, defects, min_shots, errors)
     raise ValueError(f"unknown data layout {name!r} (expected one of {LAYOUTS})")
 
 
@@ -483,6 +492,32 @@ def _scan_folder(root: Path, category: str, options: dict, defects, min_shots, e
             if _pair_ok(path, candidates[0], errors):
                 test.append(TestItem(path, defect, candidates[0]))
     return _index(root, category, train, test, chosen, {d: abnormal[d] for d in chosen}, normal_dir, errors)
+
+
+# ----------------------------------------------------------------------------- Real-IAD
+
+
+def _scan_realiad(root: Path, category: str, options: dict, defects, min_shots, errors) -> CategoryIndex:
+    """Real-IAD's split file of ``category`` (:mod:`anogen.data.realiad`): every view is an image."""
+    rows = realiad.records(root, options, category)
+    where = realiad.json_path(root, options, category)
+    base = realiad.image_dir(root, options, category)
+    chosen = _choose(list_defects(root, category, options), defects, where, category, errors)
+    train = sorted((base / r["image"] for r in rows["train"]), key=lambda p: p.as_posix())
+    test: list[TestItem] = []
+    counts = dict.fromkeys(chosen, 0)
+    for row in sorted(rows["test"], key=lambda r: r["image"]):
+        if row["defect"] is None:
+            good, _ = checked_headers([base / row["image"]], errors)
+            test += [TestItem(p, GOOD, None) for p in good]
+        elif row["defect"] in counts:
+            counts[row["defect"]] += 1
+            image, mask = base / row["image"], base / row["mask"]
+            if _pair_ok(image, mask, errors):
+                test.append(TestItem(image, row["defect"], mask))
+    for defect, n in counts.items():
+        _check_shots(f"{where} (defect {defect})", n, min_shots, errors)
+    return _index(root, category, train, test, chosen, {d: where for d in chosen}, where, errors)
 
 
 # ----------------------------------------------------------------------------- fingerprints

@@ -183,3 +183,70 @@ def sample_boxes(
                 f"foreground mask (or box template) of this image",
             )
     return accepted
+
+
+# ----------------------------------------------------------------------------- learned ranges
+#
+# ``generation.box_ranges: learned`` (or ``default_box: learned``): the width and height range
+# of a defect's boxes comes from its SUPPORT masks only (test masks are never read):
+#
+# 1. every support mask (in the model's square geometry, ``resize`` applied) is split into
+#    8-connected components; a component smaller than ``min_component`` x the area of the
+#    largest component of the same mask is an annotation speck and is ignored;
+# 2. each kept component's axis-aligned bounding box gives a width and a height as fractions of
+#    the mask's width and height;
+# 3. the range is [min / (1 + margin), max x (1 + margin)] per axis, clipped to
+#    [min_size, 1]; ``rotate`` comes from ``generation.learned_box.rotate``.
+
+
+def mask_component_sizes(mask: np.ndarray, min_component: float) -> list[tuple[float, float]]:
+    """(width, height) fractions of the bounding box of each component of a HxW mask (nonzero = anomaly)."""
+    import cv2
+
+    fg = (np.asarray(mask) > 0).astype(np.uint8)
+    if fg.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {fg.shape}")
+    height, width = fg.shape
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    stats = stats[1:n]  # row 0 is the background
+    if not len(stats):
+        return []
+    largest = int(stats[:, cv2.CC_STAT_AREA].max())
+    keep = stats[stats[:, cv2.CC_STAT_AREA] >= min_component * largest]
+    return [(int(s[cv2.CC_STAT_WIDTH]) / width, int(s[cv2.CC_STAT_HEIGHT]) / height) for s in keep]
+
+
+def learned_box_range(masks: Sequence[np.ndarray], learned: dict, rotate: bool, where: str = "support set") -> dict:
+    """The box range learned from support masks: ``{width, height, rotate, components}``.
+
+    ``learned`` holds ``margin``, ``min_size`` and ``min_component`` (``generation.learned_box``);
+    ``components`` lists the (width, height) fractions it was learned from (for the manifest).
+    """
+    margin, floor = float(learned["margin"]), float(learned["min_size"])
+    sizes = [size for mask in masks for size in mask_component_sizes(mask, float(learned["min_component"]))]
+    if not sizes:
+        raise DataError(
+            where,
+            "generation box range 'learned' needs anomalous pixels in the support masks, but they are "
+            "all empty; give this defect a hand-set range in generation.box_ranges",
+        )
+    out: dict = {}
+    for axis, values in (("width", [w for w, _ in sizes]), ("height", [h for _, h in sizes])):
+        lo = min(1.0, max(floor, min(values) / (1.0 + margin)))
+        hi = min(1.0, max(lo, max(values) * (1.0 + margin)))
+        out[axis] = [round(lo, 4), round(hi, 4)]
+    out["rotate"] = bool(rotate)
+    out["components"] = [[round(w, 4), round(h, 4)] for w, h in sizes]
+    return out
+
+
+def resolve_box_range(box: dict, support_masks: Sequence[np.ndarray] = (), where: str = "support set") -> dict:
+    """A generation spec's ``box`` as ``{width, height, rotate}`` (+ ``source``, learned ``components``).
+
+    A hand-set box is returned as is; a learned one (``{"learned": {...}, "rotate": ...}``) is
+    computed from ``support_masks`` with :func:`learned_box_range`.
+    """
+    if "learned" not in box:
+        return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box["rotate"])}
+    learned = learned_box_range(support_masks, box["learned"], bool(box["rotate"]), where)
+    return {**learned, "source": "learned"}

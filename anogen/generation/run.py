@@ -47,7 +47,7 @@ import torch
 
 from anogen.data.mvtec import load_image, relative_to_root
 from anogen.errors import ConfigError, DataError
-from anogen.generation.boxes import Box, sample_boxes
+from anogen.generation.boxes import Box, resolve_box_range, sample_boxes
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
 from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file
@@ -165,9 +165,11 @@ def _normal_images_used(normal_images: Sequence[Path], data_root: Path, spec: di
     return images
 
 
-def _plan_image(spec: dict, index: int, path: Path, foreground: np.ndarray, where: _BoxRegion) -> list[PlannedImage]:
-    """The boxes of one normal image, each with ``images_per_box`` seeded samples."""
-    category, defect, seed, box = spec["category"], spec["defect"], int(spec["seed"]), spec["box"]
+def _plan_image(
+    spec: dict, index: int, path: Path, foreground: np.ndarray, where: _BoxRegion, box: dict
+) -> list[PlannedImage]:
+    """The boxes of one normal image (range ``box``), each with ``images_per_box`` seeded samples."""
+    category, defect, seed = spec["category"], spec["defect"], int(spec["seed"])
     rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
     boxes = sample_boxes(
         rng,
@@ -205,13 +207,16 @@ def plan_generation(
     spec: dict,
     resolution: int,
     template: Path | None = None,
+    box: dict | None = None,
 ) -> tuple[list[Path], list[str], list[PlannedImage]]:
     """Boxes and seeds of every image to generate: (normal images used, their root-relative paths, plan).
 
     With a box template (``spec["template"]`` and its file ``template``) every image's boxes
     are drawn on the template, strictly more than ``containment`` inside;
-    ``foreground_manifest`` is then not read (it may be None).
+    ``foreground_manifest`` is then not read (it may be None). ``box`` is the resolved box
+    range (:func:`anogen.generation.boxes.resolve_box_range`); None = the spec's hand-set one.
     """
+    box = resolve_box_range(spec["box"]) if box is None else box
     images = _normal_images_used(normal_images, Path(data_root), spec)
     where = _box_region(
         spec,
@@ -222,7 +227,7 @@ def plan_generation(
     rels = [relative_to_root(data_root, p) for p in images]
     plan: list[PlannedImage] = []
     for index, (path, rel) in enumerate(zip(images, rels)):
-        plan += _plan_image(spec, index, path, where.region(path, rel), where)
+        plan += _plan_image(spec, index, path, where.region(path, rel), where, box)
     return images, rels, plan
 
 
@@ -447,6 +452,7 @@ def generate_anomalies(
     support_images: Sequence[np.ndarray] = (),
     extra: dict | None = None,
     backbone=None,
+    support_masks: Sequence[np.ndarray] = (),
 ) -> Path:
     """Generate the (category, defect) set into ``out_dir``; return the manifest path.
 
@@ -454,8 +460,10 @@ def generate_anomalies(
     (``variant``, ``scheduler``) go to ``load_backbone``; ``batch_size``,
     ``channels_last`` and ``compile`` are speed-only. ``backbone`` (optional) is an already
     loaded Backbone of ``model`` to reuse (tests, benchmarks); the learned token is added to
-    it or, if present, its row overwritten.
+    it or, if present, its row overwritten. ``support_masks`` (squared) are what a learned box
+    range (``spec["box"]["learned"]``) is made from; the resolved range goes into the manifest.
     """
+    box = resolve_box_range(spec["box"], support_masks, f"support set of {spec['category']}/{spec['defect']}")
     job = ResumableJob(out_dir, stage="generation", key=key, spec=spec, inputs=inputs)
     # 1. the model and the learned token
     sampler = _load_sampler(
@@ -477,6 +485,7 @@ def generate_anomalies(
         spec=spec,
         resolution=sampler.resolution,
         template=template,
+        box=box,
     )
     # 3. resume: what an earlier run of this key already wrote
     done = _already_done(job, plan)
@@ -489,6 +498,7 @@ def generate_anomalies(
     run = {"model": model, "revision": revision, "device": device, "batch_size": batch_size}
     run.update(channels_last=channels_last, compile=compile, template=template)
     files = [it.image for it in plan] + [it.mask for it in plan] + ["montage.png"]
+    extra = {"box_range": box, **(extra or {})}
     return job.write_manifest(files, _manifest_extra(plan, rels, sampler, generated, seconds, run, extra))
 
 

@@ -24,7 +24,7 @@ rule estimate_foreground:
 
 rule generate_anomalies:
     input:
-        # the support images are shown in the montage only (they reach the key via the embedding)
+        # the support images: the montage, and the masks of a learned box range (its key is then an input)
         support=artifact("support"),
         embedding=upstream(
             "generation", of="embedding", name="learned_embeds.safetensors"
