@@ -18,14 +18,6 @@ from tests.cuda_standins import counting_host_syncs, optimizer_step_counters
 SIZE, BATCH, STEPS, LOG_EVERY = 64, 2, 7, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _trainer(detector: str):
     cfg = validate_config({"data_root": "x"})["detectors"][detector]
     if detector == "draem":

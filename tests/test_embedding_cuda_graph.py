@@ -20,14 +20,6 @@ from tests.test_embedding import make_items, make_spec
 STEPS, SPLIT = 8, 4  # the graph is captured after GRAPH_WARMUP eager steps of each process
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_ldm(tmp_path_factory):
     return build_tiny_model("ldm", tmp_path_factory.mktemp("tiny") / "tiny-ldm", seed=0, resolution=128)
