@@ -245,7 +245,7 @@ def test_latent_box_mask_half_cell_rule_with_any_overlap_fallback():
         [(0, 8, 0, 12)],  # cell (0,0) full, cell (0,1) half (32 of 64 px): both inside
         [(8, 16, 0, 11)],  # cell (1,0) full, cell (1,1) 3/8: only (1,0)
         [(4, 12, 4, 12)],  # a quarter of each of 4 cells: none reaches half -> all 4 by overlap
-        [(0, 16, 5, 7)],  # a thin box, 2 px wide (1/4 of a cell): the 2 cells it overlaps
+        [(0, 16, 5, 6)],  # a thin box, 1 px wide (1/8 of a cell): the 2 cells it overlaps
         [(16, 32, 16, 20), (30, 32, 0, 2)],  # (2,2),(3,2) half each; the 1/16 corner is dropped
     )
     want = torch.zeros(5, 1, 4, 4)

@@ -110,6 +110,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("box-mask-over-half", INPAINT, "half = (frac >= 0.5)", "half = (frac > 0.5)", "inpaint", "latent_box_mask"),
     Mutant("box-mask-quarter", INPAINT, "half = (frac >= 0.5)", "half = (frac >= 0.25)", "inpaint", "latent_box_mask"),
     Mutant(
+        "box-mask-fallback-quarter", INPAINT, "anyo = (frac > 0)", "anyo = (frac >= 0.25)", "inpaint", "latent_box_mask"
+    ),
+    Mutant(
         "box-mask-no-fallback",
         INPAINT,
         "return torch.where(empty[:, None, None, None], anyo, half)",
