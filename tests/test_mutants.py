@@ -63,6 +63,17 @@ def test_a_stale_mutant_fails_loudly(tmp_path):
     assert "mutation check FAILED" in mutants.report(outcomes, 0.0, False)
 
 
+def test_a_surviving_mutant_fails_the_check():
+    """An edit the tests cannot notice (here an equivalent one) is reported and fails the check."""
+    same = mutants.Mutant(
+        "same-key-length", "anogen/keys.py", "KEY_LENGTH = 12", "KEY_LENGTH = 6 * 2", "keys", "canonical"
+    )
+    outcomes, ok = mutants.run_check([same], jobs=1, budget=120, timeout=120, fork=False)
+    assert [(o.name, o.status) for o in outcomes] == [("baseline:keys", "passed"), ("same-key-length", "survived")]
+    assert not ok
+    assert "NOT KILLED: same-key-length (survived)" in mutants.report(outcomes, 1.0, ok)
+
+
 def test_pytest_args_narrow_a_suite_to_a_mutants_focus():
     assert mutants.pytest_args("metrics", ["8_connected"]) == ["tests/test_metrics.py", "-k", "8_connected"]
     assert mutants.pytest_args("metrics", None) == ["tests/test_metrics.py"]

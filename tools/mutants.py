@@ -407,6 +407,8 @@ class _Run:
             self.pid = self.proc.pid
             return
         self.proc = None
+        sys.stdout.flush()  # or the child would write the parent's buffered output again
+        sys.stderr.flush()
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns
             code = 3
