@@ -134,6 +134,22 @@ def test_canonical_json_is_order_independent():
     assert len(content_key({})) == 12
 
 
+def test_content_keys_refuse_non_finite_values_and_tell_bool_from_int():
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for spec in ({"x": bad}, {"x": [1.0, bad]}, {"x": {"y": (bad,)}}):
+            with pytest.raises(ValueError, match="non-finite"):
+                content_key(spec)
+        with pytest.raises(ValueError, match="non-finite"):
+            content_key({"x": 1}, {"up": bad})
+    # JSON spells them differently, so True, 1 and 1.0 are three different keys
+    assert canonical_json({"x": True}) == '{"x":true}'
+    assert canonical_json({"x": 1}) == '{"x":1}'
+    assert canonical_json({"x": 1.0}) == '{"x":1.0}'
+    keys = {content_key({"x": v}) for v in (True, 1, 1.0)}
+    assert len(keys) == 3
+    assert content_key({"x": False}) not in {content_key({"x": 0}), content_key({"x": None})}
+
+
 def test_spelling_out_defaults_changes_no_key():
     base = all_keys(plan(demo_raw()))
     explicit = deep_update(
@@ -174,6 +190,35 @@ def test_one_box_range_changes_one_generation_and_its_category():
         "detector/cat_a/draem/anogen",
         "detector/cat_a/destseg/anogen",
     }
+
+
+def test_anogen_detectors_read_every_defect_of_their_category():
+    p = plan(demo_raw())
+    for detector in ("draem", "destseg"):
+        assert p.upstream("detector", "cat_a", detector, "anogen") == {
+            "generation/hole": ("generation", ("cat_a", "hole")),
+            "generation/scratch": ("generation", ("cat_a", "scratch")),
+        }
+        assert p.upstream("detector", "cat_b", detector, "anogen") == {
+            "generation/crack": ("generation", ("cat_b", "crack")),
+        }
+        assert p.upstream("detector", "cat_a", detector, "baseline") == {}
+        paths = p.upstream_paths("detector", "cat_a", detector, "anogen", of="generation")
+        assert paths == [p.path("generation", "cat_a", "hole"), p.path("generation", "cat_a", "scratch")]
+
+
+def test_a_later_defects_generation_reruns_its_category_detectors():
+    """A change to the second defect's generation reaches the anogen detectors of its category."""
+    override = {"generation": {"box_ranges": {"cat_a": {"scratch": {"width": [0.2, 0.3], "height": [0.2, 0.3]}}}}}
+    diff = changed(all_keys(plan(demo_raw())), all_keys(plan(deep_update(demo_raw(), override))))
+    assert {k for k in diff if k.startswith(("generation", "detector", "evaluation"))} == {
+        "generation/cat_a/scratch",
+        "detector/cat_a/draem/anogen",
+        "detector/cat_a/destseg/anogen",
+        "evaluation/cat_a/draem/anogen",
+        "evaluation/cat_a/destseg/anogen",
+    }
+    assert kinds(diff) == {"generation", "detector", "evaluation"}
 
 
 def test_embedding_steps_change_the_chain_not_the_baselines():

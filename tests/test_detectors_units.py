@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from anogen.detectors import synthetic
 from anogen.detectors.losses import (
     focal_loss,
     focal_map,
@@ -149,6 +150,107 @@ def test_texture_augmentations_run():
     for seed in range(20):
         out = augment_texture(tex, np.random.default_rng(seed))
         assert out.shape == tex.shape and out.dtype == np.uint8
+
+
+def test_texture_augmentations_change_a_texture():
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    before = tex.copy()
+    for seed in range(20):
+        out = augment_texture(tex, np.random.default_rng(seed))
+        assert not np.array_equal(out, tex), seed
+    assert np.array_equal(tex, before)  # the input is never written
+
+
+def test_augment_texture_composes_n_distinct_augmentations_in_drawn_order(monkeypatch):
+    """``n`` distinct entries of the table, in the order of one ``choice`` without replacement
+    from the sample's generator, each applied to the previous output with that same generator."""
+    calls = []
+
+    def make(k):
+        def fake(img, rng):
+            calls.append((k, rng))
+            return img + np.uint8(k + 1)
+
+        return fake
+
+    monkeypatch.setattr(synthetic, "TEXTURE_AUGMENTATIONS", tuple((f"a{k}", make(k)) for k in range(10)))
+    tex = np.full((4, 4, 3), 100, dtype=np.uint8)
+    for seed in range(10):
+        calls.clear()
+        rng = np.random.default_rng(seed)
+        out = augment_texture(tex, rng)
+        order = [int(k) for k in np.random.default_rng(seed).choice(10, size=3, replace=False)]
+        assert [k for k, _ in calls] == order and len(set(order)) == 3
+        assert all(r is rng for _, r in calls)
+        assert np.array_equal(out, np.full((4, 4, 3), 100 + sum(k + 1 for k in order), dtype=np.uint8))
+
+
+def test_texture_augmentations_follow_their_formulas():
+    """DRAEM's ten augmentations exist; four of them against their formula, replaying the draws."""
+    table = dict(synthetic.TEXTURE_AUGMENTATIONS)
+    assert list(table) == [
+        "gamma_contrast",
+        "brightness",
+        "sharpness",
+        "hue_saturation",
+        "solarize",
+        "posterize",
+        "invert",
+        "autocontrast",
+        "equalize",
+        "rotate",
+    ]
+    img = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    x = img.astype(np.int64)
+    assert np.array_equal(table["invert"](img, np.random.default_rng(0)), 255 - x)
+    applied = set()
+    for seed in range(12):
+        r = np.random.default_rng(seed)
+        shift = 8 - int(r.integers(1, 9))  # keep the top ``bits`` bits
+        assert np.array_equal(table["posterize"](img, np.random.default_rng(seed)), x - x % 2**shift)
+        r = np.random.default_rng(seed)
+        apply, threshold = r.random() < 0.5, int(r.integers(32, 129))
+        applied.add(apply)
+        want = np.where(x >= threshold, 255 - x, x) if apply else x
+        assert np.array_equal(table["solarize"](img, np.random.default_rng(seed)), want)
+        gamma = np.random.default_rng(seed).uniform(0.5, 2.0, size=3)  # one per channel
+        want = np.round((x / 255.0) ** gamma * 255.0)
+        got = table["gamma_contrast"](img, np.random.default_rng(seed)).astype(np.int64)
+        assert np.abs(got - want).max() <= 1
+    assert applied == {True, False}  # solarize is applied to about half the textures
+
+
+class _FlatTextures:
+    """Texture source stand-in: one flat colour, no draws."""
+
+    def sample(self, rng, size):
+        return np.full((size, size, 3), (200, 40, 90), dtype=np.uint8)
+
+
+def test_draem_augments_its_texture_and_blends_it_in(monkeypatch):
+    """DRAEM passes the texture through ``augment_texture``, DeSTSeg uses it as is; inside the
+    mask both blend ``(1 - beta) * texture + beta * image``."""
+    seen = []
+
+    def recording(texture, rng, n=3):
+        seen.append(n)
+        return texture
+
+    monkeypatch.setattr(synthetic, "augment_texture", recording)
+    normal = _normal(32)
+    tex = np.array([200, 40, 90], dtype=np.float32) / 255.0
+    for synth, augments in ((DraemSynthesizer(_FlatTextures()), True), (DestsegSynthesizer(_FlatTextures()), False)):
+        blended = 0
+        for seed in range(12):
+            seen.clear()
+            s = synth(normal, np.random.default_rng(seed))
+            assert seen == ([3] if augments else [])
+            inside = s.mask == 1
+            want = (1.0 - s.beta) * tex + s.beta * s.clean[inside]
+            np.testing.assert_allclose(s.image[inside], want, atol=1e-6)
+            blended += int(inside.any())
+        assert blended > 0
 
 
 # ----------------------------------------------------------------------------- losses

@@ -19,6 +19,7 @@ from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.textual_inversion import load_learned_embedding, read_embedding_metadata
 from anogen.diffusion.tiny import build_tiny_model
 from anogen.embedding import EmbeddingTrainer, learn_embedding, masked_noise_loss
+from anogen.embedding.train import latent_mask as support_latent_mask
 from anogen.embedding.train import support_indices
 from anogen.errors import ConfigError
 from anogen.io import verify_manifest
@@ -104,6 +105,24 @@ def test_masked_noise_loss_ignores_outside_and_matches_mse():
     assert torch.equal(grad, grad2)
     assert float(grad[outside].abs().max()) == 0.0
     torch.testing.assert_close(masked_noise_loss(eps, pred, None), torch.nn.functional.mse_loss(eps, pred))
+
+
+def test_support_latent_mask_is_the_bilinear_resize_above_zero():
+    """Stage 1's latent mask: the pixel mask bilinearly resized (align_corners=False) with every
+    value > 0 kept. Shrinking 32 px to 4 cells of 8 px, cell (i, j) samples the pixel position
+    8i + 3.5, 8j + 3.5, i.e. the mean of the 2 x 2 pixels at rows/cols 8i + 3, 8i + 4 (by hand):
+    one defect pixel there gives 1/4, a one-pixel line through it 1/2 -- both inside."""
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[0, 0, 3, 3] = 1  # 1/4 of cell (0, 0)'s sample
+    mask[0, 0, 12, 20] = 1  # row 12 = 8 + 4, col 20 = 16 + 4: 1/4 of cell (1, 2)
+    mask[0, 0, :, 11] = 1  # a vertical line at col 11 = 8 + 3: 1/2 of every cell of column 1
+    mask[0, 0, 18:30, 26:32] = 1  # a block over rows 19, 20, 27, 28 and cols 27, 28: (2, 3), (3, 3)
+    want = torch.zeros(1, 1, 4, 4)
+    want[0, 0, 0, 0] = want[0, 0, 1, 2] = 1
+    want[0, 0, :, 1] = 1
+    want[0, 0, 2:4, 3] = 1
+    assert torch.equal(support_latent_mask(mask, (4, 4)), want)
+    assert torch.equal(support_latent_mask(torch.zeros(1, 1, 32, 32), (4, 4)), torch.zeros(1, 1, 4, 4))
 
 
 def test_support_indices_cycle_through_shuffled_epochs():

@@ -1,13 +1,17 @@
-"""Blended latent diffusion (Eq. 7): timestep alignment, paste-back, per-image determinism."""
+"""Blended latent diffusion (Eq. 7): timestep alignment, paste-back, per-image determinism,
+classifier-free guidance and the latent box mask."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.tiny import build_tiny_model
 from anogen.generation.boxes import Box
-from anogen.generation.inpaint import from_uint8, inpaint, to_uint8
+from anogen.generation.inpaint import from_uint8, inpaint, latent_mask, to_uint8
 
 RES = 64
 STEPS = 3
@@ -140,3 +144,117 @@ def test_guidance_at_or_below_one_is_off(setup):
         hook.remove()
     assert torch.equal(half, one)
     assert not torch.allclose(two, one, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- guidance, latent mask
+
+E_U = (0.5, 0.2)  # the stand-in UNet's unconditional prediction: 0.5 z + 0.2
+E_C = (-0.3, -0.4)  # and its conditional one: -0.3 z - 0.4
+UNCOND, PROMPT = torch.zeros(1, 4, 8), torch.ones(1, 4, 8)  # stand-in text encodings
+
+
+class _KnownHalves:
+    """UNet stand-in: a row's noise prediction depends only on its input and on which text
+    (the empty prompt or the anomaly prompt) it is conditioned on, with known coefficients."""
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def __call__(self, z, t, encoder_hidden_states):
+        self.batch_sizes.append(z.shape[0])
+        rows = []
+        for zi, text in zip(z, encoder_hidden_states, strict=True):
+            if torch.equal(text, UNCOND[0]):
+                rows.append(E_U[0] * zi + E_U[1])
+            elif torch.equal(text, PROMPT[0]):
+                rows.append(E_C[0] * zi + E_C[1])
+            else:
+                raise AssertionError("a row conditioned on neither the empty nor the anomaly prompt")
+        return SimpleNamespace(sample=torch.stack(rows))
+
+
+class _StandInBackbone:
+    """No model: 8 x 8 average pooling as the encoder, the stand-in UNet, diffusers' DDIM
+    scheduler whose ``step`` records the noise prediction and latent it is given."""
+
+    device, resolution, scaling_factor = "cpu", 32, 1.0
+
+    def __init__(self):
+        self.unet = _KnownHalves()
+        self.vae = SimpleNamespace(
+            encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mean=F.avg_pool2d(x, 8)))
+        )
+        self.steps = []
+
+    def ddim_scheduler(self):
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler(num_train_timesteps=1000)
+        step = scheduler.step
+
+        def record(model_output, t, sample, **kw):
+            self.steps.append((model_output.clone(), sample.clone()))
+            return step(model_output, t, sample, **kw)
+
+        scheduler.step = record
+        return scheduler
+
+    def decode_latents(self, z):
+        return F.interpolate(z, scale_factor=8).clamp(0, 1)
+
+
+def _recorded_noise(scale: float, n: int = 2):
+    backbone = _StandInBackbone()
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(n, 1, 32, 32)
+    masks[:, :, 8:24, 8:24] = 1
+    inpaint(backbone, images, masks, PROMPT, UNCOND, _gens(range(n)), STEPS, scale, **PLAIN)
+    assert len(backbone.steps) == STEPS
+    return backbone.steps, backbone.unet.batch_sizes
+
+
+def test_guided_noise_is_unconditional_plus_scale_times_difference():
+    """Classifier-free guidance: e_u + s (e_c - e_u). With s = 3 and the stand-in's
+    e_u = 0.5 z + 0.2, e_c = -0.3 z - 0.4 that is -2 e_u + 3 e_c = -1.9 z - 1.6 (by hand):
+    swapping the halves would give 2.1 z + 1.4, building on e_c -2.7 z - 2.2."""
+    steps, batch_sizes = _recorded_noise(3.0)
+    assert batch_sizes == [4] * STEPS  # one pass over both halves per step
+    for eps, z in steps:
+        torch.testing.assert_close(eps, -1.9 * z - 1.6, rtol=1e-5, atol=1e-5)
+    # at or below 1 there is no guidance: the conditional prediction alone, in one pass of n rows
+    for scale in (1.0, 0.5):
+        steps, batch_sizes = _recorded_noise(scale)
+        assert batch_sizes == [2] * STEPS
+        for eps, z in steps:
+            torch.testing.assert_close(eps, -0.3 * z - 0.4, rtol=1e-5, atol=1e-5)
+
+
+def _pixel_masks(*boxes_per_image, size=32):
+    """N,1,size,size masks, each the union of (row0, row1, col0, col1) boxes (ends exclusive)."""
+    masks = torch.zeros(len(boxes_per_image), 1, size, size)
+    for i, boxes in enumerate(boxes_per_image):
+        for r0, r1, c0, c1 in boxes:
+            masks[i, 0, r0:r1, c0:c1] = 1
+    return masks
+
+
+def test_latent_box_mask_half_cell_rule_with_any_overlap_fallback():
+    """Stage 2's latent box mask, 32 px -> 4 x 4 cells of 8 x 8 px: a cell is inside when at least
+    half of it is; an image left without any cell by that rule takes every cell it overlaps."""
+    masks = _pixel_masks(
+        [(0, 8, 0, 12)],  # cell (0,0) full, cell (0,1) half (32 of 64 px): both inside
+        [(8, 16, 0, 11)],  # cell (1,0) full, cell (1,1) 3/8: only (1,0)
+        [(4, 12, 4, 12)],  # a quarter of each of 4 cells: none reaches half -> all 4 by overlap
+        [(0, 16, 5, 6)],  # a thin box, 1 px wide (1/8 of a cell): the 2 cells it overlaps
+        [(16, 32, 16, 20), (30, 32, 0, 2)],  # (2,2),(3,2) half each; the 1/16 corner is dropped
+    )
+    want = torch.zeros(5, 1, 4, 4)
+    want[0, 0, 0, 0:2] = 1
+    want[1, 0, 1, 0] = 1
+    want[2, 0, 0:2, 0:2] = 1
+    want[3, 0, 0:2, 0] = 1
+    want[4, 0, 2:4, 2] = 1
+    assert torch.equal(latent_mask(masks, (4, 4)), want)
+    # each image on its own gives the same cells: the fallback is decided per image
+    for i in range(5):
+        assert torch.equal(latent_mask(masks[i : i + 1], (4, 4)), want[i : i + 1])

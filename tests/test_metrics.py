@@ -206,6 +206,38 @@ def test_aupro_equals_reference(seed, limit):
     assert abs(got - reference_aupro(maps, masks, limit)) < TOL
 
 
+@pytest.mark.parametrize("limit", [1.0, 0.3])
+def test_aupro_regions_are_8_connected(limit):
+    """Pixels touching only at a corner are one region (the official 8-connectivity).
+
+    4 x 4 map: anomalous a = (0, 0) and b = (1, 1) touch diagonally, c = (3, 3) is alone;
+    a scores 1, the 13 normal pixels 0.5, b and c 0. By hand, going down in threshold:
+    at 1 (FPR 0) region {a, b} is half covered and {c} not: PRO = (1/2 + 0) / 2 = 1/4;
+    at 0.5 the FPR jumps to 1 with PRO still 1/4; so the area up to any limit is 1/4 of it.
+    With 4-connected regions {a}, {b}, {c} the PRO would be 1/3 instead.
+    """
+    mask = np.zeros((1, 4, 4), dtype=np.uint8)
+    mask[0, 0, 0] = mask[0, 1, 1] = mask[0, 3, 3] = 1
+    amap = np.full((1, 4, 4), 0.5, dtype=np.float32)
+    amap[0, 0, 0] = 1.0
+    amap[0, 1, 1] = amap[0, 3, 3] = 0.0
+    assert pixel_metrics(amap, mask, fpr_limit=limit)["pixel_aupro"] == pytest.approx(0.25, abs=TOL)
+
+
+def test_aupro_equals_reference_on_diagonal_chains():
+    """A checkerboard-like mask (regions joined only at corners) against the loop reference."""
+    rng = np.random.default_rng(11)
+    masks = np.zeros((3, 12, 12), dtype=np.uint8)
+    yy, xx = np.mgrid[:12, :12]
+    masks[0][(yy + xx) % 2 == 0] = 1  # one 8-connected region of 72 pixels
+    masks[1][(yy == xx) | (yy == 11 - xx)] = 1  # two crossing diagonals: one region
+    masks[2][(yy % 4 == 0) & (xx % 4 == 0)] = 1  # isolated pixels: nine regions
+    maps = _maps(rng, masks, ties=False)
+    for limit in (0.3, 1.0):
+        got = pixel_metrics(maps, masks, fpr_limit=limit)["pixel_aupro"]
+        assert abs(got - reference_aupro(maps, masks, limit)) < TOL
+
+
 def test_aupro_limit_below_one_normal_pixel_and_constant_maps():
     rng = np.random.default_rng(3)
     masks = _blob_masks(rng, 3, 10)
