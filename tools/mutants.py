@@ -451,7 +451,8 @@ class _Run:
 
 
 def _first_failure(output: str) -> str:
-    lines = [ln for ln in output.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
+    # pytest's summary lines (a captured log line may start with "ERROR    " too)
+    lines = [ln for ln in output.splitlines() if ln.startswith(("FAILED tests/", "ERROR tests/"))]
     return lines[0].split(" - ")[0] if lines else output.strip().splitlines()[-1] if output.strip() else ""
 
 
