@@ -217,12 +217,10 @@ def load_backbone(
     # 3. the components, in float32 whatever their files or config say
     kw: dict[str, Any] = {"revision": revision} if revision else {}
     weights = {**kw, "variant": variant} if variant else kw
-    parts = {
-        name: component_class(index, sub[name]).from_pretrained(
-            model, subfolder=sub[name], **weights, **_float32(component_class(index, sub[name]))
-        )
-        for name in ("text_encoder", "vae", "unet")
-    }
+    parts = {}
+    for name in ("text_encoder", "vae", "unet"):
+        cls = component_class(index, sub[name])
+        parts[name] = cls.from_pretrained(model, subfolder=sub[name], **weights, **_float32(cls))
     tokenizer = component_class(index, sub["tokenizer"]).from_pretrained(model, subfolder=sub["tokenizer"], **kw)
     # 4. the noise schedule: the trained one for the LDM family, unless the file is asked for
     from diffusers import DDIMScheduler
@@ -234,7 +232,7 @@ def load_backbone(
     )
     from anogen import provenance
 
-    if provenance.is_random_model(model) or (root is not None and provenance.is_random_model(str(root))):
+    if root is not None and provenance.is_random_model(str(root)):  # a folder, or a hub id's snapshot
         provenance.record(provenance.RANDOM_MODEL)
     return backbone.freeze().to(device)
 
