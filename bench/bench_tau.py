@@ -251,6 +251,7 @@ def box_pixels_per_step(spec: dict[str, Any], train_images, generated, n_steps: 
         augment_generated=spec["augment_generated"],
         synthetic_source=spec["synthetic_source"] if spec["variant"] != "generated_only" else None,
         resize=spec["resize"],
+        interpolation=spec["draem"]["image_interpolation"],
     )
     out = np.empty(n_steps)
     for step in range(n_steps):
@@ -266,7 +267,7 @@ def train_item_probabilities(predictor, generated, exact: dict[str, str], size: 
 
     from anogen.detectors.data import load_binary_mask, load_rgb
 
-    images = np.stack([load_rgb(it.image, size, "squash") for it in generated]).astype(np.float32) / 255.0
+    images = np.stack([load_rgb(it.image, size, "squash", "cv2_linear") for it in generated]).astype(np.float32) / 255.0
     boxes = np.stack([load_binary_mask(it.mask, size) for it in generated]).astype(bool)
     defects = np.stack([load_binary_mask(it.manifest.parent / exact[it.name], size) for it in generated]).astype(bool)
     _, maps = predictor.predict(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
