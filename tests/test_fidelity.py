@@ -16,6 +16,9 @@ from PIL import Image
 from anogen.config import Plan, deep_update, load_schema, validate_config
 from anogen.errors import ConfigError, DataError
 from tests.test_config_keys import all_keys, changed, demo_raw, plan
+from tests.test_detectors_train import _spec as _train_spec
+from tests.test_detectors_train import tiny  # noqa: F401 (a fixture)
+from tests.test_generation_run import _generate, world  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER = ROOT / "docs" / "fidelity.md"
@@ -200,6 +203,28 @@ def test_jpeg_switch_writes_the_authors_bytes(tmp_path):
     assert item.image == "images/n_b0_s0.jpg" and item.mask == "masks/n_b0_s0.png"
 
 
+def test_jpeg_generated_set_is_recorded_and_read_by_the_detectors(world, tmp_path):  # noqa: F811 (the fixture)
+    """A generated set with jpeg_quality 75: .jpg images, the format in the manifest, the
+    detectors' reader takes them; the same pixels as the PNG set, JPEG-compressed."""
+    from anogen.detectors.data import load_generated_items
+    from anogen.io import load_manifest
+
+    manifest = _generate(world, tmp_path / "jpeg", spec={"jpeg_quality": 75})
+    m = load_manifest(manifest)
+    assert m["extra"]["image_format"] == {"format": "jpeg", "quality": 75}
+    assert load_manifest(world["reference"])["extra"]["image_format"] == {"format": "png"}
+    items = m["extra"]["items"]
+    assert all(it["image"].endswith(".jpg") and it["mask"].endswith(".png") for it in items)
+    jpeg = (tmp_path / "jpeg" / items[0]["image"]).read_bytes()
+    assert jpeg[:3] == b"\xff\xd8\xff"
+    png = np.asarray(Image.open(world["reference"].parent / items[0]["image"].replace(".jpg", ".png")).convert("RGB"))
+    theirs = io.BytesIO()
+    Image.fromarray(png).save(theirs, format="JPEG")  # the PNG set's pixels saved as their script did
+    assert jpeg == theirs.getvalue()
+    loaded = load_generated_items([manifest], world["normals"], world["root"])
+    assert len(loaded) == len(items) and loaded[0].image.suffix == ".jpg"
+
+
 def test_jpeg_switch_reaches_the_generated_sets_and_what_reads_them():
     base = all_keys(plan(demo_raw()))
     diff = changed(base, all_keys(plan(deep_update(demo_raw(), {"generation": {"jpeg_quality": 75}}))))
@@ -291,6 +316,39 @@ def test_timm_teacher_is_asked_for_and_recorded(tmp_path):
     assert diff and all("/destseg/" in k for k in diff)
 
 
+def test_destseg_manifest_records_teacher_and_kernel(tiny, tmp_path):  # noqa: F811 (the fixture)
+    """A DeSTSeg trained with timm's file: the manifest says which teacher, its sha256 and layout, the kernel."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from anogen.detectors.train import train_detector
+    from anogen.io import sha256_file
+
+    teacher = tmp_path / "model.safetensors"
+    save_file(_resnet18_state(), str(teacher))
+    over = {"steps": 2, "student_steps": 1, "teacher": "timm_a1", "teacher_weights": str(teacher)}
+    spec = _train_spec("destseg", "baseline", destseg={**over, "image_interpolation": "pil_bilinear"})
+    manifest = train_detector(
+        spec=spec,
+        train_images=tiny["train"],
+        generated_manifests=[],
+        out_dir=tmp_path / "d",
+        key="x" * 12,
+        inputs={},
+        device="cpu",
+        checkpoint_every=500,
+    )
+    extra = json.loads(manifest.read_text())["extra"]
+    assert (extra["teacher"], extra["teacher_source"], extra["teacher_layout"]) == (
+        "imagenet",
+        "timm_a1",
+        "torchvision",
+    )
+    assert extra["teacher_weights"]["sha256"] == sha256_file(teacher)
+    assert extra["image_interpolation"] == "pil_bilinear" and extra["authors_sampling_quirk"] is None
+
+
 # ----------------------------------------------------------------------------- 13: the sampling quirk
 
 
@@ -329,6 +387,33 @@ def test_sampling_quirk_keeps_the_authors_fractions():
             listing.remove(x)
     kept, _ = authors_sampling_quirk(_items("capsule", capsule, 50), "capsule", 0)
     assert sorted(f"{it.defect}-{it.name.rsplit('_', 1)[1]}" for it in kept) == sorted(listing)
+
+
+def test_sampling_quirk_applies_to_the_training_set(tiny, tmp_path):  # noqa: F811 (the fixture)
+    """train_detector's generated items under the switch: capsule/poke thinned, the report kept."""
+    import shutil
+
+    from anogen.detectors.train import _generated_items
+    from anogen.io import load_manifest, write_manifest
+
+    gen = tmp_path / "gen"
+    shutil.copytree(tiny["manifest"].parent, gen)
+    old = load_manifest(tiny["manifest"])
+    (gen / "manifest.json").unlink()
+    manifest = write_manifest(
+        gen,
+        stage="generation",
+        key="gen000000000",
+        spec={"defect": "poke"},
+        files=list(old["files"]),
+        extra=old["extra"],
+    )
+    spec = {"variant": "anogen", "category": "capsule", "seed": 0, "authors_sampling_quirk": True}
+    items, report = _generated_items(spec, [manifest], tiny["train"], tiny["root"])
+    assert report["poke"]["n"] == 8 and report["poke"]["kept"] == len(items) < 8
+    items, report = _generated_items({**spec, "authors_sampling_quirk": False}, [manifest], tiny["train"], tiny["root"])
+    assert len(items) == 8 and report is None
+    assert _generated_items({**spec, "variant": "baseline"}, [manifest], tiny["train"], tiny["root"]) == ([], None)
 
 
 def test_sampling_quirk_reaches_the_anogen_draem_detectors_only():
@@ -398,3 +483,33 @@ def test_otsu_foreground_keys():
     assert Plan(cfg, layout={"screw": {"defects": ["thread_top"], "texture": False}}).foreground_method("screw") == (
         "otsu_authors"
     )
+
+
+# ----------------------------------------------------------------------------- the preset, planned
+
+
+@pytest.mark.e2e
+def test_authors_preset_dry_run_over_a_full_fake_tree(tmp_path):
+    """The authors' preset plans a whole run over MVTec's 15 categories: screw (no published
+    template) on the Otsu foreground, every switch of the ledger set."""
+    import shutil
+
+    from tests import e2e
+    from tests.fake_trees import build_fake_authors_repo, build_fake_mvtec
+
+    data = build_fake_mvtec(tmp_path / "mvtec")
+    authors = build_fake_authors_repo(tmp_path / "AnoGen", data)
+    shutil.rmtree(authors / "DIFFUSION" / "images" / "mask_template" / "screw")  # as published
+    teacher = tmp_path / "model.safetensors"
+    teacher.write_bytes(b"not read by a dry run")
+    local = tmp_path / "local.yaml"
+    local.write_text(
+        yaml.safe_dump({"detectors": {"texture_source": str(tmp_path), "destseg": {"teacher_weights": str(teacher)}}})
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    args = ("--configfile", str(ROOT / "config" / "mvtec-authors.yaml"), str(local))
+    args += ("--config", f"data_root={data}", f"authors_repo={authors}")
+    jobs = e2e.planned_jobs(workdir, "-p", "all", *args)
+    assert jobs["generate_anomalies"] == 72 and jobs["estimate_foreground"] == 1  # screw only
+    assert jobs["train_detector"] == 60 and jobs["evaluate_detector"] == 60
