@@ -163,8 +163,9 @@ def check_required_sources(config: dict) -> None:
     """Stop a run whose detectors need a source the config requires but lacks.
 
     ``detectors.require_texture_source`` (the authors' protocol): DTD must be given to train a
-    detector; ``detectors.destseg.teacher: timm_a1``: the teacher file must be given. The workflow calls this from train_detector's input function, i.e. while the DAG
-    is built and only when it holds a detector job: ``snakemake support embeddings`` needs no
+    detector; with ``detectors.destseg.teacher: timm_a1`` the teacher file must be given. The
+    workflow calls this from train_detector's input function, i.e. while the DAG is built and
+    only when it holds a detector job: ``snakemake support embeddings`` needs no
     DTD, a run that trains detectors stops before its first job (dry runs included).
     """
     det = config["detectors"]
@@ -294,9 +295,9 @@ class Plan:
         if self.texture(category) or self.foreground_template(category):
             return None
         opts = self.config["category_options"].get(category)
-        return (
-            opts["foreground_method"] if opts else "grabcut"
-        )  # repeated on purpose: the schema's default of an absent entry
+        if opts is None:
+            return "grabcut"  # repeated on purpose: the schema's default, for a category without an entry
+        return opts["foreground_method"]
 
     # ------------------------------------------------------------------ explicit and published inputs
     @functools.cached_property
