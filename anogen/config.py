@@ -165,8 +165,9 @@ def check_required_sources(config: dict) -> None:
     """Stop a run whose detectors need a source the config requires but lacks.
 
     ``detectors.require_texture_source`` (the authors' protocol): DTD must be given to train a
-    detector. The workflow calls this from train_detector's input function, i.e. while the DAG
-    is built and only when it holds a detector job: ``snakemake support embeddings`` needs no
+    detector; with ``detectors.destseg.teacher: timm_a1`` the teacher file must be given. The
+    workflow calls this from train_detector's input function, i.e. while the DAG is built and
+    only when it holds a detector job: ``snakemake support embeddings`` needs no
     DTD, a run that trains detectors stops before its first job (dry runs included).
     """
     det = config["detectors"]
@@ -178,6 +179,11 @@ def check_required_sources(config: dict) -> None:
             "detectors.texture_source to a copy of DTD's images/ folder (the stages support, "
             "embeddings and generated run without it)",
         )
+    ds = det["destseg"]
+    if "destseg" in det["models"] and ds["teacher"] == "timm_a1" and not ds["teacher_weights"]:
+        from anogen.detectors.destseg.trainer import check_teacher_file
+
+        check_teacher_file(ds["teacher"], None, None)  # a ConfigError naming the key and where to download
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:
@@ -284,6 +290,16 @@ class Plan:
     def foreground_template(self, category: str) -> str | None:
         opts = self.config["category_options"].get(category)
         return opts["foreground_template"] if opts else None
+
+    def foreground_method(self, category: str) -> str | None:
+        """How an object category's foreground set is estimated (``category_options.<c>.foreground_method``);
+        None where no method is read (a texture or a foreground template)."""
+        if self.texture(category) or self.foreground_template(category):
+            return None
+        opts = self.config["category_options"].get(category)
+        if opts is None:
+            return "grabcut"  # repeated on purpose: the schema's default, for a category without an entry
+        return opts["foreground_method"]
 
     # ------------------------------------------------------------------ explicit and published inputs
     @functools.cached_property
@@ -574,6 +590,7 @@ class Plan:
             "foreground_template": self.foreground_template(category),
             "grabcut_iterations": self.config["generation"]["grabcut_iterations"],
             "max_normal_images": self.config["generation"]["max_normal_images"],
+            "method": self.foreground_method(category),
         }
 
     def _foreground_upstream(self, category: str) -> dict:
@@ -648,6 +665,9 @@ class Plan:
 
             # The template's content, not its path: moving the clone reruns nothing.
             spec["template"] = {"sha256": sha256_file_cached(template), "containment": gen["template_containment"]}
+        elif self.foreground_method(category) == "otsu_authors":
+            # Boxes on the authors' Otsu foreground are kept as on their templates (strictly more inside).
+            spec["foreground_containment"] = gen["template_containment"]
         spec["mixed_precision"] = self.config["diffusion"]["mixed_precision"]
         spec["resize"] = self.config["resize"]
         return spec
@@ -685,8 +705,20 @@ class Plan:
         own = det[detector]["tau"]
         return float(det["tau"] if own is None else own)
 
+    # Per-detector values that only a non-baseline DRAEM reads (its generated set).
+    _GENERATED_SET_KEYS = {"draem": ("authors_sampling_quirk",), "destseg": ()}
+
+    def detector_section(self, detector: str, variant: str) -> dict:
+        """``detectors.<detector>`` with ``variant_overrides.<variant>`` applied (the overrides removed)."""
+        section = dict(self.config["detectors"][detector])
+        overrides = section.pop("variant_overrides").get(variant) or {}
+        section.update(overrides)
+        return section
+
     def _detector_spec(self, category: str, detector: str, variant: str) -> dict:
         det = self.config["detectors"]
+        section = self.detector_section(detector, variant)
+        skip = set(self._GENERATED_BRANCH_KEYS) | set(self._GENERATED_SET_KEYS[detector])
         spec = {
             "category": category,
             "detector": detector,
@@ -695,7 +727,7 @@ class Plan:
             "seed": det["seed"],
             "mixed_precision": det["mixed_precision"],
             "resize": self.config["resize"],
-            detector: _without(det[detector], set(self._GENERATED_BRANCH_KEYS)),
+            detector: _without(section, skip),
         }
         if variant != "generated_only":
             spec["synthetic_source"] = det["synthetic_source"]
@@ -710,6 +742,7 @@ class Plan:
                 weak_on_synthetic=det["weak_on_synthetic"],
                 generated_normal_prob=det[detector]["generated_normal_prob"],
                 augment_generated=det[detector]["augment_generated"],
+                **{k: det[detector][k] for k in self._GENERATED_SET_KEYS[detector]},
             )
         return spec
 
@@ -734,6 +767,7 @@ class Plan:
             exclude_from_test=self.config["support"]["exclude_from_test"],
             excluded=self.excluded_from_test(category),
             resize=self.config["resize"],
+            image_interpolation=self.config["detectors"][detector]["image_interpolation"],
         )
         return spec
 

@@ -208,7 +208,7 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
         ips = float(entry["value"]) * (ref / size) ** 2
         if ref != size:
             notes.append(f"{m}: measured at {ref} px, scaled by pixel count to {size} px")
-        section = det_cfg[m]
+        section = plan.detector_section(m, v)
         bs = int(section["batch_size"])
         if m == "draem":
             images = int(section["epochs"]) * math.ceil(counts.n_train[c] / bs) * bs

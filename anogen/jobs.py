@@ -361,6 +361,7 @@ def estimate_foreground(sm, params):
         key=sm.wildcards.key,
         inputs=params["inputs"],
         spec=spec,
+        method=spec["method"],
     )
 
 

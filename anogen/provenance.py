@@ -97,7 +97,13 @@ def plan_warnings(config: dict) -> list[str]:
     det = config["detectors"]
     if is_random_model(config["diffusion"]["model"]) and any(v != "baseline" for v in det["variants"]):
         notes.append(RANDOM_MODEL)
-    if "destseg" in det["models"] and not det["destseg"]["teacher_weights"] and find_hub_resnet18() is None:
+    ds = det["destseg"]
+    if (
+        "destseg" in det["models"]
+        and not ds["teacher_weights"]
+        and ds["teacher"] != "timm_a1"
+        and find_hub_resnet18() is None
+    ):
         notes.append(RANDOM_TEACHER)
     uses_textures = det["synthetic_source"] == "draem"
     if uses_textures and not det["texture_source"] and any(v != "generated_only" for v in det["variants"]):

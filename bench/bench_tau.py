@@ -223,6 +223,7 @@ def detector_spec(cfg: dict[str, Any], tau: float, seed: int) -> dict[str, Any]:
             "focal_smooth": 1e-5,
             "ssim_value_range": None,
             "score_pool": 21,
+            "image_interpolation": "pil_bicubic",  # the kernel its recorded results were made with
         },
     }
 
@@ -251,6 +252,7 @@ def box_pixels_per_step(spec: dict[str, Any], train_images, generated, n_steps: 
         augment_generated=spec["augment_generated"],
         synthetic_source=spec["synthetic_source"] if spec["variant"] != "generated_only" else None,
         resize=spec["resize"],
+        interpolation=spec["draem"]["image_interpolation"],
     )
     out = np.empty(n_steps)
     for step in range(n_steps):
@@ -266,7 +268,9 @@ def train_item_probabilities(predictor, generated, exact: dict[str, str], size: 
 
     from anogen.detectors.data import load_binary_mask, load_rgb
 
-    images = np.stack([load_rgb(it.image, size, "squash") for it in generated]).astype(np.float32) / 255.0
+    images = (
+        np.stack([load_rgb(it.image, size, "squash", "pil_bicubic") for it in generated]).astype(np.float32) / 255.0
+    )
     boxes = np.stack([load_binary_mask(it.mask, size) for it in generated]).astype(bool)
     defects = np.stack([load_binary_mask(it.manifest.parent / exact[it.name], size) for it in generated]).astype(bool)
     _, maps = predictor.predict(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
@@ -330,7 +334,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
     predictor = load_trained_detector(model_dir)
     index = scan_category(data["root"], cfg["category"])
     config = validate_config({"data_root": str(data["root"])})
-    eval_spec = {**config["evaluation"], "resize": config["resize"]}
+    eval_spec = {**config["evaluation"], "resize": config["resize"], "image_interpolation": "pil_bicubic"}
     eval_spec.update(resolution=int(cfg["image_size"]), aupro_fpr_limit=0.3, n_visualizations=0, excluded=[])
     eval_spec.update(category=cfg["category"], detector="draem", variant=f"tau{tau:g}")
     manifest = evaluate_detector(

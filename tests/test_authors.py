@@ -407,7 +407,12 @@ def test_preset_needs_dtd_and_the_clone(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_required_sources(cfg)
     assert err.value.key == "detectors.texture_source"
-    check_required_sources(deep_update(cfg, {"detectors": {"texture_source": str(tmp_path)}}))
+    # ... and so is timm's resnet18.a1_in1k file for the DeSTSeg teacher (the error says where from)
+    with_dtd = deep_update(cfg, {"detectors": {"texture_source": str(tmp_path)}})
+    with pytest.raises(ConfigError) as err:
+        check_required_sources(with_dtd)
+    assert err.value.key == "detectors.destseg.teacher_weights" and "resnet18.a1_in1k" in str(err.value)
+    check_required_sources(deep_update(with_dtd, {"detectors": {"destseg": {"teacher_weights": "t.safetensors"}}}))
     with pytest.raises(ConfigError) as err:
         validate_config(deep_update(raw, {"detectors": {"texture_source": str(tmp_path)}}))
     assert err.value.key == "embedding.source"
@@ -422,7 +427,10 @@ def test_preset_holds_the_authors_protocol(tmp_path):
     assert len(templates) == 81 and len(set(templates)) == 57
     assert templates[0] == "a photo of a {}" and templates[-1] == "a depiction of a small {}"
     assert cfg["embedding"]["source"] == "authors"
-    assert cfg["detectors"]["draem"]["schedule"] == "anogen" and cfg["detectors"]["draem"]["batch_size"] == 16
+    # DRAEM: the baseline with the official code's recipe, the AnoGen variants with the fork's
+    assert cfg["detectors"]["draem"]["schedule"] == "original" and cfg["detectors"]["draem"]["batch_size"] == 8
+    fork = {"batch_size": 16, "schedule": "anogen"}
+    assert cfg["detectors"]["draem"]["variant_overrides"] == {"anogen": fork, "generated_only": fork}
     assert cfg["support"]["exclude_from_test"] is False
     assert cfg["detectors"]["require_texture_source"] is True
     assert cfg["defects"] == {"metal_nut": ["bent", "color", "scratch"]}
@@ -430,6 +438,9 @@ def test_preset_holds_the_authors_protocol(tmp_path):
     # Everything else is config/mvtec.yaml's.
     assert cfg["evaluation"]["mask_resize"] == "official"  # each detector's own test-script rule
     differ = {"authors_repo", "defects", "support", "embedding", "detectors", "generation", "evaluation"}
+    differ.add("category_options")  # screw: the authors' Otsu foreground
+    assert cfg["category_options"]["screw"]["foreground_method"] == "otsu_authors"
+    assert {c: o for c, o in cfg["category_options"].items() if c != "screw"} == mvtec["category_options"]
     assert {k: v for k, v in cfg["evaluation"].items() if k != "mask_resize"} == {
         k: v for k, v in mvtec["evaluation"].items() if k != "mask_resize"
     }
@@ -441,12 +452,14 @@ def test_preset_holds_the_authors_protocol(tmp_path):
     a, b = copy.deepcopy(cfg["detectors"]), copy.deepcopy(mvtec["detectors"])
     for d in (a, b):
         (
-            d["draem"].pop("schedule"),
-            d["draem"].pop("batch_size"),
             d.pop("texture_source"),
             d.pop("require_texture_source"),
         )
         d.pop("mixed_precision"), d["draem"].pop("tau"), d["destseg"].pop("tau")
+        for name in ("variant_overrides", "authors_sampling_quirk"):
+            d["draem"].pop(name)
+        d["destseg"].pop("teacher")
+    assert cfg["detectors"]["draem"]["authors_sampling_quirk"] and cfg["detectors"]["destseg"]["teacher"] == "timm_a1"
     assert a == b
 
 

@@ -269,8 +269,8 @@ def test_image_and_mask_get_the_same_geometry(tmp_path, mode):
     assert (cols.min(), cols.max()) == pytest.approx(expected[1], abs=1)
     # every loader of the model inputs uses the same geometry
     assert np.array_equal(_load_gt_mask(tmp_path / "m.png", 16, "nearest", mode), m16)
-    assert np.array_equal(_load_image(tmp_path / "i.png", 16, mode), img16)
-    assert (load_rgb(tmp_path / "i.png", 16, mode)[..., 0] > 145).tolist() == bright.tolist()
+    assert np.array_equal(_load_image(tmp_path / "i.png", 16, mode, "pil_bicubic"), img16)
+    assert (load_rgb(tmp_path / "i.png", 16, mode, "pil_bicubic")[..., 0] > 145).tolist() == bright.tolist()
 
 
 def test_generation_foreground_follows_the_geometry(tmp_path):

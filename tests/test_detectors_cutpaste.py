@@ -99,6 +99,7 @@ def test_stream_uses_cutpaste_and_needs_no_textures(tmp_path):
         **BASELINE,
         synthetic_source="cutpaste",
         resize="squash",
+        interpolation="pil_bicubic",
         cutpaste={"area_ratio": (0.05, 0.1), "aspect_ratio": 0.3, "color_jitter": 0.0},
     )
     b = stream.batch(0)
@@ -118,6 +119,7 @@ def test_stream_uses_cutpaste_and_needs_no_textures(tmp_path):
             **BASELINE,
             synthetic_source="draem",
             resize="squash",
+            interpolation="pil_bicubic",
         )
 
 

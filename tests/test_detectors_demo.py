@@ -43,6 +43,7 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
             # early on (range 2) and lands at image AU-ROC 0.55 on these 20 images,
             # against 0.66 with range 1 (and 0.86 with range 1 + focal smoothing).
             "ssim_value_range": 1.0,
+            "image_interpolation": "pil_bicubic",
         },
     }
     out = tmp_path / "draem"
@@ -65,6 +66,7 @@ def test_short_draem_run_on_demo_beats_chance(tmp_path):
     config = validate_config({"data_root": str(root)})
     eval_spec = {**config["evaluation"], "resolution": 128, "aupro_fpr_limit": 0.3, "n_visualizations": 0}
     eval_spec.update(category=category, detector="draem", variant="baseline", excluded=[], resize=config["resize"])
+    eval_spec["image_interpolation"] = "pil_bicubic"  # as the detector above was trained
     manifest = evaluate_detector(
         predictor=load_trained_detector(out),
         test_items=index.test,

@@ -83,6 +83,7 @@ STREAM = dict(
     augment_generated=False,
     synthetic_source="draem",
     resize="squash",
+    interpolation="pil_bicubic",
 )
 
 
@@ -418,6 +419,7 @@ def _draem_spec(variant, **over):
             "focal_smooth": 1e-5,
             "ssim_value_range": None,
             "score_pool": 21,
+            "image_interpolation": "pil_bicubic",
         },
     }
     spec.update(over)

@@ -131,6 +131,7 @@ def _spec(detector: str, variant: str, **over) -> dict:
             "focal_smooth": 1e-5,
             "ssim_value_range": None,
             "score_pool": 21,
+            "image_interpolation": "pil_bicubic",
         }
     else:
         spec["destseg"] = {
@@ -144,6 +145,8 @@ def _spec(detector: str, variant: str, **over) -> dict:
             "weight_decay": 1e-4,
             "focal_gamma": 4.0,
             "top_k": 100,
+            "image_interpolation": "pil_bicubic",
+            "teacher": "torchvision_v1",
             "teacher_weights": None,
             # At 32 px with batch 2 the student's layer4 is 1x1 and SGD at lr 0.4 blows up
             # within two steps once its residual BN gammas start at 0 (timm's zero_init_last,
@@ -168,6 +171,7 @@ STREAM = dict(
     augment_generated=False,
     synthetic_source="draem",
     resize="squash",
+    interpolation="pil_bicubic",
 )
 
 

@@ -83,6 +83,7 @@ def eval_spec(**values) -> dict:
         exclude_from_test=True,
         excluded=["widget/test/crack/000.png"],
         resize=config["resize"],
+        image_interpolation="pil_bicubic",
         resolution=24,
         aupro_fpr_limit=0.3,
         n_visualizations=4,
@@ -145,7 +146,7 @@ def test_evaluate_detector_matches_direct_computation(tmp_path):
 
     from anogen.evaluation.evaluate import _load_image
 
-    images = np.stack([_load_image(it.path, 32, "squash") for it in items])
+    images = np.stack([_load_image(it.path, 32, "squash", "pil_bicubic") for it in items])
     scores, _ = RedPredictor().predict(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
     labels = [it.defect != "good" for it in items]
     assert result["image_auroc"] == pytest.approx(image_auroc(labels, scores), abs=1e-12)

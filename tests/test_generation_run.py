@@ -38,6 +38,7 @@ SPEC = {
     "min_overlap": 0.5,
     "max_tries": 1000,
     "max_normal_images": None,
+    "jpeg_quality": None,
     "category": "bottle",
     "defect": "broken_large",
     "box": {"width": [0.2, 0.35], "height": [0.2, 0.35], "rotate": True},

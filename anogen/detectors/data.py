@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 import torch
 
-from anogen.data.mvtec import load_image
+from anogen.data.interpolation import load_square_rgb
 from anogen.detectors.perlin import rotate_array
 from anogen.detectors.synthetic import (
     CutPasteSynthesizer,
@@ -83,24 +83,14 @@ def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------- image loading
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
-
-
-def load_rgb(path: str | Path, size: int, resize: str) -> np.ndarray:
-    """uint8 size x size x 3 via ``anogen.data.mvtec.load_image``.
+def load_rgb(path: str | Path, size: int, resize: str, interpolation: str) -> np.ndarray:
+    """uint8 size x size x 3 via ``anogen.data.interpolation.load_square_rgb``.
 
     ``resize`` (``anogen.data.geometry``, config ``resize``) makes a non-square image square
-    first; generated images are square already, so only the normal training images depend on it.
+    first; ``interpolation`` (``detectors.<detector>.image_interpolation``) is the resize kernel.
+    Generated images are at the size already, so only the normal training images depend on them.
     """
-    image = np.asarray(load_image(path, size=size, resize=resize))
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    return resize_image(np.ascontiguousarray(image, dtype=np.uint8), size)
+    return load_square_rgb(path, size, resize, interpolation)
 
 
 def load_binary_mask(path: str | Path, size: int) -> np.ndarray:
@@ -122,6 +112,39 @@ class GeneratedItem:
     source: Path
     manifest: Path
     name: str
+    defect: str | None = None  # the generation spec's defect
+
+
+# The authors' DRAEM fork drops these generated files with list.remove inside the loop over the
+# same list (data_loader.py, MVTecDRAEMTrainDataset): category -> substring of the file name.
+AUTHORS_REMOVED = {"capsule": "poke", "cable": "cable_swap"}
+
+
+def authors_sampling_quirk(
+    items: Sequence[GeneratedItem], category: str, seed: int
+) -> tuple[list[GeneratedItem], dict[str, dict[str, Any]]]:
+    """The generated items the authors' DRAEM fork keeps, and per defect ``{n, kept, fraction}``.
+
+    Their list comes from ``os.listdir`` (an order of the file system's, random for this
+    purpose): here a permutation seeded by ``seed``. Their loop ``for x in paths: if name in x:
+    paths.remove(x)`` is run as written; a removal shifts the next entry under the iterator,
+    which skips it, so of a run of k adjacent matching files floor(k/2) stay (about 17% of
+    capsule/poke and 11% of cable/cable_swap). Other categories keep everything.
+    """
+    rng = np.random.default_rng([_seed_words(seed), 0x11D1])
+    listing = [items[i] for i in rng.permutation(len(items))]
+    removed_defect = AUTHORS_REMOVED.get(category)
+    if removed_defect is not None:
+        for x in listing:  # the authors' loop, on purpose: it mutates the list it iterates
+            if x.defect == removed_defect:
+                listing.remove(x)
+    kept = {id(x) for x in listing}
+    report: dict[str, dict[str, Any]] = {}
+    for defect in sorted({str(x.defect) for x in items}):
+        n = sum(1 for x in items if str(x.defect) == defect)
+        k = sum(1 for x in items if str(x.defect) == defect and id(x) in kept)
+        report[defect] = {"n": n, "kept": k, "fraction": k / n if n else 0.0}
+    return [x for x in items if id(x) in kept], report
 
 
 def _data_root_of(train_images: Sequence[Path], sources: list[tuple[Path, str, str]]) -> Path | None:
@@ -161,11 +184,13 @@ def load_generated_items(
     """
     train = [Path(p) for p in train_images]
     entries: list[tuple[Path, dict, Path, Path]] = []
+    manifests_spec: dict[Path, dict] = {}
     for m in manifests:
         mpath = Path(m)
         if mpath.is_dir():
             mpath = mpath / "manifest.json"
         manifest = load_manifest(mpath)
+        manifests_spec[mpath] = manifest.get("spec") or {}
         for entry in manifest.get("extra", {}).get("items", []):
             missing = [f for f in ("image", "mask", "source_image") if f not in entry]
             if missing:
@@ -183,7 +208,10 @@ def load_generated_items(
                 mpath,
                 f"item {entry['image']}: source_image '{entry['source_image']}' ({source}) is not one of the training images",
             )
-        items.append(GeneratedItem(image=image, mask=mask, source=source, manifest=mpath, name=entry["image"]))
+        defect = manifests_spec.get(mpath, {}).get("defect")
+        items.append(
+            GeneratedItem(image=image, mask=mask, source=source, manifest=mpath, name=entry["image"], defect=defect)
+        )
     return items
 
 
@@ -210,6 +238,7 @@ class TrainStream:
         augment_generated: bool | None,
         synthetic_source: str | None,
         resize: str,
+        interpolation: str,
         destseg_rotation: tuple[bool, float] = (True, 5.0),
         cutpaste: dict[str, Any] | None = None,
     ):
@@ -236,8 +265,8 @@ class TrainStream:
             )
         self.synth = None if variant == "generated_only" else self._synthesizer(textures, synthetic_source, cutpaste)
         # Normal images are small at training size: keep them all in memory.
-        self.resize = resize
-        self._normals = [load_rgb(p, self.size, resize) for p in self.train_images]
+        self.resize, self.interpolation = resize, interpolation
+        self._normals = [load_rgb(p, self.size, resize, interpolation) for p in self.train_images]
         self._by_path = {str(p): i for i, p in enumerate(self.train_images)}
         self._extra_sources: dict[str, np.ndarray] = {}
         self._perm_cache: tuple[int, np.ndarray] | None = None
@@ -296,7 +325,7 @@ class TrainStream:
             return self._normals[idx]
         key = str(path)
         if key not in self._extra_sources:
-            self._extra_sources[key] = load_rgb(path, self.size, self.resize)
+            self._extra_sources[key] = load_rgb(path, self.size, self.resize, self.interpolation)
         return self._extra_sources[key]
 
     # -- samples
@@ -325,7 +354,7 @@ class TrainStream:
         if plain_normal:
             image, mask = clean.copy(), np.zeros((self.size, self.size), np.uint8)
         else:
-            image = load_rgb(item.image, self.size, self.resize).astype(np.float32) / 255.0
+            image = load_rgb(item.image, self.size, self.resize, self.interpolation).astype(np.float32) / 255.0
             mask = load_binary_mask(item.mask, self.size)
         if self.augment_generated:
             image, clean, mask = self._augment_generated(image, clean, mask, rng)

@@ -37,7 +37,14 @@ from safetensors.torch import save_file
 
 from anogen.checkpoint import capture_rng, restore_rng
 from anogen.detectors.common import rows_to_host
-from anogen.detectors.data import DETECTORS, VARIANTS, TrainStream, load_generated_items, make_loader
+from anogen.detectors.data import (
+    DETECTORS,
+    VARIANTS,
+    TrainStream,
+    authors_sampling_quirk,
+    load_generated_items,
+    make_loader,
+)
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
 from anogen.devices import effective_precision, is_cuda
@@ -91,7 +98,7 @@ def train_detector(
     train_images = [Path(p) for p in train_images]
     textures, texture_info = _textures(spec, texture_fallback)
     # source_image is data-root-relative (a DataError names an item that is no training image)
-    generated = load_generated_items(generated_manifests, train_images, data_root) if variant != "baseline" else []
+    generated, quirk = _generated_items(spec, generated_manifests, train_images, data_root)
     # 2. trainer (network, optimisers, loss) and stream
     trainer = build_trainer(spec, device, len(train_images))
     stream = build_stream(spec, trainer.batch_size, train_images, generated, textures)
@@ -119,12 +126,34 @@ def train_detector(
     # 6. export: weights, model config, completion record, manifest last
     _export_model(job.out_dir, trainer, spec)
     sources = {"texture_source": texture_info, "n_train_images": len(train_images), "n_generated_items": len(generated)}
+    sources["authors_sampling_quirk"] = quirk
     manifest_extra = _manifest_extra(spec, trainer, device, last, job.out_dir, speed, sources)
     job.mark_finished(FILES, manifest_extra)
     return _write_manifest(job, {**manifest_extra, **(extra or {})})
 
 
 # ----------------------------------------------------------------------------- steps of train_detector
+
+
+def _generated_items(spec: dict[str, Any], manifests, train_images, data_root) -> tuple[list, dict | None]:
+    """The generated items a non-baseline variant trains on and, with
+    ``detectors.draem.authors_sampling_quirk``, the kept share per defect (None when off)."""
+    if spec["variant"] == "baseline":
+        return [], None
+    items = load_generated_items(manifests, train_images, data_root)
+    if not spec.get("authors_sampling_quirk"):  # a DeSTSeg spec has no such key
+        return items, None
+    kept, report = authors_sampling_quirk(items, spec["category"], int(spec["seed"]))
+    for defect, row in report.items():
+        if row["kept"] < row["n"]:
+            log.warning(
+                "authors' sampling quirk: %s/%s keeps %d of %d generated images",
+                spec["category"],
+                defect,
+                row["kept"],
+                row["n"],
+            )
+    return kept, report
 
 
 def _check_spec(spec: dict[str, Any]) -> None:
@@ -186,6 +215,7 @@ def build_stream(spec: dict[str, Any], batch_size: int, train_images, generated,
         **branch,
         synthetic_source=source,
         resize=spec["resize"],
+        interpolation=spec[spec["detector"]]["image_interpolation"],
         destseg_rotation=destseg_rotation_for(spec["category"]),
         cutpaste=_cutpaste_args(spec["cutpaste"]) if source == "cutpaste" else None,
     )
@@ -349,6 +379,8 @@ def _manifest_extra(spec, trainer, device: str, last: dict[str, float], out_dir:
             "effective": effective_precision(spec["mixed_precision"], device),
         },
         "synthetic_source": spec["synthetic_source"] if variant != "generated_only" else None,
+        "image_interpolation": spec[detector]["image_interpolation"],
+        "authors_sampling_quirk": sources["authors_sampling_quirk"],
         **speed,
     }
     if variant != "baseline":

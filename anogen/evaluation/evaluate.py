@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from anogen.data.geometry import to_square
-from anogen.data.mvtec import load_image, load_mask, relative_to_root
+from anogen.data.interpolation import load_square_rgb
+from anogen.data.mvtec import load_mask, relative_to_root
 from anogen.errors import AnogenError, ConfigError, DataError
 from anogen.evaluation.masks import resize_gt_mask, resolve_mask_resize
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
@@ -44,8 +45,9 @@ __all__ = ["evaluate_detector", "METRIC_KEYS"]
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_image(path: Path, size: int, resize: str) -> np.ndarray:
-    return load_image(path, size, resize)
+def _load_image(path: Path, size: int, resize: str, interpolation: str) -> np.ndarray:
+    """The test image as the detector's own loader gives it (``image_interpolation`` of its training)."""
+    return load_square_rgb(path, size, resize, interpolation)
 
 
 def _load_gt_mask(path: Path, size: int, method: str, resize: str) -> np.ndarray:
@@ -155,7 +157,9 @@ def _score_all(predictor, items, spec: dict[str, Any], mask_resize: str, batch_s
     accumulator = PixelMetricAccumulator(resolution, fpr_limit=spec["aupro_fpr_limit"], expected_images=len(items))
     run = _Scored(np.empty(len(items), dtype=np.float64), accumulator)
     for start, batch in _batches(items, max(int(batch_size), 1)):
-        images = np.stack([_load_image(Path(item.path), image_size, spec["resize"]) for _, item in batch])
+        images = np.stack(
+            [_load_image(Path(item.path), image_size, spec["resize"], spec["image_interpolation"]) for _, item in batch]
+        )
         batch_scores, batch_maps = _predict_batch(predictor, images, batch)
         maps = resize_map(batch_maps, resolution)
         for j, (rel, item) in enumerate(batch):

@@ -132,7 +132,7 @@ def export_generated(generation_manifests: list[Path], out_root: Path, descripti
             )
         dataset = {
             "format": "anogen-generated/1",
-            "layout": "<category>/<defect>/{images,masks}/<name>.png",
+            "layout": "<category>/<defect>/{images,masks}/<name>.png (images <name>.jpg where generation.jpeg_quality was set)",
             "masks": "bounding boxes of the generation (weak labels), 0 = outside, 255 = inside",
             "description": description,
             "n_images": total,

@@ -8,7 +8,9 @@
   leaves most of the image border as background, then a morphological closing); when that
   is degenerate too, the whole image;
 - texture categories: the whole image;
-- a user template (white = foreground): that mask, resized with nearest neighbour.
+- a user template (white = foreground): that mask, resized with nearest neighbour;
+- ``otsu_authors`` (``category_options.<c>.foreground_method``): the authors' screw masks
+  (``authors_otsu``), computed at 256 px and resized back with nearest neighbour.
 
 A per-defect box template (``generation.templates``, the authors' ``mask_template``) is not a
 foreground of the category: ``load_box_template`` reads it for that defect's box sampling
@@ -38,7 +40,10 @@ log = logging.getLogger("anogen.generation")
 WORK_SIZE = 256
 MARGIN = 0.05
 MIN_FRACTION = 0.01
-METHODS = ("grabcut",)
+METHODS = ("grabcut", "otsu_authors")
+# The authors' screw masks (creatMask_v2.py): at 256 px, a 15 px elliptic closing.
+AUTHORS_OTSU_SIZE = 256
+AUTHORS_OTSU_KERNEL = 15
 
 
 def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -93,6 +98,20 @@ def _otsu(image: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(binary.astype(np.uint8), cv2.MORPH_CLOSE, kernel)
 
 
+def authors_otsu(image: np.ndarray) -> np.ndarray:
+    """The authors' foreground (uint8 {0, 1} at ``AUTHORS_OTSU_SIZE``): the image resized by
+    cv2 bilinear, grey (cv2's weights), Otsu, inverted when the top-left pixel is foreground,
+    then closed by a ``AUTHORS_OTSU_KERNEL`` px ellipse. RGB in, as their BGR read converts alike."""
+    size = (AUTHORS_OTSU_SIZE, AUTHORS_OTSU_SIZE)
+    small = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_LINEAR)
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    _, thresh = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if thresh[0][0] == 255:
+        thresh = cv2.bitwise_not(thresh)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (AUTHORS_OTSU_KERNEL, AUTHORS_OTSU_KERNEL))
+    return (cv2.morphologyEx(thresh, cv2.MORPH_CLOSE, kernel) > 0).astype(np.uint8)
+
+
 def _degenerate(mask: np.ndarray | None) -> bool:
     if mask is None:
         return True
@@ -115,6 +134,8 @@ def estimate_foreground_with_method(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected uint8 HxWx3, got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
+    if method == "otsu_authors":
+        return _resize_mask(authors_otsu(image), h, w), "otsu_authors"
     small = _work_copy(image, work_size)
     mask = _grabcut(small, iterations, margin)
     used = "grabcut"
@@ -155,14 +176,14 @@ def load_box_template(template: str | Path, height: int, width: int) -> np.ndarr
     return mask
 
 
-def _mask_for(path: Path, texture: bool, template: Path | None, iterations: int) -> tuple[np.ndarray, str]:
+def _mask_for(path: Path, texture: bool, template: Path | None, iterations: int, method: str) -> tuple[np.ndarray, str]:
     image = load_image(path, size=None)
     h, w = image.shape[:2]
     if template is not None:
         return load_template(template, h, w), "template"
     if texture:
         return np.ones((h, w), np.uint8), "texture"
-    return estimate_foreground_with_method(image, "grabcut", iterations)
+    return estimate_foreground_with_method(image, method, iterations)
 
 
 def build_foreground_set(
@@ -176,8 +197,12 @@ def build_foreground_set(
     key: str,
     inputs: dict[str, str],
     spec: dict[str, Any],
+    method: str | None = None,
 ) -> Path:
     """Write one foreground mask per image and the manifest (last); return the manifest path.
+
+    ``method``: ``category_options.<c>.foreground_method`` of an object category (the spec's
+    ``method``); None = GrabCut.
 
     ``spec`` is the config subset the caller keyed this artifact with (``Plan.spec("foreground",
     category)``); the manifest records it as given. A rerun recomputes every mask (about 0.25 s per 1024 px
@@ -198,15 +223,17 @@ def build_foreground_set(
     counts: dict[str, int] = {}
     for i, path in enumerate(Path(p) for p in image_paths):
         rel = f"masks/{path.stem}.png"
-        mask, method = _mask_for(path, texture, template, iterations)
+        mask, used = _mask_for(
+            path, texture, template, iterations, method or "grabcut"
+        )  # repeated on purpose: None = the schema's default
         atomic_save_image(out_dir / rel, (mask * 255).astype(np.uint8))
-        counts[method] = counts.get(method, 0) + 1
+        counts[used] = counts.get(used, 0) + 1
         items.append(
             {
                 "source_image": relative_to_root(data_root, path),
                 "mask": rel,
                 "fraction": float(mask.mean()),
-                "method": method,
+                "method": used,
             }
         )
         files.append(rel)

@@ -15,7 +15,8 @@ Seeds come from sha256 (never Python's ``hash()``), so any single image can be r
 alone, and the set does not depend on ``batch_size`` beyond float round-off.
 
 Outputs (all at the diffusion model's resolution, e.g. 256 px for LDM, 512 px for SD; the
-detectors resize anyway): ``images/<stem>_b<i>_s<j>.png``, ``masks/<same>.png`` (the box,
+detectors resize anyway): ``images/<stem>_b<i>_s<j>.png`` (``.jpg``, JPEG, with
+``generation.jpeg_quality``), ``masks/<stem>_b<i>_s<j>.png`` (the box,
 0/255: the weak label), ``montage.png`` and, last, ``manifest.json`` whose
 ``extra["items"]`` is the contract read by the detectors: ``image``, ``mask``,
 ``source_image`` (data-root-relative POSIX path), ``box`` (pixels at ``resolution``),
@@ -75,10 +76,11 @@ class PlannedImage:
     sample_index: int
     box: Box
     seed: int
+    image_suffix: str = ".png"  # ".jpg" with generation.jpeg_quality
 
     @property
     def image(self) -> str:
-        return f"images/{self.name}"
+        return f"images/{Path(self.name).stem}{self.image_suffix}"
 
     @property
     def mask(self) -> str:
@@ -148,6 +150,9 @@ def _box_region(spec: dict, template: Path | None, foreground_manifest: Path | N
         # boxes are drawn on the foreground in the model's geometry
         return _foreground_at(foreground_manifest, fg_manifest, masks[rel], resolution, spec["resize"])
 
+    if spec.get("foreground_containment") is not None:  # the authors' Otsu foreground (Plan._generation_spec)
+        containment = float(spec["foreground_containment"])
+        return _BoxRegion(foreground, containment, True, "generation.template_containment")
     return _BoxRegion(foreground, float(spec["min_overlap"]), False, "generation.min_overlap")
 
 
@@ -193,6 +198,7 @@ def _plan_image(
             sample_index=j,
             box=placed,
             seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
+            image_suffix=".png" if spec["jpeg_quality"] is None else ".jpg",
         )
         for b, placed in enumerate(boxes)
         for j in range(int(spec["images_per_box"]))
@@ -275,10 +281,27 @@ def _append_progress(out_dir: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _write_batch(out_dir: Path, key: str, pending: list[PlannedImage], arrays: np.ndarray, box_np: list) -> None:
+def save_generated_image(path: Path, array: np.ndarray, jpeg_quality: int | None) -> None:
+    """A generated image, atomically: lossless PNG, or with ``jpeg_quality`` JPEG with Pillow's
+    defaults otherwise (4:2:0 chroma subsampling, baseline): at 75 the very bytes of the authors'
+    ``Image.fromarray(x).save("....jpg")`` (Pillow's default quality is libjpeg's 75)."""
+    if jpeg_quality is None:
+        atomic_save_image(path, array)
+        return
+    from PIL import Image
+
+    from anogen.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="JPEG", quality=int(jpeg_quality))
+
+
+def _write_batch(
+    out_dir: Path, key: str, pending: list[PlannedImage], arrays: np.ndarray, box_np: list, quality
+) -> None:
     """Each image and its mask atomically, then its progress line (with both sha256)."""
     for it, arr, bm in zip(pending, arrays, box_np):
-        atomic_save_image(out_dir / it.image, arr)
+        save_generated_image(out_dir / it.image, arr, quality)
         atomic_save_image(out_dir / it.mask, (bm * 255).astype(np.uint8))
         record = {"key": key, "name": it.name, "seed": it.seed}
         record.update(image_sha256=sha256_file(out_dir / it.image), mask_sha256=sha256_file(out_dir / it.mask))
@@ -391,7 +414,7 @@ def _sample_missing(job, sampler, spec, plan, done, normals, batch_size) -> tupl
             arrays, box_np = _sample_batch(sampler, spec, pending, normals)
             if in_flight is not None:
                 in_flight.result()
-            in_flight = writer.submit(_write_batch, job.out_dir, job.key, pending, arrays, box_np)
+            in_flight = writer.submit(_write_batch, job.out_dir, job.key, pending, arrays, box_np, spec["jpeg_quality"])
             generated += len(pending)
             batches += 1
             progress.update(len(done) + generated)
@@ -496,7 +519,7 @@ def generate_anomalies(
     title = f"{spec['category']} / {spec['defect']}  ({len(plan)} images, token {sampler.token})"
     _write_montage(job.out_dir, plan, normals, support_images, title)
     run = {"model": model, "revision": revision, "device": device, "batch_size": batch_size}
-    run.update(channels_last=channels_last, compile=compile, template=template)
+    run.update(channels_last=channels_last, compile=compile, template=template, jpeg_quality=spec["jpeg_quality"])
     files = [it.image for it in plan] + [it.mask for it in plan] + ["montage.png"]
     extra = {"box_range": box, **(extra or {})}
     return job.write_manifest(files, _manifest_extra(plan, rels, sampler, generated, seconds, run, extra))
@@ -505,7 +528,7 @@ def generate_anomalies(
 def _manifest_extra(plan, rels, sampler: _Sampler, generated: int, seconds: float, run: dict, extra) -> dict:
     """The manifest's ``extra``: the items (the detectors' contract), counts, speed, model, run switches."""
     ips = generated / seconds if generated else None
-    template = run["template"]
+    template, quality = run["template"], run["jpeg_quality"]
     log.info("wrote %d images (%s images/s this run)", len(plan), "n/a" if ips is None else f"{ips:.3f}")
     return {
         "items": _manifest_items(plan, rels),
@@ -523,6 +546,7 @@ def _manifest_extra(plan, rels, sampler: _Sampler, generated: int, seconds: floa
         "batch_size": run["batch_size"],
         "channels_last": run["channels_last"],
         "compile": run["compile"],
+        "image_format": {"format": "png"} if quality is None else {"format": "jpeg", "quality": quality},
         "box_region": "template" if template is not None else "foreground",
         "template": str(template) if template is not None else None,
         **(extra or {}),

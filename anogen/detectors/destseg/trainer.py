@@ -14,6 +14,9 @@ checkpoint or a whole DeSTSeg checkpoint: ``network.teacher_state_layout``, reco
 ``teacher_layout`` in the manifest), else from the torch hub cache
 (``torch.hub.get_dir()/checkpoints/resnet18-*.pth``) if present, else random
 initialisation with a loud warning; which one is recorded in the detector's manifest.
+``detectors.destseg.teacher`` says which ImageNet weights are meant (``timm_a1``: timm's
+``resnet18.a1_in1k``, a file required, torchvision's refused: ``check_teacher_file``); the
+manifest records it as ``teacher_source`` beside the file's sha256 and layout.
 """
 
 from __future__ import annotations
@@ -52,16 +55,49 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# torchvision names its weight files resnet18-<first 8 hex of the file's sha256>.pth:
+# IMAGENET1K_V1 (resnet18-f37072fd.pth) and the same weights' older file (resnet18-5c106cde.pth).
+TORCHVISION_RESNET18_SHA256 = ("f37072fd", "5c106cde")
+TIMM_A1_SOURCE = "https://huggingface.co/timm/resnet18.a1_in1k (model.safetensors)"
+
+
+def check_teacher_file(teacher: str | None, path: Path | None, sha256: str | None) -> None:
+    """Refuse a teacher file that is not what ``detectors.destseg.teacher`` asks for.
+
+    ``timm_a1`` needs a file (the torch hub cache holds torchvision's weights) and refuses
+    torchvision's own files, recognised by their sha256; timm's resnet18.a1_in1k has the
+    same tensor names (layout ``torchvision``), so the name of the choice is what tells them apart.
+    """
+    if teacher != "timm_a1":
+        return
+    if path is None:
+        raise ConfigError(
+            "detectors.destseg.teacher_weights",
+            f"detectors.destseg.teacher timm_a1 needs timm's resnet18.a1_in1k weights: download {TIMM_A1_SOURCE} "
+            "and set this key to the file (the torch hub cache holds torchvision's weights)",
+        )
+    if sha256 is not None and sha256[:8] in TORCHVISION_RESNET18_SHA256:
+        raise DataError(
+            path,
+            f"is torchvision's IMAGENET1K_V1 ResNet18 (resnet18-{sha256[:8]}.pth), not timm's resnet18.a1_in1k "
+            f"that detectors.destseg.teacher timm_a1 asks for ({TIMM_A1_SOURCE})",
+        )
+
+
 def load_teacher_weights(
-    teacher_weights: str | Path | None,
+    teacher_weights: str | Path | None, teacher: str | None = None
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """Return ``(state_dict or None, info)``; info["teacher"] is "imagenet" or "random-init"."""
+    """Return ``(state_dict or None, info)``; info["teacher"] is "imagenet" or "random-init".
+
+    ``teacher``: ``detectors.destseg.teacher`` (checked by ``check_teacher_file``; None = any
+    ResNet18 file), recorded as ``teacher_source``."""
     if teacher_weights:
         path = Path(teacher_weights)
         if not path.is_file():
             raise ConfigError("detectors.destseg.teacher_weights", f"file {path} does not exist")
         origin = "config"
     else:
+        check_teacher_file(teacher, None, None)
         path = provenance.find_hub_resnet18()
         origin = "torch-hub-cache"
     if path is None:
@@ -73,15 +109,23 @@ def load_teacher_weights(
             torch.hub.get_dir(),
         )
         provenance.record(provenance.RANDOM_TEACHER)
-        return None, {"teacher": "random-init", "teacher_layout": None, "teacher_weights": None}
+        return None, {
+            "teacher": "random-init",
+            "teacher_source": teacher,
+            "teacher_layout": None,
+            "teacher_weights": None,
+        }
+    sha256 = sha256_file(path)
+    check_teacher_file(teacher, path, sha256)
     try:
         layout, state = teacher_state_layout(_read_state_dict(path))
     except KeyError as exc:
         raise DataError(path, f"not ResNet18 weights ({exc})") from exc
     return state, {
         "teacher": "imagenet",
+        "teacher_source": teacher,
         "teacher_layout": layout,
-        "teacher_weights": {"path": str(path), "origin": origin, "sha256": sha256_file(path)},
+        "teacher_weights": {"path": str(path), "origin": origin, "sha256": sha256},
     }
 
 
@@ -116,7 +160,7 @@ class DestsegTrainer:
         self.tau = self.loss.tau
         torch.manual_seed(seed)
         self.model = DestsegNet(zero_init_last=bool(c["zero_init_last"]))
-        self._load_teacher(c["teacher_weights"])
+        self._load_teacher(c["teacher_weights"], c["teacher"])
         self.model.to(device)
         self.student_opt = torch.optim.SGD(
             self.model.student.parameters(),
@@ -138,8 +182,8 @@ class DestsegTrainer:
         self.student_steps = int(c["student_steps"])
         self.scaler = grad_scaler(mixed_precision, device)
 
-    def _load_teacher(self, teacher_weights: str | None) -> None:
-        state, self.teacher_info = load_teacher_weights(teacher_weights)
+    def _load_teacher(self, teacher_weights: str | None, teacher: str) -> None:
+        state, self.teacher_info = load_teacher_weights(teacher_weights, teacher)
         if state is None:
             return
         try:
