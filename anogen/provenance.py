@@ -1,9 +1,9 @@
 """Notes on results that are not what a real run computes, carried from job to job.
 
-Three things make a number incomparable with the paper although it looks like one: a randomly
+Four things make a number incomparable with the paper although it looks like one: a randomly
 initialised diffusion model (the demo's ``tiny:ldm``), a randomly initialised DeSTSeg teacher
-(no ImageNet weights), and synthetic anomalies cut from the fallback texture source instead of
-DTD. Whoever detects one calls :func:`record` with its note; ``anogen.jobs`` opens a
+(no ImageNet weights), synthetic anomalies cut from the fallback texture source instead of
+DTD, and random Inception / LPIPS weights under the generation-quality metrics. Whoever detects one calls :func:`record` with its note; ``anogen.jobs`` opens a
 :func:`collecting` context per job seeded with the notes of every input manifest, and
 ``anogen.io.write_manifest`` stores the union as the manifest's ``notes``. So a note travels with
 the Merkle chain: the embedding of a random model carries it, the generations made with that

@@ -253,3 +253,29 @@ def test_quality_rule_on_the_demo_run_and_its_report(demo_run, weights, tmp_path
         (item,) = [n for n in zf.namelist() if n.endswith("/generation_quality.html")]
         page = zf.read(item).decode()
     assert "AnomalyDiffusion" in page and provenance.RANDOM_QUALITY_WEIGHTS in page and "mean" in page
+
+
+def test_estimate_counts_the_quality_jobs_only_when_configured(tmp_path):
+    from anogen import estimate as est
+    from anogen.config import deep_update, load_config_file
+    from anogen.data.mvtec_counts import MVTEC_AD_COUNTS
+
+    mvtec = load_config_file(REPO / "config" / "mvtec.yaml")
+    assert "quality" not in est.estimate(mvtec, gpu_model="H200").stage_jobs()
+    quality = {"quality": {"inception_weights": "/w/inception.pth", "lpips_weights": "/w/alexnet.pth"}}
+    configured = deep_update(mvtec, quality)
+    seeded = est.estimate(configured, gpu_model="H200")  # the H200 table has no quality entry
+    assert seeded.stage_jobs()["quality"] == 73 and seeded.stage_hours()["quality"] == 0
+    assert any("generation quality not measured" in n for n in seeded.notes)
+    table = json.loads((est.RESULTS_DIR / "throughput_h200.json").read_text())
+    table["stages"]["quality"] = {"inception_images_per_s": 100.0, "lpips_pairs_per_s": 1000.0, "overhead_s": 5.0}
+    (tmp_path / "throughput_test.json").write_text(json.dumps({**table, "gpu_model": "Test GPU 9000"}))
+    e = est.estimate(configured, results_dir=tmp_path, gpu_model="gpu 9000")
+    # bottle/broken_large by hand: 209 normal x 2 boxes x 2 images, 20 real less 3 support
+    n_gen = 209 * 2 * 2
+    assert MVTEC_AD_COUNTS["bottle"][2]["broken_large"] == 20
+    pairs = 2 * (n_gen * 3 + 3 * (n_gen / 3) * (n_gen / 3 - 1) / 2)
+    expected = 2 * (n_gen + 17 + 3) / 100.0 + pairs / 1000.0 + 5.0
+    (job,) = [j for j in e.jobs if j.name == "quality/bottle/broken_large"]
+    assert job.seconds == pytest.approx(expected) and job.deps == ("generation/bottle/broken_large",)
+    assert "quality" in est.format_report(e, 4)

@@ -105,7 +105,7 @@ def load_lpips(path: str | Path, net: str, device: str = "cpu"):
     return model.eval().requires_grad_(False).to(device)
 
 
-def write_random_weights(inception_path: str | Path, lpips_path: str | Path, net: str, seed: int = 0) -> None:
+def write_random_weights(inception_path: str | Path, lpips_path: str | Path, net: str, *, seed: int) -> None:
     """Randomly initialised weight files in the expected formats, each marked random (tests, benchmarks)."""
     import torch
     import torchvision
