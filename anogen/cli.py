@@ -2,7 +2,7 @@
 
 ``anogen preflight --configfile C`` checks, in seconds, everything the config needs from outside
 the project before a long run: the diffusion model's files, classes and noise schedule, the
-DeSTSeg teacher, the texture folder, the authors' repository, the data set, the free space under
+DeSTSeg teacher, the texture folder, the authors' repository, the generation-quality weights, the data set, the free space under
 ``results_dir``, and prints the run's estimate (``anogen.preflight``); exit status 1 on a problem.
 
 ``anogen estimate`` prints the jobs, GPU-hours per stage and the wall time on N GPUs of a

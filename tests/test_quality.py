@@ -285,3 +285,23 @@ def test_estimate_counts_the_quality_jobs_only_when_configured(tmp_path):
     (job,) = [j for j in e.jobs if j.name == "quality/bottle/broken_large"]
     assert job.seconds == pytest.approx(expected) and job.deps == ("generation/bottle/broken_large",)
     assert "quality" in est.format_report(e, 4)
+
+
+def test_preflight_loads_the_quality_weights_or_says_why_there_is_no_table(weights, tmp_path):
+    from anogen.preflight import PreflightReport, _check_quality
+
+    report = PreflightReport()
+    _check_quality(_plan(), report)
+    assert NOT_CONFIGURED in report.lines and report.ok and not report.warnings
+    configured = {"inception_weights": str(weights["inception"]), "lpips_weights": str(weights["lpips"])}
+    report = PreflightReport()
+    _check_quality(_plan({"quality": configured}), report)
+    assert report.ok and report.warnings == [provenance.RANDOM_QUALITY_WEIGHTS]
+    assert sum("loads, sha256" in line for line in report.lines) == 2
+    report = PreflightReport()
+    _check_quality(_plan({"quality": {"inception_weights": str(weights["inception"])}}), report)
+    assert report.ok and "only one of" in report.warnings[0]
+    with pytest.raises(DataError, match="quality.lpips_weights"):
+        _check_quality(
+            _plan({"quality": {**configured, "lpips_weights": str(weights["inception"])}}), PreflightReport()
+        )
