@@ -137,11 +137,12 @@ def test_anogen_quality_on_a_folder_not_made_by_the_pipeline(weights, tmp_path, 
     peer = tmp_path / "peer_release" / "bottle" / "broken_large"  # e.g. a peer's released set
     _write_folder(peer / "image", _images(6, 3, 40), peer / "mask")
     _write_folder(tmp_path / "real", _images(4, 4, 64), tmp_path / "real_masks")
-    _write_folder(tmp_path / "support", _images(2, 5, 64))
+    _write_folder(tmp_path / "support", _images(2, 5, 64), tmp_path / "support_masks")
     out = tmp_path / "q.csv"
     args = ["quality", "--generated", str(peer / "image"), "--generated-masks", str(peer / "mask")]
     args += ["--real", str(tmp_path / "real"), "--real-masks", str(tmp_path / "real_masks")]
-    args += ["--support", str(tmp_path / "support"), "--out", str(out), "--device", "cpu"]
+    args += ["--support", str(tmp_path / "support"), "--support-masks", str(tmp_path / "support_masks")]
+    args += ["--out", str(out), "--device", "cpu"]
     args += ["--inception-weights", str(weights["inception"]), "--lpips-weights", str(weights["lpips"])]
     args += ["--config", "quality.kid_subsets=5", "quality.image_size=64"]
     assert main(args) == 0
@@ -163,6 +164,12 @@ def test_anogen_quality_on_a_folder_not_made_by_the_pipeline(weights, tmp_path, 
     with out.open() as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["ic_lpips"] == "" and row["n_support"] == "0" and row["is_mean"] and row["kid_mean"]
+    # real images without masks: no crop KID (generated crops are not compared with whole images)
+    at = args.index("--real-masks")
+    assert main(args[:at] + args[at + 2 :]) == 0
+    with out.open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["kid_mean"] and row["crop_kid_mean"] == "" and row["crop_is_mean"] and row["crop_ic_lpips"]
     assert main(["quality", "--generated", str(peer / "image"), "--out", str(out)]) == 2
     assert "quality.inception_weights" in capsys.readouterr().err
 

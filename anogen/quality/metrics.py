@@ -150,6 +150,10 @@ def set_metrics(generated, real, support, settings: dict, nets: dict, device: st
     return out
 
 
+def _masked(items: Sequence[Item]) -> bool:
+    return all(m is not None for _, m in items)
+
+
 def _kid_settings(settings: dict) -> dict:
     return {"subsets": settings["kid_subsets"], "subset_size": settings["kid_subset_size"], "seed": settings["seed"]}
 
@@ -159,10 +163,13 @@ def quality_metrics(
 ) -> dict[str, Any]:
     """Whole-image metrics, then the same on box crops (``crop_`` prefix; None where no masks)."""
     whole = set_metrics(*([im for im, _ in s] for s in (generated, real, support)), settings, nets, device)
-    has_masks = all(m is not None for _, m in generated)
     crops: dict[str, Any] = {}
-    if has_masks and generated:
-        views = [[box_crop(im, m, settings["crop_margin"]) for im, m in s] for s in (generated, real, support)]
+    if generated and _masked(generated):
+        # a set without masks takes no part in the crop view (its crop KID or IC-LPIPS stays empty)
+        views = [
+            [box_crop(im, m, settings["crop_margin"]) for im, m in s] if _masked(s) else []
+            for s in (generated, real, support)
+        ]
         crops = set_metrics(*views, settings, nets, device)
     row = {
         "n_generated": len(generated),
