@@ -28,6 +28,7 @@ include: "workflow/rules/embedding.smk"
 include: "workflow/rules/generation.smk"
 include: "workflow/rules/detectors.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/quality.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -41,6 +42,8 @@ rule all:
         every("generation", "montage.png"),
         # report items that no later rule reads (a missing one must still be made)
         every("evaluation", "training_loss.png"),
+        # only with both metric weight files configured (PLAN.computes_quality)
+        QUALITY_TARGETS,
 
 
 # ---------------------------------------------------------------------------- stage targets
@@ -65,6 +68,12 @@ rule generated:
     input:
         every("generation"),
         every("generation", "montage.png"),
+    localrule: True
+
+
+rule quality:
+    input:
+        QUALITY_TARGETS,
     localrule: True
 
 

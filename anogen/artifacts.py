@@ -45,6 +45,7 @@ STAGES: dict[str, Stage] = {
         Stage("foreground", "foreground/{category}", ("category",)),
         Stage("embedding", "embeddings/{category}/{defect}", ("category", "defect")),
         Stage("generation", "generated/{category}/{defect}", ("category", "defect")),
+        Stage("quality", "quality/{category}/{defect}", ("category", "defect"), "quality.json"),
         Stage("detector", "detectors/{category}/{detector}/{variant}", ("category", "detector", "variant")),
         Stage(
             "evaluation",

@@ -1,8 +1,8 @@
-"""Command line: ``anogen preflight``, ``anogen check-data``, ``anogen estimate``, ``anogen keys`` and ``anogen gc``.
+"""Command line: ``anogen preflight``, ``anogen check-data``, ``anogen estimate``, ``anogen quality``, ``anogen keys``, ``anogen gc``.
 
 ``anogen preflight --configfile C`` checks, in seconds, everything the config needs from outside
 the project before a long run: the diffusion model's files, classes and noise schedule, the
-DeSTSeg teacher, the texture folder, the authors' repository, the data set, the free space under
+DeSTSeg teacher, the texture folder, the authors' repository, the generation-quality weights, the data set, the free space under
 ``results_dir``, and prints the run's estimate (``anogen.preflight``); exit status 1 on a problem.
 
 ``anogen estimate`` prints the jobs, GPU-hours per stage and the wall time on N GPUs of a
@@ -11,6 +11,10 @@ config from a measured throughput table (``anogen.estimate``).
 ``anogen check-data --configfile C`` reads the config's whole data set once, reports every
 problem at once and what the DAG would run (``anogen.data.check``); exit status 1 when a
 problem would stop a job.
+
+``anogen quality --generated DIR --real DIR [--support DIR]`` computes IS, KID and IC-LPIPS of any
+folder of generated images with the workflow's settings and writes the same CSV columns as
+``results/generation_quality.csv`` (``anogen.quality``).
 
 ``anogen gc`` lists the keyed artifact directories under the results folder that none of
 the given configs refers to any more (left behind by changed config values) and, with
@@ -25,7 +29,7 @@ import sys
 from pathlib import Path
 
 from anogen.artifacts import STAGES
-from anogen.config import Plan, load_config_file
+from anogen.config import Plan, deep_update, load_config_file
 from anogen.errors import AnogenError
 
 STAGE_FOLDERS = sorted({stage.folder.split("/", 1)[0] for stage in STAGES.values()})
@@ -156,6 +160,67 @@ def cmd_box_ranges(args) -> int:
     return 0
 
 
+def cmd_quality(args) -> int:
+    from anogen.config import validate_config
+    from anogen.quality.run import folder_quality
+    from anogen.quality.table import write_csv
+
+    overrides = _parse_overrides(args.config)
+    raw = (
+        load_config_file(args.configfile, overrides) if args.configfile else deep_update({"data_root": "."}, overrides)
+    )
+    quality = validate_config(raw)["quality"]
+    weights = {
+        "inception": args.inception_weights or quality["inception_weights"],
+        "lpips": args.lpips_weights or quality["lpips_weights"],
+    }
+    device = args.device or _default_device()
+    masks = {"generated": args.generated_masks, "real": args.real_masks, "support": args.support_masks}
+    row = folder_quality(
+        generated=args.generated, real=args.real, support=args.support, masks=masks,
+        quality=quality, weights=weights, device=device,
+    )  # fmt: skip
+    write_csv([row], args.out)
+    shown = ("is_mean", "is_std", "ic_lpips", "kid_mean", "kid_std", "crop_is_mean", "crop_ic_lpips", "crop_kid_mean")
+    print(
+        ", ".join(f"{k}={row[k]}" for k in shown)
+        + f"\nwrote {args.out}"
+        + (f"\nNOTE: {row['note']}" if row["note"] else "")
+    )
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_quality_parser(sub) -> None:
+    q = sub.add_parser("quality", help="IS, KID and IC-LPIPS of any folder of generated images (same CSV columns)")
+    q.add_argument("--generated", type=Path, required=True, help="folder of generated images (searched recursively)")
+    q.add_argument("--real", type=Path, default=None, help="real anomalies of the same defect type (KID's reference)")
+    q.add_argument("--support", type=Path, default=None, help="support anomalies (IC-LPIPS's cluster centres)")
+    for name in ("generated", "real", "support"):
+        q.add_argument(
+            f"--{name}-masks",
+            type=Path,
+            default=None,
+            help=f"masks of --{name} (same names, or <stem>_mask.png): box-crop columns",
+        )
+    q.add_argument(
+        "--inception-weights", default=None, help="torch-fidelity Inception-v3 file (else quality.inception_weights)"
+    )
+    q.add_argument("--lpips-weights", default=None, help="torchvision backbone file (else quality.lpips_weights)")
+    q.add_argument(
+        "--configfile", default=None, help="take the quality section from this config (default: schema defaults)"
+    )
+    q.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value (e.g. quality.image_size=256)")
+    q.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    q.add_argument("--out", type=Path, default=Path("generation_quality.csv"), help="CSV to write")
+    q.set_defaults(func=cmd_quality)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     boxes.add_argument("--csv", default=None, help="also write the table as CSV here")
     boxes.set_defaults(func=cmd_box_ranges)
+    _add_quality_parser(sub)
     args = parser.parse_args(argv)
-    if getattr(args, "configfile", None) is None:
+    if args.command != "quality" and getattr(args, "configfile", None) is None:
         args.configfile = ["config/config.yaml"]
     try:
         return args.func(args)

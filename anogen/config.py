@@ -471,6 +471,10 @@ class Plan:
             paths = [p for p in folder if p.name in set(chosen)]
             paths += [m for m in (files.mask_of(defect, p) for p in paths) if m is not None]
             return fingerprint(root, paths, names=names)
+        if role == "defect":  # the real anomalies of one defect type (generation quality's reference)
+            images = list(files.test.get(defect, ()))
+            masks = [m for m in (files.mask_of(defect, p) for p in images) if m is not None]
+            return fingerprint(root, images + masks)
         # role == "test": every test image and mask the evaluation reads
         excluded = set(self.excluded_from_test(category))
         paths = []
@@ -556,6 +560,8 @@ class Plan:
             return [(c,) for c in self.categories]
         if stage in ("detector", "evaluation"):
             return self.detector_runs()
+        if stage == "quality" and not self.computes_quality:
+            return []
         return self.pairs()
 
     # ------------------------------------------------------------------ support sets
@@ -693,6 +699,38 @@ class Plan:
             # Its path only (moving a clone reruns nothing); its sha256 is in the spec.
             "template": None if template is None else str(template),
         }
+
+    # ------------------------------------------------------------------ generation quality
+    @property
+    def computes_quality(self) -> bool:
+        """Both metric weight files are configured (else no quality job is planned)."""
+        q = self.config["quality"]
+        return bool(q["inception_weights"] and q["lpips_weights"])
+
+    def _quality_spec(self, category: str, defect: str) -> dict:
+        from anogen.io import sha256_file_cached
+
+        q = self.config["quality"]
+        spec = _without(q, {"inception_weights", "lpips_weights", "batch_size"})
+        for name in ("inception_weights", "lpips_weights"):
+            if not Path(q[name]).is_file():
+                raise ConfigError(f"quality.{name}", f"{q[name]} is not a file (see the README's 'Generation quality')")
+            # The weights' content, not their path: moving the file reruns nothing.
+            spec[f"{name.split('_')[0]}_sha256"] = sha256_file_cached(q[name])
+        # KID's reference: the defect's real anomalies less its support images (whatever exclude_from_test says)
+        excluded = sorted(self._test_relpath(category, defect, n) for n in self.support_files(category, defect) or ())
+        spec.update(category=category, defect=defect, resize=self.config["resize"], excluded=excluded)
+        return spec
+
+    def _quality_upstream(self, category: str, defect: str) -> dict:
+        return {"generation": ("generation", (category, defect)), "support": ("support", (category, defect))}
+
+    def _quality_data_inputs(self, category: str, defect: str) -> dict:
+        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "defect", defect)}
+
+    def _quality_runtime(self, category: str, defect: str) -> dict:
+        q = self.config["quality"]
+        return {**self._data_runtime(), **{k: q[k] for k in ("inception_weights", "lpips_weights", "batch_size")}}
 
     # ------------------------------------------------------------------ stage 3: detectors
     # Per-detector values that only the generated branch or the weak loss read: they go into

@@ -12,6 +12,10 @@ GPU run replaces the seeded one). Work model per job:
   x batch`` images, DeSTSeg ``steps x batch`` images / images_per_s of that detector,
   scaled by pixel count from the table's image size;
 - evaluation (one per detector run): test images / images_per_s;
+- generation quality (one per (category, defect), only when the metric weights are configured):
+  Inception forwards of the generated and real images, twice (whole, crop), / ``inception_images_per_s``
+  plus the LPIPS pairs of IC-LPIPS (generated x support, and the pairs inside equal clusters),
+  twice, / ``lpips_pairs_per_s`` (``bench/bench_quality.py`` measures both);
 - plus the table's per-job ``overhead_s`` (model loading, warm-up) where it is measured.
 
 ``n_normal``/``n_train``/test counts are counted in ``data_root`` when it exists, else the
@@ -151,14 +155,19 @@ class Estimate:
     counts: Counts
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """STAGES, plus ``quality`` when the config computes the generation-quality metrics."""
+        return STAGES + (("quality",) if any(j.stage == "quality" for j in self.jobs) else ())
+
     def stage_hours(self) -> dict[str, float]:
-        out = {s: 0.0 for s in STAGES}
+        out = {s: 0.0 for s in self.stages}
         for j in self.jobs:
             out[j.stage] += j.seconds / 3600
         return out
 
     def stage_jobs(self) -> dict[str, int]:
-        out = {s: 0 for s in STAGES}
+        out = {s: 0 for s in self.stages}
         for j in self.jobs:
             out[j.stage] += 1
         return out
@@ -197,6 +206,11 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
             n_normal = min(n_normal, int(gen_cfg["max_normal_images"]))
         images = n_normal * int(gen_cfg["boxes_per_image"]) * int(gen_cfg["images_per_box"])
         jobs.append(Job(g_name, "generation", images / gen_ips + overhead(gen), (e_name,), images, "images"))
+        if plan.computes_quality:
+            entry = table.get("stages", {}).get("quality") or {}
+            n_real = max(0, _n_defect(plan, counts, c, d) - int(config["support"]["shots"]))
+            secs = quality_seconds(images, n_real, int(config["support"]["shots"]), entry, notes)
+            jobs.append(Job(f"quality/{c}/{d}", "quality", secs, (g_name,), images, "images"))
 
     evaluation = table.get("stages", {}).get("evaluation") or {}
     if not evaluation.get("value"):
@@ -221,6 +235,29 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
         secs = n_test / float(evaluation["value"]) + overhead(evaluation) if evaluation.get("value") else 0.0
         jobs.append(Job(f"evaluation/{c}/{m}/{v}", "evaluation", secs, (d_name,), n_test, "images"))
     return Estimate(jobs, table_path, table, counts, sorted(set(notes)))
+
+
+def _n_defect(plan: Plan, counts: Counts, category: str, defect: str) -> int:
+    """Test images of one defect type (the real anomalies KID compares with)."""
+    cfg = plan.config
+    if plan.is_demo:
+        return int(cfg["demo"]["n_test_per_defect"])
+    if counts.source.startswith("counted"):
+        folder = Path(cfg["data_root"]) / category / "test" / defect
+        return sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    return int(MVTEC_AD[category][2].get(defect, 0))
+
+
+def quality_seconds(n_generated: int, n_real: int, n_support: int, entry: dict, notes: list[str]) -> float:
+    """One generation-quality job: Inception forwards and LPIPS pairs, whole images and crops."""
+    if not entry.get("inception_images_per_s") or not entry.get("lpips_pairs_per_s"):
+        notes.append("generation quality not measured for this GPU: counted as 0 h (bench/bench_quality.py)")
+        return 0.0
+    forwards = 2 * (n_generated + n_real + n_support)
+    per_cluster = n_generated / max(1, n_support)
+    pairs = 2 * (n_generated * n_support + n_support * per_cluster * (per_cluster - 1) / 2)
+    overhead = float(entry.get("overhead_s") or 0.0)
+    return forwards / float(entry["inception_images_per_s"]) + pairs / float(entry["lpips_pairs_per_s"]) + overhead
 
 
 def list_schedule(jobs: list[Job], n_gpus: int) -> float:
@@ -272,7 +309,7 @@ def format_report(est: Estimate, n_gpus: int) -> str:
         f"{'stage':<11} {'jobs':>5} {'work':>14} {'rate (measured)':>28} {'GPU-hours':>10}",
     ]
     hours, njobs = est.stage_hours(), est.stage_jobs()
-    for stage in STAGES:
+    for stage in est.stages:
         sj = [j for j in est.jobs if j.stage == stage]
         work = sum(j.work for j in sj)
         unit = sj[0].unit if sj else ""
@@ -281,13 +318,15 @@ def format_report(est: Estimate, n_gpus: int) -> str:
             if stage == "embedding"
             else ["generation"]
             if stage == "generation"
-            else (["detector_draem", "detector_destseg"] if stage == "detector" else ["evaluation"])
+            else (["detector_draem", "detector_destseg"] if stage == "detector" else [stage])
         )
         rates = []
         for k in keys:
             e = t.get("stages", {}).get(k) or {}
             if e.get("value"):
                 rates.append(f"{e['value']:g} {e.get('unit', '')}".strip())
+            if k == "quality" and e.get("inception_images_per_s"):
+                rates.append(f"{e['inception_images_per_s']:g} Inception img/s")
         lines.append(
             f"{stage:<11} {njobs[stage]:>5} {work:>10.0f} {unit:<3} {', '.join(rates) or 'n/a':>28} "
             f"{hours[stage]:>10.2f}"

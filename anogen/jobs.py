@@ -468,3 +468,38 @@ def summarize(sm, params):
         comparison_png=sm.output.comparison,
         notes_html_path=sm.output.notes,
     )
+
+
+# ----------------------------------------------------------------------------- generation quality
+
+
+@job
+def generation_quality(sm, params):
+    from anogen.data.layouts import scan_category
+    from anogen.quality.run import generation_quality as run
+    from anogen.quality.run import real_anomalies
+
+    spec, runtime = params["spec"], params["runtime"]
+    root = Path(runtime["data_root"])
+    index = scan_category(root, spec["category"], runtime["dataset"], defects=(spec["defect"],))
+    real = real_anomalies(index.test, root, spec["defect"], spec["excluded"], spec["image_size"], spec["resize"])
+    with _device() as lease:
+        run(
+            spec=spec,
+            generated_manifest=Path(_one(sm.input.generation)),
+            support_manifest=Path(_one(sm.input.support)),
+            real=real,
+            weights={"inception": runtime["inception_weights"], "lpips": runtime["lpips_weights"]},
+            out_dir=_out_dir(sm),
+            key=sm.wildcards.key,
+            inputs=params["inputs"],
+            device=lease.device,
+            batch_size=runtime["batch_size"],
+        )
+
+
+@job
+def quality_table(sm, params):
+    from anogen.quality.run import write_quality_table
+
+    write_quality_table([Path(p) for p in sm.input.quality], Path(sm.output.csv), Path(sm.output.html))

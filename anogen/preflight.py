@@ -64,7 +64,8 @@ def preflight(
     """Run every check on a validated config (``load_config_file``)."""
     report = PreflightReport()
     plan = Plan(config)
-    for check in (_check_model, _check_teacher, _check_textures, _check_authors, _check_data, _check_space):
+    checks = (_check_model, _check_teacher, _check_textures, _check_authors, _check_quality, _check_data, _check_space)
+    for check in checks:
         if echo:
             echo(f"preflight: {check.__name__[len('_check_') :]} ...")
         try:
@@ -198,6 +199,30 @@ def _check_textures(plan: Plan, report: PreflightReport, **_) -> None:
         return
     source = TextureSource.from_folder(det["texture_source"])
     report.lines.append(f"{det['texture_source']}: {len(source.files)} images")
+
+
+def _check_quality(plan: Plan, report: PreflightReport, **_) -> None:
+    """The generation-quality weights: both files load offline (else no quality table, said once)."""
+    from anogen.quality.networks import load_inception, load_lpips, weights_info
+    from anogen.quality.table import NOT_CONFIGURED
+
+    q = plan.config["quality"]
+    report.section("generation-quality weights")
+    if not plan.computes_quality:
+        if q["inception_weights"] or q["lpips_weights"]:
+            report.warn(f"only one of quality.inception_weights / quality.lpips_weights is set: {NOT_CONFIGURED}")
+        else:
+            report.lines.append(NOT_CONFIGURED)
+        return
+    from anogen.provenance import RANDOM_QUALITY_WEIGHTS
+
+    loaders = {"inception_weights": load_inception, "lpips_weights": lambda p: load_lpips(p, q["lpips_net"])}
+    for key, load in loaders.items():
+        info = weights_info(q[key], f"quality.{key}")
+        load(info.path)
+        report.lines.append(f"{info.path} (quality.{key}): loads, sha256 {info.sha256}")
+        if info.random:
+            report.warn(RANDOM_QUALITY_WEIGHTS)
 
 
 def _check_authors(plan: Plan, report: PreflightReport, **_) -> None:

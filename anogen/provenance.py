@@ -1,9 +1,9 @@
 """Notes on results that are not what a real run computes, carried from job to job.
 
-Three things make a number incomparable with the paper although it looks like one: a randomly
+Four things make a number incomparable with the paper although it looks like one: a randomly
 initialised diffusion model (the demo's ``tiny:ldm``), a randomly initialised DeSTSeg teacher
-(no ImageNet weights), and synthetic anomalies cut from the fallback texture source instead of
-DTD. Whoever detects one calls :func:`record` with its note; ``anogen.jobs`` opens a
+(no ImageNet weights), synthetic anomalies cut from the fallback texture source instead of
+DTD, and random Inception / LPIPS weights under the generation-quality metrics. Whoever detects one calls :func:`record` with its note; ``anogen.jobs`` opens a
 :func:`collecting` context per job seeded with the notes of every input manifest, and
 ``anogen.io.write_manifest`` stores the union as the manifest's ``notes``. So a note travels with
 the Merkle chain: the embedding of a random model carries it, the generations made with that
@@ -25,6 +25,12 @@ from pathlib import Path
 # not "tiny": bench/gpu_check.py's full-size random LDM carries the same marker
 RANDOM_MODEL = "random diffusion model (randomly initialised weights): generated anomalies are not an LDM's"
 RANDOM_TEACHER = "random DeSTSeg teacher (no ImageNet ResNet18 weights)"
+RANDOM_QUALITY_WEIGHTS = (
+    "random generation-quality weights (randomly initialised Inception-v3 / LPIPS backbone): "
+    "IS, IC-LPIPS and KID are not comparable with any published number"
+)
+# A weights file written by anogen.quality.networks.write_random_weights has ``<file>.<suffix>`` beside it.
+RANDOM_QUALITY_MARKER_SUFFIX = "anogen_random.json"
 FALLBACK_TEXTURES = "synthetic anomalies from scikit-image photographs, not DTD (detectors.texture_source unset)"
 
 # Marker file a random model folder carries (written by anogen.diffusion.tiny and by
@@ -108,4 +114,8 @@ def plan_warnings(config: dict) -> list[str]:
     uses_textures = det["synthetic_source"] == "draem"
     if uses_textures and not det["texture_source"] and any(v != "generated_only" for v in det["variants"]):
         notes.append(FALLBACK_TEXTURES)
+    quality = config.get("quality") or {}
+    weights = [quality.get("inception_weights"), quality.get("lpips_weights")]
+    if all(weights) and any(Path(f"{w}.{RANDOM_QUALITY_MARKER_SUFFIX}").is_file() for w in weights):
+        notes.append(RANDOM_QUALITY_WEIGHTS)
     return notes

@@ -257,6 +257,9 @@ def test_report_of_the_demo_run(demo_run, tmp_path):
             for metric in report.METRICS:
                 assert row[metric] in summary_cells
         assert by_suffix("/comparison.png") and by_suffix("/notes.html")
+        # no metric weights in the demo: no generation-quality table, and the front page says why
+        assert not by_suffix("/generation_quality.html")
+        assert "Generation quality (IS, IC-LPIPS, KID) not computed" in texts
 
         # every anomaly-map example panel (n per defect type), each under its own label set
         manifests = [json.loads(p.read_text()) for p in results.glob("evaluation/*/*/*/*/manifest.json")]

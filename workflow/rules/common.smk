@@ -40,6 +40,12 @@ RESULTS = config["results_dir"]
 DATA_ROOT = config["data_root"]
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 TABLE1_CSV = f"{RESULTS}/table1.csv"
+QUALITY_CSV = f"{RESULTS}/generation_quality.csv"
+QUALITY_TARGETS = (
+    [QUALITY_CSV, f"{RESULTS}/report/generation_quality.html"]
+    if PLAN.computes_quality
+    else []
+)
 LOGS = f"{RESULTS}/logs"
 
 KEY = "[0-9a-f]{12}"
@@ -87,6 +93,10 @@ logger.info(
     )
     + f"; data {config['data_root']}"
 )
+if not PLAN.computes_quality:
+    from anogen.quality.table import NOT_CONFIGURED
+
+    logger.info(f"anogen: {NOT_CONFIGURED}")
 for _note in plan_warnings(config):
     logger.warning(f"anogen: WARNING, not a reproduction: {_note}")
 
