@@ -123,6 +123,7 @@ def test_ledger_covers_every_fidelity_switch():
         "detectors.destseg.tau",
         "detectors.draem.authors_sampling_quirk",
         "category_options.screw.foreground_method",
+        "diffusion.scheduler",
     ):
         assert key in switches, key
 
