@@ -291,7 +291,7 @@ learn_embedding(support_items=items, model={model!r}, revision=None, spec=json.l
 """
 
 
-def _run_job(model, spec, out, items, checkpoint_every=2):
+def _run_job(model, spec, out, items, checkpoint_every=2, cuda_graph=False):
     return learn_embedding(
         support_items=items,
         model=str(model),
@@ -302,7 +302,7 @@ def _run_job(model, spec, out, items, checkpoint_every=2):
         inputs={"support": "s1"},
         device="cpu",
         checkpoint_every=checkpoint_every,
-        cuda_graph=False,
+        cuda_graph=cuda_graph,
         gradient_checkpointing=False,
     )
 

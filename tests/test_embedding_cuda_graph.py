@@ -15,7 +15,7 @@ from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.tiny import build_tiny_model
 from anogen.embedding import EmbeddingTrainer
 from tests import cuda_standins
-from tests.test_embedding import make_items, make_spec
+from tests.test_embedding import _run_job, make_items, make_spec
 
 STEPS, SPLIT = 8, 4  # the graph is captured after GRAPH_WARMUP eager steps of each process
 
@@ -108,21 +108,7 @@ class _Stop(Exception):
 
 
 def _job(model, out, graph: bool, spec):
-    from anogen.embedding import learn_embedding
-
-    return learn_embedding(
-        support_items=make_items(),
-        model=str(model),
-        revision=None,
-        spec=spec,
-        out_dir=out,
-        key="k1",
-        inputs={"support": "s1"},
-        device="cpu",
-        checkpoint_every=SPLIT,
-        cuda_graph=graph,
-        gradient_checkpointing=False,
-    )
+    return _run_job(model, spec, out, make_items(), checkpoint_every=SPLIT, cuda_graph=graph)
 
 
 def test_job_resumed_with_a_graph_captures_one_and_says_so(monkeypatch, tiny_ldm, tmp_path):
