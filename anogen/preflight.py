@@ -158,30 +158,24 @@ def _dtypes_and_size(root: Path, sub: dict, family: str, plan: Plan, report: Pre
 
 
 def _check_teacher(plan: Plan, report: PreflightReport, **_) -> None:
-    from anogen.detectors.destseg.network import teacher_state_layout
-    from anogen.detectors.destseg.trainer import _read_state_dict, check_teacher_file
-    from anogen.io import sha256_file
-    from anogen.provenance import RANDOM_TEACHER, find_hub_resnet18
+    """The teacher as the DeSTSeg job will load it (``load_teacher_weights``: file, kind, layout, sha256)."""
+    from anogen.detectors.destseg.trainer import load_teacher_weights
+    from anogen.provenance import RANDOM_TEACHER
 
     det = plan.config["detectors"]
     if "destseg" not in det["models"]:
         return
     report.section("DeSTSeg teacher")
-    configured, teacher = det["destseg"]["teacher_weights"], det["destseg"]["teacher"]
-    if not configured:
-        check_teacher_file(teacher, None, None)  # timm_a1 needs a file: a ConfigError says where from
-    path = Path(configured) if configured else find_hub_resnet18()
-    if configured and not path.is_file():
-        report.problem(f"detectors.destseg.teacher_weights: {path} does not exist")
-        return
-    if path is None:
+    section = det["destseg"]
+    state, info = load_teacher_weights(section["teacher_weights"], section["teacher"])
+    if state is None:
         report.warn(f"no ImageNet ResNet18 weights: {RANDOM_TEACHER}")
         return
-    sha256 = sha256_file(path)
-    check_teacher_file(teacher, path, sha256)
-    layout, state = teacher_state_layout(_read_state_dict(path))
-    origin = "detectors.destseg.teacher_weights" if configured else "torch hub cache"
-    report.lines.append(f"{path} ({origin}): teacher {teacher}, layout {layout}, {len(state)} tensors, sha256 {sha256}")
+    weights = info["teacher_weights"]
+    report.lines.append(
+        f"{weights['path']} ({weights['origin']}): teacher {info['teacher_source']}, layout {info['teacher_layout']}, "
+        f"{len(state)} tensors, sha256 {weights['sha256']}"
+    )
 
 
 def _check_textures(plan: Plan, report: PreflightReport, **_) -> None:
