@@ -9,6 +9,8 @@ sizes are upper bounds in bytes; ``bench``-style measurement of the demo is in t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 # optimiser moments saved per trained weight
@@ -79,8 +81,6 @@ def run_bytes(plan, estimate, resolution: int, concurrent_jobs: int) -> dict[str
 
 def nearest_existing(path) -> str:
     """``path`` or its closest existing ancestor (where ``shutil.disk_usage`` can look)."""
-    from pathlib import Path
-
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
