@@ -4,7 +4,7 @@ Every keyed artifact lives at ``<results_dir>/<folder>/<key>/`` where ``folder``
 template over its wildcards and ``key = content_key(spec, inputs)``. The Snakemake rules'
 output patterns and input functions, ``anogen gc``'s referenced directories and the tests all
 take paths from here (``Stage.path`` / ``Stage.pattern``), so the layout is written once.
-``Plan`` (``anogen.config``) gives each stage its spec, inputs and upstream artifacts.
+``Plan`` (``anogen.plan``) gives each stage its spec, inputs and upstream artifacts.
 """
 
 from __future__ import annotations

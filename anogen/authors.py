@@ -26,10 +26,12 @@ own run (paths below are relative to the clone named by the ``authors_repo`` con
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from anogen.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported by the one loader that needs it: planning never loads torch
+    import torch
 
 __all__ = [
     "check_authors_repo",
@@ -98,6 +100,8 @@ def load_authors_embedding(path: str | Path) -> tuple[str, torch.Tensor]:
     mapped to CPU. A file holding any other global, or not exactly one vector, is refused
     with a DataError naming the file.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "does not exist (the authors publish DIFFUSION/logs/<category>_<defect>/embeddings.pt)")

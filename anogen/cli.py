@@ -29,8 +29,9 @@ import sys
 from pathlib import Path
 
 from anogen.artifacts import STAGES
-from anogen.config import Plan, deep_update, load_config_file
+from anogen.config import deep_update, load_config_file
 from anogen.errors import AnogenError
+from anogen.plan import Plan
 
 STAGE_FOLDERS = sorted({stage.folder.split("/", 1)[0] for stage in STAGES.values()})
 

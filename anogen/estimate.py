@@ -35,11 +35,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anogen.config import Plan
-
 # category: (train/good, test/good, {defect: n_test}), used when the data set is not at hand
 from anogen.data.mvtec_counts import MVTEC_AD_COUNTS as MVTEC_AD
 from anogen.errors import ConfigError
+from anogen.plan import Plan
 
 FORMAT = "anogen-throughput/1"
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anogen import artifact_sizes as sizes
-from anogen.config import Plan
 from anogen.errors import AnogenError
+from anogen.plan import Plan
 
 
 @dataclass

@@ -108,7 +108,8 @@ def _schema_section(detector: str) -> dict:
 
 def _pipeline_spec(root: Path, size: int, detector: str, variant: str, section: dict) -> dict:
     """The spec ``Plan.spec("detector", ...)`` makes for these settings (schema defaults elsewhere)."""
-    from anogen.config import Plan, validate_config
+    from anogen.config import validate_config
+    from anogen.plan import Plan
 
     config = validate_config({"data_root": str(root), "detectors": {"image_size": size, detector: section}})
     plan = Plan(config, layout={"bench": {"defects": ["box"], "texture": False}})

@@ -33,7 +33,8 @@ STEPS_PER_EMBEDDING = 6000
 def default_spec(batch_size: int, resolution: int | None) -> dict:
     """The plan's embedding spec from the schema's defaults (the paper's values), at the given
     batch and resolution (``mixed_precision``: the schema's ``diffusion.mixed_precision``)."""
-    from anogen.config import Plan, validate_config
+    from anogen.config import validate_config
+    from anogen.plan import Plan
 
     spec = Plan(validate_config({"data_root": "unused"})).spec("embedding", "bench", "defect")
     spec.update(steps=STEPS_PER_EMBEDDING, batch_size=batch_size, resolution=resolution)

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from anogen.authors import load_authors_embedding, published_support_files, published_template
-from anogen.config import Plan, deep_update, validate_config
+from anogen.config import deep_update, validate_config
 from anogen.data.support import build_support_set, support_items
 from anogen.embedding.imported import import_authors_embedding
 from anogen.errors import ConfigError, DataError
@@ -28,6 +28,7 @@ from anogen.generation.boxes import sample_boxes
 from anogen.generation.run import check_embedding_width, plan_generation
 from anogen.io import load_manifest, sha256_file, verify_manifest
 from anogen.keys import content_key
+from anogen.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

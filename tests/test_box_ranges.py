@@ -11,11 +11,12 @@ import yaml
 from PIL import Image
 
 from anogen.cli import main as cli_main
-from anogen.config import Plan, validate_config
+from anogen.config import validate_config
 from anogen.data.box_ranges import compare_ranges, handset_ranges, interval_iou, learn_all, reference_from_file
 from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import learned_box_range, mask_component_sizes, resolve_box_range
 from anogen.io import load_manifest
+from anogen.plan import Plan
 from tests.test_generation_run import SPEC, _generate, world  # noqa: F401 (world is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

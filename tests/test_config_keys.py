@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogen.config import Plan, deep_update, validate_config
+from anogen.config import deep_update, validate_config
 from anogen.errors import ConfigError
 from anogen.keys import canonical_json, content_key
+from anogen.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_LAYOUT = {

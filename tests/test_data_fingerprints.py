@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anogen.config import Plan, deep_update, validate_config
+from anogen.config import deep_update, validate_config
+from anogen.plan import Plan
 from tests import e2e
 from tests.test_config_keys import all_keys  # every key of a plan, by artifact
 

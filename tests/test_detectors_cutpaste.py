@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import yaml
 
-from anogen.config import Plan, deep_update, validate_config
+from anogen.config import deep_update, validate_config
 from anogen.detectors.data import KIND_SYNTHETIC, TrainStream
 from anogen.detectors.synthetic import CutPasteSynthesizer, DestsegSynthesizer, DraemSynthesizer
 from anogen.errors import ConfigError
+from anogen.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

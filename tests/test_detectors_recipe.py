@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from anogen.config import Plan, deep_update, validate_config
+from anogen.config import deep_update, validate_config
 from anogen.data.mvtec import relative_to_root
 from anogen.detectors.data import (
     KIND_GENERATED,
@@ -31,6 +31,7 @@ from anogen.detectors.textures import TextureSource
 from anogen.detectors.train import build_trainer, train_detector
 from anogen.devices import autocast, effective_precision, grad_scaler
 from anogen.io import write_manifest
+from anogen.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = {"cat_a": {"defects": ["hole"], "texture": False}}

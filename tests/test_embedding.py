@@ -31,7 +31,8 @@ TOKEN = "<anomaly>"
 
 def make_spec(**overrides) -> dict:
     """The plan's embedding spec (``Plan.spec("embedding", ...)``, schema defaults filled) with tiny-run values."""
-    from anogen.config import Plan, validate_config
+    from anogen.config import validate_config
+    from anogen.plan import Plan
 
     spec = Plan(validate_config({"data_root": "/data"})).spec("embedding", "cat", "defect")
     spec.update(

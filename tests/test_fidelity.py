@@ -13,8 +13,9 @@ import torch
 import yaml
 from PIL import Image
 
-from anogen.config import Plan, deep_update, load_schema, validate_config
+from anogen.config import deep_update, load_schema, validate_config
 from anogen.errors import ConfigError, DataError
+from anogen.plan import Plan
 from tests.test_config_keys import all_keys, changed, demo_raw, plan
 from tests.test_detectors_train import _spec as _train_spec
 from tests.test_detectors_train import tiny  # noqa: F401 (a fixture)

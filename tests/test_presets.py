@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogen.config import Plan, load_config_file
+from anogen.config import load_config_file
 from anogen.data.check import check_data
+from anogen.plan import Plan
 from tests import e2e
 from tests.layout_trees import VISA_CATEGORIES
 from tests.preset_trees import (

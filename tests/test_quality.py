@@ -196,8 +196,9 @@ def test_the_report_page_has_the_table_the_mean_row_and_the_peers():
 
 
 def _plan(extra: dict | None = None):
-    from anogen.config import Plan, deep_update, validate_config
+    from anogen.config import deep_update, validate_config
     from anogen.data.demo import demo_layout
+    from anogen.plan import Plan
     from tests import e2e
 
     cfg = validate_config(deep_update(e2e.e2e_config(), extra or {}))

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogen.config import Plan, deep_update, validate_config
+from anogen.config import deep_update, validate_config
+from anogen.plan import Plan
 from tests import e2e
 
 pytestmark = pytest.mark.e2e

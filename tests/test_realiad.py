@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from anogen.config import Plan, validate_config
+from anogen.config import validate_config
 from anogen.data.check import check_data
 from anogen.data.layouts import discover, layout_spec, scan_category
 from anogen.data.mvtec import GOOD
 from anogen.data.realiad import sample_of
 from anogen.errors import DataError
+from anogen.plan import Plan
 from tests import e2e
 from tests.preset_trees import REALIAD_CATEGORIES, REALIAD_DEFECTS, VIEWS, VISIBLE, make_realiad_tree
 

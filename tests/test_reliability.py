@@ -25,10 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anogen.config import Plan, validate_config
+from anogen.config import validate_config
 from anogen.data.demo import demo_layout
 from anogen.evaluation.summary import summarize
 from anogen.io import rebuild_command, sha256_file, verify_manifest
+from anogen.plan import Plan
 from tests import e2e
 from tests import reliability_utils as ru
 

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from anogen.config import Plan, validate_config
+from anogen.config import validate_config
 from anogen.data.demo import demo_layout
+from anogen.plan import Plan
 from tests import e2e
 
 pytestmark = pytest.mark.e2e

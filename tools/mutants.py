@@ -283,7 +283,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "detector-first-defect-only",
-        "anogen/config.py",
+        "anogen/plan.py",
         "for d in self.defects(category)}\n\n    def _detector_data_inputs",
         "for d in self.defects(category)[:1]}\n\n    def _detector_data_inputs",
         "keys",
@@ -291,7 +291,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "baseline-reads-generation",
-        "anogen/config.py",
+        "anogen/plan.py",
         'if variant == "baseline":\n            return {}\n        return {f"generation/',
         'if variant == "none":\n            return {}\n        return {f"generation/',
         "keys",

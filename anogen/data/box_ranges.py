@@ -137,8 +137,8 @@ def support_masks(plan, category: str, defect: str) -> list:
 
 def learn_all(config: dict, reference: dict | None = None) -> list[Row]:
     """A :class:`Row` per planned (category, defect): its learned range and the hand-set one."""
-    from anogen.config import Plan
     from anogen.generation.boxes import learned_box_range
+    from anogen.plan import Plan
 
     plan = Plan(config)
     learned_cfg = config["generation"]["learned_box"]

@@ -298,8 +298,8 @@ def _check_category(
 
 def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str], None] | None = None) -> CheckReport:
     """Check the data set of a validated config (``load_config_file``); see the module docstring."""
-    from anogen.config import Plan
     from anogen.data.layouts import layout_spec
+    from anogen.plan import Plan
 
     report = CheckReport()
     plan = Plan(config)

@@ -68,7 +68,7 @@ def support_rng_seed(category: str, defect: str, seed: int) -> int:
 def choose_support(names: Sequence[str], category: str, defect: str, shots: int, seed: int) -> list[str]:
     """The ``shots`` file names chosen among ``names``: a pure function of the sorted names and the seed.
 
-    Planning (``anogen.config.Plan``) calls this on the listed names to put the choice into the
+    Planning (``anogen.plan.Plan``) calls this on the listed names to put the choice into the
     support key; the support job then copies exactly the files the plan chose.
     """
     if shots < 1:

@@ -1,5 +1,5 @@
 # Config validation, the plan (categories x defects) and the keyed path of every artifact.
-# All logic lives in anogen.config.Plan; this file only turns it into paths and params.
+# All logic lives in anogen.plan.Plan; this file only turns it into paths and params.
 
 import os
 import sys
@@ -10,7 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from anogen.artifacts import STAGES, thaw
-from anogen.config import Plan, check_required_sources, validate_config
+from anogen.config import check_required_sources, validate_config
+from anogen.plan import Plan
 from anogen.errors import AnogenError
 from anogen.keys import canonical_json
 
@@ -117,7 +118,7 @@ def model_inputs(wildcards=None):
 
 
 # ---------------------------------------------------------------------------- the artifact graph
-# Paths, keys and params all come from PLAN (anogen.config.Plan over anogen.artifacts.STAGES):
+# Paths, keys and params all come from PLAN (anogen.plan.Plan over anogen.artifacts.STAGES):
 # the rules below only name the stage and the files.
 def output_pattern(stage, name=None):
     """A rule's output pattern: {category}... and {key} wildcards under the stage's folder."""
