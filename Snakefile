@@ -4,6 +4,7 @@
 #   snakemake --cores all --resources gpu=4 \
 #       --configfile config/mvtec.yaml --config data_root=/data/mvtec_ad   the paper's run
 #   snakemake --profile profiles/slurm ...         on a Slurm cluster
+#   snakemake --cores all paper --configfile config/mvtec-paper-study.yaml ...   the paper's ablations
 #
 # The config is validated (and defaults filled) before any job is planned; every artifact
 # path carries a content key of exactly the config values it depends on.
@@ -29,6 +30,7 @@ include: "workflow/rules/generation.smk"
 include: "workflow/rules/detectors.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/quality.smk"
+include: "workflow/rules/studies.smk"
 
 
 report: "workflow/report/workflow.rst"

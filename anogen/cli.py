@@ -41,6 +41,17 @@ def referenced_dirs(plan: Plan) -> set[Path]:
     return {Path(plan.path(stage, *values)).parent for stage in STAGES for values in plan.instances(stage)}
 
 
+def run_referenced_dirs(config: dict) -> set[Path]:
+    """Every keyed directory of the config's run: its own plan's and, with studies, every arm's."""
+    from anogen.studies.planner import RunPlan
+
+    run = RunPlan(config)
+    dirs = referenced_dirs(run.base)
+    for (stage, values, _), plan in run.study_artifacts().items():
+        dirs.add(Path(plan.path(stage, *values)).parent)
+    return dirs
+
+
 def keyed_dirs(results: Path) -> list[Path]:
     """Directories named by a 12-hex-digit key below each stage folder."""
     found = []
@@ -74,11 +85,11 @@ def _size(path: Path) -> int:
 
 
 def cmd_gc(args) -> int:
-    plans = [Plan(load_config_file(cf, _parse_overrides(args.config))) for cf in args.configfile]
-    results = {Path(p.config["results_dir"]) for p in plans}
+    configs = [load_config_file(cf, _parse_overrides(args.config)) for cf in args.configfile]
+    results = {Path(config["results_dir"]) for config in configs}
     keep: set[Path] = set()
-    for plan in plans:
-        keep |= {d.resolve() for d in referenced_dirs(plan)}
+    for config in configs:
+        keep |= {d.resolve() for d in run_referenced_dirs(config)}
     stale = [d for r in sorted(results) for d in keyed_dirs(r) if d.resolve() not in keep]
     total = 0
     for d in stale:
@@ -93,8 +104,7 @@ def cmd_gc(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    plan = Plan(load_config_file(args.configfile, _parse_overrides(args.config)))
-    for d in sorted(referenced_dirs(plan)):
+    for d in sorted(run_referenced_dirs(load_config_file(args.configfile, _parse_overrides(args.config)))):
         print(d)
     return 0
 
@@ -112,6 +122,9 @@ def cmd_estimate(args) -> int:
         )
         return 1
     try:
+        if config["studies"]:  # `snakemake paper`: the studies' distinct jobs, and each arm alone
+            print(est.format_study_report(est.build_study_jobs(config, found[1], found[0]), args.gpus))
+            return 0
         estimate = est.build_jobs(config, found[1], found[0])
     except est.MissingMeasurement as missing:
         print(

@@ -173,10 +173,39 @@ def check_required_sources(config: dict) -> None:
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> dict:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw = _read_yaml(Path(path))
     if overrides:
         raw = deep_update(raw, overrides)
-    return validate_config(raw)
+    return validate_config(resolve_extends(raw))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError("extends", f"{path} does not exist") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("<top level>", f"{path} does not hold a mapping of config keys")
+    return raw
+
+
+def resolve_extends(raw: dict, _chain: tuple[str, ...] = ()) -> dict:
+    """``raw`` over the file its ``extends`` names (that file's own ``extends`` first), recursively.
+
+    A study config (config/mvtec-paper-study.yaml) is a few keys over config/mvtec.yaml: writing
+    the whole base out again would let the two drift apart. ``extends`` keeps the first file's
+    path (for the record); a chain that comes back to a file already read is refused.
+    """
+    base_path = raw.get("extends")
+    if not base_path:
+        return raw
+    if not isinstance(base_path, str):
+        raise ConfigError("extends", f"{base_path!r} is not a path")
+    resolved = os.path.realpath(base_path)
+    if resolved in _chain:
+        raise ConfigError("extends", f"{base_path} extends itself (through {' -> '.join(_chain)})")
+    base = resolve_extends(_read_yaml(Path(base_path)), (*_chain, resolved))
+    return {**deep_update(base, {k: v for k, v in raw.items() if k != "extends"}), "extends": base_path}
 
 
 def deep_update(base: dict, extra: dict) -> dict:

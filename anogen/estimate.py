@@ -99,12 +99,17 @@ class Counts:
 
 def _plan_for(config: dict) -> tuple[Plan, str]:
     """A Plan; when data_root is missing, the published MVTec AD layout stands in for it."""
-    plan = Plan(config)
-    if plan.is_demo or Path(config["data_root"]).is_dir():
-        return plan, "counted in " + ("the demo config" if plan.is_demo else config["data_root"])
+    layout, source = _layout_for(config)
+    return Plan(config, layout=layout), source
+
+
+def _layout_for(config: dict) -> tuple[dict | None, str]:
+    """None (list data_root) and where counts come from; the published MVTec AD layout when data_root is missing."""
+    if Plan(config).is_demo or Path(config["data_root"]).is_dir():
+        return None, "counted in " + ("the demo config" if Plan(config).is_demo else config["data_root"])
     # "texture" as a folder listing would give it (anogen.data.layouts.discover); no count depends on it
     layout = {c: {"defects": list(d), "texture": False} for c, (_, _, d) in MVTEC_AD.items()}  # repeated on purpose
-    return Plan(config, layout=layout), f"published MVTec AD counts ({config['data_root']} does not exist)"
+    return layout, f"published MVTec AD counts ({config['data_root']} does not exist)"
 
 
 def count_images(plan: Plan, source: str) -> Counts:
@@ -172,68 +177,192 @@ class Estimate:
         return out
 
 
-def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
-    plan, source = _plan_for(config)
-    counts = count_images(plan, source)
-    notes: list[str] = []
-    gen_cfg, emb_cfg, det_cfg = config["generation"], config["embedding"], config["detectors"]
-    jobs: list[Job] = []
+class _Costs:
+    """Seconds and work of one job of any plan, from the throughput table (notes collected)."""
 
-    def overhead(entry: dict) -> float:
+    def __init__(self, table: dict, counts: Counts):
+        self.table, self.counts, self.notes = table, counts, []
+
+    @staticmethod
+    def _overhead(entry: dict) -> float:
         return float(entry.get("overhead_s") or 0.0)
 
-    emb = _rate(table, "embedding")
-    if emb.get("batch_size") is not None and int(emb["batch_size"]) != int(emb_cfg["batch_size"]):
-        notes.append(
-            f"embedding measured at batch {emb.get('batch_size')}, config batch {emb_cfg['batch_size']} "
-            "(steps/s used unscaled)"
-        )
-    gen = _rate(table, "generation")
-    if gen.get("batch_size") and int(gen["batch_size"]) != int(gen_cfg["batch_size"]):
-        notes.append(
-            f"generation measured at batch {gen['batch_size']}, config batch {gen_cfg['batch_size']} "
-            "(images/s used unscaled)"
-        )
-    gen_steps = int(gen.get("steps") or gen_cfg["steps"])
-    gen_ips = float(gen["value"]) * gen_steps / int(gen_cfg["steps"])
-    for c, d in plan.pairs():
-        e_name, g_name = f"embedding/{c}/{d}", f"generation/{c}/{d}"
-        steps = int(emb_cfg["steps"])
-        jobs.append(Job(e_name, "embedding", steps / float(emb["value"]) + overhead(emb), work=steps, unit="steps"))
-        n_normal = counts.n_train[c]
+    def embedding(self, plan: Plan, c: str, d: str) -> tuple[float, float, str]:
+        emb, cfg = _rate(self.table, "embedding"), plan.config["embedding"]
+        if emb.get("batch_size") is not None and int(emb["batch_size"]) != int(cfg["batch_size"]):
+            self.notes.append(
+                f"embedding measured at batch {emb.get('batch_size')}, config batch {cfg['batch_size']} "
+                "(steps/s used unscaled)"
+            )
+        steps = int(cfg["steps"])
+        return steps / float(emb["value"]) + self._overhead(emb), steps, "steps"
+
+    def generated_images(self, plan: Plan, c: str, d: str) -> int:
+        gen_cfg = plan.config["generation"]
+        n_normal = self.counts.n_train[c]
         if gen_cfg["max_normal_images"]:
             n_normal = min(n_normal, int(gen_cfg["max_normal_images"]))
-        images = n_normal * int(gen_cfg["boxes_per_image"]) * int(gen_cfg["images_per_box"])
-        jobs.append(Job(g_name, "generation", images / gen_ips + overhead(gen), (e_name,), images, "images"))
-        if plan.computes_quality:
-            entry = table.get("stages", {}).get("quality") or {}
-            n_real = max(0, _n_defect(plan, counts, c, d) - int(config["support"]["shots"]))
-            secs = quality_seconds(images, n_real, int(config["support"]["shots"]), entry, notes)
-            jobs.append(Job(f"quality/{c}/{d}", "quality", secs, (g_name,), images, "images"))
+        return n_normal * int(gen_cfg["boxes_per_image"]) * int(gen_cfg["images_per_box"])
 
-    evaluation = table.get("stages", {}).get("evaluation") or {}
-    if not evaluation.get("value"):
-        notes.append("evaluation not measured for this GPU: counted as 0 h")
-    size = int(det_cfg["image_size"])
-    for c, m, v in plan.detector_runs():
-        entry = _rate(table, f"detector_{m}")
+    def generation(self, plan: Plan, c: str, d: str) -> tuple[float, float, str]:
+        gen, cfg = _rate(self.table, "generation"), plan.config["generation"]
+        if gen.get("batch_size") and int(gen["batch_size"]) != int(cfg["batch_size"]):
+            self.notes.append(
+                f"generation measured at batch {gen['batch_size']}, config batch {cfg['batch_size']} "
+                "(images/s used unscaled)"
+            )
+        ips = float(gen["value"]) * int(gen.get("steps") or cfg["steps"]) / int(cfg["steps"])
+        images = self.generated_images(plan, c, d)
+        return images / ips + self._overhead(gen), images, "images"
+
+    def quality(self, plan: Plan, c: str, d: str) -> tuple[float, float, str]:
+        entry = self.table.get("stages", {}).get("quality") or {}
+        shots = int(plan.config["support"]["shots"])
+        images = self.generated_images(plan, c, d)
+        n_real = max(0, _n_defect(plan, self.counts, c, d) - shots)
+        return quality_seconds(images, n_real, shots, entry, self.notes), images, "images"
+
+    def detector(self, plan: Plan, c: str, m: str, v: str) -> tuple[float, float, str]:
+        entry = _rate(self.table, f"detector_{m}")
+        size = int(plan.config["detectors"]["image_size"])
         ref = int(entry.get("image_size") or size)
         ips = float(entry["value"]) * (ref / size) ** 2
         if ref != size:
-            notes.append(f"{m}: measured at {ref} px, scaled by pixel count to {size} px")
+            self.notes.append(f"{m}: measured at {ref} px, scaled by pixel count to {size} px")
         section = plan.detector_section(m, v)
         bs = int(section["batch_size"])
         if m == "draem":
-            images = int(section["epochs"]) * math.ceil(counts.n_train[c] / bs) * bs
+            images = int(section["epochs"]) * math.ceil(self.counts.n_train[c] / bs) * bs
         else:
             images = int(section["steps"]) * bs
+        return images / ips + self._overhead(entry), images, "images"
+
+    def evaluation(self, plan: Plan, c: str, m: str, v: str) -> tuple[float, float, str]:
+        entry = self.table.get("stages", {}).get("evaluation") or {}
+        n_test = self.counts.n_test[c]
+        if not entry.get("value"):
+            self.notes.append("evaluation not measured for this GPU: counted as 0 h")
+            return 0.0, n_test, "images"
+        return n_test / float(entry["value"]) + self._overhead(entry), n_test, "images"
+
+
+def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
+    plan, source = _plan_for(config)
+    counts = count_images(plan, source)
+    costs = _Costs(table, counts)
+    jobs: list[Job] = []
+    for c, d in plan.pairs():
+        e_name, g_name = f"embedding/{c}/{d}", f"generation/{c}/{d}"
+        seconds, work, unit = costs.embedding(plan, c, d)
+        jobs.append(Job(e_name, "embedding", seconds, (), work, unit))
+        seconds, work, unit = costs.generation(plan, c, d)
+        jobs.append(Job(g_name, "generation", seconds, (e_name,), work, unit))
+        if plan.computes_quality:
+            seconds, work, unit = costs.quality(plan, c, d)
+            jobs.append(Job(f"quality/{c}/{d}", "quality", seconds, (g_name,), work, unit))
+    for c, m, v in plan.detector_runs():
         deps = () if v == "baseline" else tuple(f"generation/{c}/{d}" for d in plan.defects(c))
         d_name = f"detector/{c}/{m}/{v}"
-        jobs.append(Job(d_name, "detector", images / ips + overhead(entry), deps, images, "images"))
-        n_test = counts.n_test[c]
-        secs = n_test / float(evaluation["value"]) + overhead(evaluation) if evaluation.get("value") else 0.0
-        jobs.append(Job(f"evaluation/{c}/{m}/{v}", "evaluation", secs, (d_name,), n_test, "images"))
-    return Estimate(jobs, table_path, table, counts, sorted(set(notes)))
+        seconds, work, unit = costs.detector(plan, c, m, v)
+        jobs.append(Job(d_name, "detector", seconds, deps, work, unit))
+        seconds, work, unit = costs.evaluation(plan, c, m, v)
+        jobs.append(Job(f"evaluation/{c}/{m}/{v}", "evaluation", seconds, (d_name,), work, unit))
+    return Estimate(jobs, table_path, table, counts, sorted(set(costs.notes)))
+
+
+# ----------------------------------------------------------------------------- studies
+# A study config runs every arm's artifacts once (anogen.studies.planner): its cost is that of
+# the distinct artifacts, set beside the cost of running each arm as a run of its own.
+GPU_STAGES = ("embedding", "generation", "quality", "detector", "evaluation")
+CPU_STAGES = ("support", "foreground")
+
+
+@dataclass
+class StudyEstimate:
+    shared: Estimate
+    alone: Estimate
+    cpu_jobs: dict[str, int]  # distinct support / foreground jobs (CPU, not timed)
+    n_studies: int
+    n_arms: int
+
+
+def _artifact_jobs(artifacts: dict, costs: _Costs, prefix: str = "") -> list[Job]:
+    """A Job per GPU artifact of ``{(stage, values, key): plan}``, named by key (so shared ones are one)."""
+
+    def name(stage, values, key):
+        return f"{prefix}{stage}/{'/'.join(values)}/{key}"
+
+    jobs = []
+    for (stage, values, key), plan in artifacts.items():
+        if stage not in GPU_STAGES:
+            continue
+        seconds, work, unit = getattr(costs, stage)(plan, *values)
+        deps = tuple(name(s, v, plan.key(s, *v)) for s, v in plan.upstream(stage, *values).values() if s in GPU_STAGES)
+        jobs.append(Job(name(stage, values, key), stage, seconds, deps, work, unit))
+    return jobs
+
+
+def build_study_jobs(config: dict, table: dict, table_path: Path) -> StudyEstimate:
+    """The studies' cost with sharing (each distinct artifact once) and with each arm run alone."""
+    from anogen.studies.planner import RunPlan, closure
+
+    layout, source = _layout_for(config)
+    run = RunPlan(config, layout)
+    if not run.studies:
+        raise ConfigError("studies", "this config has no study (anogen estimate without --studies costs its run)")
+    counts = count_images(run.base, source)
+    costs = _Costs(table, counts)
+    shared = run.study_artifacts()
+    alone: list[Job] = []
+    arms = [arm for study in run.studies.values() for arm in study.arms]
+    for arm in arms:
+        own = Plan(arm.plan.config, layout=run.base.layout)  # no pooled generation, its own test set
+        needed: dict = {}
+        for values in own.detector_runs():
+            closure(own, "evaluation", values, needed)
+        alone += _artifact_jobs(needed, costs, prefix=f"{arm.study}/{arm.name}:")
+    cpu = {stage: sum(1 for (s, _, _) in shared if s == stage) for stage in CPU_STAGES}
+    notes = sorted(set(costs.notes))
+    return StudyEstimate(
+        Estimate(_artifact_jobs(shared, costs), table_path, table, counts, notes),
+        Estimate(alone, table_path, table, counts, notes),
+        cpu,
+        len(run.studies),
+        len(arms),
+    )
+
+
+def format_study_report(est: StudyEstimate, n_gpus: int) -> str:
+    shared, alone = est.shared, est.alone
+    stages = [s for s in GPU_STAGES if s in shared.stages]
+    s_hours, a_hours = shared.stage_hours(), alone.stage_hours()
+    s_jobs, a_jobs = shared.stage_jobs(), alone.stage_jobs()
+    lines = [
+        f"throughput: {shared.table_path.name} -- {shared.table.get('gpu_model')}",
+        f"image counts: {shared.counts.source}",
+        f"{est.n_studies} studies, {est.n_arms} arms",
+        "",
+        f"{'stage':<11} {'jobs':>6} {'GPU-hours':>10}   {'each arm alone: jobs':>21} {'GPU-hours':>10}",
+    ]
+    for stage in CPU_STAGES:
+        lines.append(f"{stage:<11} {est.cpu_jobs[stage]:>6} {'(CPU)':>10}")
+    for stage in stages:
+        lines.append(
+            f"{stage:<11} {s_jobs[stage]:>6} {s_hours[stage]:>10.2f}   {a_jobs.get(stage, 0):>21} "
+            f"{a_hours.get(stage, 0.0):>10.2f}"
+        )
+    total_s, total_a = sum(s_hours.values()), sum(a_hours.values())
+    wall_s, wall_a = list_schedule(shared.jobs, n_gpus) / 3600, list_schedule(alone.jobs, n_gpus) / 3600
+    saved = total_a - total_s
+    lines += [
+        f"{'total':<11} {len(shared.jobs):>6} {total_s:>10.2f}   {len(alone.jobs):>21} {total_a:>10.2f}",
+        "",
+        f"wall time on {n_gpus} GPU{'s' if n_gpus != 1 else ''}: {wall_s:.2f} h shared, {wall_a:.2f} h with "
+        "each arm alone (greedy list schedule, longest ready job first)",
+        f"sharing saves {saved:.2f} GPU-hours ({100 * saved / total_a if total_a else 0:.0f}% of running each arm alone)",
+    ]
+    lines += [f"note: {n}" for n in shared.notes]
+    return "\n".join(lines)
 
 
 def _n_defect(plan: Plan, counts: Counts, category: str, defect: str) -> int:

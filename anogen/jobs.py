@@ -45,7 +45,7 @@ def _params(sm) -> dict[str, Any]:
     out = {}
     for name in p.keys():
         value = getattr(p, name)
-        if name in ("spec", "inputs", "runtime") and isinstance(value, str):
+        if name in ("spec", "inputs", "runtime", "study") and isinstance(value, str):
             value = json.loads(value)
         out[name] = value
     return out
@@ -468,6 +468,14 @@ def summarize(sm, params):
         comparison_png=sm.output.comparison,
         notes_html_path=sm.output.notes,
     )
+
+
+@job
+def study_table(sm, params):
+    """One study's table.csv, plot.png and section.html from its arms' evaluations."""
+    from anogen.studies.table import write_study
+
+    write_study(params["study"], Path(sm.output.table).parent)
 
 
 # ----------------------------------------------------------------------------- generation quality

@@ -46,6 +46,12 @@ class Plan:
     def __init__(self, config: dict, layout: dict[str, dict] | None = None):
         self.config = config
         self._layout = layout  # {category: {"defects": [...], "texture": bool}}; None = discover
+        # Set by the studies planner (anogen.studies.planner) before any key is asked for:
+        # {category: excluded test paths}, the union over a study's arms (one test set per study),
+        # and {(category, defect): N}, the images per normal image of the generation this plan's
+        # detectors read the first ones of (arms differing only in N share the largest).
+        self.study_excluded: dict[str, tuple[str, ...]] | None = None
+        self.generation_pool: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -240,7 +246,14 @@ class Plan:
 
     @functools.cache
     def excluded_from_test(self, category: str) -> tuple[str, ...]:
-        """Root-relative paths of the support images the evaluation leaves out (sorted)."""
+        """Root-relative paths of the test images the evaluation leaves out (sorted): this plan's
+        support images, or in a study the union of all its arms' (``study_excluded``)."""
+        if self.study_excluded is not None:
+            return self.study_excluded[category]
+        return self.own_support_exclusions(category)
+
+    def own_support_exclusions(self, category: str) -> tuple[str, ...]:
+        """The test images this config's own support sets take out (sorted; none without exclude_from_test)."""
         if not self.config["support"]["exclude_from_test"]:
             return ()
         chosen = {

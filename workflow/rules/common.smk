@@ -10,16 +10,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from anogen.artifacts import STAGES, thaw
-from anogen.config import check_required_sources, validate_config
-from anogen.plan import Plan
+from anogen.config import check_required_sources, resolve_extends, validate_config
 from anogen.errors import AnogenError
 from anogen.keys import canonical_json
+from anogen.studies.planner import RunPlan
 
 try:
-    _validated = validate_config(config)
+    _validated = validate_config(resolve_extends(config))
     config.clear()
     config.update(_validated)
-    PLAN = Plan(config)
+    # RUN: the config's own plan (PLAN) and one per study arm (anogen.studies.planner); a job is
+    # looked up by its key, so an artifact shared by several arms is one job.
+    RUN = RunPlan(config)
+    PLAN = RUN.base
 except AnogenError as _error:
     raise WorkflowError(f"invalid configuration: {_error}") from None
 
@@ -133,19 +136,31 @@ def _values(stage, wildcards):
     return tuple(getattr(wildcards, name) for name in STAGES[stage].wildcards)
 
 
+def job_plan(stage, wildcards):
+    """The plan (the config's own, or a study arm's) of the ``stage`` job with these wildcards."""
+    try:
+        return RUN.plan_for(stage, _values(stage, wildcards), wildcards.key)
+    except AnogenError as error:
+        raise WorkflowError(f"{error}") from None
+
+
 def job_param(stage, part):
     """A params entry (spec, inputs or runtime) of the job with these wildcards, as canonical JSON."""
-    return lambda w: as_json(thaw(getattr(PLAN.job(stage, *_values(stage, w)), part)))
+    return lambda w: as_json(
+        thaw(getattr(job_plan(stage, w).job(stage, *_values(stage, w)), part))
+    )
 
 
-def artifact(stage, name=None):
-    """Input function: file ``name`` of the ``stage`` artifact named by the job's wildcards."""
-    return lambda w: PLAN.path(stage, *_values(stage, w), name=name)
+def job_artifact(stage, of, name=None):
+    """Input function: file ``name`` of the ``of`` artifact with the same wildcards as the ``stage`` job."""
+    return lambda w: job_plan(stage, w).path(of, *_values(stage, w), name=name)
 
 
 def upstream(stage, of, name=None):
-    """Input function: the files of the ``of`` artifacts the ``stage`` job reads (PLAN.upstream)."""
-    return lambda w: PLAN.upstream_paths(stage, *_values(stage, w), of=of, name=name)
+    """Input function: the files of the ``of`` artifacts the ``stage`` job reads (Plan.upstream)."""
+    return lambda w: job_plan(stage, w).upstream_paths(
+        stage, *_values(stage, w), of=of, name=name
+    )
 
 
 def every(stage, name=None):

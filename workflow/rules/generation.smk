@@ -25,7 +25,7 @@ rule estimate_foreground:
 rule generate_anomalies:
     input:
         # the support images: the montage, and the masks of a learned box range (its key is then an input)
-        support=artifact("support"),
+        support=job_artifact("generation", of="support"),
         embedding=upstream(
             "generation", of="embedding", name="learned_embeds.safetensors"
         ),

@@ -1,0 +1,263 @@
+"""The run's plans: the config's own (``base``) and one per study arm, sharing every common artifact.
+
+A study arm is the config with a few values changed (``studies.<s>.arms[i].set``), trained and
+evaluated on the study's detectors in one variant. Each arm gets its own :class:`Plan`; since
+every artifact is content-addressed, two arms that read the same values get the same key, so
+Snakemake (which deduplicates jobs by output path) builds that artifact once. Two things are
+decided across plans, before any key is computed:
+
+1. **One test set per study.** Every arm of a study is evaluated on the test split less the
+   union of all its arms' support images (under ``support.exclude_from_test``): k = 5 takes more
+   anomalies out than k = 1, and comparing arms on different images would mix the effect of
+   the arm with that of the test set.
+2. **One generation per N-pool.** Generated sets whose spec and inputs differ only in
+   ``generation.images_per_normal`` are one set at the largest N among the plans of the run;
+   a detector whose config says N = k reads its first k images per normal image (the sampling
+   is prefix-stable: N = k alone is byte-identical to that subset, see anogen.generation.run).
+
+The workflow looks a job up by its stage, wildcards and key (:meth:`RunPlan.plan_for`), so the
+rules stay the same whatever plan an artifact comes from.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from anogen.config import deep_update, validate_config
+from anogen.errors import ConfigError
+from anogen.keys import content_key
+from anogen.plan import _NOT_IN_KEYS, Plan
+
+# What an arm may not change: where the run reads and writes, what it runs (the study decides
+# detectors and variant), and values that only change speed (arms sharing an artifact would
+# disagree on how to build it, and a speed setting is no ablation).
+_FIXED_KEYS = (
+    ("data_root",),
+    ("data_layout",),
+    ("results_dir",),
+    ("demo",),
+    ("resources",),
+    ("studies",),
+    ("extends",),
+    ("categories",),
+    ("defects",),
+    ("detectors", "models"),
+    ("detectors", "variants"),
+    ("detectors", "checkpoint_every"),
+    ("quality", "batch_size"),
+    *((section, name) for section, names in _NOT_IN_KEYS.items() for name in sorted(names)),
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a study: its settings and its plan."""
+
+    study: str
+    name: str
+    label: str
+    variant: str
+    paper_column: str | None
+    x: float | None
+    plan: Plan
+
+    def runs(self) -> list[tuple[str, str, str]]:
+        """The (category, detector, variant) evaluations this arm reports."""
+        return self.plan.detector_runs()
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    paper: str | None
+    detectors: tuple[str, ...]
+    plot: dict | None
+    arms: tuple[Arm, ...]
+
+
+def _set_paths(values: dict, prefix: tuple[str, ...] = ()):
+    """Every leaf path of a nested ``set:`` mapping."""
+    for key, value in values.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and value:
+            yield from _set_paths(value, path)
+        else:
+            yield path
+
+
+def arm_config(config: dict, study: str, arm: dict, detectors: list[str]) -> dict:
+    """The validated config of one arm: ``config`` with the arm's ``set`` values, the study's
+    detectors and the arm's variant; errors name ``studies.<study>.arms.<arm>.set.<key>``."""
+    where = f"studies.{study}.arms.{arm['name']}.set"
+    for path in _set_paths(arm["set"]):
+        for fixed in _FIXED_KEYS:
+            if path[: len(fixed)] == fixed:
+                raise ConfigError(
+                    f"{where}.{'.'.join(path)}",
+                    f"an arm cannot change {'.'.join(fixed)} (the run's data, outputs, speed settings and the "
+                    "study's detectors are the same for every arm; set it at the top level or in the study)",
+                )
+    raw = deep_update(config, arm["set"])
+    raw["studies"] = {}
+    raw["detectors"] = {**raw["detectors"], "models": list(detectors), "variants": [arm["variant"]]}
+    try:
+        return validate_config(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{where}.{error.key}", error.problem) from None
+
+
+class RunPlan:
+    """The base plan and every study arm's plan, with the cross-plan decisions made."""
+
+    def __init__(self, config: dict, layout: dict[str, dict] | None = None):
+        self.config = config
+        self.base = Plan(config, layout)
+        if not config["studies"]:
+            self.studies: dict[str, Study] = {}
+            self.plans: tuple[Plan, ...] = (self.base,)
+            return
+        layout = self.base.layout  # listed once, shared by every arm
+        self.base.pairs()  # a bad category or defect selection stops here, named as the config's own
+        studies = {}
+        for name, study in config["studies"].items():
+            names = [arm["name"] for arm in study["arms"]]
+            duplicate = sorted({n for n in names if names.count(n) > 1})
+            if duplicate:
+                raise ConfigError(f"studies.{name}.arms", f"arm names {duplicate} are used more than once")
+            arms = tuple(
+                Arm(
+                    study=name,
+                    name=arm["name"],
+                    label=arm.get("label") or arm["name"],
+                    variant=arm["variant"],
+                    paper_column=arm["paper_column"],
+                    x=arm["x"],
+                    plan=Plan(arm_config(config, name, arm, study["detectors"]), layout),
+                )
+                for arm in study["arms"]
+            )
+            studies[name] = Study(
+                name, study.get("title") or name, study["paper"], tuple(study["detectors"]), study["plot"], arms
+            )
+        self.studies = studies
+        self.plans = (self.base, *(arm.plan for s in studies.values() for arm in s.arms))
+        for study in studies.values():
+            _share_test_set(study)
+        _pool_generations(self.plans)
+
+    # ------------------------------------------------------------------ lookups
+    @functools.cache
+    def plan_for(self, stage: str, values: tuple[str, ...], key: str) -> Plan:
+        """The plan that plans the ``stage`` artifact with these wildcards and this key."""
+        for plan in self.plans:
+            if values in _instances(plan, stage) and plan.key(stage, *values) == key:
+                return plan
+        raise ConfigError(
+            "studies" if self.studies else "results_dir",
+            f"no planned {stage} artifact {'/'.join(values)} has key {key} (a path from another "
+            "config or an older checkout: ask for a target of this config instead)",
+        )
+
+    def study(self, name: str) -> Study:
+        if name not in self.studies:
+            raise ConfigError("studies", f"no study {name!r} in this config (studies: {sorted(self.studies)})")
+        return self.studies[name]
+
+    def evaluation_files(self, name: str) -> list[str]:
+        """metrics.json and manifest.json of every evaluation the study's table reads."""
+        return [
+            arm.plan.path("evaluation", *run, name=file)
+            for arm in self.study(name).arms
+            for run in arm.runs()
+            for file in ("metrics.json", "manifest.json")
+        ]
+
+    def study_spec(self, name: str) -> dict[str, Any]:
+        """What the study's gather job reads (anogen.studies.table.write_study)."""
+        study = self.study(name)
+        return {
+            "name": study.name,
+            "title": study.title,
+            "paper": study.paper,
+            "plot": study.plot,
+            "arms": [
+                {
+                    "name": arm.name,
+                    "label": arm.label,
+                    "paper_column": arm.paper_column,
+                    "x": arm.x,
+                    "evaluations": [
+                        {
+                            "category": c,
+                            "detector": m,
+                            "variant": v,
+                            "metrics": arm.plan.path("evaluation", c, m, v, name="metrics.json"),
+                            "manifest": arm.plan.path("evaluation", c, m, v, name="manifest.json"),
+                        }
+                        for c, m, v in arm.runs()
+                    ],
+                }
+                for arm in study.arms
+            ],
+        }
+
+    # ------------------------------------------------------------------ the jobs
+    def study_artifacts(self, names: list[str] | None = None) -> dict[tuple[str, tuple[str, ...], str], Plan]:
+        """Every keyed artifact the studies ``names`` (default: all) need, once: (stage, values, key) -> plan."""
+        needed: dict[tuple[str, tuple[str, ...], str], Plan] = {}
+        for name in names if names is not None else list(self.studies):
+            for arm in self.study(name).arms:
+                for run in arm.runs():
+                    closure(arm.plan, "evaluation", run, needed)
+        return needed
+
+
+def _instances(plan: Plan, stage: str) -> frozenset:
+    return _instance_sets(plan)[stage]
+
+
+@functools.cache
+def _instance_sets(plan: Plan) -> dict[str, frozenset]:
+    from anogen.artifacts import STAGES
+
+    return {stage: frozenset(plan.instances(stage)) for stage in STAGES}
+
+
+def closure(plan: Plan, stage: str, values: tuple[str, ...], needed: dict) -> None:
+    """Add the artifact and everything upstream of it (depth first, each once)."""
+    entry = (stage, tuple(values), plan.key(stage, *values))
+    if entry in needed:
+        return
+    needed[entry] = plan
+    for up_stage, up_values in plan.upstream(stage, *values).values():
+        closure(plan, up_stage, up_values, needed)
+
+
+def _share_test_set(study: Study) -> None:
+    """Every arm of ``study`` evaluated on the test split less the union of all arms' support images."""
+    categories = study.arms[0].plan.categories
+    union = {
+        c: tuple(sorted({path for arm in study.arms for path in arm.plan.own_support_exclusions(c)}))
+        for c in categories
+    }
+    for arm in study.arms:
+        arm.plan.study_excluded = copy.deepcopy(union)
+
+
+def _pool_generations(plans: tuple[Plan, ...]) -> None:
+    """Generated sets that differ only in images_per_normal become one, at the largest N."""
+    identity: dict[tuple[int, str, str], str] = {}
+    largest: dict[str, int] = {}
+    for index, plan in enumerate(plans):
+        for c, d in plan.pairs():
+            spec = dict(plan.spec("generation", c, d))
+            n = int(spec.pop("images_per_normal"))
+            key = content_key(spec, plan.inputs("generation", c, d))
+            identity[(index, c, d)] = key
+            largest[key] = max(n, largest.get(key, 0))
+    for (index, c, d), key in identity.items():
+        plans[index].generation_pool[(c, d)] = largest[key]

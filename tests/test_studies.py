@@ -1,0 +1,209 @@
+"""Studies (config ``studies:``): arms as plans that share artifacts, one test set per study, one
+generation per N-pool, arm validation, ``extends``, the paper study's distinct jobs, and its cost."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anogen.config import deep_update, load_config_file, resolve_extends, validate_config
+from anogen.errors import ConfigError
+from anogen.plan import Plan
+from anogen.studies.planner import RunPlan
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_STUDY = ROOT / "config" / "demo-study.yaml"
+PAPER_STUDY = ROOT / "config" / "mvtec-paper-study.yaml"
+
+
+def demo_run(studies: dict, **top) -> RunPlan:
+    raw = deep_update(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), top)
+    raw["studies"] = studies
+    return RunPlan(validate_config(raw))
+
+
+def by_stage(artifacts) -> collections.Counter:
+    return collections.Counter(stage for stage, _, _ in artifacts)
+
+
+# ----------------------------------------------------------------------------- sharing
+
+
+def test_demo_study_plans_each_distinct_artifact_once(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run = RunPlan(load_config_file(DEMO_STUDY))
+    assert sorted(run.studies) == ["demo_n", "demo_tau"]
+    artifacts = run.study_artifacts()
+    # nut_object's 3 defects; tau 0.90 (N = 4) is also the N = 4 arm; the N = 2 arm's detector
+    # reads the first 2 of the one generated set (N = 4)
+    assert by_stage(artifacts) == {
+        "support": 3,
+        "foreground": 1,
+        "embedding": 3,
+        "generation": 3,
+        "detector": 3,
+        "evaluation": 3,
+    }
+    tau, n = run.studies["demo_tau"], run.studies["demo_n"]
+    shared = ("nut_object", "draem", "anogen")
+    assert tau.arms[0].plan.key("detector", *shared) == n.arms[1].plan.key("detector", *shared)
+    assert tau.arms[0].plan.key("evaluation", *shared) == n.arms[1].plan.key("evaluation", *shared)
+    n2 = n.arms[0].plan
+    assert n2.key("generation", "nut_object", "chip") == tau.arms[1].plan.key("generation", "nut_object", "chip")
+    assert n2.spec("generation", "nut_object", "chip")["images_per_normal"] == 4
+    assert n2.spec("detector", *shared)["generated_per_image"] == 2
+    assert n.arms[1].plan.spec("detector", *shared)["generated_per_image"] == 4
+
+
+def test_lookup_by_key_finds_the_arm_that_plans_it(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run = RunPlan(load_config_file(DEMO_STUDY))
+    tau_80 = run.studies["demo_tau"].arms[1].plan
+    values = ("nut_object", "draem", "anogen")
+    key = tau_80.key("detector", *values)
+    assert run.plan_for("detector", values, key) is tau_80
+    assert run.plan_for("detector", values, key).job("detector", *values).spec["tau"] == 0.8
+    with pytest.raises(ConfigError, match="no planned detector artifact"):
+        run.plan_for("detector", values, "0" * 12)
+
+
+def test_a_config_without_studies_plans_as_before():
+    cfg = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    run = RunPlan(cfg)
+    plain = Plan(cfg)
+    assert run.plans == (run.base,) and run.studies == {}
+    for stage in ("generation", "detector", "evaluation"):
+        for values in plain.instances(stage):
+            assert run.base.key(stage, *values) == plain.key(stage, *values)
+
+
+def test_the_base_generation_is_pooled_with_the_arms():
+    """The config's own N = 4 generation is the arms' N = 8 set, read as its first 4."""
+    run = demo_run({"n": {"arms": [{"name": "N8", "set": {"generation": {"images_per_normal": 8}}}]}})
+    arm = run.studies["n"].arms[0].plan
+    for c, d in run.base.pairs():
+        assert run.base.key("generation", c, d) == arm.key("generation", c, d)
+        assert run.base.spec("generation", c, d)["images_per_normal"] == 8
+    c = run.base.categories[0]
+    assert run.base.spec("detector", c, "draem", "anogen")["generated_per_image"] == 4
+
+
+def test_arms_that_change_the_generation_are_not_pooled():
+    run = demo_run(
+        {
+            "n": {
+                "arms": [
+                    {"name": "N2", "set": {"generation": {"images_per_normal": 2}}},
+                    {"name": "N6_steps", "set": {"generation": {"images_per_normal": 6, "steps": 5}}},
+                ]
+            }
+        }
+    )
+    n2, n6 = (arm.plan for arm in run.studies["n"].arms)
+    c, d = n2.pairs()[0]
+    assert n2.key("generation", c, d) != n6.key("generation", c, d)
+    assert n2.spec("generation", c, d)["images_per_normal"] == 4  # pooled with the base's N = 4
+    assert n6.spec("generation", c, d)["images_per_normal"] == 6
+
+
+# ----------------------------------------------------------------------------- one test set per study
+
+
+def test_every_arm_of_a_study_is_evaluated_on_one_test_set():
+    run = demo_run(
+        {
+            "k": {
+                "arms": [
+                    {"name": "k1", "set": {"support": {"shots": 1}}},
+                    {"name": "k3"},
+                    {"name": "k3_seed1", "set": {"support": {"seed": 1}}},
+                ]
+            }
+        }
+    )
+    arms = run.studies["k"].arms
+    for c in run.base.categories:
+        own = [set(arm.plan.own_support_exclusions(c)) for arm in arms]
+        union = tuple(sorted(set().union(*own)))
+        assert len(union) > len(own[1])  # seed 1 chose other images
+        for arm in arms:
+            assert arm.plan.excluded_from_test(c) == union
+            assert arm.plan.spec("evaluation", c, "draem", "anogen")["excluded"] == union
+        assert run.base.excluded_from_test(c) == tuple(sorted(own[1]))  # the config's own run keeps its own
+
+
+def test_without_exclusion_every_arm_keeps_every_test_image():
+    run = demo_run(
+        {"k": {"arms": [{"name": "k1", "set": {"support": {"shots": 1}}}, {"name": "k3"}]}},
+        support={"exclude_from_test": False},
+    )
+    for arm in run.studies["k"].arms:
+        assert all(arm.plan.excluded_from_test(c) == () for c in run.base.categories)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("arm_set", "key"),
+    [
+        ({"data_root": "elsewhere"}, "studies.s.arms.a.set.data_root"),
+        ({"detectors": {"variants": ["baseline"]}}, "studies.s.arms.a.set.detectors.variants"),
+        ({"generation": {"batch_size": 2}}, "studies.s.arms.a.set.generation.batch_size"),
+        ({"categories": ["nut_object"]}, "studies.s.arms.a.set.categories"),
+        ({"detectors": {"tau": 1.5}}, "studies.s.arms.a.set.detectors.tau"),
+        ({"detectors": {"taux": 0.5}}, "studies.s.arms.a.set.detectors.taux"),
+    ],
+)
+def test_an_arm_that_cannot_be_run_is_refused_by_key(arm_set, key):
+    with pytest.raises(ConfigError) as error:
+        demo_run({"s": {"arms": [{"name": "a", "set": arm_set}]}})
+    assert error.value.key == key, error.value
+
+
+def test_arm_names_are_unique_within_a_study():
+    with pytest.raises(ConfigError, match=r"arm names \['a'\]"):
+        demo_run({"s": {"arms": [{"name": "a"}, {"name": "a", "set": {"detectors": {"tau": 0.8}}}]}})
+
+
+def test_study_names_and_paper_tables_are_checked_by_the_schema():
+    with pytest.raises(ConfigError, match="studies"):
+        demo_run({"bad name": {"arms": [{"name": "a"}]}})
+    with pytest.raises(ConfigError, match="paper"):
+        demo_run({"s": {"paper": "table9", "arms": [{"name": "a"}]}})
+
+
+# ----------------------------------------------------------------------------- extends
+
+
+def test_extends_reads_the_base_file_first(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("data_root: /data\ndetectors: {tau: 0.8, mix_prob: 0.3}\n")
+    middle = tmp_path / "middle.yaml"
+    middle.write_text(f"extends: {base}\ndetectors: {{tau: 0.7}}\n")
+    cfg = load_config_file(middle, {"detectors": {"mix_prob": 0.4}})
+    assert cfg["detectors"]["tau"] == 0.7 and cfg["detectors"]["mix_prob"] == 0.4
+    assert cfg["data_root"] == "/data" and cfg["extends"] == str(base)
+
+
+def test_extends_refuses_a_cycle_and_a_missing_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"extends: {b}\n")
+    b.write_text(f"extends: {a}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        resolve_extends({"extends": str(a)})
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_extends({"extends": str(tmp_path / "nope.yaml")})
+
+
+def test_the_paper_study_is_config_mvtec_with_studies(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    study = load_config_file(PAPER_STUDY)
+    mvtec = load_config_file(ROOT / "config" / "mvtec.yaml")
+    assert {k: v for k, v in study.items() if k not in ("studies", "extends")} == {
+        k: v for k, v in mvtec.items() if k not in ("studies", "extends")
+    }
+    assert sorted(study["studies"]) == ["fig5", "table1", "table2a", "table2b", "table2c", "table3", "table4"]
