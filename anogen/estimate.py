@@ -6,8 +6,8 @@ the speed of a GPU comes from a measured throughput table in ``bench/results/``
 GPU run replaces the seeded one). Work model per job:
 
 - embedding (one per (category, defect)): ``steps`` / steps_per_s;
-- generation (one per (category, defect)): ``n_normal x boxes_per_image x images_per_box``
-  images / images_per_s, scaled linearly by DDIM steps (measured at ``steps`` of the table);
+- generation (one per (category, defect)): ``n_normal x N`` images (N: ``Plan.images_per_normal``)
+  / images_per_s, scaled linearly by DDIM steps (measured at ``steps`` of the table);
 - detector (one per (category, detector, variant)): DRAEM ``epochs x ceil(n_train / batch)
   x batch`` images, DeSTSeg ``steps x batch`` images / images_per_s of that detector,
   scaled by pixel count from the table's image size;
@@ -203,7 +203,7 @@ def build_jobs(config: dict, table: dict, table_path: Path) -> Estimate:
         n_normal = counts.n_train[c]
         if gen_cfg["max_normal_images"]:
             n_normal = min(n_normal, int(gen_cfg["max_normal_images"]))
-        images = n_normal * int(gen_cfg["boxes_per_image"]) * int(gen_cfg["images_per_box"])
+        images = n_normal * plan.images_per_normal()
         jobs.append(Job(g_name, "generation", images / gen_ips + overhead(gen), (e_name,), images, "images"))
         if plan.computes_quality:
             entry = table.get("stages", {}).get("quality") or {}
