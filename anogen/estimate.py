@@ -6,8 +6,8 @@ the speed of a GPU comes from a measured throughput table in ``bench/results/``
 GPU run replaces the seeded one). Work model per job:
 
 - embedding (one per (category, defect)): ``steps`` / steps_per_s;
-- generation (one per (category, defect)): ``n_normal x boxes_per_image x images_per_box``
-  images / images_per_s, scaled linearly by DDIM steps (measured at ``steps`` of the table);
+- generation (one per (category, defect)): ``n_normal x N`` images (N: the generation spec's ``images_per_normal``)
+  / images_per_s, scaled linearly by DDIM steps (measured at ``steps`` of the table);
 - detector (one per (category, detector, variant)): DRAEM ``epochs x ceil(n_train / batch)
   x batch`` images, DeSTSeg ``steps x batch`` images / images_per_s of that detector,
   scaled by pixel count from the table's image size;
@@ -202,7 +202,8 @@ class _Costs:
         n_normal = self.counts.n_train[c]
         if gen_cfg["max_normal_images"]:
             n_normal = min(n_normal, int(gen_cfg["max_normal_images"]))
-        return n_normal * int(gen_cfg["boxes_per_image"]) * int(gen_cfg["images_per_box"])
+        # the images the job makes: its N, which in a study is the largest N of its pool
+        return n_normal * int(plan.spec("generation", c, d)["images_per_normal"])
 
     def generation(self, plan: Plan, c: str, d: str) -> tuple[float, float, str]:
         gen, cfg = _rate(self.table, "generation"), plan.config["generation"]

@@ -477,9 +477,18 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ stage 2: generation
+    def images_per_normal(self) -> int:
+        """N, the generated images per normal image (the paper's N, Fig. 5):
+        ``generation.images_per_normal``, or boxes_per_image x images_per_box when that is null."""
+        gen = self.config["generation"]
+        if gen["images_per_normal"] is None:
+            return int(gen["boxes_per_image"]) * int(gen["images_per_box"])
+        return int(gen["images_per_normal"])
+
     def _generation_spec(self, category: str, defect: str) -> dict:
         gen = self.config["generation"]
         drop = {
+            "boxes_per_image",  # the job reads N (below); its boxes follow from N and images_per_box
             "box_ranges",
             "default_box",
             "learned_box",  # in the resolved box below
@@ -488,6 +497,9 @@ class Plan:
             *_SELECTORS["generation"],
         }
         spec = _without(gen, drop)
+        # N of the set generated: this config's, or in a run with studies the largest N of the
+        # plans whose generation differs from this one's only in N (their detectors read its first N)
+        spec["images_per_normal"] = self.generation_pool.get((category, defect), self.images_per_normal())
         spec.update(category=category, defect=defect, box=self.box(category, defect), texture=self.texture(category))
         template = self.box_template(category, defect)
         if template is not None:
@@ -601,6 +613,7 @@ class Plan:
                 weak_on_synthetic=det["weak_on_synthetic"],
                 generated_normal_prob=det[detector]["generated_normal_prob"],
                 augment_generated=det[detector]["augment_generated"],
+                generated_per_image=self.images_per_normal(),
                 **{k: det[detector][k] for k in self._GENERATED_SET_KEYS[detector]},
             )
         return spec

@@ -5,7 +5,7 @@ Random weights (anogen.quality.networks.write_random_weights: the same architect
 published files), random images. Measures Inception-v3 images/s (torch-fidelity resizes every image
 to 299 px, so the input size hardly matters), LPIPS pairs/s at ``--size``, and one whole
 ``quality_metrics`` call on a small set; then projects one job of the paper's scale (an MVTec AD
-defect type: 4 generated images per normal image) with ``anogen.estimate.quality_seconds``.
+defect type: N = 4 generated images per normal image) with ``anogen.estimate.quality_seconds``.
 
     python bench/bench_quality.py                       # CPU, small sizes (bench/results/quality_cpu.json)
     python bench/bench_quality.py --device cuda --out bench/results/quality_<gpu>.json

@@ -256,7 +256,7 @@ def test_template_replaces_the_foreground_for_that_defect(trees):
     )
     allowed = np.zeros((resolution, resolution), np.uint8)
     allowed[:, :24] = 1  # the left half of the template, at 48 px
-    assert len(planned) == len(normals) * spec["boxes_per_image"] * spec["images_per_box"]
+    assert len(planned) == len(normals) * spec["images_per_normal"]
     for item in planned:
         raster = item.box.to_mask(resolution, resolution)
         assert (raster & allowed).sum() > 0.75 * raster.sum()

@@ -201,7 +201,7 @@ def test_jpeg_switch_writes_the_authors_bytes(tmp_path):
     assert 0 < np.abs(decoded.astype(int) - arr.astype(int)).mean()  # lossy, as theirs
     save_generated_image(tmp_path / "b.png", arr, None)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), arr)
-    item = PlannedImage("n_b0_s0.png", 0, 0, 0, None, 1, image_suffix=".jpg")
+    item = PlannedImage("n_b0_s0.png", 0, 0, 0, 0, None, 1, image_suffix=".jpg")
     assert item.image == "images/n_b0_s0.jpg" and item.mask == "masks/n_b0_s0.png"
 
 

@@ -28,7 +28,7 @@ from anogen.resumable import KILL_ENV
 RES = 64
 BATCH = 3
 SPEC = {
-    "boxes_per_image": 2,
+    "images_per_normal": 4,
     "images_per_box": 2,
     "steps": 3,
     "guidance_scale": 5.0,
@@ -67,11 +67,18 @@ def _object(size, seed):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    w = make_world(tmp_path_factory, RES)
+    w["reference"] = _generate(w, w["work"] / "reference")
+    return w
+
+
+def make_world(tmp_path_factory, resolution: int) -> dict:
+    """A tiny LDM at ``resolution``, two normal images, their foreground set and an embedding."""
     torch.set_num_threads(1)  # module fixtures run before the function-scoped thread fixture
     base = tmp_path_factory.getbasetemp()
-    model = base / f"gen-tiny-ldm-{RES}"
+    model = base / f"gen-tiny-ldm-{resolution}"
     if not model.exists():
-        build_tiny_model("ldm", model, seed=0, resolution=RES)
+        build_tiny_model("ldm", model, seed=0, resolution=resolution)
     work = tmp_path_factory.mktemp("genrun")
     root = work / "data"
     folder = root / "bottle" / "train" / "good"
@@ -98,9 +105,7 @@ def world(tmp_path_factory):
         emb, "<anomaly>", torch.randn(backbone.embedding_dim, generator=torch.Generator().manual_seed(0))
     )
     support = [_object(64, 10)]
-    w = dict(model=model, root=root, normals=normals, fg=fg, emb=emb, backbone=backbone, support=support, work=work)
-    w["reference"] = _generate(w, work / "reference")
-    return w
+    return dict(model=model, root=root, normals=normals, fg=fg, emb=emb, backbone=backbone, support=support, work=work)
 
 
 def _generate(w, out_dir, **kw):

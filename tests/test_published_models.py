@@ -206,7 +206,7 @@ rng = np.random.default_rng(0)
 Image.fromarray(rng.integers(90, 200, (64, 64, 3), dtype=np.uint8)).save(normal)
 fg = build_foreground_set(image_paths=[normal], data_root=work / "data", texture=True, template=None, iterations=1,
     out_dir=work / "fg", key="fgkey", inputs={{}}, spec={{"category": "c"}})
-spec = {{"boxes_per_image": 1, "images_per_box": 1, "steps": 2, "guidance_scale": 5.0, "eta": 0.0,
+spec = {{"images_per_normal": 1, "images_per_box": 1, "steps": 2, "guidance_scale": 5.0, "eta": 0.0,
     "paste_back": False, "seed": 0, "min_overlap": 0.5, "max_tries": 1000, "max_normal_images": None, "jpeg_quality": None,
     "category": "c", "defect": "d", "box": {{"width": [0.2, 0.3], "height": [0.2, 0.3], "rotate": False}},
     "texture": True, "mixed_precision": "no", "resize": "squash"}}

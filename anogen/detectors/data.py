@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,43 @@ def _data_root_of(train_images: Sequence[Path], sources: list[tuple[Path, str, s
     return None if roots is None else roots.pop()
 
 
+def _first_per_image(mpath: Path, entries: list[dict], per_image: int) -> list[dict]:
+    """The entries with ``index_in_image < per_image``: the first ``per_image`` generated images
+    of every normal image (stage 2 makes them those of a run with N = ``per_image``)."""
+    kept = [e for e in entries if int(e["index_in_image"]) < per_image]
+    pool, got = Counter(e["source_image"] for e in entries), Counter(e["source_image"] for e in kept)
+    for source, n_pool in pool.items():
+        if got[source] < per_image:
+            raise DataError(
+                mpath,
+                f"has {n_pool} generated images of {source} ({got[source]} with index_in_image < {per_image}), but the "
+                f"detector reads generated_per_image={per_image}: generate with images_per_normal >= {per_image}",
+            )
+    return kept
+
+
+def _manifest_entries(mpath: Path, manifest: dict, per_image: int | None) -> list[dict]:
+    """A generation manifest's items (all, or the first ``per_image`` per normal image), fields checked."""
+    required = ("image", "mask", "source_image") + (() if per_image is None else ("index_in_image",))
+    entries = manifest.get("extra", {}).get("items", [])
+    for entry in entries:
+        missing = [f for f in required if f not in entry]
+        if missing:
+            raise DataError(mpath, f"generated item without '{missing[0]}' field")
+    return entries if per_image is None else _first_per_image(mpath, entries, per_image)
+
+
 def load_generated_items(
-    manifests: Sequence[str | Path], train_images: Sequence[str | Path], data_root: str | Path | None
+    manifests: Sequence[str | Path],
+    train_images: Sequence[str | Path],
+    data_root: str | Path | None,
+    per_image: int | None = None,
 ) -> list[GeneratedItem]:
     """Every item of every generation manifest; each image and mask is sha256-verified.
+
+    ``per_image`` (a detector spec's ``generated_per_image``, the paper's N): only the items
+    with ``index_in_image < per_image``, the first N per normal image; a normal image with
+    fewer raises ``DataError`` naming the manifest. None: every item.
 
     An item's ``source_image`` is data-root-relative (``anogen.generation.run``); it must be one
     of ``train_images`` (``data_root / source_image``), else ``DataError`` naming the manifest
@@ -191,10 +225,7 @@ def load_generated_items(
             mpath = mpath / "manifest.json"
         manifest = load_manifest(mpath)
         manifests_spec[mpath] = manifest.get("spec") or {}
-        for entry in manifest.get("extra", {}).get("items", []):
-            missing = [f for f in ("image", "mask", "source_image") if f not in entry]
-            if missing:
-                raise DataError(mpath, f"generated item without '{missing[0]}' field")
+        for entry in _manifest_entries(mpath, manifest, per_image):
             image = verify_file(mpath, entry["image"], manifest)
             entries.append((mpath, entry, image, verify_file(mpath, entry["mask"], manifest)))
     if data_root is None:

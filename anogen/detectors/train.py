@@ -8,7 +8,9 @@ Files written into ``out_dir``:
 - ``train_log.csv``: one row per step (losses, learning rate, seconds since start);
 - ``manifest.json`` last (``anogen.io.write_manifest``, stage ``detector``), with
   ``extra``: texture source, teacher status (DeSTSeg), parameter counts, steps, final loss,
-  and whatever the caller passes in ``extra`` (the device lease).
+  the generated images used (``n_generated_per_defect``; ``generated_per_image``, the first
+  N per normal image read, None = all) and whatever the caller passes in ``extra`` (the
+  device lease).
 
 Resuming (``anogen.resumable.ResumableJob``): every ``checkpoint_every`` steps
 ``checkpoints/state.pt`` is replaced atomically, key-checked: network and optimiser states,
@@ -28,6 +30,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,6 +130,7 @@ def train_detector(
     _export_model(job.out_dir, trainer, spec)
     sources = {"texture_source": texture_info, "n_train_images": len(train_images), "n_generated_items": len(generated)}
     sources["authors_sampling_quirk"] = quirk
+    sources["n_generated_per_defect"] = dict(sorted(Counter(str(item.defect) for item in generated).items()))
     manifest_extra = _manifest_extra(spec, trainer, device, last, job.out_dir, speed, sources)
     job.mark_finished(FILES, manifest_extra)
     return _write_manifest(job, {**manifest_extra, **(extra or {})})
@@ -136,11 +140,12 @@ def train_detector(
 
 
 def _generated_items(spec: dict[str, Any], manifests, train_images, data_root) -> tuple[list, dict | None]:
-    """The generated items a non-baseline variant trains on and, with
+    """The generated items a non-baseline variant trains on (the first ``generated_per_image`` per
+    normal image; every item for a spec without it) and, with
     ``detectors.draem.authors_sampling_quirk``, the kept share per defect (None when off)."""
     if spec["variant"] == "baseline":
         return [], None
-    items = load_generated_items(manifests, train_images, data_root)
+    items = load_generated_items(manifests, train_images, data_root, spec.get("generated_per_image"))
     if not spec.get("authors_sampling_quirk"):  # a DeSTSeg spec has no such key
         return items, None
     kept, report = authors_sampling_quirk(items, spec["category"], int(spec["seed"]))
@@ -372,6 +377,8 @@ def _manifest_extra(spec, trainer, device: str, last: dict[str, float], out_dir:
         "batch_size": trainer.batch_size,
         "n_train_images": sources["n_train_images"],
         "n_generated_items": sources["n_generated_items"],
+        "n_generated_per_defect": sources["n_generated_per_defect"],
+        "generated_per_image": spec.get("generated_per_image"),
         "final_loss": last.get("loss") if last else _last_logged_loss(out_dir / LOG_FILE),
         "device": device,
         "precision": {

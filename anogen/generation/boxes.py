@@ -131,6 +131,11 @@ def sample_boxes(
 
     ``strict`` keeps a box only when MORE than ``min_overlap`` of it is inside (the authors'
     template rule); ``overlap_key`` is the config key named when no box can be placed.
+
+    Prefix-stable: boxes are drawn one after the other, box i from the generator state left by
+    boxes 0..i-1 and checked for distinctness against those only, so the first b boxes of a
+    call with ``n`` > b are the boxes of a call with ``n`` = b (``generation.images_per_normal``
+    relies on it: a smaller N is the start of a larger one).
     """
     fg = np.asarray(foreground) > 0
     if fg.ndim != 2:

@@ -25,7 +25,7 @@ from anogen.io import load_manifest, sha256_file, verify_file
 from anogen.keys import canonical_json
 
 _SPEC_KEYS = (
-    "boxes_per_image",
+    "images_per_normal",
     "images_per_box",
     "steps",
     "guidance_scale",

@@ -6,13 +6,20 @@ One model load per job. For every normal image (in the order given):
   when the defect has a box template (``spec["template"]``: the authors' hand-drawn
   ``mask_template`` or ``generation.templates``), the template replaces it: boxes are kept
   when more than ``template.containment`` of them lies inside it (the authors' ``> 0.75``);
-- ``boxes_per_image`` distinct boxes are drawn on it (at the model resolution) with a numpy
-  generator seeded by ``derive_seed("boxes", seed, category, defect, stem)``;
-- every box gets ``images_per_box`` samples, each with its own CPU ``torch.Generator``
-  seeded by ``derive_seed("sample", seed, category, defect, stem, box, sample)``.
+- ``images_per_normal`` (N, the paper's N) images are generated from it: ceil(N /
+  ``images_per_box``) distinct boxes are drawn on it (at the model resolution) with a numpy
+  generator seeded by ``derive_seed("boxes", seed, category, defect, stem)``, every box gets
+  ``images_per_box`` samples, each with its own CPU ``torch.Generator`` seeded by
+  ``derive_seed("sample", seed, category, defect, stem, box, sample)``, and the first N of
+  them in the order (box 0: samples 0..images_per_box-1, box 1: ...) are kept.
 
 Seeds come from sha256 (never Python's ``hash()``), so any single image can be regenerated
-alone, and the set does not depend on ``batch_size`` beyond float round-off.
+alone, and the set does not depend on ``batch_size`` beyond float round-off. Nor do seeds
+depend on N, and boxes are drawn one after the other (``sample_boxes``): the first k images
+per normal image of a run with N > k have the boxes, seeds and names of a run with N = k
+(the pixels too, bit for bit, when both runs sample them in the same batches, e.g.
+``batch_size`` 1; else up to the round-off above). A detector that reads N = k therefore
+takes the items with ``index_in_image < k`` of one larger generated set.
 
 Outputs (all at the diffusion model's resolution, e.g. 256 px for LDM, 512 px for SD; the
 detectors resize anyway): ``images/<stem>_b<i>_s<j>.png`` (``.jpg``, JPEG, with
@@ -20,7 +27,8 @@ detectors resize anyway): ``images/<stem>_b<i>_s<j>.png`` (``.jpg``, JPEG, with
 0/255: the weak label), ``montage.png`` and, last, ``manifest.json`` whose
 ``extra["items"]`` is the contract read by the detectors: ``image``, ``mask``,
 ``source_image`` (data-root-relative POSIX path), ``box`` (pixels at ``resolution``),
-``seed``, plus ``box_index``/``sample_index``.
+``seed``, plus ``box_index``/``sample_index`` and ``index_in_image`` (0..N-1, = box_index x
+images_per_box + sample_index: the item's place in the order above, which detectors cut at k).
 
 Resume: each image and its mask are written atomically, then a line with their sha256 is
 appended to ``progress.jsonl``. A rerun skips every planned image whose record matches the
@@ -35,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +83,7 @@ class PlannedImage:
     image_index: int  # index into the normal images
     box_index: int
     sample_index: int
+    index_in_image: int  # box_index * images_per_box + sample_index: the first N of them are kept
     box: Box
     seed: int
     image_suffix: str = ".png"  # ".jpg" with generation.jpeg_quality
@@ -173,13 +183,15 @@ def _normal_images_used(normal_images: Sequence[Path], data_root: Path, spec: di
 def _plan_image(
     spec: dict, index: int, path: Path, foreground: np.ndarray, where: _BoxRegion, box: dict
 ) -> list[PlannedImage]:
-    """The boxes of one normal image (range ``box``), each with ``images_per_box`` seeded samples."""
+    """The first ``images_per_normal`` (box, sample) pairs of one normal image (box range ``box``),
+    box by box, ``images_per_box`` seeded samples each (the last box may be cut short)."""
     category, defect, seed = spec["category"], spec["defect"], int(spec["seed"])
+    n_images, per_box = int(spec["images_per_normal"]), int(spec["images_per_box"])
     rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
     boxes = sample_boxes(
         rng,
         foreground,
-        int(spec["boxes_per_image"]),
+        math.ceil(n_images / per_box),
         box["width"],
         box["height"],
         bool(box["rotate"]),
@@ -196,12 +208,12 @@ def _plan_image(
             image_index=index,
             box_index=b,
             sample_index=j,
-            box=placed,
+            index_in_image=b * per_box + j,
+            box=boxes[b],
             seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
             image_suffix=".png" if spec["jpeg_quality"] is None else ".jpg",
         )
-        for b, placed in enumerate(boxes)
-        for j in range(int(spec["images_per_box"]))
+        for b, j in (divmod(k, per_box) for k in range(n_images))
     ]
 
 
@@ -446,6 +458,7 @@ def _manifest_items(plan: list[PlannedImage], rels: list[str]) -> list[dict]:
             "seed": it.seed,
             "box_index": it.box_index,
             "sample_index": it.sample_index,
+            "index_in_image": it.index_in_image,
         }
         for it in plan
     ]
