@@ -4,7 +4,7 @@
 #   snakemake --cores all --resources gpu=4 \
 #       --configfile config/mvtec.yaml --config data_root=/data/mvtec_ad   the paper's run
 #   snakemake --profile profiles/slurm ...         on a Slurm cluster
-#   snakemake --cores all paper --configfile config/mvtec-paper-study.yaml ...   the paper's ablations
+#   snakemake paper --cores all --configfile config/mvtec-paper-study.yaml ...   the paper's ablations
 #
 # The config is validated (and defaults filled) before any job is planned; every artifact
 # path carries a content key of exactly the config values it depends on.

@@ -9,6 +9,7 @@ added to the README later is tested too (or the test is taught what it is).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shlex
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogen.config import deep_update, validate_config
+from anogen.config import deep_update, resolve_extends, validate_config
 from anogen.plan import Plan
 from tests import e2e
 
@@ -68,7 +69,8 @@ def fake_mvtec(tmp_path_factory) -> Path:
     """An MVTec-AD-layout tree with the real category and defect names (a few tiny images each)."""
     from tests.fake_trees import build_fake_mvtec
 
-    return build_fake_mvtec(tmp_path_factory.mktemp("mvtec") / "mvtec_anomaly_detection")
+    # 6 per folder: MVTec's smallest defect folder has more than 5, which the paper study's k = 5 arm takes
+    return build_fake_mvtec(tmp_path_factory.mktemp("mvtec") / "mvtec_anomaly_detection", per_folder=6)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +163,8 @@ def config_of(statement: str, checkout: Path, places: dict[str, Path]) -> dict:
     for pair in pairs:
         key, _, value = pair.partition("=")
         raw = deep_update(raw, {key: value})
-    return validate_config(raw)
+    with contextlib.chdir(checkout):  # `extends:` paths are relative to the working directory
+        return validate_config(resolve_extends(raw))
 
 
 def expected_manifests(plan: Plan) -> dict[str, set[str]]:
@@ -239,6 +242,45 @@ def check_full_run(statement: str, words: list[str], counts, outputs, text: str,
             assert got == expected, (statement, rule, sorted(got ^ expected)[:4])
 
 
+STUDY_RULES = {
+    "support": "select_support",
+    "foreground": "estimate_foreground",
+    "embedding": "learn_embedding",
+    "generation": "generate_anomalies",
+    "detector": "train_detector",
+    "evaluation": "evaluate_detector",
+}
+
+
+def readme_study_counts() -> dict[str, int]:
+    """The jobs per rule the README's table states for the paper study (its rows `| `rule` | n | why |`)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Reproducing the paper's tables") :]
+    section = section[: section.index("\n## ", 3)]
+    rows = re.findall(r"^\| `(\w+)` \| (\d[\d,]*) \|", section, flags=re.M)
+    return {rule: int(n.replace(",", "")) for rule, n in rows}
+
+
+def check_study_run(statement: str, counts, config: dict) -> None:
+    """A study target plans each distinct artifact of its arms once (anogen.studies.planner), and for the
+    paper study exactly the README's counts."""
+    from anogen.studies.planner import RunPlan
+
+    run = RunPlan(config)
+    names = [w[len("study_") :] for w in shlex.split(statement) if w.startswith("study_")] or list(run.studies)
+    distinct = collections.Counter(stage for stage, _, _ in run.study_artifacts(names))
+    for stage, rule in STUDY_RULES.items():
+        assert counts[rule] == distinct[stage], (statement, rule, counts[rule], distinct[stage])
+    assert counts["study_table"] == len(names), (statement, counts)
+    if "mvtec-paper-study" in statement:
+        stated = readme_study_counts()
+        assert len(stated) == len(STUDY_RULES), stated
+        assert {rule: counts[rule] for rule in stated if rule != "study_table"} == {
+            rule: n for rule, n in stated.items() if rule != "study_table"
+        }, (stated, counts)
+        assert counts["paper"] == 1 and sum(counts.values()) == 1705, counts
+
+
 def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
     checked = collections.Counter()
     checkout = fresh_checkout(tmp_path / "checkout")
@@ -303,7 +345,10 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
         counts, outputs = planned(proc.stdout)
         text = proc.stdout + proc.stderr
         config = config_of(statement, checkout, places)
-        if "--configfile" not in words:
+        if config["studies"]:
+            check_study_run(statement, counts, config)
+            checked["study"] += 1
+        elif "--configfile" not in words:
             # The demo: its data and its tiny random model, and the warning that says so.
             assert counts["demo_data"] == 1 and counts["tiny_model"] == 1, (statement, counts)
             assert counts["learn_embedding"] == len(Plan(config).pairs()) == 7
@@ -315,6 +360,7 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
             check_full_run(statement, words, counts, outputs, text, config, places)
             checked["full run"] += 1
     assert checked["demo"] >= 2 and checked["full run"] >= 5 and checked["printf"] >= 2, checked
+    assert checked["study"] >= 3, checked
     assert {
         "anogen preflight",
         "anogen estimate",
