@@ -69,8 +69,8 @@ def run_bytes(plan, estimate, resolution: int, concurrent_jobs: int) -> dict[str
         if job.stage == "generation":
             kept["generation"] += generation_bytes(int(job.work), resolution)
         elif job.stage == "detector":
-            _, category, detector, variant = job.name.split("/")
-            final, peak = detector_bytes(plan.spec("detector", category, detector, variant))
+            category, detector, variant = job.name.split("/")[1:4]  # a study's jobs end in /<key>
+            final, peak = detector_bytes((job.plan or plan).spec("detector", category, detector, variant))
             kept["detector"] += final
             peaks.append(peak - final)
         elif job.stage == "evaluation":

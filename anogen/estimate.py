@@ -149,6 +149,7 @@ class Job:
     deps: tuple[str, ...] = ()
     work: float = 0.0
     unit: str = ""
+    plan: Plan | None = None  # the arm's plan, in a study estimate (None: the config's own)
 
 
 @dataclass
@@ -299,7 +300,7 @@ def _artifact_jobs(artifacts: dict, costs: _Costs, prefix: str = "") -> list[Job
             continue
         seconds, work, unit = getattr(costs, stage)(plan, *values)
         deps = tuple(name(s, v, plan.key(s, *v)) for s, v in plan.upstream(stage, *values).values() if s in GPU_STAGES)
-        jobs.append(Job(name(stage, values, key), stage, seconds, deps, work, unit))
+        jobs.append(Job(name(stage, values, key), stage, seconds, deps, work, unit, plan))
     return jobs
 
 
@@ -323,6 +324,11 @@ def build_study_jobs(config: dict, table: dict, table_path: Path) -> StudyEstima
             closure(own, "evaluation", values, needed)
         alone += _artifact_jobs(needed, costs, prefix=f"{arm.study}/{arm.name}:")
     cpu = {stage: sum(1 for (s, _, _) in shared if s == stage) for stage in CPU_STAGES}
+    if layout is not None:
+        costs.notes.append(
+            "support sets are chosen among the data's file names: without the data, arms with other support "
+            "sets share their study's test set here, so those studies' repeated evaluations are not counted"
+        )
     notes = sorted(set(costs.notes))
     return StudyEstimate(
         Estimate(_artifact_jobs(shared, costs), table_path, table, counts, notes),

@@ -254,7 +254,9 @@ def _check_space(plan: Plan, report: PreflightReport, *, gpus: int, **_) -> None
     if found is None:
         report.warn("no throughput table in bench/results: neither disk space nor time estimated")
         return
-    estimate = est.build_jobs(plan.config, found[1], found[0])
+    studies = est.build_study_jobs(plan.config, found[1], found[0]) if plan.config["studies"] else None
+    # with studies, `snakemake paper`: every distinct artifact of their arms
+    estimate = studies.shared if studies else est.build_jobs(plan.config, found[1], found[0])
     resolution = report.resolution or int(plan.config["detectors"]["image_size"])
     need = sizes.run_bytes(plan, estimate, resolution, concurrent_jobs=gpus)
     results = plan.config["results_dir"]
@@ -270,4 +272,4 @@ def _check_space(plan: Plan, report: PreflightReport, *, gpus: int, **_) -> None
             f"results_dir {results}: {sizes.human(free)} free on {where}, the run needs about "
             f"{sizes.human(need['total'])} (detector checkpoints dominate)"
         )
-    report.lines.append(est.format_report(estimate, gpus))
+    report.lines.append(est.format_study_report(studies, gpus) if studies else est.format_report(estimate, gpus))
