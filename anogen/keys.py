@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 KEY_LENGTH = 12
@@ -40,3 +41,13 @@ def content_key(spec: Any, inputs: dict[str, str] | None = None) -> str:
     """Short content key of ``spec`` (the config subset) and ``inputs`` (upstream keys by role)."""
     payload = {"spec": spec, "inputs": dict(inputs or {})}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def test_set_id(names: Iterable[str]) -> str:
+    """Short identity of a set of names: sha256 of the sorted, newline-joined names, 12 hex digits.
+
+    An evaluation's ``test_set`` is this over the data-root-relative POSIX paths of the test
+    images it evaluated (support images excluded); a study's mean row hashes the lines
+    ``<category>:<test_set>`` of its categories the same way. The order given does not matter.
+    """
+    return hashlib.sha256("\n".join(sorted(names)).encode("utf-8")).hexdigest()[:KEY_LENGTH]

@@ -137,6 +137,32 @@ def test_evaluate_detector_writes_metrics_examples_manifest(tmp_path):
     assert manifest["inputs"] == {"detector": "0123456789ab"}
 
 
+def test_evaluate_detector_records_the_test_set_identity(tmp_path):
+    """test_set: sha256 of the sorted, newline-joined relative paths of the evaluated images, 12 hex digits."""
+    import hashlib
+
+    from anogen.evaluation.evaluate import test_set_id
+
+    items = _make_category(tmp_path / "data")
+    metrics = _run(tmp_path, items, n_visualizations=0)  # widget/test/crack/000.png excluded
+    evaluated = [f"widget/test/crack/{i:03d}.png" for i in (1, 2, 3, 4)] + [
+        f"widget/test/good/{i:03d}.png" for i in range(4)
+    ]
+    by_hand = hashlib.sha256("\n".join(evaluated).encode("utf-8")).hexdigest()[:12]
+    assert metrics["test_set"] == by_hand and metrics["n_test_images"] == 8
+    assert test_set_id(reversed(evaluated)) == by_hand  # the order given does not matter
+    manifest = verify_manifest(tmp_path / "eval" / "manifest.json")
+    assert manifest["extra"]["test_set"] == by_hand and manifest["extra"]["n_test_images"] == 8
+
+    # another excluded set is another test set
+    other = _run(tmp_path, items, out="eval2", n_visualizations=0, excluded=["widget/test/crack/001.png"])
+    assert other["n_test_images"] == 8 and other["test_set"] != by_hand
+    everything = _run(tmp_path, items, out="eval3", n_visualizations=0, excluded=[])
+    assert everything["n_test_images"] == 9
+    assert everything["test_set"] == test_set_id(["widget/test/crack/000.png", *evaluated])
+    assert everything["test_set"] not in (by_hand, other["test_set"])
+
+
 def test_evaluate_detector_matches_direct_computation(tmp_path):
     items = _make_category(tmp_path / "data")
     pred = RedPredictor()
@@ -245,6 +271,7 @@ def _write_metrics(root: Path) -> list[Path]:
                     "detector": det,
                     "variant": var,
                     "n_test_images": 10,
+                    "test_set": "0123456789ab",  # a string beside the numbers: read_metrics ignores it
                     "n_anomalous": 5,
                     "n_excluded": 1,
                     "image_auroc": base,

@@ -9,6 +9,9 @@ by default, or the official DRAEM / DeSTSeg rules, see ``masks.py``; recorded in
 and the few maps chosen for the example panels are kept. Writes ``metrics.json``,
 ``examples/<defect>/<image>.png`` (``n_visualizations`` per defect type) and, last,
 ``manifest.json``.
+
+Both ``metrics.json`` and the manifest's ``extra`` record ``test_set``, the identity of the
+images evaluated (:func:`test_set_id`), so results can be shown to share one test set.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from anogen.evaluation.masks import resize_gt_mask, resolve_mask_resize
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map
 from anogen.evaluation.visualize import PanelRenderer
 from anogen.io import atomic_save_image, atomic_write_json, read_image
+from anogen.keys import test_set_id
 from anogen.resumable import ResumableJob
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,7 @@ log = logging.getLogger(__name__)
 GOOD = "good"
 METRIC_KEYS = ("image_auroc", "image_aupr", "pixel_auroc", "pixel_aupr", "pixel_aupro")
 
-__all__ = ["evaluate_detector", "METRIC_KEYS"]
+__all__ = ["evaluate_detector", "test_set_id", "METRIC_KEYS"]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -186,6 +190,7 @@ def _write_metrics(out_dir: Path, spec, items, excluded, mask_resize: str, run: 
         "detector": spec["detector"],
         "variant": spec["variant"],
         "n_test_images": len(items),
+        "test_set": test_set_id(rel for rel, _ in items),
         "n_anomalous": int(labels.sum()),
         "n_excluded": len(excluded),
         "mask_resize": mask_resize,
@@ -229,6 +234,8 @@ def _manifest_extra(spec, mask_resize, predictor, run: _Scored, excluded, exampl
         "n_anomalous_pixels": run.accumulator.n_anomalous_pixels,
         "n_regions": run.accumulator.n_regions,
         "excluded": sorted(rel for rel, _ in excluded),
+        "test_set": metrics["test_set"],
+        "n_test_images": metrics["n_test_images"],
         "examples": examples,
         "anomaly_map_range": [run.map_min, run.map_max],
         "seconds": round(time.perf_counter() - t_start, 3),
@@ -270,7 +277,8 @@ def evaluate_detector(
     ``predictor``: ``.image_size`` and ``.predict(images float32 N,3,S,S in [0,1]) ->
     (scores (N,), maps (N,S,S))``. ``test_items``: objects with ``.path``, ``.defect``
     (``'good'`` = normal) and ``.mask`` (path or None). ``metrics.json`` holds fractions in
-    [0, 1] (undefined -> null). Returns the manifest's path.
+    [0, 1] (undefined -> null) and ``test_set`` (:func:`test_set_id` of the evaluated images'
+    data-root-relative paths). Returns the manifest's path.
     """
     t_start = time.perf_counter()
     out_dir, data_root = Path(out_dir), Path(data_root)

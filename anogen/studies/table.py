@@ -1,0 +1,475 @@
+"""One study's outputs: ``table.csv``, ``plot.png`` and ``section.html`` from its evaluations.
+
+A study (built by the planner, JSON-able) is a paper ablation as arms::
+
+    {"name": "table3", "title": "...", "paper": "table3" or None,
+     "plot": {"metric": "pixel_aupr", "x": "tau"} or None,
+     "arms": [{"name": "tau_0.90", "label": "tau = 0.90", "paper_column": "0.90" or None,
+               "x": 0.9 or None,
+               "evaluations": [{"category", "detector", "variant", "metrics", "manifest"}, ...]}, ...]}
+
+``table.csv`` holds first one ``mean`` row per arm x detector x variant (in arm order; the
+mean over the categories where each metric is defined, as in summary.csv), then the
+per-category rows in the same order. Per metric (summary.py's ``METRICS``) it has our value,
+``paper_<m>`` (the paper's printed value for the arm's ``paper_column``; mean rows only: the
+paper prints no per-category values) and ``diff_<m>`` (ours - paper). ``test_set`` is the
+evaluation's test-set identity (``metrics.json``), on a mean row the 12-hex sha256 of its
+sorted ``<category>:<test_set>`` lines, so equal mean-row ids show that arms shared their
+test images. ``note`` joins the undefined-metric notes, the provenance notes of the manifests
+involved (random model, random teacher, fallback textures) and test-set warnings.
+
+Values are in percent with 2 decimals; rows are in a fixed order, so the same inputs give a
+byte-identical CSV. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anogen import provenance
+from anogen.errors import AnogenError, DataError
+from anogen.evaluation.report import MVTEC_CATEGORIES, _delta_cell, _page
+from anogen.evaluation.summary import (
+    MEAN,
+    METRIC_LABELS,
+    METRICS,
+    _csv_text,
+    _fmt,
+    _group_mean,
+    _percent,
+    _variant_rank,
+    read_metrics,
+)
+from anogen.io import atomic_path, atomic_write_text
+from anogen.keys import test_set_id
+from anogen.plots import _pyplot
+from anogen.studies.paper import paper_table, paper_value
+
+__all__ = ["write_study", "STUDY_COLUMNS", "PAPER_METRICS", "DIFFERENT_TEST_SETS"]
+
+# The four metrics the paper prints (it reports no AUPRO): the bars of a study without a line plot.
+PAPER_METRICS = tuple(m for m in METRICS if m != "pixel_aupro")
+STUDY_COLUMNS = (
+    "arm",
+    "label",
+    "detector",
+    "variant",
+    "category",
+    "n_categories",
+    *(f"{prefix}{m}" for m in METRICS for prefix in ("", "paper_", "diff_")),
+    "test_set",
+    "note",
+)
+DIFFERENT_TEST_SETS = "arms evaluated on different test sets"
+NO_TEST_SET = "test set not recorded (evaluated before metrics.json had test_set)"
+OUTPUT_NAMES = {"table": "table.csv", "plot": "plot.png", "section": "section.html"}
+
+
+@dataclass(frozen=True)
+class _Result:
+    """One evaluation of the study: metrics in percent (NaN = undefined), test set, notes."""
+
+    arm: int  # index into study["arms"]
+    detector: str
+    variant: str
+    category: str
+    values: dict[str, float]
+    test_set: str
+    notes: tuple[str, ...]
+
+
+@dataclass
+class _Row:
+    """One row of table.csv before formatting."""
+
+    arm: dict[str, Any]
+    detector: str
+    variant: str
+    category: str
+    n_categories: int
+    values: dict[str, float]
+    paper: dict[str, float] = field(default_factory=dict)
+    test_set: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[str]:
+        out = [self.arm["name"], self.arm.get("label") or self.arm["name"], self.detector, self.variant]
+        out += [self.category, str(self.n_categories)]
+        for m in METRICS:
+            paper = self.paper.get(m, math.nan)
+            out += [_fmt(self.values[m]), _fmt(paper), _fmt(self.values[m] - paper)]
+        return [*out, self.test_set, "; ".join(_unique(self.notes))]
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _check_study(study: dict[str, Any]) -> None:
+    """The shape the planner promises; an AnogenError naming the study otherwise (a planner bug)."""
+    name = study.get("name") if isinstance(study, dict) else None
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append("no 'name'")
+    arms = study.get("arms") if isinstance(study, dict) else None
+    if not isinstance(arms, list) or not arms:
+        problems.append("no arms")
+    else:
+        names = [arm.get("name") for arm in arms if isinstance(arm, dict)]
+        if len(names) != len(arms) or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+            problems.append(f"arm names missing or repeated ({names})")
+        elif not all(isinstance(arm.get("evaluations"), list) for arm in arms):
+            problems.append("an arm without an 'evaluations' list")
+    plot = study.get("plot") if isinstance(study, dict) else None
+    if plot is not None and (not isinstance(plot, dict) or plot.get("metric") not in METRICS):
+        problems.append(f"'plot' must be null or name a metric of {list(METRICS)}, not {plot!r}")
+    if problems:
+        raise AnogenError(f"study {name!r} is malformed: {'; '.join(problems)}")
+
+
+def _test_set(metrics: dict[str, Any], manifest: Path) -> str:
+    """metrics.json's test_set, else the manifest's (both written by evaluate_detector); '' if neither."""
+    if isinstance(metrics.get("test_set"), str):
+        return metrics["test_set"]
+    try:
+        extra = json.loads(manifest.read_text(encoding="utf-8")).get("extra") or {}
+    except (OSError, ValueError):
+        return ""
+    return extra["test_set"] if isinstance(extra.get("test_set"), str) else ""
+
+
+def _read_results(study: dict[str, Any]) -> list[_Result]:
+    """Every evaluation of every arm, checked against what the study says it is."""
+    results: list[_Result] = []
+    for index, arm in enumerate(study["arms"]):
+        seen: dict[tuple[str, str, str], Path] = {}
+        for evaluation in arm["evaluations"]:
+            path = Path(evaluation["metrics"])
+            data = read_metrics(path)
+            ident = (data["category"], data["detector"], data["variant"])
+            expected = tuple(evaluation.get(k, data[k]) for k in ("category", "detector", "variant"))
+            if ident != expected:
+                raise DataError(
+                    path, f"holds results for {'/'.join(ident)}, study {study['name']} expected {'/'.join(expected)}"
+                )
+            if ident in seen:
+                raise DataError(path, f"arm {arm['name']} already has {'/'.join(ident)} from {seen[ident]}")
+            seen[ident] = path
+            manifest = Path(evaluation.get("manifest") or path.with_name("manifest.json"))
+            results.append(
+                _Result(
+                    arm=index,
+                    detector=ident[1],
+                    variant=ident[2],
+                    category=ident[0],
+                    values={m: _percent(data.get(m)) for m in METRICS},
+                    test_set=_test_set(data, manifest),
+                    notes=tuple(sorted(provenance.manifest_notes(manifest))),
+                )
+            )
+    return results
+
+
+def _mismatched_categories(results: Sequence[_Result]) -> set[str]:
+    """Categories whose evaluations (any arm, detector or variant) did not all see the same test images."""
+    by_category: dict[str, set[str]] = {}
+    for r in results:
+        by_category.setdefault(r.category, set()).add(r.test_set)
+    return {c for c, sets in by_category.items() if len(sets) > 1}
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _comparable(categories: Sequence[str]) -> bool:
+    """The paper's numbers are MVTec AD means: compared only when every category is MVTec AD."""
+    return bool(categories) and set(categories) <= set(MVTEC_CATEGORIES)
+
+
+def _paper_values(study: dict[str, Any], arm: dict[str, Any], detector: str) -> dict[str, float]:
+    if not study.get("paper") or arm.get("paper_column") is None:
+        return {}
+    found = {m: paper_value(study["paper"], str(arm["paper_column"]), detector, m) for m in METRICS}
+    return {m: v for m, v in found.items() if v is not None}
+
+
+def _category_row(arm: dict[str, Any], r: _Result, mismatched: set[str]) -> _Row:
+    undefined = [m for m in METRICS if math.isnan(r.values[m])]
+    notes = [f"undefined: {', '.join(undefined)}"] if undefined else []
+    notes += r.notes
+    if not r.test_set:
+        notes.append(NO_TEST_SET)
+    if r.category in mismatched:
+        notes.append(DIFFERENT_TEST_SETS)
+    return _Row(arm, r.detector, r.variant, r.category, 1, dict(r.values), test_set=r.test_set, notes=notes)
+
+
+def _mean_row(
+    study: dict[str, Any], arm: dict[str, Any], group: list[_Result], all_categories: list[str], mismatched: set[str]
+) -> _Row:
+    """The mean of one arm x detector x variant over its categories, with the paper's value beside it."""
+    group = sorted(group, key=lambda r: r.category)
+    categories = [r.category for r in group]
+    values, notes = _group_mean([r.values for r in group], categories)
+    missing = [c for c in all_categories if c not in categories]
+    if missing:
+        notes.append(
+            f"mean over {len(categories)} of the study's {len(all_categories)} categories (not {' '.join(missing)})"
+        )
+    notes += sorted({n for r in group for n in r.notes})
+    paper = _paper_values(study, arm, group[0].detector) if _comparable(all_categories) else {}
+    if paper and len(categories) != len(MVTEC_CATEGORIES):
+        notes.append(f"the paper's values are means over all {len(MVTEC_CATEGORIES)} MVTec AD categories")
+    test_set = ""
+    if any(not r.test_set for r in group):
+        notes.append(NO_TEST_SET)
+    else:
+        test_set = test_set_id(f"{r.category}:{r.test_set}" for r in group)
+    bad = [c for c in categories if c in mismatched]
+    if bad:
+        notes.append(f"{DIFFERENT_TEST_SETS} ({' '.join(bad)})")
+    return _Row(arm, group[0].detector, group[0].variant, MEAN, len(group), values, paper, test_set, notes)
+
+
+def _study_rows(study: dict[str, Any], results: list[_Result]) -> tuple[list[_Row], list[_Row]]:
+    """(mean rows, per-category rows), each in arm order, then detector and variant, then category."""
+    groups: dict[tuple[int, str, str], list[_Result]] = {}
+    for r in results:
+        groups.setdefault((r.arm, r.detector, r.variant), []).append(r)
+    order = sorted(groups, key=lambda g: (g[0], g[1], _variant_rank(g[2])))
+    all_categories = sorted({r.category for r in results})
+    mismatched = _mismatched_categories(results)
+    means, per_category = [], []
+    for key in order:
+        arm = study["arms"][key[0]]
+        means.append(_mean_row(study, arm, groups[key], all_categories, mismatched))
+        for r in sorted(groups[key], key=lambda r: r.category):
+            per_category.append(_category_row(arm, r, mismatched))
+    return means, per_category
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def _title(study: dict[str, Any], notes: set[str]) -> str:
+    title = study.get("title") or study["name"]
+    flags = [
+        text
+        for note, text in ((provenance.RANDOM_MODEL, "random model"), (provenance.RANDOM_TEACHER, "random teacher"))
+        if note in notes
+    ]
+    return f"{title} [{', '.join(flags)}: not comparable with the paper]" if flags else title
+
+
+def _y_floor(shown: list[float]) -> float:
+    """A round value below the smallest shown value (as report.plot_comparison), so small gaps stay visible."""
+    finite = [v for v in shown if math.isfinite(v)]
+    return max(0.0, math.floor((min(finite) - 5.0) / 10.0) * 10.0) if finite else 0.0
+
+
+def _label_points(ax, points: list[tuple[float, float, bool]], colour: str) -> None:
+    """Write each value beside its point: above it when ``True`` (the higher of ours and the paper's), else below."""
+    for x, y, above in points:
+        if math.isfinite(y):
+            offset = (0, 6) if above else (0, -12)
+            ax.annotate(
+                f"{y:.1f}", (x, y), textcoords="offset points", xytext=offset, ha="center", fontsize=7, color=colour
+            )
+
+
+def _line_plot(ax, study: dict[str, Any], means: list[_Row]) -> None:
+    """Our mean metric over the arms' x per detector x variant; the paper's points as separate markers."""
+    metric, shown = study["plot"]["metric"], []
+    series: dict[tuple[str, str], list[_Row]] = {}
+    for row in means:
+        if isinstance(row.arm.get("x"), (int, float)):
+            series.setdefault((row.detector, row.variant), []).append(row)
+    colours = iter(["#d9541e", "#1f3f99", "#2a8a3e", "#8c3fa6", "#8c8c8c"] * 4)
+    for (detector, variant), rows in sorted(series.items()):
+        rows = sorted(rows, key=lambda r: r.arm["x"])
+        xs, ys = [r.arm["x"] for r in rows], [r.values[metric] for r in rows]
+        colour = next(colours)
+        name = detector if len({v for _, v in series}) == 1 else f"{detector} {variant}"
+        ax.plot(xs, ys, marker="o", color=colour, label=f"{name} (ours)")
+        paper = [(r.arm["x"], r.paper[metric], r.values[metric]) for r in rows if metric in r.paper]
+        printed = {x: y for x, y, _ in paper}
+        _label_points(ax, [(x, y, not y < printed.get(x, -math.inf)) for x, y in zip(xs, ys)], colour)
+        if paper:
+            ax.plot(
+                [x for x, _, _ in paper],
+                [y for _, y, _ in paper],
+                marker="D",
+                mfc="none",
+                mew=1.5,
+                linestyle="none",
+                color=colour,
+                label=f"{name} (paper)",
+            )
+            _label_points(ax, [(x, y, not math.isfinite(ours) or y > ours) for x, y, ours in paper], colour)
+        shown += ys + list(printed.values())
+    ax.set_xlabel(study["plot"].get("x") or "x")
+    ax.set_ylabel(f"{METRIC_LABELS[metric]} (%, mean over categories)")
+    ax.set_ylim(_y_floor(shown), 100)
+    if not series:
+        ax.text(0.5, 0.5, "no arm has a numeric x", ha="center", va="center", transform=ax.transAxes)
+
+
+def _bar_plot(axes, means: list[_Row]) -> None:
+    """Per detector x variant: grouped bars of the paper's four metrics per arm, the paper's values as markers."""
+    groups: dict[tuple[str, str], list[_Row]] = {}
+    for row in means:
+        groups.setdefault((row.detector, row.variant), []).append(row)
+    colours = ["#8c8c8c", "#d9541e", "#1f3f99", "#2a8a3e"]
+    width = 0.8 / len(PAPER_METRICS)
+    for ax, ((detector, variant), rows) in zip(axes, sorted(groups.items())):
+        shown: list[float] = []
+        for k, metric in enumerate(PAPER_METRICS):
+            xs = [i + (k - (len(PAPER_METRICS) - 1) / 2) * width for i in range(len(rows))]
+            ys = [r.values[metric] for r in rows]
+            ax.bar(xs, ys, width, color=colours[k], label=METRIC_LABELS[metric])
+            paper = [(x, r.paper[metric]) for x, r in zip(xs, rows) if metric in r.paper]
+            if paper:
+                ax.plot(
+                    *zip(*paper), marker="_", markersize=12, mew=2.5, color="black", linestyle="none", label="paper"
+                )
+            shown += ys + [y for _, y in paper]
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r.arm.get("label") or r.arm["name"] for r in rows], rotation=20, ha="right")
+        ax.set_ylim(_y_floor(shown), 100)
+        ax.set_title(f"{detector} ({variant})", fontsize="medium")
+        ax.set_ylabel("percent, mean over categories")
+
+
+def plot_study(study: dict[str, Any], means: list[_Row], path: str | Path) -> None:
+    """plot.png: a line over the arms' x (``study["plot"]`` set) or grouped bars per arm; written atomically."""
+    plt = _pyplot()
+    n_panels = 1 if study.get("plot") else max(1, len({(r.detector, r.variant) for r in means}))
+    n_arms = len(study["arms"])
+    fig, axes = plt.subplots(1, n_panels, figsize=(max(6.0, 1.1 * n_arms + 2.5) * n_panels, 4.6), squeeze=False)
+    if study.get("plot"):
+        _line_plot(axes[0, 0], study, means)
+    else:
+        _bar_plot(axes[0], means)
+    handles, labels = [], []
+    for ax in axes.flat:
+        ax.grid(True, axis="y", color="#e6e6e6", linewidth=0.6)
+        ax.set_axisbelow(True)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, fontsize="small")
+    title = _title(study, {n for r in means for n in r.notes})
+    fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())), fontsize="medium")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- html
+
+
+def _html_table(means: list[_Row]) -> str:
+    """The mean rows: ours per metric and, for the metrics the paper prints, its value and ours - paper."""
+    compared = {m for r in means for m in r.paper}
+    head = [("arm", ""), ("detector", ""), ("variant", ""), ("categories", "")]
+    for m in METRICS:
+        head.append((METRIC_LABELS[m], ""))
+        if m in compared:
+            head += [(f"paper {METRIC_LABELS[m]}", "paper"), ("ours - paper", "paper")]
+    th = "".join(
+        f'<th class="{cls}">{html.escape(text)}</th>' if cls else f"<th>{html.escape(text)}</th>" for text, cls in head
+    )
+    lines = ["<table>", f"<tr>{th}</tr>"]
+    for row in means:
+        label = row.arm.get("label") or row.arm["name"]
+        tds = "".join(f"<td>{html.escape(c)}</td>" for c in (label, row.detector, row.variant))
+        tds += f'<td class="num">{row.n_categories}</td>'
+        for m in METRICS:
+            tds += f'<td class="num">{_fmt(row.values[m])}</td>'
+            if m in compared:
+                paper = row.paper.get(m, math.nan)
+                tds += f'<td class="num paper">{_fmt(paper) or "-"}</td>' + _delta_cell(
+                    row.values[m] - paper, "num paper"
+                )
+        lines.append(f"<tr>{tds}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _test_set_html(means: list[_Row], per_category: list[_Row]) -> str:
+    """One line: whether every arm saw the same test images (the mean rows' ids), else which categories differ."""
+    ids = sorted({r.test_set for r in means})
+    bad = sorted({r.category for r in per_category if DIFFERENT_TEST_SETS in r.notes})
+    if bad:
+        text = f"<b>Warning: {DIFFERENT_TEST_SETS}</b> for {html.escape(', '.join(bad))}: compare these arms with care."
+    elif ids == [""]:
+        text = "The test set of these evaluations was not recorded."
+    elif len(ids) == 1:
+        text = f"Every arm was evaluated on the same test images (test set <code>{html.escape(ids[0])}</code>)."
+    else:
+        shown = ", ".join(f"<code>{html.escape(i)}</code>" for i in ids if i)
+        text = f"Every category's test images are the same in every arm; the arms cover different categories (test sets {shown})."
+    return f'<p class="caption">{text}</p>'
+
+
+def section_html(study: dict[str, Any], means: list[_Row], per_category: list[_Row]) -> str:
+    """section.html: a stand-alone page (inline CSS, as the report's tables) with the mean table and notes."""
+    show_paper = any(r.paper for r in means)
+    title = _title(study, {n for r in means for n in r.notes})
+    caption = "Mean over categories, percent (per-category values: table.csv)."
+    if show_paper:
+        source = paper_table(study["paper"])["source"]
+        caption += (
+            f" Shaded: the paper's printed values ({html.escape(source)}), means over the "
+            f"{len(MVTEC_CATEGORIES)} MVTec AD categories; the paper prints no per-category values and no AUPRO."
+        )
+    elif study.get("paper"):
+        caption += " The paper's numbers are MVTec AD means; these categories are not all MVTec AD, so none are shown."
+    found = _unique([n for r in [*means, *per_category] for n in r.notes])
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in found) or "<li>none</li>"
+    body = (
+        f'<h3>{html.escape(title)}</h3>\n<p class="caption">{caption}</p>\n{_html_table(means)}\n'
+        f'{_test_set_html(means, per_category)}\n<h4>Notes</h4>\n<ul class="anogen-notes">{notes}</ul>'
+    )
+    return _page(study.get("title") or study["name"], body)
+
+
+# ----------------------------------------------------------------------------- job
+
+
+def write_study(study: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``table.csv``, ``plot.png`` and ``section.html`` of one study into ``out_dir``.
+
+    ``study``: see the module docstring. Returns ``{"table": ..., "plot": ..., "section": ...}``,
+    the paths written. A missing or malformed metrics.json raises DataError naming the file; a
+    malformed study (no arms, repeated arm names) raises AnogenError.
+    """
+    _check_study(study)
+    if study.get("paper"):
+        paper_table(study["paper"])  # an unknown table id fails before anything is read
+    results = _read_results(study)
+    if not results:
+        raise AnogenError(f"study {study['name']!r} has no evaluations")
+    means, per_category = _study_rows(study, results)
+    out_dir = Path(out_dir)
+    paths = {kind: out_dir / name for kind, name in OUTPUT_NAMES.items()}
+    atomic_write_text(paths["table"], _csv_text(STUDY_COLUMNS, [r.cells() for r in [*means, *per_category]]))
+    plot_study(study, means, paths["plot"])
+    atomic_write_text(paths["section"], section_html(study, means, per_category))
+    return paths
