@@ -207,3 +207,35 @@ def test_the_paper_study_is_config_mvtec_with_studies(monkeypatch):
         k: v for k, v in mvtec.items() if k not in ("studies", "extends")
     }
     assert sorted(study["studies"]) == ["fig5", "table1", "table2a", "table2b", "table2c", "table3", "table4"]
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_estimate_counts_each_shared_artifact_once_and_each_arm_alone(monkeypatch):
+    """Demo study, hand-computed: 3 defects, 16 normal images; generation at the pool's N = 4."""
+    from anogen import estimate as est
+
+    monkeypatch.chdir(ROOT)
+    table = {
+        "stages": {
+            "embedding": {"value": 1.0},  # steps/s
+            "generation": {"value": 1.0, "steps": 10},  # images/s at the demo's 10 steps
+            "detector_draem": {"value": 1.0, "image_size": 64},
+            "evaluation": {"value": 1.0},
+        }
+    }
+    config = load_config_file(DEMO_STUDY)
+    study = est.build_study_jobs(config, table, Path("throughput_test.json"))
+    shared, alone = study.shared.stage_jobs(), study.alone.stage_jobs()
+    assert shared == {"embedding": 3, "generation": 3, "detector": 3, "evaluation": 3}
+    # each of the 4 arms alone: its own 3 embeddings and generations, 1 detector, 1 evaluation
+    assert alone == {"embedding": 12, "generation": 12, "detector": 4, "evaluation": 4}
+    hours = study.shared.stage_hours()
+    assert hours["embedding"] == pytest.approx(3 * 60 / 3600)
+    assert hours["generation"] == pytest.approx(3 * 16 * 4 / 3600)  # N = 4 for every arm (the pool)
+    alone_gen = sum(j.seconds for j in study.alone.jobs if j.stage == "generation")
+    assert alone_gen == pytest.approx(3 * 16 * (4 + 4 + 2 + 4))  # tau arms 4, N2 alone 2, N4 4
+    assert study.cpu_jobs == {"support": 3, "foreground": 1}
+    text = est.format_study_report(study, 2)
+    assert "2 studies, 4 arms" in text and "sharing saves" in text
