@@ -61,11 +61,11 @@ def test_demo_study_plans_each_distinct_artifact_once(monkeypatch):
 def test_lookup_by_key_finds_the_arm_that_plans_it(monkeypatch):
     monkeypatch.chdir(ROOT)
     run = RunPlan(load_config_file(DEMO_STUDY))
-    tau_80 = run.studies["demo_tau"].arms[1].plan
+    tau_50 = run.studies["demo_tau"].arms[1].plan
     values = ("nut_object", "draem", "anogen")
-    key = tau_80.key("detector", *values)
-    assert run.plan_for("detector", values, key) is tau_80
-    assert run.plan_for("detector", values, key).job("detector", *values).spec["tau"] == 0.8
+    key = tau_50.key("detector", *values)
+    assert run.plan_for("detector", values, key) is tau_50
+    assert run.plan_for("detector", values, key).job("detector", *values).spec["tau"] == 0.5
     with pytest.raises(ConfigError, match="no planned detector artifact"):
         run.plan_for("detector", values, "0" * 12)
 
