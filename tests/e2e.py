@@ -62,10 +62,14 @@ def run(workdir: Path, *args: str, check: bool = True, timeout: float = 1800, **
 
 def planned_jobs(workdir: Path, *args: str) -> collections.Counter:
     """Rule -> number of jobs that ``snakemake -n`` plans."""
-    proc = run(workdir, "-n", "--quiet", "rules", *args)
+    return job_counts(run(workdir, "-n", "--quiet", "rules", *args).stdout)
+
+
+def job_counts(stdout: str) -> collections.Counter:
+    """Rule -> jobs, from the "job count" table snakemake prints."""
     counts: collections.Counter = collections.Counter()
     in_table = False
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         parts = line.split()
         if parts[:2] == ["job", "count"]:
             in_table = True
