@@ -151,16 +151,21 @@ class Plan:
         listed = (self.config["support"].get("files") or {}).get(category, {}).get(defect)
         if listed:
             return tuple(listed)
-        if self.authors_repo is not None:
+        if self.uses_published_support:
             published = authors.published_support_files(self.authors_repo, category, defect)
             return None if published is None else tuple(published)
         return None
+
+    @property
+    def uses_published_support(self) -> bool:
+        """The authors' published support sets are read (authors_repo set and support.published true)."""
+        return self.authors_repo is not None and bool(self.config["support"]["published"])
 
     def support_origin(self, category: str, defect: str) -> str:
         """Where the named support files come from, for error messages (not part of any key)."""
         if (self.config["support"].get("files") or {}).get(category, {}).get(defect):
             return f"support.files.{category}.{defect}"
-        if self.authors_repo is not None:
+        if self.uses_published_support:
             return f"the authors' published support set {authors.published_support_dir(self.authors_repo, category, defect)}"
         return "support.seed"
 

@@ -125,5 +125,6 @@ def plot_detector_training(detector_dir: str | Path, out_png: str | Path) -> Non
     log_path = verify_file(manifest_path, "train_log.csv", manifest)
     steps, curves = detector_loss_terms(log_path)
     spec = manifest.get("spec", {})
-    title = f"{spec.get('detector', '?')} ({spec.get('variant', '?')}) on {spec.get('category', '?')}: training losses"
+    variant = spec.get("variant", "?")  # repeated on purpose: a manifest's field, not the studies' arm default
+    title = f"{spec.get('detector', '?')} ({variant}) on {spec.get('category', '?')}: training losses"
     plot_loss_curves(out_png, steps, curves, title=title)

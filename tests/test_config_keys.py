@@ -60,7 +60,7 @@ def test_defaults_filled():
     # The defaults are a real run's: the paper's LDM, never the demo's random model or data.
     assert cfg["diffusion"]["model"] == "CompVis/ldm-text2im-large-256"
     assert cfg["generation"]["paste_back"] is False
-    assert cfg["support"] == {"shots": 3, "seed": 0, "exclude_from_test": True}
+    assert cfg["support"] == {"shots": 3, "seed": 0, "published": True, "exclude_from_test": True}
     assert cfg["embedding"]["learning_rate"] == 0.005 and cfg["embedding"]["scale_lr"] is True
     assert cfg["generation"]["steps"] == 50 and cfg["generation"]["guidance_scale"] == 10.0
     assert cfg["detectors"]["tau"] == 0.9 and cfg["detectors"]["draem"]["epochs"] == 700

@@ -239,3 +239,36 @@ def test_estimate_counts_each_shared_artifact_once_and_each_arm_alone(monkeypatc
     assert study.cpu_jobs == {"support": 3, "foreground": 1}
     text = est.format_study_report(study, 2)
     assert "2 studies, 4 arms" in text and "sharing saves" in text
+
+
+def test_an_arm_can_take_the_seeded_set_instead_of_the_published_one(tmp_path):
+    """Table 2a over the authors' preset: their published support set vs a seeded one."""
+    from tests.fake_trees import build_fake_authors_repo, build_fake_mvtec
+
+    data = build_fake_mvtec(tmp_path / "mvtec", per_folder=6, categories=["hazelnut"])
+    repo = build_fake_authors_repo(tmp_path / "AnoGen", data, dim=8)
+    raw = {
+        "data_root": str(data),
+        "authors_repo": str(repo),
+        "results_dir": str(tmp_path / "results"),
+        "categories": ["hazelnut"],
+        "studies": {
+            "table2a": {
+                "paper": "table2a",
+                "arms": [
+                    {"name": "published", "paper_column": "1st set"},
+                    {"name": "seeded", "paper_column": "2nd set", "set": {"support": {"published": False, "seed": 1}}},
+                ],
+            }
+        },
+    }
+    run = RunPlan(validate_config(raw))
+    published, seeded = (arm.plan for arm in run.studies["table2a"].arms)
+    assert published.support_files("hazelnut", "crack") == ("000.png", "001.png", "002.png")  # the authors' names
+    assert "files" in published.spec("support", "hazelnut", "crack") and "seed" not in published.spec(
+        "support", "hazelnut", "crack"
+    )
+    assert seeded.spec("support", "hazelnut", "crack")["seed"] == 1
+    assert seeded.support_origin("hazelnut", "crack") == "support.seed"
+    union = set(published.own_support_exclusions("hazelnut")) | set(seeded.own_support_exclusions("hazelnut"))
+    assert published.excluded_from_test("hazelnut") == seeded.excluded_from_test("hazelnut") == tuple(sorted(union))
