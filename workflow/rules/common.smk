@@ -177,3 +177,9 @@ def check_detector_sources(wildcards):
     except AnogenError as error:
         raise WorkflowError(f"invalid configuration: {error}") from None
     return []
+
+
+def study_outputs(study):
+    """The table, plot and report section the study_table job writes for one study."""
+    folder = f"{RESULTS}/studies/{study}"
+    return [f"{folder}/table.csv", f"{folder}/plot.png", f"{folder}/section.html"]

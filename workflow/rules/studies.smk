@@ -3,11 +3,6 @@
 # plans each arm and finds a job's plan by its key, so an artifact two arms share is one job.
 
 
-def study_outputs(study):
-    folder = f"{RESULTS}/studies/{study}"
-    return [f"{folder}/table.csv", f"{folder}/plot.png", f"{folder}/section.html"]
-
-
 rule study_table:
     input:
         evaluations=lambda w: RUN.evaluation_files(w.study),
