@@ -17,8 +17,13 @@ from typing import Any
 KEY_LENGTH = 12
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})  # exactly these types map to themselves
+
+
 def _normalise(value: Any) -> Any:
     """Map a config value to a JSON-stable form (tuples become lists, 1.0 stays a float)."""
+    if type(value) in _PLAIN:  # the common case first (data fingerprints hold thousands of them)
+        return value
     if isinstance(value, dict):
         return {str(k): _normalise(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

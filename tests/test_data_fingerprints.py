@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,101 @@ def test_support_job_copies_exactly_the_files_the_plan_chose(tmp_path):
         root, "bottle", "broken_small", shots=spec["shots"], seed=spec["seed"], out_dir=tmp_path / "t", key="0" * 12
     )
     assert [item["source_image"] for item in support_items(manifest)] == sources
+
+
+# ----------------------------------------------------------------------------- shared folder listings
+# Every Plan of a process shares the folder listings (anogen.data.fingerprint._listing): a study
+# plans dozens of arms over one data set. A listing is reused only while its folder is unchanged.
+
+
+_OLD = time.time_ns() - 3600 * 10**9  # an hour back
+
+
+def _count_scandir(monkeypatch) -> list:
+    calls = []
+    real = os.scandir
+
+    def counting(path):
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    return calls
+
+
+def _settled(monkeypatch, *folders: Path) -> None:
+    """Date ``folders`` an hour back and count any change before now as settled (the guard's
+    margin is for a clock tick; these tests change a folder only after it was listed)."""
+    from anogen.data import fingerprint
+
+    for folder in folders:
+        os.utime(folder, ns=(_OLD, _OLD))
+    time.sleep(0.02)  # past the tick of the folders' ctime (set now)
+    monkeypatch.setattr(fingerprint, "_SETTLED_NS", 0)
+    fingerprint.clear_listing_cache()
+
+
+def test_a_folder_listing_is_reused_until_the_folder_changes(tmp_path, monkeypatch):
+    from anogen.data.fingerprint import _files, _subdirs
+
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for name in ("000.png", "001.png"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub").mkdir()
+    _settled(monkeypatch, folder)
+    calls = _count_scandir(monkeypatch)
+    assert [p.name for p in _files(folder)] == ["000.png", "001.png"]
+    assert [p.name for p in _files(folder)] == ["000.png", "001.png"] and _subdirs(folder) == ["sub"]
+    assert len(calls) == 1
+    changes = [
+        (lambda: (folder / "002.png").write_bytes(b"x"), ["000.png", "001.png", "002.png"]),
+        (lambda: (folder / "000.png").unlink(), ["001.png", "002.png"]),
+        (lambda: (folder / "001.png").rename(folder / "003.png"), ["002.png", "003.png"]),
+    ]
+    for i, (change, names) in enumerate(changes, start=1):
+        change()
+        # a new time of its own: two changes within one tick of the file system's clock are the
+        # case the guard's margin (set to 0 here) is for
+        os.utime(folder, ns=(folder.stat().st_atime_ns, _OLD + i))
+        assert [p.name for p in _files(folder)] == names
+    assert len(calls) == 4
+
+
+def test_a_folder_changed_just_now_or_holding_a_symlink_is_listed_every_time(tmp_path, monkeypatch):
+    from anogen.data import fingerprint
+
+    fresh, linked = tmp_path / "fresh", tmp_path / "linked"
+    fresh.mkdir()
+    (fresh / "000.png").write_bytes(b"x")
+    linked.mkdir()
+    (linked / "000.png").symlink_to(fresh / "000.png")
+    os.utime(linked, ns=(_OLD, _OLD))
+    fingerprint.clear_listing_cache()
+    calls = _count_scandir(monkeypatch)
+    for _ in range(2):
+        assert [p.name for p in fingerprint._files(fresh)] == ["000.png"]
+    assert len(calls) == 2  # the default margin: written less than a few seconds ago
+    monkeypatch.setattr(fingerprint, "_SETTLED_NS", 0)
+    for _ in range(2):
+        assert [p.name for p in fingerprint._files(linked)] == ["000.png"]
+    assert len(calls) == 4  # a symlink's target may change without its folder
+    (fresh / "000.png").unlink()
+    assert fingerprint._files(linked) == ()  # a dangling link is no file
+
+
+def test_plans_sharing_listings_see_a_test_image_added_between_them(tmp_path, monkeypatch):
+    root = _tree(tmp_path)
+    _settled(monkeypatch, *(p for p in root.rglob("*") if p.is_dir()))
+    new = root / "bottle" / "test" / "good" / "999.png"
+    calls = _count_scandir(monkeypatch)
+    changed = _changed(root, lambda: shutil.copy2(root / "bottle" / "test" / "good" / "000.png", new))
+    assert changed == {f"evaluation/bottle/{m}/{v}" for m in ("draem", "destseg") for v in ("baseline", "anogen")}
+    listed = [c for c in calls if c.startswith(str(root))]
+    # the second plan listed only the changed folder again (and what discovery lists itself)
+    assert listed.count(str(new.parent)) == 2
+    assert listed.count(str(root / "hazelnut" / "train" / "good")) == 1
+    assert new.name in _plan(root).category_files("bottle").test_names("good")
 
 
 # ----------------------------------------------------------------------------- end to end

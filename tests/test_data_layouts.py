@@ -441,6 +441,24 @@ def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(t
     assert all(rel.startswith("../elsewhere/widget/defect/") for rel in excluded)
 
 
+def test_relative_to_root_names_a_file_one_way_however_its_path_is_spelled(tmp_path):
+    """As given (strings or paths, not normalised), through a symlinked root, and outside the root."""
+    from anogen.data.mvtec import relative_to_root
+
+    root = tmp_path / "data"
+    (root / "bottle" / "test" / "crack").mkdir(parents=True)
+    image = root / "bottle" / "test" / "crack" / "000.png"
+    image.write_bytes(b"x")
+    (tmp_path / "link").symlink_to(root, target_is_directory=True)
+    want = "bottle/test/crack/000.png"
+    assert relative_to_root(root, image) == relative_to_root(str(root), str(image)) == want
+    assert relative_to_root(f"{root}/", f"{root}//bottle/./test/crack/000.png") == want
+    assert relative_to_root(tmp_path / "link", image) == relative_to_root(root, tmp_path / "link" / want) == want
+    assert relative_to_root(root / "bottle", image) == "test/crack/000.png"
+    assert relative_to_root(root / "bot", image) == "../bottle/test/crack/000.png"  # a prefix of a name is no parent
+    assert relative_to_root(root, root) == "."
+
+
 def test_crop_that_drops_an_anomaly_is_reported(tmp_path):
     from anogen.jobs import _squared
 

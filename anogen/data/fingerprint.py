@@ -15,8 +15,10 @@ one job that reads it fails, naming the file, see ``anogen.data.mvtec.scan_categ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,28 +46,85 @@ class CategoryFiles:
 
     def relpath(self, defect: str, name: str) -> str:
         """Root-relative POSIX path of the test image ``name`` of ``defect`` (as listed)."""
-        for path in self.test.get(defect, ()):
-            if path.name == name:
-                return relative_to_root(self.root, path)
-        raise KeyError(f"{defect}/{name}")
+        path = self._test_by_name.get(defect, {}).get(name)
+        if path is None:
+            raise KeyError(f"{defect}/{name}")
+        return relative_to_root(self.root, path)
+
+    @functools.cached_property
+    def _test_by_name(self) -> dict[str, dict[str, Path]]:
+        """defect -> file name -> the first test image listed under that name (``relpath``'s index)."""
+        index: dict[str, dict[str, Path]] = {}
+        for defect, paths in self.test.items():
+            by_name = index[defect] = {}
+            for path in paths:
+                by_name.setdefault(path.name, path)
+        return index
+
+
+# Folder listings, shared by every Plan of this process (a study plans each of its arms over the
+# same data set). An entry is served only while the folder's (device, inode, mtime, ctime) is
+# what it was when the folder was listed: adding, removing or renaming an entry changes its
+# mtime and ctime. File contents are not listed here (``fingerprint`` stats every file each
+# time), so they cannot go stale. Two guards keep a listing from outliving its folder:
+# - a folder changed less than _SETTLED_NS before it was listed is not stored: a file system
+#   stamps times from a coarse clock (a few ms, whole seconds on some), so a change made in the
+#   same tick as the last one could leave the stamps as they were;
+# - a folder holding a symlink is not stored: its target can change without the folder.
+_LISTINGS: dict[str, tuple[tuple[int, int, int, int], tuple[tuple[Path, ...], tuple[str, ...]]]] = {}
+_SETTLED_NS = 5 * 10**9
+_MAX_LISTINGS = 100_000
+_NOT_A_FOLDER: tuple[tuple[Path, ...], tuple[str, ...]] = ((), ())
+
+
+def clear_listing_cache() -> None:
+    """Forget every stored folder listing (each folder is listed again when next asked)."""
+    _LISTINGS.clear()
+
+
+def _listing(folder: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """(sorted non-hidden files as paths, sorted non-hidden subfolder names) of ``folder``;
+    both empty when it does not exist."""
+    key = str(folder)
+    now = time.time_ns()
+    try:
+        st = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return _NOT_A_FOLDER
+    stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    stored = _LISTINGS.get(key)
+    if stored is not None and stored[0] == stamp:
+        return stored[1]
+    files, dirs, links = [], [], False
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                links = links or e.is_symlink()
+                if e.is_file():
+                    files.append(e.name)
+                elif e.is_dir():
+                    dirs.append(e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return _NOT_A_FOLDER
+    listing = (tuple(folder / n for n in sorted(files)), tuple(sorted(dirs)))
+    if links or max(st.st_mtime_ns, st.st_ctime_ns) >= now - _SETTLED_NS:
+        _LISTINGS.pop(key, None)
+    else:
+        if len(_LISTINGS) >= _MAX_LISTINGS:
+            _LISTINGS.clear()
+        _LISTINGS[key] = (stamp, listing)
+    return listing
 
 
 def _files(folder: Path) -> tuple[Path, ...]:
     """Sorted non-hidden files of ``folder`` (empty when it does not exist)."""
-    try:
-        with os.scandir(folder) as it:
-            names = [e.name for e in it if not e.name.startswith(".") and e.is_file()]
-    except (FileNotFoundError, NotADirectoryError):
-        return ()
-    return tuple(folder / n for n in sorted(names))
+    return _listing(folder)[0]
 
 
 def _subdirs(folder: Path) -> list[str]:
-    try:
-        with os.scandir(folder) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return list(_listing(folder)[1])
 
 
 def list_mvtec_files(root: str | Path, category: str) -> CategoryFiles:
@@ -94,6 +153,6 @@ def file_record(root: Path, path: Path) -> list:
 
 def fingerprint(root: Path, paths: Iterable[Path], **extra) -> str:
     """Short hash of the records of ``paths`` (order-independent) plus any ``extra`` values."""
-    records = sorted(file_record(root, Path(p)) for p in paths)
+    records = sorted(file_record(root, p if isinstance(p, Path) else Path(p)) for p in paths)
     payload = canonical_json({"files": records, **extra})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:KEY_LENGTH]
