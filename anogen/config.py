@@ -75,10 +75,27 @@ def _schema_error_to_config_error(error) -> ConfigError:
     return ConfigError(_dotted(path), error.message)
 
 
-def validate_config(raw: dict | None) -> dict:
-    """Return a validated deep copy of ``raw`` with every default filled in."""
+def validate_config(raw: dict | None, *, changed_sections: set[str] | None = None) -> dict:
+    """Return a validated deep copy of ``raw`` with every default filled in.
+
+    ``changed_sections``: ``raw`` is a validated config with only these top-level sections
+    changed (a study arm's ``set:``), so only they go through the schema again (the semantic
+    checks always see the whole config). A study makes a config per arm, and the schema pass
+    over a whole config is most of the cost of planning one.
+    """
     config = copy.deepcopy(raw or {})
-    validator = _validator_with_defaults()(load_schema())
+    schema = load_schema()
+    if changed_sections is not None:
+        unknown = sorted(set(changed_sections) - set(schema["properties"]))
+        if unknown:
+            raise ConfigError(unknown[0], "unknown key (misspelt, or not part of this section)")
+        # the sections with their own schemas; ``$defs`` stay at the root, where their refs point
+        schema = {
+            **{k: v for k, v in schema.items() if k not in ("properties", "required")},
+            "properties": {name: schema["properties"][name] for name in changed_sections},
+        }
+        schema["additionalProperties"] = True
+    validator = _validator_with_defaults()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
     if errors:
         # The most specific error first: deep paths name the exact key.
@@ -201,11 +218,28 @@ def resolve_extends(raw: dict, _chain: tuple[str, ...] = ()) -> dict:
         return raw
     if not isinstance(base_path, str):
         raise ConfigError("extends", f"{base_path!r} is not a path")
-    resolved = os.path.realpath(base_path)
+    found = _find_base(base_path)
+    resolved = os.path.realpath(found)
     if resolved in _chain:
         raise ConfigError("extends", f"{base_path} extends itself (through {' -> '.join(_chain)})")
-    base = resolve_extends(_read_yaml(Path(base_path)), (*_chain, resolved))
+    base = resolve_extends(_read_yaml(found), (*_chain, resolved))
     return {**deep_update(base, {k: v for k, v in raw.items() if k != "extends"}), "extends": base_path}
+
+
+# The checkout this package runs from: its config/ holds the presets a study file extends.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def _find_base(base_path: str) -> Path:
+    """``base_path`` as given (relative: to the working directory), else relative to the checkout
+    (``snakemake -d elsewhere`` runs in another working directory, the presets stay in config/)."""
+    path = Path(base_path)
+    if path.is_file() or path.is_absolute():
+        return path
+    in_checkout = CHECKOUT / path
+    if in_checkout.is_file():
+        return in_checkout
+    raise ConfigError("extends", f"{base_path} does not exist (looked in {Path.cwd()} and in {CHECKOUT})")
 
 
 def deep_update(base: dict, extra: dict) -> dict:

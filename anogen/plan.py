@@ -52,6 +52,9 @@ class Plan:
         # detectors read the first ones of (arms differing only in N share the largest).
         self.study_excluded: dict[str, tuple[str, ...]] | None = None
         self.generation_pool: dict[tuple[str, str], int] = {}
+        # File listings and data fingerprints, by what determines them: the studies planner gives
+        # every arm the config's own dict (same data_root, same moment), so each is made once.
+        self.data_memo: dict = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -232,8 +235,11 @@ class Plan:
 
     @functools.cache
     def _category_files(self, category: str):
-
-        return layouts.category_files(self.config["data_root"], category, layouts.layout_spec(self.config))
+        spec = layouts.layout_spec(self.config)
+        memo = ("files", self.config["data_root"], category, content_key(spec))
+        if memo not in self.data_memo:
+            self.data_memo[memo] = layouts.category_files(self.config["data_root"], category, spec)
+        return self.data_memo[memo]
 
     @functools.cache
     def support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
@@ -293,6 +299,20 @@ class Plan:
             return self.dataset_key
 
         files = self._category_files(category)
+        if role == "train":
+            depends = self.config["generation"]["max_normal_images"] if defect == "foreground" else None
+        elif role == "support":
+            depends = self.support_files(category, defect)
+        elif role == "test":
+            depends = self.excluded_from_test(category)
+        else:
+            depends = None
+        memo = ("fingerprint", id(files), category, role, defect, depends)
+        if memo not in self.data_memo:
+            self.data_memo[memo] = self._fingerprint_files(files, category, role, defect)
+        return self.data_memo[memo]
+
+    def _fingerprint_files(self, files, category: str, role: str, defect: str | None) -> str:
         root = files.root
         if role == "train":
             limit = self.config["generation"]["max_normal_images"] if defect == "foreground" else None

@@ -272,3 +272,19 @@ def test_an_arm_can_take_the_seeded_set_instead_of_the_published_one(tmp_path):
     assert seeded.support_origin("hazelnut", "crack") == "support.seed"
     union = set(published.own_support_exclusions("hazelnut")) | set(seeded.own_support_exclusions("hazelnut"))
     assert published.excluded_from_test("hazelnut") == seeded.excluded_from_test("hazelnut") == tuple(sorted(union))
+
+
+def test_an_arm_is_checked_like_a_whole_config():
+    """Arms validate only the sections they change: the result equals validating the whole config."""
+    run = demo_run({"s": {"arms": [{"name": "a", "set": {"detectors": {"tau": 0.5}, "generation": {"steps": 3}}}]}})
+    arm = run.studies["s"].arms[0].plan.config
+    whole = validate_config(deep_update(run.base.config, {"detectors": {"tau": 0.5}, "generation": {"steps": 3}}))
+    whole["studies"] = {}
+    whole["detectors"]["models"], whole["detectors"]["variants"] = ["draem"], ["anogen"]
+    assert arm == whole
+    with pytest.raises(ConfigError) as error:  # a semantic check over sections (student_steps < steps)
+        demo_run({"s": {"arms": [{"name": "a", "set": {"detectors": {"destseg": {"student_steps": 10**6}}}}]}})
+    assert error.value.key == "studies.s.arms.a.set.detectors.destseg.student_steps"
+    with pytest.raises(ConfigError) as error:
+        demo_run({"s": {"arms": [{"name": "a", "set": {"generatio": {"steps": 3}}}]}})
+    assert error.value.key == "studies.s.arms.a.set.generatio"

@@ -105,7 +105,8 @@ def arm_config(config: dict, study: str, arm: dict, detectors: list[str]) -> dic
     raw["studies"] = {}
     raw["detectors"] = {**raw["detectors"], "models": list(detectors), "variants": [arm["variant"]]}
     try:
-        return validate_config(raw)
+        # the config is valid already: only the sections the arm changes are checked again
+        return validate_config(raw, changed_sections=set(arm["set"]) | {"detectors"})
     except ConfigError as error:
         raise ConfigError(f"{where}.{error.key}", error.problem) from None
 
@@ -145,14 +146,25 @@ class RunPlan:
             )
         self.studies = studies
         self.plans = (self.base, *(arm.plan for s in studies.values() for arm in s.arms))
+        for plan in self.plans[1:]:
+            plan.data_memo = self.base.data_memo  # one data set, listed and fingerprinted once
         for study in studies.values():
             _share_test_set(study)
         _pool_generations(self.plans)
 
     # ------------------------------------------------------------------ lookups
+    @functools.cached_property
+    def _study_registry(self) -> dict[tuple[str, tuple[str, ...], str], Plan]:
+        return self.study_artifacts() if self.studies else {}
+
     @functools.cache
     def plan_for(self, stage: str, values: tuple[str, ...], key: str) -> Plan:
         """The plan that plans the ``stage`` artifact with these wildcards and this key."""
+        # The studies' artifacts are listed once (a key asked of every arm's plan in turn would
+        # compute keys that no target needs); then the config's own plan, then any arm's.
+        found = self._study_registry.get((stage, values, key))
+        if found is not None:
+            return found
         for plan in self.plans:
             if values in _instances(plan, stage) and plan.key(stage, *values) == key:
                 return plan

@@ -1,6 +1,7 @@
 # Config validation, the plan (categories x defects) and the keyed path of every artifact.
 # All logic lives in anogen.plan.Plan; this file only turns it into paths and params.
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -144,11 +145,17 @@ def job_plan(stage, wildcards):
         raise WorkflowError(f"{error}") from None
 
 
-def job_param(stage, part):
-    """A params entry (spec, inputs or runtime) of the job with these wildcards, as canonical JSON."""
-    return lambda w: as_json(
-        thaw(getattr(job_plan(stage, w).job(stage, *_values(stage, w)), part))
-    )
+def job_params(stage):
+    """The job's one params entry: its spec, inputs and runtime values (Plan.job) as canonical JSON."""
+    return lambda w: _job_json(stage, _values(stage, w), w.key)
+
+
+@functools.cache
+def _job_json(stage, values, key):
+    # One entry, not three, and each made once: Snakemake evaluates every params function of every
+    # job (a study plans over a thousand), and a change to any part reruns the job all the same.
+    job = RUN.plan_for(stage, values, key).job(stage, *values)
+    return as_json({part: thaw(getattr(job, part)) for part in ("spec", "inputs", "runtime")})
 
 
 def job_artifact(stage, of, name=None):

@@ -59,8 +59,6 @@ rule select_support:
         mem_mb=1000,
         runtime=10,
     params:
-        spec=job_param("support", "spec"),
-        inputs=job_param("support", "inputs"),
-        runtime=job_param("support", "runtime"),
+        job=job_params("support"),
     script:
         "../scripts/select_support.py"

@@ -21,8 +21,6 @@ rule train_detector:
         mem_mb=16000,
         runtime=720,
     params:
-        spec=job_param("detector", "spec"),
-        inputs=job_param("detector", "inputs"),
-        runtime=job_param("detector", "runtime"),
+        job=job_params("detector"),
     script:
         "../scripts/train_detector.py"

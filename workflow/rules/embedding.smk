@@ -21,9 +21,7 @@ if config["embedding"]["source"] == "authors":
             mem_mb=1000,
             runtime=5,
         params:
-            spec=job_param("embedding", "spec"),
-            inputs=job_param("embedding", "inputs"),
-            runtime=job_param("embedding", "runtime"),
+            job=job_params("embedding"),
         script:
             "../scripts/import_embedding.py"
 
@@ -54,8 +52,6 @@ else:
             mem_mb=16000,
             runtime=240,
         params:
-            spec=job_param("embedding", "spec"),
-            inputs=job_param("embedding", "inputs"),
-            runtime=job_param("embedding", "runtime"),
+            job=job_params("embedding"),
         script:
             "../scripts/learn_embedding.py"

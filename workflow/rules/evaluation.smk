@@ -40,9 +40,7 @@ rule evaluate_detector:
         mem_mb=8000,
         runtime=60,
     params:
-        spec=job_param("evaluation", "spec"),
-        inputs=job_param("evaluation", "inputs"),
-        runtime=job_param("evaluation", "runtime"),
+        job=job_params("evaluation"),
     script:
         "../scripts/evaluate_detector.py"
 

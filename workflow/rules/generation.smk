@@ -15,9 +15,7 @@ rule estimate_foreground:
         mem_mb=4000,
         runtime=60,
     params:
-        spec=job_param("foreground", "spec"),
-        inputs=job_param("foreground", "inputs"),
-        runtime=job_param("foreground", "runtime"),
+        job=job_params("foreground"),
     script:
         "../scripts/estimate_foreground.py"
 
@@ -51,9 +49,7 @@ rule generate_anomalies:
         mem_mb=16000,
         runtime=240,
     params:
-        spec=job_param("generation", "spec"),
-        inputs=job_param("generation", "inputs"),
-        runtime=job_param("generation", "runtime"),
+        job=job_params("generation"),
     script:
         "../scripts/generate_anomalies.py"
 

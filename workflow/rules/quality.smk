@@ -20,9 +20,7 @@ rule generation_quality:
         mem_mb=8000,
         runtime=60,
     params:
-        spec=job_param("quality", "spec"),
-        inputs=job_param("quality", "inputs"),
-        runtime=job_param("quality", "runtime"),
+        job=job_params("quality"),
     script:
         "../scripts/generation_quality.py"
 
