@@ -139,8 +139,12 @@ def _values(stage, wildcards):
 
 def job_plan(stage, wildcards):
     """The plan (the config's own, or a study arm's) of the ``stage`` job with these wildcards."""
+    return _plan_of(stage, _values(stage, wildcards), wildcards.key)
+
+
+def _plan_of(stage, values, key):
     try:
-        return RUN.plan_for(stage, _values(stage, wildcards), wildcards.key)
+        return RUN.plan_for(stage, values, key)
     except AnogenError as error:
         raise WorkflowError(f"{error}") from None
 
@@ -154,8 +158,10 @@ def job_params(stage):
 def _job_json(stage, values, key):
     # One entry, not three, and each made once: Snakemake evaluates every params function of every
     # job (a study plans over a thousand), and a change to any part reruns the job all the same.
-    job = RUN.plan_for(stage, values, key).job(stage, *values)
-    return as_json({part: thaw(getattr(job, part)) for part in ("spec", "inputs", "runtime")})
+    job = _plan_of(stage, values, key).job(stage, *values)
+    return as_json(
+        {part: thaw(getattr(job, part)) for part in ("spec", "inputs", "runtime")}
+    )
 
 
 def job_artifact(stage, of, name=None):
