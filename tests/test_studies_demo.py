@@ -104,3 +104,11 @@ def test_adding_an_arm_reruns_only_its_jobs_and_its_table(finished, tmp_path):
     proc = _snakemake(checkout, [*words[:3], "-n", *words[3:]])
     counts = e2e.job_counts(proc.stdout)
     assert counts == {"train_detector": 1, "evaluate_detector": 1, "study_table": 1, "paper": 1}, counts
+
+
+def test_paper_without_studies_stops_with_the_reason(finished):
+    checkout, _ = finished
+    cmd = [sys.executable, "-m", "snakemake", "-n", "paper", "--cores", "1"]  # the demo config: no studies
+    proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=300, env=e2e.env())
+    assert proc.returncode != 0
+    assert "this config has no studies" in proc.stdout + proc.stderr

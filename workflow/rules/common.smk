@@ -196,3 +196,14 @@ def study_outputs(study):
     """The table, plot and report section the study_table job writes for one study."""
     folder = f"{RESULTS}/studies/{study}"
     return [f"{folder}/table.csv", f"{folder}/plot.png", f"{folder}/section.html"]
+
+
+def every_study_output(wildcards):
+    """`snakemake paper`'s inputs; a config without studies stops here rather than doing nothing."""
+    if not RUN.studies:
+        raise WorkflowError(
+            "this config has no studies, so target 'paper' has nothing to run: give a config with "
+            "studies (--configfile config/mvtec-paper-study.yaml, config/demo-study.yaml) or add "
+            "a studies: section"
+        )
+    return [path for study in RUN.studies for path in study_outputs(study)]

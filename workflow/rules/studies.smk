@@ -56,5 +56,5 @@ for _study in RUN.studies:
 
 rule paper:
     input:
-        [path for study in RUN.studies for path in study_outputs(study)],
+        every_study_output,
     localrule: True
