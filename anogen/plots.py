@@ -22,7 +22,7 @@ __all__ = ["plot_loss_curves", "read_loss_columns", "moving_average", "detector_
 NON_LOSS_COLUMNS = ("step", "seconds", "lr", "phase", "weak_dropped")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -78,7 +78,7 @@ def plot_loss_curves(
     log_y: bool = False,
 ) -> None:
     """One axis per curve (stacked), raw light and smoothed dark; written atomically as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(curves)
     n = max(1, len(names))
     fig, axes = plt.subplots(n, 1, figsize=(7.5, 2.2 + 1.6 * n), sharex=True, squeeze=False)

@@ -109,7 +109,7 @@ def _fmt(value: float, signed: bool = False) -> str:
     return text.replace("-0.00", "0.00").replace("+0.00", "0.00")
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n"
@@ -117,7 +117,7 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _delta_cell(value: float, cls: str = "num") -> str:
+def delta_cell(value: float, cls: str = "num") -> str:
     sign = "" if not math.isfinite(value) or value == 0 else (" up" if value > 0 else " down")
     return f'<td class="{cls}{sign}">{_fmt(value, signed=True)}</td>'
 
@@ -152,13 +152,13 @@ def summary_html(rows: Sequence[Mapping[str, str]]) -> str:
         "excluded). <b>mean</b> rows: mean over the categories where the metric is defined; "
         "empty cells are undefined metrics (see the note).</p>"
     )
-    return _page("summary", "<h3>Summary: every category x detector x variant</h3>\n" + caption + "\n".join(lines))
+    return html_page("summary", "<h3>Summary: every category x detector x variant</h3>\n" + caption + "\n".join(lines))
 
 
 def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence[Mapping[str, str]]) -> str:
     """table1.csv as HTML; for MVTec AD runs with the paper's Table 1 and ours - paper beside it."""
     if not table1_rows:
-        return _page("table 1", "<p>No results.</p>")
+        return html_page("table 1", "<p>No results.</p>")
     columns = [c for c in table1_rows[0] if c not in ("metric", "note")]
     detectors = sorted({c.split(" ", 1)[0] for c in columns})
     has_note = "note" in table1_rows[0]
@@ -186,7 +186,7 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
         cells = [f"<td>{html.escape(label)}</td>"]
         for c in columns:
             value = _num(r[c])
-            cells.append(_delta_cell(value) if c.endswith(" delta") else f'<td class="num">{_fmt(value)}</td>')
+            cells.append(delta_cell(value) if c.endswith(" delta") else f'<td class="num">{_fmt(value)}</td>')
         if compare:
             for d in detectors:
                 paper = PAPER_TABLE1.get(d)
@@ -197,8 +197,8 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
                 ours = _num(r.get(f"{d} anogen"))
                 cells.append(f'<td class="num paper">{_fmt(base) or "-"}</td>')
                 cells.append(f'<td class="num paper">{_fmt(ours_paper) or "-"}</td>')
-                cells.append(_delta_cell(ours_paper - base, "num paper"))
-                cells.append(_delta_cell(ours - ours_paper, "num paper"))
+                cells.append(delta_cell(ours_paper - base, "num paper"))
+                cells.append(delta_cell(ours - ours_paper, "num paper"))
         if has_note:  # what these means were computed from (random models, fallbacks): as text
             cells.append(f'<td class="note">{html.escape(r.get("note") or "", quote=False)}</td>')
         lines.append("<tr>" + "".join(cells) + "</tr>")
@@ -220,7 +220,7 @@ def table1_html(table1_rows: Sequence[Mapping[str, str]], summary_rows: Sequence
             "The paper's Table 1 numbers are shown only for MVTec AD runs; these categories are not MVTec AD "
             "categories, so there is nothing to compare with.</p>"
         )
-    return _page("table 1", "<h3>Table 1 layout: baseline vs AnoGen</h3>\n" + caption + "\n".join(lines))
+    return html_page("table 1", "<h3>Table 1 layout: baseline vs AnoGen</h3>\n" + caption + "\n".join(lines))
 
 
 def notes(rows: Iterable[Mapping[str, str]]) -> list[tuple[str, list[str]]]:

@@ -44,11 +44,11 @@ SUMMARY_COLUMNS = ("category", "detector", "variant", *METRICS, "n_categories", 
 __all__ = ["summarize", "read_metrics", "SUMMARY_COLUMNS", "METRICS"]
 
 
-def _variant_rank(variant: str) -> tuple[int, str]:
+def variant_rank(variant: str) -> tuple[int, str]:
     return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
 
 
-def _fmt(value: float | None) -> str:
+def format_value(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return ""
     text = f"{value:.{DECIMALS}f}"
@@ -78,11 +78,11 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _percent(value: Any) -> float:
+def percent(value: Any) -> float:
     return math.nan if value is None else 100.0 * float(value)
 
 
-def _csv_text(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+def csv_text(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(list(header))
@@ -101,7 +101,7 @@ def summarize(metrics_paths: list[Path], summary_csv: Path, table1_csv: Path) ->
     for category, detector, variant in records:
         groups.setdefault((detector, variant), []).append(category)
     rows, means = _summary_rows(records, provenance_notes, groups)
-    atomic_write_text(summary_csv, _csv_text(SUMMARY_COLUMNS, rows))
+    atomic_write_text(summary_csv, csv_text(SUMMARY_COLUMNS, rows))
     atomic_write_text(table1_csv, _table1_text(groups, means, provenance_notes))
 
 
@@ -122,7 +122,7 @@ def _read_all(metrics_paths: list[Path]) -> tuple[dict[Ident, dict[str, float]],
                 "each category x detector x variant must be evaluated once",
             )
         origin[ident] = path
-        records[ident] = {name: _percent(data.get(name)) for name in METRICS}
+        records[ident] = {name: percent(data.get(name)) for name in METRICS}
         provenance_notes[ident] = manifest_notes(path.parent)
     return records, provenance_notes
 
@@ -131,24 +131,33 @@ def _summary_rows(records, provenance_notes, groups) -> tuple[list[list[str]], d
     """summary.csv's rows (each detector x variant: its categories, then its mean row) and the means."""
     rows: list[list[str]] = []
     means: dict[tuple[str, str], dict[str, float]] = {}
-    for detector, variant in sorted(groups, key=lambda dv: (dv[0], _variant_rank(dv[1]))):
+    for detector, variant in sorted(groups, key=lambda dv: (dv[0], variant_rank(dv[1]))):
         categories = sorted(groups[(detector, variant)])
         for category in categories:
             values = records[(category, detector, variant)]
             undefined = [name for name in METRICS if math.isnan(values[name])]
             row_notes = [f"undefined: {', '.join(undefined)}"] if undefined else []
             row_notes += provenance_notes[(category, detector, variant)]
-            rows.append([category, detector, variant, *(_fmt(values[m]) for m in METRICS), "1", "; ".join(row_notes)])
-        mean_values, notes = _group_mean([records[(c, detector, variant)] for c in categories], categories)
+            rows.append(
+                [category, detector, variant, *(format_value(values[m]) for m in METRICS), "1", "; ".join(row_notes)]
+            )
+        mean_values, notes = group_mean([records[(c, detector, variant)] for c in categories], categories)
         means[(detector, variant)] = mean_values
         notes += sorted({n for c in categories for n in provenance_notes[(c, detector, variant)]})
         rows.append(
-            [MEAN, detector, variant, *(_fmt(mean_values[m]) for m in METRICS), str(len(categories)), "; ".join(notes)]
+            [
+                MEAN,
+                detector,
+                variant,
+                *(format_value(mean_values[m]) for m in METRICS),
+                str(len(categories)),
+                "; ".join(notes),
+            ]
         )
     return rows, means
 
 
-def _group_mean(values: list[dict[str, float]], categories: list[str]) -> tuple[dict[str, float], list[str]]:
+def group_mean(values: list[dict[str, float]], categories: list[str]) -> tuple[dict[str, float], list[str]]:
     """Per metric the mean over the categories where it is defined, and notes on the missing ones."""
     mean_values: dict[str, float] = {}
     notes = []
@@ -175,7 +184,7 @@ def _table1_text(groups, means, provenance_notes) -> str:
         ]
         extra_variants = sorted(
             (v for d, v in groups if d == detector and v not in ("baseline", "anogen")),
-            key=_variant_rank,
+            key=variant_rank,
         )
         columns += [(f"{detector} {v}", detector, v) for v in extra_variants]
 
@@ -185,14 +194,14 @@ def _table1_text(groups, means, provenance_notes) -> str:
             ours = means.get((detector, "anogen"))
             if base is None or ours is None:
                 return ""
-            return _fmt(ours[name] - base[name])
+            return format_value(ours[name] - base[name])
         values = means.get((detector, variant))
-        return "" if values is None else _fmt(values[name])
+        return "" if values is None else format_value(values[name])
 
     # Every number of the table is a mean over runs that may carry notes: each row says which.
     table_note = "; ".join(_scoped_notes(provenance_notes))
     table_rows = [[METRIC_LABELS[name], *(cell(d, v, name) for _, d, v in columns), table_note] for name in METRICS]
-    return _csv_text(["metric", *(h for h, _, _ in columns), "note"], table_rows)
+    return csv_text(["metric", *(h for h, _, _ in columns), "note"], table_rows)
 
 
 def _scoped_notes(notes: dict[tuple[str, str, str], list[str]]) -> list[str]:

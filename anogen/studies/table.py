@@ -35,21 +35,21 @@ from typing import Any
 
 from anogen import provenance
 from anogen.errors import AnogenError, DataError
-from anogen.evaluation.report import MVTEC_CATEGORIES, _delta_cell, _page
+from anogen.evaluation.report import MVTEC_CATEGORIES, delta_cell, html_page
 from anogen.evaluation.summary import (
     MEAN,
     METRIC_LABELS,
     METRICS,
-    _csv_text,
-    _fmt,
-    _group_mean,
-    _percent,
-    _variant_rank,
+    csv_text,
+    format_value,
+    group_mean,
+    percent,
     read_metrics,
+    variant_rank,
 )
 from anogen.io import atomic_path, atomic_write_text
 from anogen.keys import test_set_id
-from anogen.plots import _pyplot
+from anogen.plots import pyplot
 from anogen.studies.paper import paper_table, paper_value
 
 __all__ = ["write_study", "STUDY_COLUMNS", "PAPER_METRICS", "DIFFERENT_TEST_SETS"]
@@ -104,7 +104,7 @@ class _Row:
         out += [self.category, str(self.n_categories)]
         for m in METRICS:
             paper = self.paper.get(m, math.nan)
-            out += [_fmt(self.values[m]), _fmt(paper), _fmt(self.values[m] - paper)]
+            out += [format_value(self.values[m]), format_value(paper), format_value(self.values[m] - paper)]
         return [*out, self.test_set, "; ".join(_unique(self.notes))]
 
 
@@ -175,7 +175,7 @@ def _read_results(study: dict[str, Any]) -> list[_Result]:
                     detector=ident[1],
                     variant=ident[2],
                     category=ident[0],
-                    values={m: _percent(data.get(m)) for m in METRICS},
+                    values={m: percent(data.get(m)) for m in METRICS},
                     test_set=_test_set(data, manifest),
                     notes=tuple(sorted(provenance.manifest_notes(manifest))),
                 )
@@ -223,7 +223,7 @@ def _mean_row(
     """The mean of one arm x detector x variant over its categories, with the paper's value beside it."""
     group = sorted(group, key=lambda r: r.category)
     categories = [r.category for r in group]
-    values, notes = _group_mean([r.values for r in group], categories)
+    values, notes = group_mean([r.values for r in group], categories)
     missing = [c for c in all_categories if c not in categories]
     if missing:
         notes.append(
@@ -249,7 +249,7 @@ def _study_rows(study: dict[str, Any], results: list[_Result]) -> tuple[list[_Ro
     groups: dict[tuple[int, str, str], list[_Result]] = {}
     for r in results:
         groups.setdefault((r.arm, r.detector, r.variant), []).append(r)
-    order = sorted(groups, key=lambda g: (g[0], g[1], _variant_rank(g[2])))
+    order = sorted(groups, key=lambda g: (g[0], g[1], variant_rank(g[2])))
     all_categories = sorted({r.category for r in results})
     mismatched = _mismatched_categories(results)
     means, per_category = [], []
@@ -355,7 +355,7 @@ def _bar_plot(axes, means: list[_Row]) -> None:
 
 def plot_study(study: dict[str, Any], means: list[_Row], path: str | Path) -> None:
     """plot.png: a line over the arms' x (``study["plot"]`` set) or grouped bars per arm; written atomically."""
-    plt = _pyplot()
+    plt = pyplot()
     n_panels = 1 if study.get("plot") else max(1, len({(r.detector, r.variant) for r in means}))
     n_arms = len(study["arms"])
     fig, axes = plt.subplots(1, n_panels, figsize=(max(6.0, 1.1 * n_arms + 2.5) * n_panels, 4.6), squeeze=False)
@@ -401,10 +401,10 @@ def _html_table(means: list[_Row]) -> str:
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in (label, row.detector, row.variant))
         tds += f'<td class="num">{row.n_categories}</td>'
         for m in METRICS:
-            tds += f'<td class="num">{_fmt(row.values[m])}</td>'
+            tds += f'<td class="num">{format_value(row.values[m])}</td>'
             if m in compared:
                 paper = row.paper.get(m, math.nan)
-                tds += f'<td class="num paper">{_fmt(paper) or "-"}</td>' + _delta_cell(
+                tds += f'<td class="num paper">{format_value(paper) or "-"}</td>' + delta_cell(
                     row.values[m] - paper, "num paper"
                 )
         lines.append(f"<tr>{tds}</tr>")
@@ -447,7 +447,7 @@ def section_html(study: dict[str, Any], means: list[_Row], per_category: list[_R
         f'<h3>{html.escape(title)}</h3>\n<p class="caption">{caption}</p>\n{_html_table(means)}\n'
         f'{_test_set_html(means, per_category)}\n<h4>Notes</h4>\n<ul class="anogen-notes">{notes}</ul>'
     )
-    return _page(study.get("title") or study["name"], body)
+    return html_page(study.get("title") or study["name"], body)
 
 
 # ----------------------------------------------------------------------------- job
@@ -469,7 +469,7 @@ def write_study(study: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     means, per_category = _study_rows(study, results)
     out_dir = Path(out_dir)
     paths = {kind: out_dir / name for kind, name in OUTPUT_NAMES.items()}
-    atomic_write_text(paths["table"], _csv_text(STUDY_COLUMNS, [r.cells() for r in [*means, *per_category]]))
+    atomic_write_text(paths["table"], csv_text(STUDY_COLUMNS, [r.cells() for r in [*means, *per_category]]))
     plot_study(study, means, paths["plot"])
     atomic_write_text(paths["section"], section_html(study, means, per_category))
     return paths
