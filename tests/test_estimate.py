@@ -24,6 +24,18 @@ def _table(tmp_path, **stages):
     return t
 
 
+def small_gpu_table(tmp_path):
+    """Round rates at 64 px: 1 embedding step/s, 1 image/s at 10 DDIM steps, 4 detector images/s."""
+    return _table(
+        tmp_path,
+        embedding={"value": 1.0, "unit": "steps/s"},
+        generation={"value": 1.0, "unit": "images/s", "steps": 10},
+        detector_draem={"value": 4.0, "unit": "images/s", "image_size": 64},
+        detector_destseg={"value": 4.0, "unit": "images/s", "image_size": 64},
+        evaluation={"value": 2.0, "unit": "images/s"},
+    )
+
+
 def test_list_schedule_hand_cases():
     J = est.Job
     # independent jobs 5,4,3,3 on 2 GPUs, longest first: {5,3} {4,3} -> 8
@@ -56,14 +68,7 @@ def test_mvtec_config_uses_published_counts_and_seeded_h200():
 
 
 def test_detector_waits_for_generation_and_pixel_scaling(tmp_path):
-    _table(
-        tmp_path,
-        embedding={"value": 1.0, "unit": "steps/s"},
-        generation={"value": 1.0, "unit": "images/s", "steps": 10},
-        detector_draem={"value": 4.0, "unit": "images/s", "image_size": 64},
-        detector_destseg={"value": 4.0, "unit": "images/s", "image_size": 64},
-        evaluation={"value": 2.0, "unit": "images/s"},
-    )
+    small_gpu_table(tmp_path)
     cfg = validate_config(
         {
             "categories": ["bottle"],

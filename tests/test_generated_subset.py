@@ -12,7 +12,7 @@ from anogen.generation.run import plan_generation
 from anogen.io import load_manifest, sha256_file
 from tests.test_config_keys import all_keys, changed, demo_raw, plan
 from tests.test_detectors_train import _spec
-from tests.test_estimate import _table
+from tests.test_estimate import small_gpu_table
 from tests.test_generation_run import SPEC, _generate, make_world
 
 RES = 32
@@ -108,14 +108,7 @@ def test_generation_spec_carries_n_not_boxes_per_image():
 
 
 def test_estimate_counts_n_images_per_normal_image(tmp_path):
-    _table(
-        tmp_path,
-        embedding={"value": 1.0, "unit": "steps/s"},
-        generation={"value": 1.0, "unit": "images/s", "steps": 10},
-        detector_draem={"value": 4.0, "unit": "images/s", "image_size": 64},
-        detector_destseg={"value": 4.0, "unit": "images/s", "image_size": 64},
-        evaluation={"value": 2.0, "unit": "images/s"},
-    )
+    small_gpu_table(tmp_path)
     generation = {"steps": 10, "images_per_normal": 5, "boxes_per_image": 1, "max_normal_images": 3}
     cfg = {"categories": ["bottle"], "defects": {"bottle": ["contamination"]}, "data_root": str(tmp_path / "none")}
     cfg.update(generation=generation, detectors={"models": ["draem"], "variants": ["anogen"]})
