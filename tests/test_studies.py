@@ -288,3 +288,18 @@ def test_an_arm_is_checked_like_a_whole_config():
     with pytest.raises(ConfigError) as error:
         demo_run({"s": {"arms": [{"name": "a", "set": {"generatio": {"steps": 3}}}]}})
     assert error.value.key == "studies.s.arms.a.set.generatio"
+
+
+def test_gc_keeps_every_arms_artifacts(monkeypatch):
+    from anogen.cli import run_referenced_dirs
+
+    monkeypatch.chdir(ROOT)
+    config = load_config_file(DEMO_STUDY)
+    kept = {str(d) for d in run_referenced_dirs(config)}
+    run = RunPlan(config)
+    for (stage, values, _), plan in run.study_artifacts().items():
+        assert str(Path(plan.path(stage, *values)).parent) in kept
+    tau_50 = run.studies["demo_tau"].arms[1].plan
+    assert str(Path(tau_50.path("detector", "nut_object", "draem", "anogen")).parent) in kept
+    # the config's own run (rule all) too, with its generation pooled like the arms'
+    assert str(Path(run.base.path("generation", "nut_object", "chip")).parent) in kept
