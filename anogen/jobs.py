@@ -45,12 +45,9 @@ def _params(sm) -> dict[str, Any]:
     out = {}
     for name in p.keys():
         value = getattr(p, name)
-        if name in ("job", "spec", "study") and isinstance(value, str):
+        if name in ("spec", "inputs", "runtime", "study") and isinstance(value, str):
             value = json.loads(value)
-        if name == "job":  # a keyed job's spec, inputs and runtime, in one entry (common.smk: job_params)
-            out.update(value)
-        else:
-            out[name] = value
+        out[name] = value
     return out
 
 

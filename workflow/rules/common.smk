@@ -149,19 +149,18 @@ def _plan_of(stage, values, key):
         raise WorkflowError(f"{error}") from None
 
 
-def job_params(stage):
-    """The job's one params entry: its spec, inputs and runtime values (Plan.job) as canonical JSON."""
-    return lambda w: _job_json(stage, _values(stage, w), w.key)
+def job_param(stage, part):
+    """A params entry (spec, inputs or runtime) of the job with these wildcards, as canonical JSON."""
+    return lambda w: _param_json(stage, _values(stage, w), w.key, part)
 
 
 @functools.cache
-def _job_json(stage, values, key):
-    # One entry, not three, and each made once: Snakemake evaluates every params function of every
-    # job (a study plans over a thousand), and a change to any part reruns the job all the same.
+def _param_json(stage, values, key, part):
+    # Made once per job and part: Snakemake evaluates each params function more than once per
+    # job (a study plans over a thousand). Three entries, as Snakemake has recorded them for
+    # every finished job: one entry would change its params trigger and rerun them all.
     job = _plan_of(stage, values, key).job(stage, *values)
-    return as_json(
-        {part: thaw(getattr(job, part)) for part in ("spec", "inputs", "runtime")}
-    )
+    return as_json(thaw(getattr(job, part)))
 
 
 def job_artifact(stage, of, name=None):

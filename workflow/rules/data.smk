@@ -59,6 +59,8 @@ rule select_support:
         mem_mb=1000,
         runtime=10,
     params:
-        job=job_params("support"),
+        spec=job_param("support", "spec"),
+        inputs=job_param("support", "inputs"),
+        runtime=job_param("support", "runtime"),
     script:
         "../scripts/select_support.py"

@@ -21,6 +21,8 @@ rule train_detector:
         mem_mb=16000,
         runtime=720,
     params:
-        job=job_params("detector"),
+        spec=job_param("detector", "spec"),
+        inputs=job_param("detector", "inputs"),
+        runtime=job_param("detector", "runtime"),
     script:
         "../scripts/train_detector.py"

@@ -21,7 +21,9 @@ if config["embedding"]["source"] == "authors":
             mem_mb=1000,
             runtime=5,
         params:
-            job=job_params("embedding"),
+            spec=job_param("embedding", "spec"),
+            inputs=job_param("embedding", "inputs"),
+            runtime=job_param("embedding", "runtime"),
         script:
             "../scripts/import_embedding.py"
 
@@ -52,6 +54,8 @@ else:
             mem_mb=16000,
             runtime=240,
         params:
-            job=job_params("embedding"),
+            spec=job_param("embedding", "spec"),
+            inputs=job_param("embedding", "inputs"),
+            runtime=job_param("embedding", "runtime"),
         script:
             "../scripts/learn_embedding.py"

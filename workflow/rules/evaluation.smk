@@ -40,7 +40,9 @@ rule evaluate_detector:
         mem_mb=8000,
         runtime=60,
     params:
-        job=job_params("evaluation"),
+        spec=job_param("evaluation", "spec"),
+        inputs=job_param("evaluation", "inputs"),
+        runtime=job_param("evaluation", "runtime"),
     script:
         "../scripts/evaluate_detector.py"
 

@@ -15,7 +15,9 @@ rule estimate_foreground:
         mem_mb=4000,
         runtime=60,
     params:
-        job=job_params("foreground"),
+        spec=job_param("foreground", "spec"),
+        inputs=job_param("foreground", "inputs"),
+        runtime=job_param("foreground", "runtime"),
     script:
         "../scripts/estimate_foreground.py"
 
@@ -49,7 +51,9 @@ rule generate_anomalies:
         mem_mb=16000,
         runtime=240,
     params:
-        job=job_params("generation"),
+        spec=job_param("generation", "spec"),
+        inputs=job_param("generation", "inputs"),
+        runtime=job_param("generation", "runtime"),
     script:
         "../scripts/generate_anomalies.py"
 

@@ -20,7 +20,9 @@ rule generation_quality:
         mem_mb=8000,
         runtime=60,
     params:
-        job=job_params("quality"),
+        spec=job_param("quality", "spec"),
+        inputs=job_param("quality", "inputs"),
+        runtime=job_param("quality", "runtime"),
     script:
         "../scripts/generation_quality.py"
 
