@@ -154,6 +154,7 @@ def test_without_exclusion_every_arm_keeps_every_test_image():
         ({"detectors": {"variants": ["baseline"]}}, "studies.s.arms.a.set.detectors.variants"),
         ({"generation": {"batch_size": 2}}, "studies.s.arms.a.set.generation.batch_size"),
         ({"categories": ["nut_object"]}, "studies.s.arms.a.set.categories"),
+        ({"support": {"exclude_from_test": False}}, "studies.s.arms.a.set.support.exclude_from_test"),
         ({"detectors": {"tau": 1.5}}, "studies.s.arms.a.set.detectors.tau"),
         ({"detectors": {"taux": 0.5}}, "studies.s.arms.a.set.detectors.taux"),
     ],

@@ -47,6 +47,7 @@ _FIXED_KEYS = (
     ("detectors", "models"),
     ("detectors", "variants"),
     ("detectors", "checkpoint_every"),
+    ("support", "exclude_from_test"),  # the study's one test set is made under the config's rule
     ("quality", "batch_size"),
     *((section, name) for section, names in _NOT_IN_KEYS.items() for name in sorted(names)),
 )
@@ -98,8 +99,9 @@ def arm_config(config: dict, study: str, arm: dict, detectors: list[str]) -> dic
             if path[: len(fixed)] == fixed:
                 raise ConfigError(
                     f"{where}.{'.'.join(path)}",
-                    f"an arm cannot change {'.'.join(fixed)} (the run's data, outputs, speed settings and the "
-                    "study's detectors are the same for every arm; set it at the top level or in the study)",
+                    f"an arm cannot change {'.'.join(fixed)} (the run's data, outputs, test-set rule, speed "
+                    "settings and the study's detectors are the same for every arm; set it at the top level "
+                    "or in the study)",
                 )
     raw = deep_update(config, arm["set"])
     raw["studies"] = {}
