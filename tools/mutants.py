@@ -47,6 +47,7 @@ SUITES: dict[str, tuple[tuple[str, ...], str]] = {
     "metrics": (("tests/test_metrics.py",), ""),
     "detectors": (("tests/test_detectors_units.py",), "not parameter_count and not teacher"),
     "keys": (("tests/test_config_keys.py", "tests/test_artifacts.py"), ""),
+    "studies": (("tests/test_studies.py",), ""),
 }
 
 
@@ -296,6 +297,23 @@ MUTANTS: tuple[Mutant, ...] = (
         'if variant == "none":\n            return {}\n        return {f"generation/',
         "keys",
         "baseline or every_defect or tau",
+    ),
+    # studies: one test set per study, one generation per N-pool
+    Mutant(
+        "study-test-set-first-arm",
+        "anogen/studies/planner.py",
+        "{path for arm in study.arms for path in arm.plan.own_support_exclusions(c)}",
+        "{path for arm in study.arms[:1] for path in arm.plan.own_support_exclusions(c)}",
+        "studies",
+        "one_test_set",
+    ),
+    Mutant(
+        "pool-smallest-n",
+        "anogen/studies/planner.py",
+        "largest[key] = max(n, largest.get(key, 0))",
+        "largest[key] = min(n, largest.get(key, n))",
+        "studies",
+        "pooled or shared_artifact",
     ),
 )
 
