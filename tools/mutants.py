@@ -276,9 +276,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "keys-bool-as-int",
         "anogen/keys.py",
-        "    if isinstance(value, (str, int, float, bool)) or value is None:",
-        "    if isinstance(value, bool):\n        return int(value)\n"
-        "    if isinstance(value, (str, int, float, bool)) or value is None:",
+        "        return value\n    if isinstance(value, dict):",
+        "        return int(value) if isinstance(value, bool) else value\n    if isinstance(value, dict):",
         "keys",
         "content_keys",
     ),

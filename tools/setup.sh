@@ -9,5 +9,8 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
-python -m pip install -q -e ".[test,slurm]"
+# The packages carried to a lent GPU machine (bench/device/wheels.txt) are installed here at the
+# versions carried there, so both machines run what the tests ran (a newer release on the
+# registry otherwise changes the tested set under an unchanged checkout).
+python -m pip install -q -e ".[test,slurm]" -c bench/device/wheels.txt
 python -c "import anogen, torch, diffusers, snakemake; print('anogen', anogen.__version__, '| torch', torch.__version__, '| diffusers', diffusers.__version__)"
