@@ -56,26 +56,44 @@ def make_visa_tree(
     """``<root>/<c>/Data/Images/{Normal,Anomaly}/*.JPG``, ``Masks/Anomaly/*.png`` and
     ``split_csv/1cls.csv``, as VisA ships them (masks hold small values, not 255)."""
     rng = np.random.default_rng(seed)
+    return write_visa_tree(
+        root,
+        categories,
+        n_train=n_train,
+        n_test_normal=n_test_normal,
+        n_anomaly=n_anomaly,
+        normal=lambda category: _normal(rng, height, width),
+        anomalous=lambda category: _anomalous(rng, height, width),
+        save=_save_jpeg_95,
+    )
+
+
+def _save_jpeg_95(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".JPG":
+        Image.fromarray(array).save(path, format="JPEG", quality=95)
+    else:
+        Image.fromarray(array).save(path)
+
+
+def write_visa_tree(root: Path, categories, *, n_train, n_test_normal, n_anomaly, normal, anomalous, save) -> Path:
+    """VisA's files and ``split_csv/1cls.csv`` for ``categories``: ``normal(category)`` and
+    ``anomalous(category)`` make the images (and mask), ``save(path, array)`` writes one file."""
     rows = ["object,split,label,image,mask"]
     for category in categories:
-        normal_dir = root / category / "Data" / "Images" / "Normal"
-        anomaly_dir = root / category / "Data" / "Images" / "Anomaly"
-        mask_dir = root / category / "Data" / "Masks" / "Anomaly"
-        for d in (normal_dir, anomaly_dir, mask_dir):
-            d.mkdir(parents=True, exist_ok=True)
         for i in range(n_train + n_test_normal):
-            name = f"{i:04d}.JPG"
-            Image.fromarray(_normal(rng, height, width)).save(normal_dir / name, format="JPEG", quality=95)
-            split = "train" if i < n_train else "test"
-            rows.append(f"{category},{split},normal,{category}/Data/Images/Normal/{name},")
+            rel = f"{category}/Data/Images/Normal/{i:04d}.JPG"
+            save(root / rel, normal(category))
+            rows.append(f"{category},{'train' if i < n_train else 'test'},normal,{rel},")
         for i in range(n_anomaly):
-            image, mask = _anomalous(rng, height, width)
-            Image.fromarray(image).save(anomaly_dir / f"{i:03d}.JPG", format="JPEG", quality=95)
-            Image.fromarray(mask * 3).save(mask_dir / f"{i:03d}.png")
-            rows.append(
-                f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,"
-                f"{category}/Data/Masks/Anomaly/{i:03d}.png"
+            image, mask = anomalous(category)
+            image_rel, mask_rel = (
+                f"{category}/Data/Images/Anomaly/{i:03d}.JPG",
+                f"{category}/Data/Masks/Anomaly/{i:03d}.png",
             )
+            save(root / image_rel, image)
+            save(root / mask_rel, mask * 3)
+            rows.append(f"{category},test,anomaly,{image_rel},{mask_rel}")
     (root / "split_csv").mkdir(parents=True, exist_ok=True)
     (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
     return root

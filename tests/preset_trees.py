@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.layout_trees import VISA_CATEGORIES
+from tests.layout_trees import VISA_CATEGORIES, write_visa_tree
 
 # objects per image (rows, columns) of VisA's multi-instance categories
 VISA_INSTANCES = {"candle": (2, 2), "capsules": (3, 4), "macaroni1": (2, 2), "macaroni2": (2, 2)}
@@ -67,25 +67,16 @@ def _save(path: Path, array: np.ndarray) -> None:
 def make_visa_preset_tree(root: Path, *, n_train=3, n_test_normal=1, n_anomaly=3, height=48, width=64, seed=0) -> Path:
     """VisA's layout and split_csv/1cls.csv for its 12 categories (JPEG images, masks of small values)."""
     rng = np.random.default_rng(seed)
-    rows = ["object,split,label,image,mask"]
-    for category in VISA_CATEGORIES:
-        grid = VISA_INSTANCES.get(category, (1, 1))
-        base = root / category / "Data"
-        for i in range(n_train + n_test_normal):
-            rel = f"{category}/Data/Images/Normal/{i:04d}.JPG"
-            _save(root / rel, normal_image(rng, height, width, grid))
-            rows.append(f"{category},{'train' if i < n_train else 'test'},normal,{rel},")
-        for i in range(n_anomaly):
-            image, mask = anomalous_image(rng, height, width, grid)
-            _save(base / "Images" / "Anomaly" / f"{i:03d}.JPG", image)
-            _save(base / "Masks" / "Anomaly" / f"{i:03d}.png", mask * 3)
-            rows.append(
-                f"{category},test,anomaly,{category}/Data/Images/Anomaly/{i:03d}.JPG,"
-                f"{category}/Data/Masks/Anomaly/{i:03d}.png"
-            )
-    (root / "split_csv").mkdir(parents=True, exist_ok=True)
-    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return write_visa_tree(
+        root,
+        VISA_CATEGORIES,
+        n_train=n_train,
+        n_test_normal=n_test_normal,
+        n_anomaly=n_anomaly,
+        normal=lambda category: normal_image(rng, height, width, VISA_INSTANCES.get(category, (1, 1))),
+        anomalous=lambda category: anomalous_image(rng, height, width, VISA_INSTANCES.get(category, (1, 1))),
+        save=_save,
+    )
 
 
 def make_btad_tree(root: Path, *, n_train=4, n_test_ok=2, n_ko=3, size=48, seed=0) -> Path:
