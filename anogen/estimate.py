@@ -105,8 +105,9 @@ def _plan_for(config: dict) -> tuple[Plan, str]:
 
 def _layout_for(config: dict) -> tuple[dict | None, str]:
     """None (list data_root) and where counts come from; the published MVTec AD layout when data_root is missing."""
-    if Plan(config).is_demo or Path(config["data_root"]).is_dir():
-        return None, "counted in " + ("the demo config" if Plan(config).is_demo else config["data_root"])
+    is_demo = Plan(config).is_demo
+    if is_demo or Path(config["data_root"]).is_dir():
+        return None, "counted in " + ("the demo config" if is_demo else config["data_root"])
     # "texture" as a folder listing would give it (anogen.data.layouts.discover); no count depends on it
     layout = {c: {"defects": list(d), "texture": False} for c, (_, _, d) in MVTEC_AD.items()}  # repeated on purpose
     return layout, f"published MVTec AD counts ({config['data_root']} does not exist)"
@@ -311,7 +312,7 @@ def build_study_jobs(config: dict, table: dict, table_path: Path) -> StudyEstima
     layout, source = _layout_for(config)
     run = RunPlan(config, layout)
     if not run.studies:
-        raise ConfigError("studies", "this config has no study (anogen estimate without --studies costs its run)")
+        raise ConfigError("studies", "this config has no study: build_jobs costs the config's own run")
     counts = count_images(run.base, source)
     costs = _Costs(table, counts)
     shared = run.study_artifacts()
@@ -319,6 +320,7 @@ def build_study_jobs(config: dict, table: dict, table_path: Path) -> StudyEstima
     arms = [arm for study in run.studies.values() for arm in study.arms]
     for arm in arms:
         own = Plan(arm.plan.config, layout=run.base.layout)  # no pooled generation, its own test set
+        own.data_memo = run.base.data_memo  # the same data set: listed and fingerprinted once
         needed: dict = {}
         for values in own.detector_runs():
             closure(own, "evaluation", values, needed)
@@ -345,8 +347,7 @@ def format_study_report(est: StudyEstimate, n_gpus: int) -> str:
     s_hours, a_hours = shared.stage_hours(), alone.stage_hours()
     s_jobs, a_jobs = shared.stage_jobs(), alone.stage_jobs()
     lines = [
-        f"throughput: {shared.table_path.name} -- {shared.table.get('gpu_model')}",
-        f"image counts: {shared.counts.source}",
+        *_report_header(shared),
         f"{est.n_studies} studies, {est.n_arms} arms",
         "",
         f"{'stage':<11} {'jobs':>6} {'GPU-hours':>10}   {'each arm alone: jobs':>21} {'GPU-hours':>10}",
@@ -432,14 +433,22 @@ def estimate(
     return build_jobs(config, found[1], found[0])
 
 
-def format_report(est: Estimate, n_gpus: int) -> str:
+def _report_header(est: Estimate) -> list[str]:
+    """Which throughput table (and whether its device check failed) and where the image counts come from."""
     t = est.table
     origin = t.get("source", "measured")  # repeated on purpose: the throughput table's field, not embedding.source
     failed = [c["check"] for c in t.get("checks", []) if not c.get("ok")]
-    lines = [
+    return [
         f"throughput: {est.table_path.name} -- {t.get('gpu_model')} ({origin}, {t.get('date', '?')})",
         *([f"WARNING: that device check failed {len(failed)} check(s): {', '.join(failed)}"] if failed else []),
         f"image counts: {est.counts.source}",
+    ]
+
+
+def format_report(est: Estimate, n_gpus: int) -> str:
+    t = est.table
+    lines = [
+        *_report_header(est),
         "",
         f"{'stage':<11} {'jobs':>5} {'work':>14} {'rate (measured)':>28} {'GPU-hours':>10}",
     ]
