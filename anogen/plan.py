@@ -67,7 +67,6 @@ class Plan:
             return self._layout
         if self.is_demo:
             return demo.demo_layout(self.config["demo"])
-
         root = self.config["data_root"]
         if not Path(root).is_dir():
             raise ConfigError(
@@ -245,7 +244,6 @@ class Plan:
     def support_files(self, category: str, defect: str) -> tuple[str, ...] | None:
         """The support image names: the named ones, else the plan's seeded choice among the
         defect folder's file names (None: too few images; the support job says so)."""
-
         named = self.named_support_files(category, defect)
         if named is not None:
             return named
@@ -278,7 +276,6 @@ class Plan:
 
     def _sibling_views(self, category: str, chosen: set[str]) -> set[str]:
         """Real-IAD: every test view (any label) of the samples the support views belong to."""
-
         files = self._category_files(category)
         samples = {realiad.sample_of(rel) for rel in chosen}
         views = (mvtec.relative_to_root(files.root, p) for paths in files.test.values() for p in paths)
@@ -351,13 +348,11 @@ class Plan:
     def dataset_spec(self) -> dict:
         if self.is_demo:
             return {"demo": self.config["demo"]}
-        # layout options are data identity (the lead adds data fingerprints here)
-
+        # layout options are data identity (the files themselves: each job's _data_fingerprint)
         return {"data_root": self.config["data_root"], **layouts.layout_spec(self.config)}
 
     def dataset_params(self) -> dict:
         """What a data-reading job gets as ``params.dataset``: the layout options."""
-
         return layouts.layout_spec(self.config)
 
     def model_spec(self) -> dict:
