@@ -21,7 +21,6 @@ rules stay the same whatever plan an artifact comes from.
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +167,7 @@ class RunPlan:
         if found is not None:
             return found
         for plan in self.plans:
-            if values in _instances(plan, stage) and plan.key(stage, *values) == key:
+            if values in plan.instances(stage) and plan.key(stage, *values) == key:
                 return plan
         raise ConfigError(
             "studies" if self.studies else "results_dir",
@@ -230,17 +229,6 @@ class RunPlan:
         return needed
 
 
-def _instances(plan: Plan, stage: str) -> frozenset:
-    return _instance_sets(plan)[stage]
-
-
-@functools.cache
-def _instance_sets(plan: Plan) -> dict[str, frozenset]:
-    from anogen.artifacts import STAGES
-
-    return {stage: frozenset(plan.instances(stage)) for stage in STAGES}
-
-
 def closure(plan: Plan, stage: str, values: tuple[str, ...], needed: dict) -> None:
     """Add the artifact and everything upstream of it (depth first, each once)."""
     entry = (stage, tuple(values), plan.key(stage, *values))
@@ -259,7 +247,7 @@ def _share_test_set(study: Study) -> None:
         for c in categories
     }
     for arm in study.arms:
-        arm.plan.study_excluded = copy.deepcopy(union)
+        arm.plan.study_excluded = union  # tuples: nothing an arm could change
 
 
 def _pool_generations(plans: tuple[Plan, ...]) -> None:
