@@ -86,7 +86,6 @@ def _check_model(plan: Plan, report: PreflightReport, **_) -> None:
     from anogen.diffusion.backbone import family_of_index, read_model_index
     from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
     from anogen.diffusion.published import SUBFOLDERS
-    from anogen.diffusion.schedule import resolve_schedule, schedule_record
     from anogen.provenance import RANDOM_MODEL, is_random_model
 
     diffusion = plan.config["diffusion"]
@@ -122,14 +121,44 @@ def _check_model(plan: Plan, report: PreflightReport, **_) -> None:
     _dtypes_and_size(root, sub, family, plan, report)
     scheduler_file = root / sub["scheduler"] / "scheduler_config.json"
     if scheduler_file.is_file():
-        values, source = resolve_schedule(family, _json(scheduler_file), diffusion["scheduler"])
-        record = schedule_record(values, source)
-        shown = ", ".join(f"{k} {record[k]}" for k in ("beta_schedule", "beta_start", "beta_end", "steps_offset"))
-        report.lines.append(
-            f"noise schedule ({record['source']}): {shown}, set_alpha_to_one {record['set_alpha_to_one']}"
-        )
+        _noise_schedule(family, _json(scheduler_file), diffusion["scheduler"], report)
     if is_random_model(str(root)) and not plan.tiny_family:
         report.warn(f"diffusion.model {model!r}: {RANDOM_MODEL}")
+
+
+def _noise_schedule(family: str, file_config: dict, mode: str, report: PreflightReport) -> None:
+    """Every value that decides the sampler, where it comes from, and each key the file has otherwise."""
+    from anogen.diffusion.schedule import file_differences, omitted_keys, resolve_schedule, schedule_record
+
+    values, source = resolve_schedule(family, file_config, mode)
+    record = schedule_record(values, source)
+    del record["source"]
+    betas = record.pop("trained_betas")
+    if betas is not None:  # a list of 1000 numbers: its length says enough
+        record["trained_betas"] = f"({len(betas)} values)"
+    shown = ", ".join(f"{k} {v}" for k, v in record.items())
+    report.lines.append(f"noise schedule ({source}): {shown}")
+    if mode == "file":
+        omitted = omitted_keys(file_config)
+        if omitted:
+            report.lines.append(f"scheduler_config.json omits {', '.join(omitted)}: diffusers' defaults are used")
+        return
+    differs = file_differences(file_config, values)
+    if differs:
+        report.lines.append(
+            "scheduler_config.json differs from the values used: "
+            + ", ".join(f"{k} (file: {v})" for k, v in differs.items())
+        )
+    # The Stable Diffusion 1.x files published on the hub omit keys but, bar a slip undone within a
+    # minute, never state another value: one that does may be a model fine-tuned with that schedule.
+    # (The LDM's 'linear' is CompVis' name for scaled_linear, a known misnomer: not warned of.)
+    stated = [k for k in differs if k in file_config]
+    if family == "sd" and stated:
+        report.warn(
+            f"diffusion.scheduler 'trained': the model's scheduler file states {', '.join(stated)} other than "
+            "Stable Diffusion 1.x was trained with; a model fine-tuned with the file's schedule needs "
+            "diffusion.scheduler: file"
+        )
 
 
 def _dtypes_and_size(root: Path, sub: dict, family: str, plan: Plan, report: PreflightReport) -> None:

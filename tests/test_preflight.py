@@ -13,6 +13,9 @@ from anogen import artifact_sizes, jobs, preflight
 from anogen.cli import main
 from tests.fake_trees import build_fake_mvtec
 from tests.hub_fixtures import published_model
+from tests.sd_scheduler_files import PUBLISHED
+
+BY_NAME = {p.name: p for p in PUBLISHED}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +83,37 @@ def test_too_little_free_space_is_a_problem(broken, tmp_path, monkeypatch, capsy
     assert main(["preflight", "--configfile", str(good)]) == 1
     out = capsys.readouterr().out
     assert "1.0 MB free" in out and "detector checkpoints dominate" in out
+
+
+def test_the_noise_schedule_and_the_keys_the_file_differs_in(broken, tmp_path, capsys):
+    """Stable Diffusion with CompVis/stable-diffusion-v1-4's 230-byte scheduler file of 2022."""
+    path, _ = broken
+    config = yaml.safe_load(path.read_text())
+    model = published_model("sd", tmp_path / "sd")
+    (model / "scheduler" / "scheduler_config.json").write_text(BY_NAME["V1_4_MAIN_2022_10_07"].text)
+    config["detectors"] = {"models": ["draem"]}
+    del config["authors_repo"]
+    printed = {}
+    for mode in ("trained", "file"):
+        config["diffusion"] = {"model": str(model), "scheduler": mode}
+        good = tmp_path / f"{mode}.yaml"
+        good.write_text(yaml.safe_dump(config))
+        assert main(["preflight", "--configfile", str(good)]) == 0
+        printed[mode] = capsys.readouterr().out
+    assert (
+        "noise schedule (trained: the CompVis Stable Diffusion training code's values): num_train_timesteps 1000, "
+        "beta_schedule scaled_linear, beta_start 0.00085, beta_end 0.012, steps_offset 1, set_alpha_to_one False, "
+        "clip_sample False, prediction_type epsilon, timestep_spacing leading\n"
+        "scheduler_config.json differs from the values used: set_alpha_to_one (file: omitted, diffusers' default "
+        "True), clip_sample (file: omitted, diffusers' default True)\n"
+    ) in printed["trained"]
+    assert (
+        "noise schedule (file: scheduler_config.json as published): num_train_timesteps 1000, beta_schedule "
+        "scaled_linear, beta_start 0.00085, beta_end 0.012, steps_offset 1, set_alpha_to_one True, clip_sample True, "
+        "prediction_type epsilon, timestep_spacing leading\n"
+        "scheduler_config.json omits trained_betas, set_alpha_to_one, clip_sample, prediction_type, "
+        "timestep_spacing: diffusers' defaults are used\n"
+    ) in printed["file"]
 
 
 def test_detector_sizes_count_the_network_and_its_optimiser():

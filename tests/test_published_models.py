@@ -24,6 +24,9 @@ from tests.hub_fixtures import (
     published_model,
     text_encoder_in_float16,
 )
+from tests.sd_scheduler_files import PUBLISHED
+
+BY_NAME = {p.name: p for p in PUBLISHED}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,11 +113,19 @@ def test_the_file_as_published_is_another_schedule(models):
         load_backbone(str(models["ldm"]), scheduler="published")
 
 
-def test_sd_keeps_its_own_file(models):
-    backbone = load_backbone(str(models["sd"]))
-    record = backbone.schedule_record()
-    assert record["source"].startswith("file") and record["beta_schedule"] == "scaled_linear"
-    assert record["steps_offset"] == 1 and record["set_alpha_to_one"] is False
+def test_sd_with_a_2022_scheduler_file_samples_with_the_trained_schedule(models, tmp_path):
+    """CompVis/stable-diffusion-v1-4's 230-byte file (no clip_sample, no set_alpha_to_one) through
+    ``load_backbone``: trained values by default, the file with diffusers' defaults under ``file``
+    (every published version: tests/test_sd_schedule.py)."""
+    folder = copy_model(models["sd"], tmp_path / "sd")
+    (folder / "scheduler" / "scheduler_config.json").write_text(BY_NAME["V1_4_MAIN_2022_10_07"].text)
+    _, _, timesteps, final_alpha = _compvis_ldm_schedule(50)  # the same CompVis functions and values
+    ddim = load_backbone(str(folder)).ddim_scheduler()
+    ddim.set_timesteps(50)
+    assert ddim.timesteps.tolist() == timesteps.tolist() and ddim.config.clip_sample is False
+    assert float(ddim.final_alpha_cumprod) == pytest.approx(final_alpha, rel=1e-6)
+    as_file = load_backbone(str(folder), scheduler="file").ddim_scheduler()
+    assert as_file.config.clip_sample is True and float(as_file.final_alpha_cumprod) == 1.0
 
 
 # ----------------------------------------------------------------------------- precision and variants
@@ -244,4 +255,4 @@ def test_stage_1_and_2_run_from_an_offline_hub_cache(models, tmp_path, family):
     for stage in ("embedding", "generation"):
         record = result[stage]
         assert record["beta_schedule"] == "scaled_linear" and record["steps_offset"] == 1, (stage, record)
-        assert record["source"].startswith("trained" if family == "ldm" else "file"), (stage, record)
+        assert record["source"].startswith("trained") and record["clip_sample"] is False, (stage, record)

@@ -19,7 +19,7 @@ import torch
 
 from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
 from anogen.diffusion.published import FAMILY_OF_PIPELINE, SUBFOLDERS
-from anogen.diffusion.schedule import resolve_schedule, schedule_record
+from anogen.diffusion.schedule import FILE_SOURCE, resolve_schedule, schedule_record
 from anogen.errors import ConfigError
 
 
@@ -61,7 +61,7 @@ class Backbone:
     scheduler_config: dict
     device: str = "cpu"
     # where scheduler_config came from (anogen.diffusion.schedule.resolve_schedule)
-    scheduler_source: str = "file: scheduler_config.json as published"
+    scheduler_source: str = FILE_SOURCE
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -222,11 +222,8 @@ def load_backbone(
         cls = component_class(index, sub[name])
         parts[name] = cls.from_pretrained(model, subfolder=sub[name], **weights, **_float32(cls))
     tokenizer = component_class(index, sub["tokenizer"]).from_pretrained(model, subfolder=sub["tokenizer"], **kw)
-    # 4. the noise schedule: the trained one for the LDM family, unless the file is asked for
-    from diffusers import DDIMScheduler
-
-    file_config = dict(DDIMScheduler.load_config(model, subfolder=sub["scheduler"], **kw))
-    scheduler_config, source = resolve_schedule(family, file_config, scheduler)
+    # 4. the noise schedule: the one the family was trained with, unless the file is asked for
+    scheduler_config, source = read_schedule(model, family, scheduler, revision)
     backbone = Backbone(
         family, model, parts["vae"], parts["text_encoder"], tokenizer, parts["unet"], scheduler_config, "cpu", source
     )
@@ -235,6 +232,15 @@ def load_backbone(
     if root is not None and provenance.is_random_model(str(root)):  # a folder, or a hub id's snapshot
         provenance.record(provenance.RANDOM_MODEL)
     return backbone.freeze().to(device)
+
+
+def read_schedule(model: str, family: str, scheduler: str, revision: str | None = None) -> tuple[dict, str]:
+    """The scheduler config ``model`` is run with under ``diffusion.scheduler`` = ``scheduler``, and its source."""
+    from diffusers import DDIMScheduler
+
+    kw = {"revision": revision} if revision else {}
+    file_config = dict(DDIMScheduler.load_config(model, subfolder=SUBFOLDERS[family]["scheduler"], **kw))
+    return resolve_schedule(family, file_config, scheduler)
 
 
 def _float32(cls) -> dict:
