@@ -281,7 +281,11 @@ MAX_SPLITS = 4
 
 def mask_component_sizes(mask: np.ndarray, min_component: float) -> list[tuple[float, float]]:
     """(width, height) fractions of the bounding box of each component of a HxW mask (nonzero = anomaly)."""
-    return [(w / mask.shape[1], h / mask.shape[0]) for w, h, _ in _bounding_boxes(mask, min_component)]
+    import cv2
+
+    labels, stats, kept = _components(mask, min_component)
+    height, width = labels.shape
+    return [(int(stats[i, cv2.CC_STAT_WIDTH]) / width, int(stats[i, cv2.CC_STAT_HEIGHT]) / height) for i in kept]
 
 
 def _components(mask: np.ndarray, min_component: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -296,14 +300,6 @@ def _components(mask: np.ndarray, min_component: float) -> tuple[np.ndarray, np.
     if not len(areas):
         return labels, stats, np.zeros(0, int)
     return labels, stats, 1 + np.flatnonzero(areas >= min_component * int(areas.max()))
-
-
-def _bounding_boxes(mask: np.ndarray, min_component: float) -> list[tuple[int, int, int]]:
-    """(width, height, pixels) of the axis-aligned bounding box of each kept component."""
-    import cv2
-
-    _, stats, kept = _components(mask, min_component)
-    return [(int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT]), int(stats[i, 4])) for i in kept]
 
 
 def min_area_rect(xs: np.ndarray, ys: np.ndarray, height: int, width: int) -> tuple[float, float, float]:
