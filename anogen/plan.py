@@ -40,6 +40,18 @@ def _without(section: dict, drop: set[str]) -> dict:
     return {k: v for k, v in section.items() if k not in drop}
 
 
+def _learned_box_spec(learned: dict) -> dict:
+    """The ``generation.learned_box`` values its rule reads (the rule's name only when it is not the
+    earlier 'range' rule, so that a 'range' box with a boolean rotate keeps its earlier key)."""
+    if learned["rule"] == "range":
+        names = ["margin", "min_size", "min_component"]
+    else:
+        names = ["rule", "min_size", "min_component", "min_fill", "size_jitter", "angle_jitter"]
+    if learned["rotate"] == "auto":
+        names.append("elongation")  # read only to decide what turns
+    return {name: learned[name] for name in names}
+
+
 class Plan:
     """Categories x defects to run, and the spec/inputs/key of every artifact."""
 
@@ -204,8 +216,7 @@ class Plan:
         box = "learned" if per_category == "learned" else per_category.get(defect, gen["default_box"])
         if box == "learned":
             learned = gen["learned_box"]
-            how = {name: learned[name] for name in ("margin", "min_size", "min_component")}
-            return {"learned": how, "rotate": bool(learned["rotate"])}
+            return {"learned": _learned_box_spec(learned), "rotate": learned["rotate"]}
         return {"width": list(box["width"]), "height": list(box["height"]), "rotate": bool(box["rotate"])}
 
     def learns_box(self, category: str, defect: str) -> bool:

@@ -81,20 +81,44 @@ def test_learned_per_defect_per_category_and_as_default():
     hand = {"width": [0.1, 0.2], "height": [0.1, 0.2], "rotate": False}
     p = _plan({"box_ranges": {"cat_a": {"hole": "learned", "scratch": hand}, "cat_b": "learned"}})
     assert p.learns_box("cat_a", "hole") and p.learns_box("cat_b", "crack") and not p.learns_box("cat_a", "scratch")
-    assert p.box("cat_a", "hole") == {"learned": LEARNED, "rotate": False}
+    new_rule = {"rule": "components", "min_size": 0.03, "min_component": 0.05, "min_fill": 0.3}
+    new_rule.update(size_jitter=0.4, angle_jitter=20, elongation=2.0)
+    assert p.box("cat_a", "hole") == {"learned": new_rule, "rotate": "auto"}
     assert "support" in p.upstream("generation", "cat_a", "hole")
     assert "support" not in p.upstream("generation", "cat_a", "scratch")
     p = _plan({"default_box": "learned", "box_ranges": {"cat_a": {"scratch": hand}}})
     assert [p.learns_box(c, d) for c, d in p.pairs()] == [True, False, True]
 
 
-def test_learned_box_settings_change_only_learned_generations():
-    base = _plan({"box_ranges": {"cat_a": {"hole": "learned"}}})
-    wider = _plan({"box_ranges": {"cat_a": {"hole": "learned"}}, "learned_box": {"margin": 0.6}})
+@pytest.mark.parametrize(
+    "base, changed",
+    [
+        ({}, {"size_jitter": 0.6}),
+        ({}, {"elongation": 3}),
+        ({"rule": "range", "rotate": False}, {"rule": "range", "rotate": False, "margin": 0.6}),
+    ],
+)
+def test_learned_box_settings_change_only_learned_generations(base, changed):
+    base = _plan({"box_ranges": {"cat_a": {"hole": "learned"}}, "learned_box": base})
+    wider = _plan({"box_ranges": {"cat_a": {"hole": "learned"}}, "learned_box": changed})
     for c, d in base.pairs():
         same = base.key("generation", c, d) == wider.key("generation", c, d)
         assert same == ((c, d) != ("cat_a", "hole")), (c, d)
         assert base.key("embedding", c, d) == wider.key("embedding", c, d)
+
+
+def test_the_range_rule_keeps_its_earlier_spec_and_reads_only_its_values():
+    old = _plan({"default_box": "learned", "learned_box": {"rule": "range", "rotate": False}})
+    assert old.box("cat_a", "hole") == {"learned": LEARNED, "rotate": False}  # the spec (and key) of before
+    jittered = _plan({"default_box": "learned", "learned_box": {"rule": "range", "rotate": False, "size_jitter": 1}})
+    assert jittered.key("generation", "cat_a", "hole") == old.key("generation", "cat_a", "hole")
+    auto = _plan({"default_box": "learned", "learned_box": {"rule": "range"}})
+    assert auto.box("cat_a", "hole") == {"learned": {**LEARNED, "elongation": 2.0}, "rotate": "auto"}
+    # components, rotate false: elongation decides nothing, so it is in no key
+    flat = {"default_box": "learned", "learned_box": {"rotate": False}}
+    assert _plan(flat).key("generation", "cat_a", "hole") == _plan(
+        {**flat, "learned_box": {"rotate": False, "elongation": 5}}
+    ).key("generation", "cat_a", "hole")
     # no learned range anywhere: learned_box is in no key, and the keys are those of before
     plain, tuned = _plan({}), _plan({"learned_box": {"margin": 0.6}})
     assert all(plain.key("generation", c, d) == tuned.key("generation", c, d) for c, d in plain.pairs())
@@ -217,5 +241,82 @@ def test_check_data_warns_about_a_learned_range_of_nearly_the_whole_image(tmp_pa
     root = build_fake_mvtec(tmp_path / "mvtec", categories=("bottle",))  # masks: the whole 8 x 8 image
     config = validate_config({"data_root": str(root), "generation": {"default_box": "learned"}})
     report = check_data(config, foreground_images=1)
+    # one 8 x 8 rectangle; its sides x 1 / 1.4 at the least (size_jitter 0.4), clipped to 1
     assert report.boxes["bottle/broken_large"]["width"] == [pytest.approx(1 / 1.4, abs=1e-4), 1.0]
     assert any("bottle/broken_large: the box range learned" in w for w in report.warnings)
+
+
+def test_the_range_rule_turns_boxes_when_most_components_are_elongated():
+    bars = [_mask(100, 100, (10, 10, 60, 8)), _mask(100, 100, (10, 10, 8, 50))]  # 8 x 60, 50 x 8
+    auto = {**LEARNED, "elongation": 2.0}
+    assert learned_box_range(bars, auto, "auto")["rotate"] is True
+    blobs = bars[:1] + [_mask(100, 100, (10, 10, 20, 20)), _mask(100, 100, (50, 50, 30, 25))]
+    assert learned_box_range(blobs, auto, "auto")["rotate"] is False
+
+
+def test_generation_draws_boxes_from_the_learned_components(world, tmp_path):  # noqa: F811
+    bar = _mask(64, 64, (8, 20, 40, 8))  # 8 wide x 40 tall: elongated, at 90 degrees
+    learned = {"rule": "components", "min_size": 0.03, "min_component": 0.05, "min_fill": 0.3}
+    learned.update(size_jitter=0.25, angle_jitter=5.0, elongation=2.0)
+    spec = {"box": {"learned": learned, "rotate": "auto"}}
+    manifest = load_manifest(_generate(world, tmp_path / "components", spec=spec, support_masks=[bar]))
+    box = manifest["extra"]["box_range"]
+    assert box["source"] == "learned" and box["rule"] == "components"
+    assert box["components"] == [[0.625, 0.125, 90.0, 1.0]]
+    res = manifest["extra"]["resolution"]
+    for item in manifest["extra"]["items"]:
+        placed = item["box"]  # the bar's long side, standing within 5 degrees of upright
+        assert 0.625 / 1.25 * res - 1e-6 <= placed["w"] <= 0.625 * 1.25 * res + 1e-6
+        assert 0.125 / 1.25 * res - 1e-6 <= placed["h"] <= 0.125 * 1.25 * res + 1e-6
+        assert 85 <= placed["angle"] <= 95
+
+
+# ----------------------------------------------------------------------------- bench/box_fit.py
+
+
+def _authors_masks(root: Path, shapes: dict) -> Path:
+    """A tree laid out like the authors' repo: DIFFUSION/images/train_images/<c>/<d>_mask/<stem>_mask.png."""
+    import cv2
+
+    for (category, defect), masks in shapes.items():
+        folder = root / "DIFFUSION" / "images" / "train_images" / category / f"{defect}_mask"
+        folder.mkdir(parents=True)
+        for i, draw in enumerate(masks):
+            mask = np.zeros((100, 100), np.uint8)
+            draw(mask, cv2)
+            Image.fromarray(mask * 255).save(folder / f"{i:03d}_mask.png")
+    return root
+
+
+def test_box_fit_script_on_a_fake_authors_tree(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("box_fit", ROOT / "bench" / "box_fit.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def crack(length):  # a 4-px line at 30 degrees through the centre
+        dx, dy = length / 2 * np.cos(np.pi / 6), length / 2 * np.sin(np.pi / 6)
+        return lambda m, cv2: cv2.line(m, (round(50 - dx), round(50 - dy)), (round(50 + dx), round(50 + dy)), 1, 4)
+
+    def hole(side):
+        return lambda m, cv2: m.__setitem__((slice(40, 40 + side), slice(30, 30 + side)), 1)
+
+    repo = _authors_masks(
+        tmp_path / "AnoGen", {("tile", "crack"): map(crack, (60, 70, 80)), ("w", "hole"): map(hole, (10, 12, 14))}
+    )
+    out_csv = tmp_path / "fit.csv"
+    results = bench.main(["--authors-repo", str(repo), "--draws", "30", "--csv", str(out_csv), "--show", "tile/crack"])
+    crack_fit, hole_fit = results[("tile", "crack")], results[("w", "hole")]
+    # thin diagonal lines: the old rule's short side is that of a bounding box (>= 0.3 / 1.4), never a line's
+    assert crack_fit["new"]["size"] == [True] * 3 and crack_fit["old"]["size"] == [False] * 3
+    assert crack_fit["new"]["area_max"] < 0.85 * 1.4 * 0.06 * 1.4 and crack_fit["old"]["area_median"] > 0.1
+    # ... though each held-out line's bounding box lies "inside" the old range (the 62% definition)
+    assert crack_fit["new"]["inside"] == [None] * 3 and crack_fit["old"]["inside"] == [True] * 3
+    # squares: both rules fit; a square's box is its own size, the old range's spans 1.4^2 either way
+    assert hole_fit["new"]["size"] == hole_fit["old"]["size"] == [True] * 3
+    assert hole_fit["new"]["iou"] == [True] * 3
+    printed = capsys.readouterr().out
+    assert "2 defect types, 6 held-out masks" in printed and "tile/crack: box/image median" in printed
+    rows = out_csv.read_text().splitlines()
+    assert rows[0].startswith("category,defect,old_inside,old_size") and len(rows) == 3

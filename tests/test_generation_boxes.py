@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from anogen.errors import DataError
-from anogen.generation.boxes import Box, sample_boxes
+from anogen.generation.boxes import (
+    Box,
+    box_shapes,
+    mask_component_rects,
+    mask_component_sizes,
+    resolve_box_range,
+    sample_boxes,
+    sample_boxes_for,
+)
 
 
 def _disc(h, w, r):
@@ -133,3 +141,104 @@ def test_distinctness_is_enforced_and_bounded():
     # A full-image box has exactly one raster: a second distinct one cannot exist.
     with pytest.raises(DataError, match="duplicate"):
         sample_boxes(np.random.default_rng(0), fg, 2, [1.0, 1.0], [1.0, 1.0], False, 0.5, 20, "f.png", "d")
+
+
+# ----------------------------------------------------------------------------- learned rectangles
+
+
+def _line(size, angle, length, thickness=1):
+    import cv2
+
+    mask = np.zeros((size, size), np.uint8)
+    c, a = size / 2, math.radians(angle)
+    dx, dy = math.cos(a) * length / 2, math.sin(a) * length / 2
+    cv2.line(mask, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 1, thickness)
+    return mask
+
+
+LEARNED = {
+    "rule": "components",
+    "min_size": 0.01,
+    "min_component": 0.05,
+    "min_fill": 0.3,
+    "size_jitter": 0.25,
+    "angle_jitter": 10.0,
+    "elongation": 2.0,
+}
+
+
+@pytest.mark.parametrize("angle", [30.0, 120.0])
+def test_a_thin_diagonal_line_gives_a_thin_box_at_its_angle(angle):
+    mask = _line(200, angle, 100)
+    ((w, h, a, pixels),) = mask_component_rects(mask, 0.05, 0.3)
+    assert w == pytest.approx(100 / 200, abs=0.02) and h <= 3 / 200  # length x about one pixel
+    assert a == pytest.approx(angle, abs=1.0) and pixels == pytest.approx(mask.sum() / mask.size)
+    # the old rule's axis-aligned bounding box of the same line covers about 20x more
+    (bw, bh) = mask_component_sizes(mask, 0.05)[0]
+    assert bw * bh > 15 * w * h
+    box = resolve_box_range({"learned": LEARNED, "rotate": "auto"}, [mask])
+    boxes = sample_boxes_for(np.random.default_rng(0), np.ones((200, 200), np.uint8), 30, box, 0.0, 100, "i", "d")
+    for b in boxes:
+        assert b.w / 200 == pytest.approx(0.5, rel=0.26) and b.h <= 3 * 1.25 + 1e-6
+        turn = (b.angle - a + 90.0) % 180.0 - 90.0  # signed difference from the line's own angle
+        assert abs(turn) <= 10.0 + 1e-6
+
+
+def test_a_branched_crack_is_cut_into_thin_pieces():
+    y = _line(200, 60, 120) | _line(200, 120, 120)  # an X of two thin lines: one component
+    (whole,) = mask_component_rects(y, 0.05, 0.0)  # min_fill 0: never cut
+    pieces = mask_component_rects(y, 0.05, 0.3)
+    assert whole[0] * whole[1] > 0.15 and len(pieces) >= 4
+    assert sum(p[3] for p in pieces) == pytest.approx(whole[3])  # every pixel in exactly one piece
+    assert max(p[0] * p[1] for p in pieces) < 0.1 * whole[0] * whole[1]
+    assert sorted({round(p[2] / 10) * 10 % 180 for p in pieces}) == [60, 120]
+
+
+def test_sampled_sides_stay_within_the_jitter_of_a_rectangle():
+    blob = np.zeros((100, 100), np.uint8)
+    blob[10:40, 20:70] = 1  # 50 x 30: not elongated, axis-aligned box
+    tall = np.zeros((100, 100), np.uint8)
+    tall[5:95, 45:55] = 1  # 10 x 90, elongated at 90 degrees
+    box = resolve_box_range({"learned": LEARNED, "rotate": "auto"}, [blob, tall])
+    assert box["components"] == [[0.5, 0.3, 0.0, 0.5], [0.9, 0.1, 90.0, 0.5]]
+    shapes = box_shapes(box)
+    rng = np.random.default_rng(1)
+    drawn = [shapes.draw(rng, 100, 100) for _ in range(400)]
+    seen = set()
+    for w, h, angle in drawn:
+        if angle == 0.0:  # the blob: its own width and height, each x [1/1.25, 1.25]
+            seen.add("blob")
+            assert 50 / 1.25 - 1e-9 <= w <= 50 * 1.25 + 1e-9 and 30 / 1.25 - 1e-9 <= h <= 30 * 1.25 + 1e-9
+        else:  # the bar: long side along 90 +- 10 degrees
+            seen.add("bar")
+            assert 80 <= angle <= 100 and 90 / 1.25 - 1e-9 <= w <= 100 and 10 / 1.25 - 1e-9 <= h <= 12.5 + 1e-9
+        area = w * h / (1500 if angle == 0.0 else 900)
+        assert 1 / 1.25**2 - 1e-9 <= area <= 1.25**2 + 1e-9
+    assert seen == {"blob", "bar"}
+    assert box["width"] == [0.4, 1.0] and box["height"] == [0.08, 0.375]  # the reports' envelope
+    # rotate false: every box axis-aligned, the bar standing upright
+    flat = box_shapes({**box, "rotate": False})
+    assert all(a == 0.0 for _, _, a in (flat.draw(rng, 100, 100) for _ in range(50)))
+    assert flat.turned(0.9, 0.1, 90.0) == (0.1, 0.9, None)
+
+
+def test_component_boxes_keep_the_placement_rules():
+    fg = _disc(96, 96, 36)
+    box = resolve_box_range({"learned": LEARNED, "rotate": "auto"}, [_line(96, 45, 40, 3), _disc(96, 96, 8)])
+    a = sample_boxes_for(np.random.default_rng(5), fg, 6, box, 0.9, 2000, "img.png", "crack")
+    assert a == sample_boxes_for(np.random.default_rng(5), fg, 6, box, 0.9, 2000, "img.png", "crack")
+    assert a[:3] == sample_boxes_for(np.random.default_rng(5), fg, 3, box, 0.9, 2000, "img.png", "crack")
+    rasters = {b.to_mask(96, 96).tobytes() for b in a}
+    assert len(rasters) == 6
+    for b in a:
+        m = b.to_mask(96, 96)
+        assert (m & fg).sum() >= 0.9 * m.sum()
+    with pytest.raises(DataError, match="learned rectangles"):
+        sample_boxes_for(np.random.default_rng(0), np.zeros((96, 96), np.uint8), 1, box, 0.5, 5, "img.png", "crack")
+
+
+def test_a_handset_box_is_drawn_as_before():
+    fg = _disc(64, 64, 25)
+    hand = {"width": [0.1, 0.3], "height": [0.2, 0.4], "rotate": True}
+    old = sample_boxes(np.random.default_rng(3), fg, 4, [0.1, 0.3], [0.2, 0.4], True, 0.5, 1000, "a.png", "hole")
+    assert sample_boxes_for(np.random.default_rng(3), fg, 4, hand, 0.5, 1000, "a.png", "hole") == old

@@ -66,8 +66,8 @@ def test_check_data_on_the_preset_tree(tree):
     # ANOMALY_SIDE x the side (on the square the model sees: pad halves the short side's fraction)
     assert sorted(report.boxes) == sorted(f"{c}/{defect}" for c in categories)
     for box in report.boxes.values():
-        widths = {w for w, _ in box["components"]}
-        assert len(box["components"]) == 3 and max(widths) == pytest.approx(ANOMALY_SIDE, abs=0.02)
+        long_sides = {c[0] for c in box["components"]}  # [long side, short side, angle, weight]
+        assert len(box["components"]) == 3 and max(long_sides) == pytest.approx(ANOMALY_SIDE, abs=0.02)
         assert box["width"][0] < ANOMALY_SIDE < box["width"][1]
 
 

@@ -127,6 +127,6 @@ def test_learned_boxes_through_the_workflow(root, tmp_path):
     m = load_manifest(manifest)
     box = m["extra"]["box_range"]
     assert box["source"] == "learned" and len(box["components"]) == 3
-    assert m["spec"]["box"]["learned"]["margin"] == 0.4 and "support" in m["inputs"]
+    assert m["spec"]["box"]["learned"]["rule"] == "components" and "support" in m["inputs"]
     (support,) = (workdir / "results" / "support" / "audiojack" / "AK").glob("*/manifest.json")
     assert m["inputs"]["support"] == load_manifest(support)["key"]

@@ -4,7 +4,9 @@ For every planned (category, defect) this reads the masks of the support set the
 (``support.files``, the authors' published set, or the seeded ``support.shots`` choice: the
 same images the support job copies; test masks outside it are never opened), puts them through
 the ``resize`` geometry and learns a range with
-:func:`anogen.generation.boxes.learned_box_range` (``generation.learned_box``). Where a
+:func:`anogen.generation.boxes.learned_box_range` (``generation.learned_box``; for rule
+``components`` the width and height shown are the smallest and largest side its boxes can
+get along their own axes, rotated boxes included). Where a
 reference gives a hand-set range for the pair (by default the config's own
 ``generation.box_ranges``; on MVTec AD the authors' 73 ranges of ``config/mvtec.yaml``) the
 two are compared per axis:

@@ -15,7 +15,7 @@ One model load per job. For every normal image (in the order given):
 
 Seeds come from sha256 (never Python's ``hash()``), so any single image can be regenerated
 alone, and the set does not depend on ``batch_size`` beyond float round-off. Nor do seeds
-depend on N, and boxes are drawn one after the other (``sample_boxes``): the first k images
+depend on N, and boxes are drawn one after the other (``sample_boxes_for``): the first k images
 per normal image of a run with N > k have the boxes, seeds and names of a run with N = k
 (the pixels too, bit for bit, when both runs sample them in the same batches, e.g.
 ``batch_size`` 1; else up to the round-off above). A detector that reads N = k therefore
@@ -57,7 +57,7 @@ import torch
 
 from anogen.data.mvtec import load_image, relative_to_root
 from anogen.errors import ConfigError, DataError
-from anogen.generation.boxes import Box, resolve_box_range, sample_boxes
+from anogen.generation.boxes import Box, resolve_box_range, sample_boxes_for
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
 from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file
@@ -188,13 +188,11 @@ def _plan_image(
     category, defect, seed = spec["category"], spec["defect"], int(spec["seed"])
     n_images, per_box = int(spec["images_per_normal"]), int(spec["images_per_box"])
     rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
-    boxes = sample_boxes(
+    boxes = sample_boxes_for(
         rng,
         foreground,
         math.ceil(n_images / per_box),
-        box["width"],
-        box["height"],
-        bool(box["rotate"]),
+        box,
         where.overlap,
         int(spec["max_tries"]),
         image_name=str(path),
