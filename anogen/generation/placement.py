@@ -53,6 +53,7 @@ class Placement:
     box: dict  # the range checked: width, height, rotate (+ source: learned)
     source: str  # where the range comes from, in words
     overlap_key: str
+    region: str  # "foreground" or "box template"
     required: float
     strict: bool
     max_tries: int
@@ -70,10 +71,9 @@ class Placement:
             found = f"no box of this range fits inside the image in {self.max_tries} draws"
         else:
             found = f"the best of its {self.max_tries} draws puts {100 * self.best:.1f}% of a box on it, {need}"
-        region = "box template" if self.overlap_key == "generation.template_containment" else "foreground"
         return (
             f"{self.category}/{self.defect}: its boxes (width {self.box['width']}, height {self.box['height']} of "
-            f"the image, rotate {self.box['rotate']}; {self.source}) cannot be placed on the {region} of {self.image} "
+            f"the image, rotate {self.box['rotate']}; {self.source}) cannot be placed on the {self.region} of {self.image} "
             f"({found}), so its generation job would stop there. Change generation.box_ranges.{self.category}."
             f"{self.defect} (smaller boxes) or {self.overlap_key}"
         )
@@ -89,13 +89,13 @@ def _region(mask: np.ndarray, resize: str) -> np.ndarray:
     return cv2.resize(square, (RESOLUTION, RESOLUTION), interpolation=cv2.INTER_NEAREST)
 
 
-def _constraint(spec: dict) -> tuple[float, bool, str]:
-    """(required fraction, strictly more, its config key) as the job keeps a box (``run._box_region``)."""
+def _constraint(spec: dict) -> tuple[str, float, bool, str]:
+    """(region, required fraction, strictly more, its config key) as the job keeps a box (``run._box_region``)."""
     if spec.get("template") is not None:
-        return float(spec["template"]["containment"]), True, "generation.template_containment"
-    if spec.get("foreground_containment") is not None:
-        return float(spec["foreground_containment"]), True, "generation.template_containment"
-    return float(spec["min_overlap"]), False, "generation.min_overlap"
+        return "box template", float(spec["template"]["containment"]), True, "generation.template_containment"
+    if spec.get("foreground_containment") is not None:  # the authors' Otsu foreground
+        return "foreground", float(spec["foreground_containment"]), True, "generation.template_containment"
+    return "foreground", float(spec["min_overlap"]), False, "generation.min_overlap"
 
 
 def _fraction(box: Box, region: np.ndarray) -> float:
@@ -134,10 +134,12 @@ def best_overlap(seed: int, region: np.ndarray, box: dict, max_tries: int, defec
 def check_defect(spec: dict, box: dict, source: str, regions: list[tuple[str, np.ndarray]], *, seed_of) -> Placement:
     """Draw the job's boxes of one defect (generation ``spec``, resolved range ``box``) on each
     (image path, region at ``RESOLUTION``) until an image fails. ``seed_of(stem)``: the job's seed."""
-    required, strict, key = _constraint(spec)
+    region_name, required, strict, key = _constraint(spec)
     n = math.ceil(int(spec["images_per_normal"]) / int(spec["images_per_box"]))
     tries = int(spec["max_tries"])
-    result = Placement(spec["category"], spec["defect"], len(regions), box, source, key, required, strict, tries)
+    result = Placement(
+        spec["category"], spec["defect"], len(regions), box, source, key, region_name, required, strict, tries
+    )
     for image, region in regions:
         seed = seed_of(Path(image).stem)
         try:
