@@ -63,3 +63,23 @@ def build_fake_authors_repo(root: Path, data_root: Path, dim: int = 1280) -> Pat
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"string_to_token": {"*": torch.tensor(1008)}, "string_to_param": params}, path)
     return root
+
+
+def small_foreground_config(root: Path, box: dict, **generation) -> dict:
+    """A raw config over a fake bottle tree whose foreground (a ``foreground_template``) is the
+    centre quarter of the image side (1/16 of its area): ``broken_large`` gets ``box``,
+    ``broken_small`` the default 10-30% range; ``generation`` adds generation values."""
+    data = root / "data"
+    if not data.is_dir():
+        build_fake_mvtec(data, categories=["bottle"])
+    template = np.zeros((8, 8), np.uint8)
+    template[3:5, 3:5] = 255
+    Image.fromarray(template).save(root / "foreground.png")
+    return {
+        "data_root": str(data),
+        "results_dir": str(root / "results"),
+        "categories": ["bottle"],
+        "defects": {"bottle": ["broken_large", "broken_small"]},
+        "category_options": {"bottle": {"foreground_template": str(root / "foreground.png")}},
+        "generation": {"box_ranges": {"bottle": {"broken_large": box}}, **generation},
+    }

@@ -125,8 +125,18 @@ def test_ledger_covers_every_fidelity_switch():
         "detectors.draem.authors_sampling_quirk",
         "category_options.screw.foreground_method",
         "diffusion.scheduler",
+        "embedding.scale_lr",
+        "detectors.weak_on_synthetic",
+        "generation.min_overlap",
     ):
         assert key in switches, key
+
+
+def test_ledger_rows_from_the_authors_code_cite_file_and_line():
+    """Rows whose authors' value the paper contradicts say where in their code it is."""
+    rows = {_code(r["switch"]): r for r in ledger_rows()}
+    for switch in ("embedding.scale_lr", "detectors.weak_on_synthetic"):
+        assert re.search(r"`[\w/.-]+\.(py|yaml|sh)` lines? \d+", rows[switch]["authors' code"]), switch
 
 
 def test_ledger_catches_a_disagreeing_preset():
@@ -143,6 +153,21 @@ def test_readme_preset_table_links_the_ledger():
     assert "docs/fidelity.md" in readme
     table = readme[readme.index("Two presets") :]
     assert "](docs/fidelity.md)" in table[:4000]
+
+
+# ----------------------------------------------------------------------------- 28: embedding learning rate
+
+
+def test_scale_lr_gives_the_authors_learning_rate():
+    """The authors' main.py: base 0.005 x batch 4 x 1 GPU = 0.02 (the paper states 0.005), in both presets."""
+    from anogen.embedding.train import effective_learning_rate
+
+    for name, config in presets().items():
+        spec = config["embedding"]
+        assert (spec["learning_rate"], spec["batch_size"], spec["scale_lr"]) == (0.005, 4, True), name
+        assert effective_learning_rate(spec) == pytest.approx(0.02), name
+        assert effective_learning_rate({**spec, "scale_lr": False}) == pytest.approx(0.005), name
+    assert effective_learning_rate(spec, n_devices=2) == pytest.approx(0.04)  # their ngpu factor
 
 
 # ----------------------------------------------------------------------------- 1-2: resize kernels

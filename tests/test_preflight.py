@@ -11,7 +11,7 @@ import yaml
 
 from anogen import artifact_sizes, jobs, preflight
 from anogen.cli import main
-from tests.fake_trees import build_fake_mvtec
+from tests.fake_trees import build_fake_mvtec, small_foreground_config
 from tests.hub_fixtures import published_model
 from tests.sd_scheduler_files import PUBLISHED
 
@@ -114,6 +114,26 @@ def test_the_noise_schedule_and_the_keys_the_file_differs_in(broken, tmp_path, c
         "scheduler_config.json omits trained_betas, set_alpha_to_one, clip_sample, prediction_type, "
         "timestep_spacing: diffusers' defaults are used\n"
     ) in printed["file"]
+
+
+def test_boxes_that_cannot_be_placed_are_a_problem(tmp_path, capsys):
+    """A 0.9 x 0.9 box on a foreground of 1/16 of the image (tests/test_box_placement.py): preflight
+    names the defect, the best overlap and the setting; with 0.2 x 0.2 boxes it passes."""
+    path = tmp_path / "boxes.yaml"
+
+    def preflight_with(side: float) -> tuple[int, str]:
+        box = {"width": [side, side], "height": [side, side], "rotate": False}
+        raw = {**small_foreground_config(tmp_path, box, max_tries=100), "diffusion": {"model": "tiny:ldm"}}
+        path.write_text(yaml.safe_dump({**raw, "detectors": {"models": ["draem"]}}))
+        status = main(["preflight", "--configfile", str(path), "--foreground-images", "1"])
+        return status, capsys.readouterr().out.split("\npreflight: ")[-1]
+
+    status, summary = preflight_with(0.9)
+    assert status == 1 and summary.startswith("1 problem(s)"), summary
+    assert "bottle/broken_large: its boxes" in summary and "generation.box_ranges.bottle.broken_large" in summary
+    assert "puts 7.7% of a box on it, at least 50% needed" in summary
+    status, summary = preflight_with(0.2)
+    assert status == 0 and summary.startswith("ready"), summary
 
 
 def test_detector_sizes_count_the_network_and_its_optimiser():

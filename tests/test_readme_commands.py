@@ -273,6 +273,8 @@ def check_study_run(statement: str, counts, config: dict) -> None:
         assert counts[rule] == distinct[stage], (statement, rule, counts[rule], distinct[stage])
     assert counts["study_table"] == len(names), (statement, counts)
     if "mvtec-paper-study" in statement:
+        # the DTD folder reaches every arm (else DRAEM's synthetic anomalies come from the fallback photographs)
+        assert config["detectors"]["texture_source"] and Path(config["detectors"]["texture_source"]).is_dir(), statement
         stated = readme_study_counts()
         assert len(stated) == len(STUDY_RULES), stated
         assert {rule: counts[rule] for rule in stated if rule != "study_table"} == {

@@ -165,6 +165,40 @@ def test_an_arm_that_cannot_be_run_is_refused_by_key(arm_set, key):
     assert error.value.key == key, error.value
 
 
+def test_an_arm_tau_that_a_per_detector_tau_would_hide_is_refused():
+    """detectors.<d>.tau overrides detectors.tau: over a config that sets it for a study detector,
+    an arm's detectors.tau would change nothing."""
+    tau_arm = {"s": {"arms": [{"name": "a", "set": {"detectors": {"tau": 0.8}}}]}}
+    with pytest.raises(ConfigError) as error:
+        demo_run(tau_arm, detectors={"draem": {"tau": 0.9}})
+    assert error.value.key == "studies.s.arms.a.set.detectors.tau"
+    assert "detectors.draem.tau (0.9)" in error.value.problem
+    # per detector it is the arm's; a per-detector tau of a detector outside the study hides nothing
+    per_detector = {"s": {"arms": [{"name": "a", "set": {"detectors": {"draem": {"tau": 0.8}}}}]}}
+    assert (
+        demo_run(per_detector, detectors={"draem": {"tau": 0.9}}).studies["s"].arms[0].plan.detector_tau("draem") == 0.8
+    )
+    assert demo_run(tau_arm, detectors={"destseg": {"tau": 1.0}}).studies["s"].arms[0].plan.detector_tau("draem") == 0.8
+
+
+def test_table3_arms_train_their_tau_over_the_authors_preset(tmp_path, monkeypatch):
+    """config/mvtec-authors.yaml sets detectors.draem.tau: the paper study's Table 3 arms over it
+    still train four different taus (four detectors), as over config/mvtec.yaml."""
+    from tests.fake_trees import build_fake_authors_repo, build_fake_mvtec
+
+    monkeypatch.chdir(ROOT)
+    data = build_fake_mvtec(tmp_path / "mvtec", per_folder=6, categories=["hazelnut"])
+    repo = build_fake_authors_repo(tmp_path / "AnoGen", data, dim=8)
+    table3 = yaml.safe_load(PAPER_STUDY.read_text())["studies"]["table3"]
+    top = {"data_root": str(data), "authors_repo": str(repo), "categories": ["hazelnut"], "studies": {"table3": table3}}
+    expected = {"tau_1.0": 1.0, "tau_0.95": 0.95, "tau_0.90": 0.9, "tau_0.80": 0.8}
+    for preset in ("mvtec-authors.yaml", "mvtec.yaml"):
+        run = RunPlan(load_config_file(ROOT / "config" / preset, top))
+        arms = run.studies["table3"].arms
+        assert {arm.name: arm.plan.detector_tau("draem") for arm in arms} == expected, preset
+        assert len({arm.plan.key("detector", "hazelnut", "draem", "anogen") for arm in arms}) == 4, preset
+
+
 def test_arm_names_are_unique_within_a_study():
     with pytest.raises(ConfigError, match=r"arm names \['a'\]"):
         demo_run({"s": {"arms": [{"name": "a"}, {"name": "a", "set": {"detectors": {"tau": 0.8}}}]}})

@@ -17,10 +17,13 @@ Warnings do not stop a job but change what the results mean: grayscale and colou
 mixed in a category (everything is converted to RGB), non-square images (see
 ``resize``), no normal or no anomalous test image left after the support sets (image
 AU-ROC is undefined), badly named folders the config leaves out. For each category it
-also reports image sizes and aspect ratios and the GrabCut foreground coverage on a few
-normal images, suggesting ``category_options.<c>.texture: true`` where the foreground
+also reports image sizes and aspect ratios and the foreground coverage on a few normal images
+(``foreground_images``, as the category's foreground job makes it: GrabCut, the authors' Otsu
+or its template), suggesting ``category_options.<c>.texture: true`` where GrabCut's foreground
 covers nearly the whole image (GrabCut keeps >= 90% of its initial rectangle: a texture or
-a close-up, where boxes may go anywhere).
+a close-up, where boxes may go anywhere). On the same images it draws every defect's boxes as
+its generation job will (``anogen.generation.placement``): a defect whose boxes cannot be placed
+is a problem naming the best overlap found and the settings to change.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class CheckReport:
     coverage: dict[str, float] = field(default_factory=dict)
     regions: dict[str, float] = field(default_factory=dict)  # separate foreground regions per image (median)
     boxes: dict[str, dict] = field(default_factory=dict)  # "category/defect" -> learned box range
+    placement: dict[str, Any] = field(default_factory=dict)  # "category/defect" -> generation.placement.Placement
 
     @property
     def ok(self) -> bool:
@@ -127,25 +131,38 @@ def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
     return {"sizes": sizes, "modes": modes, "bad": bad}
 
 
-def _coverage(paths: list[Path], n: int, iterations: int) -> tuple[float | None, collections.Counter, float | None]:
-    """Mean foreground fraction of the image over ``n`` evenly spaced images, the methods used, and
-    the median number of separate foreground regions (``REGION_FRACTION`` of the image or more)."""
+def _foregrounds(plan, category: str, paths: list[Path], n: int) -> list[tuple[str, np.ndarray | None, str]]:
+    """(path, foreground mask, method used) of ``n`` evenly spaced normal images, made as the category's
+    foreground job makes it (GrabCut, the authors' Otsu or its template); no mask for a texture."""
     from anogen.data.mvtec import load_image
-    from anogen.generation.foreground import estimate_foreground_with_method
+    from anogen.generation.foreground import estimate_foreground_with_method, load_template
 
     chosen = paths[:: max(1, len(paths) // max(1, n))][:n]
-    fractions, methods, regions = [], collections.Counter(), []
+    if plan.texture(category):
+        return [(str(path), None, "texture") for path in chosen]
+    template, method = plan.foreground_template(category), plan.foreground_method(category)
+    iterations = plan.config["generation"]["grabcut_iterations"]
+    found = []
     for path in chosen:
         try:
-            mask, method = estimate_foreground_with_method(load_image(path), "grabcut", iterations)
+            image = load_image(path)
         except AnogenError:
             continue  # already reported by the decode pass
-        fractions.append(float(mask.mean()))
-        methods[method] += 1
-        regions.append(_regions(mask))
-    if not fractions:
-        return None, methods, None
-    return float(np.mean(fractions)), methods, float(np.median(regions))
+        if template:
+            found.append((str(path), load_template(template, *image.shape[:2]), "template"))
+        else:
+            found.append((str(path), *estimate_foreground_with_method(image, method, iterations)))
+    return found
+
+
+def _coverage(found: list[tuple[str, np.ndarray, str]]) -> tuple[float | None, collections.Counter, float | None]:
+    """Mean foreground fraction of the image over the images ``found``, the methods used, and the
+    median number of separate foreground regions (``REGION_FRACTION`` of the image or more)."""
+    if not found:
+        return None, collections.Counter(), None
+    methods = collections.Counter(method for _, _, method in found)
+    fractions = [float(mask.mean()) for _, mask, _ in found]
+    return float(np.mean(fractions)), methods, float(np.median([_regions(mask) for _, mask, _ in found]))
 
 
 # A foreground region counts (multi-instance categories: one region per object) from this
@@ -277,23 +294,70 @@ def _check_category(
     report.lines.append(f"  sizes {size_text}; aspect ratios {ratios}; {dict(modes)}")
     _learned_boxes(plan, category, chosen_sets, report)
 
+    usable = [p for p in index.train_good if str(p) not in decoded["bad"]]
+    limit = config["generation"]["max_normal_images"]
+    _foreground_and_boxes(plan, category, defects, usable[:limit] if limit else usable, report, foreground_images)
+
+
+def _foreground_and_boxes(
+    plan, category: str, defects: list[str], images: list[Path], report: CheckReport, n: int
+) -> None:
+    """The foreground of ``n`` of the normal ``images`` the jobs read, its coverage, and whether every
+    defect's boxes can be placed on it."""
+    try:
+        found = _foregrounds(plan, category, images, n)
+    except AnogenError as exc:  # a foreground template the foreground job could not read either
+        report.problems.append(str(exc))
+        return
     if plan.texture(category) or plan.foreground_template(category):
         report.lines.append("  foreground: " + ("texture (whole image)" if plan.texture(category) else "template"))
-        return
-    usable = [p for p in index.train_good if str(p) not in decoded["bad"]]
-    cover, methods, regions = _coverage(usable, foreground_images, config["generation"]["grabcut_iterations"])
+    else:
+        _report_coverage(category, plan.foreground_method(category), found, report)
+    _box_placement(plan, category, defects, [(path, mask) for path, mask, _ in found], report)
+
+
+def _report_coverage(category: str, method: str, found: list, report: CheckReport) -> None:
+    cover, methods, regions = _coverage(found)
     if cover is None:
         return
     report.coverage[category] = cover
     report.regions[category] = regions
     line = (
-        f"  foreground (GrabCut on {sum(methods.values())} normal images, methods {dict(methods)}): "
+        f"  foreground ({'GrabCut' if method == 'grabcut' else method} on {sum(methods.values())} normal images, methods {dict(methods)}): "
         f"{cover:.0%} of the image, {regions:g} separate region(s) per image (median; a multi-instance "
         "category needs one per instance)"
     )
     if cover >= texture_threshold():
         line += f"; nearly everything: if {category} is a texture, set category_options.{category}.texture: true"
     report.lines.append(line)
+
+
+def _box_placement(plan, category: str, defects: list[str], foregrounds: list, report: CheckReport) -> None:
+    """Each defect's boxes drawn as its generation job draws them (``anogen.generation.placement``)."""
+    from anogen.generation.placement import RESOLUTION, check_placement
+
+    checked = []
+    for defect in defects:
+        if plan.learns_box(category, defect) and f"{category}/{defect}" not in report.boxes:
+            continue  # its range could not be learned: reported by _learned_boxes
+        try:
+            placement = check_placement(plan, category, defect, foregrounds)
+        except AnogenError as exc:  # e.g. a learned range without support masks: reported once
+            if str(exc) not in report.problems:
+                report.problems.append(str(exc))
+            continue
+        if placement is not None:
+            report.placement[f"{category}/{defect}"] = placement
+            checked.append(placement)
+    if not checked:
+        return
+    failed = [p for p in checked if not p.ok]
+    report.problems += [p.problem() for p in failed]
+    report.lines.append(
+        f"  box placement ({len(foregrounds)} normal images, {RESOLUTION} px, the generation jobs' seeds and "
+        f"draw budget): {len(checked) - len(failed)} of {len(checked)} defect types placeable"
+        + (": not " + ", ".join(p.defect for p in failed) if failed else "")
+    )
 
 
 def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str], None] | None = None) -> CheckReport:

@@ -89,6 +89,29 @@ def _set_paths(values: dict, prefix: tuple[str, ...] = ()):
             yield path
 
 
+def _refuse_hidden_tau(config: dict, arm: dict, detectors: list[str], where: str) -> None:
+    """An arm's ``detectors.tau`` is only the fallback: where the config sets ``detectors.<d>.tau``
+    for a detector of the study (the authors' preset does), every arm would train that detector
+    with the config's tau, so the arms would differ in name only."""
+    changes = arm["set"].get("detectors") or {}
+    if "tau" not in changes:
+        return
+    hidden = {
+        d: config["detectors"][d]["tau"]
+        for d in detectors
+        if config["detectors"][d]["tau"] is not None and "tau" not in (changes.get(d) or {})
+    }
+    if hidden:
+        raise ConfigError(
+            f"{where}.detectors.tau",
+            "the config sets "
+            + ", ".join(f"detectors.{d}.tau ({tau})" for d, tau in hidden.items())
+            + ", which overrides detectors.tau, so this arm would not change it; set "
+            + " and ".join(f"detectors.{d}.tau" for d in hidden)
+            + " in the arm instead",
+        )
+
+
 def arm_config(config: dict, study: str, arm: dict, detectors: list[str]) -> dict:
     """The validated config of one arm: ``config`` with the arm's ``set`` values, the study's
     detectors and the arm's variant; errors name ``studies.<study>.arms.<arm>.set.<key>``."""
@@ -102,6 +125,7 @@ def arm_config(config: dict, study: str, arm: dict, detectors: list[str]) -> dic
                     "settings and the study's detectors are the same for every arm; set it at the top level "
                     "or in the study)",
                 )
+    _refuse_hidden_tau(config, arm, detectors, where)
     raw = deep_update(config, arm["set"])
     raw["studies"] = {}
     raw["detectors"] = {**raw["detectors"], "models": list(detectors), "variants": [arm["variant"]]}
