@@ -262,7 +262,7 @@ class Plan:
         names = [n for n in self.test_names_for_support(category, defect) if mvtec.is_image_file(n)]
         if len(names) < s["shots"]:
             return None
-        return tuple(choose_support(names, category, defect, s["shots"], s["seed"]))
+        return tuple(choose_support(names, category, defect, s["shots"], s["seed"], s["offset"]))
 
     @functools.cache
     def excluded_from_test(self, category: str) -> tuple[str, ...]:
@@ -428,8 +428,10 @@ class Plan:
         if self.named_support_files(category, defect) is not None:
             # Named files: shots and seed do not apply; the names (their order included) do.
             return {"category": category, "defect": defect, "files": files}
-        # Seeded: the choice the plan made from the file names (copied exactly by the job).
-        return {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"], "files": files}
+        # Seeded: the choice the plan made from the file names (copied exactly by the job). Offset 0
+        # is left out, so the keys of sets made before offsets existed stay valid (files hold the choice).
+        spec = {"category": category, "defect": defect, "shots": s["shots"], "seed": s["seed"], "files": files}
+        return {**spec, "offset": s["offset"]} if s["offset"] else spec
 
     def _support_upstream(self, category: str, defect: str) -> dict:
         return {}

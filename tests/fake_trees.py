@@ -38,6 +38,27 @@ def build_fake_mvtec(root: Path, per_folder: int = 4, categories=None) -> Path:
     return root
 
 
+def build_mvtec_counts_tree(root: Path, categories=None) -> Path:
+    """MVTec AD's categories and defect types with the published number of files in every folder
+    (``anogen.data.mvtec_counts``), each an 8x8 image: what the test split and support sets plan on."""
+    image, mask = _png(0), _png(255)
+    for category, (n_train, n_good, defects) in MVTEC_AD_COUNTS.items():
+        if categories is not None and category not in categories:
+            continue
+        folders = {"train/good": n_train, "test/good": n_good, **{f"test/{d}": n for d, n in defects.items()}}
+        for sub, n in folders.items():
+            folder = root / category / sub
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i:03d}.png").write_bytes(image)
+        for defect, n in defects.items():
+            masks = root / category / "ground_truth" / defect
+            masks.mkdir(parents=True)
+            for i in range(n):
+                (masks / f"{i:03d}_mask.png").write_bytes(mask)
+    return root
+
+
 def build_fake_authors_repo(root: Path, data_root: Path, dim: int = 1280) -> Path:
     """A stand-in for a clone of the authors' repository over a fake MVTec tree: for every
     defect folder of ``data_root``, 3 published support images (by name), a box template and

@@ -60,7 +60,7 @@ def test_defaults_filled():
     # The defaults are a real run's: the paper's LDM, never the demo's random model or data.
     assert cfg["diffusion"]["model"] == "CompVis/ldm-text2im-large-256"
     assert cfg["generation"]["paste_back"] is False
-    assert cfg["support"] == {"shots": 3, "seed": 0, "published": True, "exclude_from_test": True}
+    assert cfg["support"] == {"shots": 3, "seed": 0, "offset": 0, "published": True, "exclude_from_test": True}
     assert cfg["embedding"]["learning_rate"] == 0.005 and cfg["embedding"]["scale_lr"] is True
     assert cfg["generation"]["steps"] == 50 and cfg["generation"]["guidance_scale"] == 10.0
     assert cfg["detectors"]["tau"] == 0.9 and cfg["detectors"]["draem"]["epochs"] == 700
@@ -254,6 +254,16 @@ def test_runtime_knobs_change_no_key():
     assert new == base
     memory = deep_update(demo_raw(), {"embedding": {"gradient_checkpointing": True}})
     assert all_keys(plan(memory)) == base  # a memory switch: same function, same results
+
+
+def test_support_offset_changes_support_and_everything_downstream():
+    """Another set of the same seeded order; offset 0 is not in the spec (the keys made before it existed)."""
+    p0, p3 = plan(demo_raw()), plan(deep_update(demo_raw(), {"support": {"offset": 3}}))
+    diff = changed(all_keys(p0), all_keys(p3))
+    assert {"support", "embedding", "generation", "evaluation", "detector"} == kinds(diff)
+    assert "offset" not in p0.spec("support", "cat_a", "hole") and p3.spec("support", "cat_a", "hole")["offset"] == 3
+    # the demo's 6 images per defect: the next 3 are the other 3
+    assert not set(p0.support_files("cat_a", "hole")) & set(p3.support_files("cat_a", "hole"))
 
 
 def test_support_seed_changes_support_and_everything_downstream():

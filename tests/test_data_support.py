@@ -12,9 +12,11 @@ from PIL import Image
 from anogen.data.mvtec import scan_category
 from anogen.data.support import (
     build_support_set,
+    choose_support,
     excluded_test_images,
     read_support_set,
     select_support,
+    support_order,
     support_rng_seed,
 )
 from anogen.errors import DataError, IntegrityError
@@ -80,6 +82,41 @@ def test_selection_pinned_names(tmp_path):
     make_dataset(tmp_path)
     index = scan_category(tmp_path, "widget")
     assert _names(select_support(index, "crack", 3, seed=0)) == PINNED_CRACK_SEED0
+
+
+def test_seeded_sets_are_nested_and_the_next_set_is_disjoint():
+    """One seeded order per (category, defect, seed): k = 1 within k = 3 within k = 5, the next
+    three (offset 3) apart from the first three where the folder has 6 images or more."""
+    names = [f"{i:03d}.png" for i in range(20)]
+    for category, defect, seed in (("bottle", "broken_large", 0), ("cable", "combined", 0), ("bottle", "crack", 1)):
+        order = support_order(names, category, defect, seed)
+        assert sorted(order) == names and order != names  # a permutation, and not the listing
+        sets = {k: choose_support(names, category, defect, k, seed) for k in (1, 3, 5)}
+        for k, chosen in sets.items():
+            assert chosen == sorted(order[:k])  # the first k of the order, in file-name order
+        assert set(sets[1]) < set(sets[3]) < set(sets[5])
+        assert [n for n in sets[5] if n in sets[3]] == sets[3]  # same order within the larger set
+        second = choose_support(names, category, defect, 3, seed, offset=3)
+        assert second == sorted(order[3:6]) and not set(second) & set(sets[3])
+        assert set(second) < set(choose_support(names, category, defect, 6, seed))  # the 6 images taken in all
+    # a folder of 4: the second set wraps around and shares as few images as it can (3 + 3 - 4 = 2)
+    few = names[:4]
+    order = support_order(few, "bottle", "broken_large", 0)
+    second = choose_support(few, "bottle", "broken_large", 3, 0, offset=3)
+    assert second == sorted([order[3], order[0], order[1]])
+    assert len(set(second) & set(choose_support(few, "bottle", "broken_large", 3, 0))) == 2
+    with pytest.raises(ValueError, match="offset"):
+        choose_support(names, "bottle", "broken_large", 3, 0, offset=-1)
+
+
+def test_the_default_set_is_the_draw_of_three_before_nesting():
+    """k = 3 at offset 0 is what ``rng.choice`` of 3 indices over the sorted names drew before the
+    sets were nested, so the default support sets and their keys did not change."""
+    names = [f"{i:03d}.png" for i in range(23)]
+    for category, defect, seed in (("capsule", "crack", 0), ("wood", "hole", 0), ("capsule", "crack", 1)):
+        rng = np.random.default_rng(support_rng_seed(category, defect, seed))
+        drawn = sorted(int(i) for i in rng.choice(len(names), size=3, replace=False))
+        assert choose_support(names, category, defect, 3, seed) == [names[i] for i in drawn]
 
 
 def test_select_too_few(tmp_path):

@@ -4,6 +4,7 @@ generation per N-pool, arm validation, ``extends``, the paper study's distinct j
 from __future__ import annotations
 
 import collections
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,106 @@ def test_without_exclusion_every_arm_keeps_every_test_image():
     )
     for arm in run.studies["k"].arms:
         assert all(arm.plan.excluded_from_test(c) == () for c in run.base.categories)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory) -> RunPlan:
+    """The paper study planned on a tree with MVTec AD's published file counts."""
+    from tests.fake_trees import build_mvtec_counts_tree
+
+    data = build_mvtec_counts_tree(tmp_path_factory.mktemp("mvtec"))
+    with contextlib.chdir(ROOT):
+        config = load_config_file(PAPER_STUDY)
+    return RunPlan(validate_config(deep_update(config, {"data_root": str(data)})))
+
+
+def _per_defect(excluded) -> collections.Counter:
+    """How many images of each anomalous (category, defect) folder a test set leaves out."""
+    parts = (path.split("/") for path in excluded)
+    return collections.Counter((c, d) for c, _, d, _ in parts if d != "good")
+
+
+def test_the_paper_studies_test_sets_on_mvtec_counts(paper_run):
+    """Nested support sets: 2b's union is its k = 5 set (5 per defect type, not 1 + 3 + 5 distinct);
+    2a's sets are disjoint (6); every other study keeps Table 1's test set (3)."""
+    from anogen.data.mvtec_counts import MVTEC_AD_COUNTS
+
+    defects = {(c, d) for c, (_, _, ds) in MVTEC_AD_COUNTS.items() for d in ds}
+    anomalous = sum(n for _, _, ds in MVTEC_AD_COUNTS.values() for n in ds.values())
+    assert (len(defects), anomalous) == (73, 1258)
+    per_study = {}
+    for name, study in paper_run.studies.items():
+        arm = study.arms[0].plan
+        per_study[name] = _per_defect(p for c in arm.categories for p in arm.excluded_from_test(c))
+    for name, taken in per_study.items():
+        expected = {"table2a": 6, "table2b": 5}.get(name, 3)
+        assert set(taken) == defects and set(taken.values()) == {expected}, (name, taken.most_common(2))
+    k1, k3, k5 = (arm.plan for arm in paper_run.studies["table2b"].arms)
+    set1, set2 = (arm.plan for arm in paper_run.studies["table2a"].arms)
+    for c, d in sorted(defects):
+        s1, s3, s5 = (set(p.support_files(c, d)) for p in (k1, k3, k5))
+        assert len(s1) == 1 and s1 < s3 < s5
+        assert not set(set1.support_files(c, d)) & set(set2.support_files(c, d))
+        assert set1.support_files(c, d) == k3.support_files(c, d) == paper_run.base.support_files(c, d)
+    kept = {name: anomalous - sum(taken.values()) for name, taken in per_study.items()}
+    # the anomalous test images each study keeps (main, before nesting: 2a 863, 2b 751)
+    table1_sets = dict.fromkeys(("table1", "table2c", "table3", "table4", "fig5"), 1039)
+    assert kept == {**table1_sets, "table2a": 820, "table2b": 893}
+    # every study's default arm is scored on Table 1's 1,039 too, more than the k = 5 arm keeps
+    for study in paper_run.studies.values():
+        defaults = [arm for arm in study.arms if arm.base_test is not None]
+        assert defaults, study.name
+        for arm in defaults:
+            taken = _per_defect(p for c in arm.plan.categories for p in arm.base_test.excluded_from_test(c))
+            assert anomalous - sum(taken.values()) == 1039 >= kept["table2b"], (study.name, arm.name)
+
+
+def test_the_default_arm_is_also_scored_on_table1s_test_set(paper_run):
+    """The arms whose support sets are the config's are scored on Table 1's test set too: in 2a and 2b
+    by Table 1's own evaluation of the same detector (no job added), elsewhere by their study's."""
+    table1 = paper_run.studies["table1"].arms[1].plan
+    with_base = {
+        (study.name, arm.name): arm for study in paper_run.studies.values() for arm in study.arms if arm.base_test
+    }
+    assert {(s, a) for s, study in paper_run.studies.items() for a in (x.name for x in study.arms)} - set(
+        with_base
+    ) == {("table2a", "set2"), ("table2b", "k1"), ("table2b", "k5")}
+    for c in paper_run.base.categories:
+        table1_test = paper_run.base.own_support_exclusions(c)
+        for (study, name), arm in with_base.items():
+            assert arm.base_test.excluded_from_test(c) == table1_test, (study, name)
+            assert (arm.base_test is arm.plan) == (study not in ("table2a", "table2b")), (study, name)
+        for study, name in (("table2a", "set1"), ("table2b", "k3")):
+            arm, run = with_base[(study, name)], (c, "draem", "anogen")
+            assert arm.base_test.key("detector", *run) == arm.plan.key("detector", *run) == table1.key("detector", *run)
+            assert arm.base_test.key("evaluation", *run) == table1.key("evaluation", *run)
+            assert arm.plan.key("evaluation", *run) != table1.key("evaluation", *run)
+    entry = paper_run.study_spec("table2b")["arms"][1]["evaluations"][0]
+    c = entry["category"]
+    assert entry["base_metrics"] == table1.path("evaluation", c, "draem", "anogen", name="metrics.json")
+    assert entry["base_metrics"] in paper_run.evaluation_files("table2b")
+    assert "base_metrics" not in paper_run.study_spec("table2b")["arms"][2]["evaluations"][0]
+    # the README's counts: no evaluation added, each of 2a's and 2b's test sets adds one per category
+    assert by_stage(paper_run.study_artifacts())["evaluation"] == 23 * 15
+
+
+def test_an_arm_on_another_test_set_gets_its_own_base_evaluation():
+    """Without a study that evaluates the config's test set, the default arm's base evaluation is a job
+    of its own: the same detector, evaluated once more."""
+    run = demo_run({"k": {"arms": [{"name": "k3"}, {"name": "k5", "set": {"support": {"shots": 5}}}]}})
+    k3, k5 = run.studies["k"].arms
+    assert k5.base_test is None and k3.base_test is not None and k3.base_test is not k3.plan
+    values = ("nut_object", "draem", "anogen")
+    assert k3.base_test.key("detector", *values) == k3.plan.key("detector", *values)
+    assert k3.base_test.key("evaluation", *values) == run.base.key("evaluation", *values)
+    assert k3.base_test.key("evaluation", *values) != k3.plan.key("evaluation", *values)
+    artifacts = run.study_artifacts()
+    assert by_stage(artifacts)["evaluation"] == 3 * 2 + 3  # 3 categories: k3 and k5, and k3 on its own set
+    assert by_stage(artifacts)["detector"] == 3 * 2
+    key = k3.base_test.key("evaluation", *values)
+    assert run.plan_for("evaluation", values, key).excluded_from_test("nut_object") == run.base.excluded_from_test(
+        "nut_object"
+    )
 
 
 # ----------------------------------------------------------------------------- validation

@@ -85,6 +85,10 @@ def test_each_study_has_its_table_with_the_paper_columns(finished):
         means = [r for r in rows if r["category"] == "mean"]
         assert [r["arm"] for r in means] == arms
         assert len({r["test_set"] for r in rows if r["category"] == "mean"}) == 1  # one test set per study
+        # every arm has the config's support sets: its study's test set is the config's own
+        assert all(
+            r["n_test"] and r["base_n_test"] == r["n_test"] and r["base_test_set"] == r["test_set"] for r in rows
+        )
         assert all("random diffusion model" in r["note"] for r in rows)
         # a demo category is no MVTec category: no paper value is set beside the demo's numbers
         assert all(r["paper_pixel_aupr"] == "" for r in rows)

@@ -34,17 +34,20 @@ def _values(arm: str, category: str) -> dict[str, float | None]:
     }
 
 
-def _evaluation(root: Path, arm: str, category: str, *, notes=(), test_set=None) -> dict[str, str]:
+def _evaluation(
+    root: Path, arm: str, category: str, *, notes=(), test_set=None, images=(10, 6), values=None
+) -> dict[str, str]:
     folder = root / arm / category
     folder.mkdir(parents=True)
     metrics = {
         "category": category,
         "detector": "draem",
         "variant": "anogen",
-        "n_test_images": 10,
+        "n_test_images": images[0],
+        "n_anomalous": images[1],
         "n_excluded": 3,
         "test_set": test_set or TEST_SETS[category],
-        **_values(arm, category),
+        **(values or _values(arm, category)),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     with provenance.collecting(notes):
@@ -175,8 +178,9 @@ def test_study_table_means_paper_values_and_diffs(tmp_path):
     text = paths["table"].read_text(encoding="utf-8")
     header = text.splitlines()[0].split(",")
     assert header[:6] == ["arm", "label", "detector", "variant", "category", "n_categories"]
-    assert header[6:9] == ["image_auroc", "paper_image_auroc", "diff_image_auroc"]
-    assert header[-2:] == ["test_set", "note"] and tuple(header) == STUDY_COLUMNS
+    assert header[6:10] == ["n_test", "n_anomalous", "base_n_test", "base_n_anomalous"]
+    assert header[10:14] == ["image_auroc", "base_image_auroc", "paper_image_auroc", "diff_image_auroc"]
+    assert header[-3:] == ["test_set", "base_test_set", "note"] and tuple(header) == STUDY_COLUMNS
     rows = _rows(paths["table"])
     # the mean rows first (in arm order), then the per-category rows
     assert [(r["arm"], r["category"]) for r in rows] == [
@@ -189,6 +193,8 @@ def test_study_table_means_paper_values_and_diffs(tmp_path):
     ]
     best = _mean(rows, "tau_0.90")
     assert best["label"] == "tau = 0.90" and best["n_categories"] == "2"
+    assert (best["n_test"], best["n_anomalous"]) == ("20", "12")  # summed over the 2 categories
+    assert best["base_n_test"] == best["base_pixel_aupr"] == best["base_test_set"] == ""  # no base evaluation
     assert best["pixel_aupr"] == "72.00" and best["paper_pixel_aupr"] == "73.20" and best["diff_pixel_aupr"] == "-1.20"
     assert (
         best["image_auroc"] == "95.00" and best["paper_image_auroc"] == "98.70" and best["diff_image_auroc"] == "-3.70"
@@ -267,3 +273,70 @@ def test_a_study_without_paper_numbers_leaves_the_paper_columns_empty(tmp_path):
     study["paper"] = None
     rows = _rows(write_study(study, tmp_path / "out")["table"])
     assert all(r[f"paper_{m}"] == "" and r[f"diff_{m}"] == "" for r in rows for m in METRICS)
+
+
+# ----------------------------------------------------------------------------- the config's own test set
+
+
+def _k_study(root: Path) -> dict:
+    """Table 2b in small: k = 3 (the config's support sets, also scored on the config's own test set,
+    which keeps 2 more anomalies per category) and k = 5 (scored only on the study's)."""
+    study_sets = {"bottle": "s" * 12, "cable": "t" * 12}
+    arms = []
+    for name, column, x in (("k3", "3", 3), ("k5", "5", 5)):
+        evaluations = []
+        for c in CATEGORIES:
+            aupr = {"k3": 0.70, "k5": 0.74}[name] + (0.02 if c == "cable" else 0.0)
+            values = {**_values("tau_0.90", c), "pixel_aupr": aupr}
+            entry = _evaluation(root / "study", name, c, test_set=study_sets[c], images=(30, 20), values=values)
+            if name == "k3":  # the same detector on the config's own test set: 2 more anomalous images
+                base_values = {**values, "pixel_aupr": aupr + 0.01}
+                base = _evaluation(root / "base", name, c, images=(32, 22), values=base_values)
+                entry.update(base_metrics=base["metrics"], base_manifest=base["manifest"])
+            evaluations.append(entry)
+        arms.append({"name": name, "label": f"k = {x}", "paper_column": column, "x": x, "evaluations": evaluations})
+    plot = {"metric": "pixel_aupr", "x": "k"}
+    return {"name": "table2b", "title": "Table 2b", "paper": "table2b", "plot": plot, "arms": arms}
+
+
+def test_the_default_arm_is_shown_on_the_configs_own_test_set_too(tmp_path):
+    paths = write_study(_k_study(tmp_path / "res"), tmp_path / "out")
+    rows = _rows(paths["table"])
+    k3, k5 = _mean(rows, "k3"), _mean(rows, "k5")
+    # the study's test set: 30 images (20 anomalous) per category, summed; the config's: 32 (22)
+    assert (k3["n_test"], k3["n_anomalous"], k3["base_n_test"], k3["base_n_anomalous"]) == ("60", "40", "64", "44")
+    assert k3["pixel_aupr"] == "71.00" and k3["base_pixel_aupr"] == "72.00"  # means of 70/72 and 71/73
+    assert k3["paper_pixel_aupr"] == "73.20" and k3["diff_pixel_aupr"] == "-2.20"  # ours - paper stays the study's
+    assert k3["base_image_auroc"] == "95.00" and k3["base_pixel_aupro"] == "90.00"
+    lines = "\n".join(f"{c}:{TEST_SETS[c]}" for c in sorted(CATEGORIES))
+    assert k3["base_test_set"] == hashlib.sha256(lines.encode()).hexdigest()[:12] != k3["test_set"]
+    assert "4 fewer test images, 4 of them anomalous" in k3["note"]
+    assert (k5["n_test"], k5["base_n_test"], k5["base_pixel_aupr"], k5["base_test_set"]) == ("60", "", "", "")
+    assert "fewer test images" not in k5["note"] and k5["test_set"] == k3["test_set"]
+    bottle = [r for r in rows if (r["arm"], r["category"]) == ("k3", "bottle")][0]
+    assert (bottle["n_test"], bottle["base_n_test"], bottle["base_pixel_aupr"]) == ("30", "32", "71.00")
+    assert bottle["base_test_set"] == TEST_SETS["bottle"] and "2 fewer test images" in bottle["note"]
+    page = paths["section"].read_text(encoding="utf-8")
+    assert "on the config&#x27;s test set" in page and "60 (40)" in page and "64 (44)" in page
+    assert "72.00" in page and "one test set" in page
+
+
+def test_a_base_evaluation_of_another_run_is_refused(tmp_path):
+    study = _k_study(tmp_path / "res")
+    entry = study["arms"][0]["evaluations"][0]
+    entry["base_metrics"] = study["arms"][0]["evaluations"][1]["base_metrics"]  # cable's, for bottle
+    with pytest.raises(DataError, match="holds results for cable/draem/anogen") as info:
+        write_study(study, tmp_path / "out")
+    assert entry["base_metrics"] in str(info.value)
+
+
+def test_without_a_differing_base_the_page_has_no_base_columns(tmp_path):
+    study = _study(tmp_path / "res")
+    for arm in study["arms"]:  # the base evaluation is the study's own (its test set is the config's)
+        for entry in arm["evaluations"]:
+            entry.update(base_metrics=entry["metrics"], base_manifest=entry["manifest"])
+    paths = write_study(study, tmp_path / "out")
+    best = _mean(_rows(paths["table"]), "tau_0.90")
+    assert best["base_pixel_aupr"] == best["pixel_aupr"] == "72.00" and best["base_test_set"] == best["test_set"]
+    assert "fewer test images" not in best["note"]
+    assert "config&#x27;s test set" not in paths["section"].read_text(encoding="utf-8")

@@ -217,14 +217,14 @@ def texture_threshold() -> float:
     return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
 
 
-def _support_sets(index, shots: int, seed: int, report: CheckReport) -> dict[str, list]:
+def _support_sets(index, shots: int, seed: int, offset: int, report: CheckReport) -> dict[str, list]:
     """Defect -> the support items the support job would choose; a defect with too few is a problem."""
     from anogen.data.support import select_support
 
     chosen_sets: dict[str, list] = {}
     for defect in index.defects:
         try:
-            chosen_sets[defect] = select_support(index, defect, shots, seed)
+            chosen_sets[defect] = select_support(index, defect, shots, seed, offset)
         except AnogenError:
             where = str(index.defect_path(defect))
             if not any(p.startswith(f"{where}:") for p in report.problems):  # files dropped above
@@ -253,7 +253,7 @@ def _check_category(
     decoded = _decode_all(index, report, config["resize"])
 
     # What the evaluation would see after the support images are left out.
-    chosen_sets = _support_sets(index, shots, seed, report)
+    chosen_sets = _support_sets(index, shots, seed, config["support"]["offset"], report)
     excluded = {str(item.path) for chosen in chosen_sets.values() for item in chosen}
     if config["data_layout"] == "realiad":  # every view of a support sample leaves the test set
         try:

@@ -3,7 +3,11 @@
 The paper uses 3 real anomalies per defect type, drawn from the MVTec test split. The
 choice is a pure function of ``support.seed`` and the category and defect names (combined
 through sha256), and of the sorted file names, so it does not depend on the order in which
-the file system lists a folder or on the Python process.
+the file system lists a folder or on the Python process. One seed orders a defect's images
+once (``support_order``) and a set is a run of that order: ``support.shots`` images from place
+``support.offset``. So the sets of one seed are nested (k = 1 within k = 3 within k = 5: Table
+2b's arms take out of the test set only the k = 5 images) and a set at offset 3 is disjoint from
+the default one wherever the defect has 6 images or more (Table 2a's second set).
 
 A support directory holds ``images/000_<stem>.<ext>``, ``masks/000_<stem>.<ext>`` (byte
 copies of the sources) and ``manifest.json``, written last. ``manifest.extra.items`` lists,
@@ -48,6 +52,8 @@ from anogen.keys import canonical_json
 
 __all__ = [
     "support_rng_seed",
+    "support_order",
+    "choose_support",
     "select_support",
     "select_listed",
     "build_support_set",
@@ -65,24 +71,59 @@ def support_rng_seed(category: str, defect: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(payload.encode("utf-8")).digest()[:8], "little")
 
 
-def choose_support(names: Sequence[str], category: str, defect: str, shots: int, seed: int) -> list[str]:
-    """The ``shots`` file names chosen among ``names``: a pure function of the sorted names and the seed.
+# The first three places of the seeded order are the draw of the code before sets were nested
+# (``rng.choice`` of 3 file indices), so the paper's default k = 3 sets, and their keys, stay those
+# of earlier runs; the rest of the order continues the same generator. Repeated on purpose: it
+# pins that draw, whatever support.shots' default becomes.
+_FIRST_DRAW = 3
 
-    Planning (``anogen.plan.Plan``) calls this on the listed names to put the choice into the
-    support key; the support job then copies exactly the files the plan chose.
+
+def support_order(names: Sequence[str], category: str, defect: str, seed: int) -> list[str]:
+    """Every name of ``names`` in the seeded order of (category, defect, seed): a pure function of
+    the sorted names and the seed. A seeded support set is a run of this order (``choose_support``),
+    so sets of one seed are nested: k = 1 is in k = 3, which is in k = 5."""
+    ordered = sorted(names)
+    rng = np.random.default_rng(support_rng_seed(category, defect, seed))
+    first = [int(i) for i in rng.choice(len(ordered), size=min(_FIRST_DRAW, len(ordered)), replace=False)]
+    taken = set(first)
+    rest = [i for i in range(len(ordered)) if i not in taken]
+    return [ordered[i] for i in first + [rest[int(j)] for j in rng.permutation(len(rest))]]
+
+
+def choose_support(
+    names: Sequence[str],
+    category: str,
+    defect: str,
+    shots: int,
+    seed: int,
+    offset: int = 0,  # repeated on purpose: the first set of the order, what a call naming no place means
+) -> list[str]:
+    """The ``shots`` file names at places ``offset`` .. ``offset + shots - 1`` of the seeded order
+    (``support_order``; the places wrap around past its end), in file-name order.
+
+    ``offset`` = 0 gives the first ``shots``; a set at ``offset`` >= the first set's ``shots``
+    is disjoint from it when the folder has ``offset + shots`` images or more (Table 2a's second
+    set). Planning (``anogen.plan.Plan``) calls this on the listed names to put the choice into
+    the support key; the support job then copies exactly the files the plan chose.
     """
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
-    ordered = sorted(names)
-    if len(ordered) < shots:
-        raise ValueError(f"{len(ordered)} names for {shots} shots")
-    rng = np.random.default_rng(support_rng_seed(category, defect, seed))
-    chosen = sorted(int(i) for i in rng.choice(len(ordered), size=shots, replace=False))
-    return [ordered[i] for i in chosen]
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    order = support_order(names, category, defect, seed)
+    if len(order) < shots:
+        raise ValueError(f"{len(order)} names for {shots} shots")
+    return sorted(order[(offset + i) % len(order)] for i in range(shots))
 
 
-def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> list[TestItem]:
-    """Choose ``shots`` anomalous test items of ``defect``, deterministically, in file-name order."""
+def select_support(
+    index: CategoryIndex,
+    defect: str,
+    shots: int,
+    seed: int,
+    offset: int = 0,  # repeated on purpose: the first set of the order, what a call naming no place means
+) -> list[TestItem]:
+    """Choose ``shots`` anomalous test items of ``defect`` (``choose_support``), in file-name order."""
     items = sorted(index.defect_items(defect), key=lambda item: item.path.name)
     by_name = {item.path.name: item for item in items}
     if len(items) < shots:
@@ -91,7 +132,7 @@ def select_support(index: CategoryIndex, defect: str, shots: int, seed: int) -> 
             f"has {len(items)} image(s) but support.shots = {shots} real anomalies are "
             "needed for the support set; lower support.shots or exclude this defect",
         )
-    names = choose_support(list(by_name), index.category, defect, shots, seed)
+    names = choose_support(list(by_name), index.category, defect, shots, seed, offset)
     return [by_name[name] for name in names]
 
 

@@ -9,7 +9,11 @@ decided across plans, before any key is computed:
 1. **One test set per study.** Every arm of a study is evaluated on the test split less the
    union of all its arms' support images (under ``support.exclude_from_test``): k = 5 takes more
    anomalies out than k = 1, and comparing arms on different images would mix the effect of
-   the arm with that of the test set.
+   the arm with that of the test set. Seeded sets of one seed are nested (anogen.data.support),
+   so Table 2b's union is its k = 5 set. An arm whose own support sets are the config's is
+   also evaluated on the config's own test set (``Arm.base_test``: Table 1's in the paper
+   study), where its study's union is smaller than that: the same detector, one more
+   evaluation, so the study's table can show what its smaller test set changes.
 2. **One generation per N-pool.** Generated sets whose spec and inputs differ only in
    ``generation.images_per_normal`` are one set at the largest N among the plans of the run;
    a detector whose config says N = k reads its first k images per normal image (the sampling
@@ -21,6 +25,7 @@ rules stay the same whatever plan an artifact comes from.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +68,9 @@ class Arm:
     paper_column: str | None
     x: float | None
     plan: Plan
+    # The plan that evaluates this arm's detectors on the config's own test set (its own plan
+    # when that is the study's test set too); None when the arm's support sets are not the config's.
+    base_test: Plan | None = None
 
     def runs(self) -> list[tuple[str, str, str]]:
         """The (category, detector, variant) evaluations this arm reports."""
@@ -169,13 +177,15 @@ class RunPlan:
             studies[name] = Study(
                 name, study.get("title") or name, study["paper"], tuple(study["detectors"]), study["plot"], arms
             )
-        self.studies = studies
-        self.plans = (self.base, *(arm.plan for s in studies.values() for arm in s.arms))
-        for plan in self.plans[1:]:
+        for plan in (arm.plan for s in studies.values() for arm in s.arms):
             plan.data_memo = self.base.data_memo  # one data set, listed and fingerprinted once
-        for study in studies.values():
+        for name, study in studies.items():
             _share_test_set(study)
-        _pool_generations(self.plans)
+            studies[name] = _with_base_test(study, self.base)
+        self.studies = studies
+        arm_plans = [p for s in studies.values() for arm in s.arms for p in (arm.plan, arm.base_test) if p is not None]
+        self.plans = (self.base, *dict.fromkeys(arm_plans))  # each plan once, in arm order
+        _pool_generations(self.plans)  # the base-test plans too: their detectors are their arms'
 
     # ------------------------------------------------------------------ lookups
     @functools.cached_property
@@ -205,13 +215,16 @@ class RunPlan:
         return self.studies[name]
 
     def evaluation_files(self, name: str) -> list[str]:
-        """metrics.json and manifest.json of every evaluation the study's table reads."""
-        return [
-            arm.plan.path("evaluation", *run, name=file)
+        """metrics.json and manifest.json of every evaluation the study's table reads (each once)."""
+        files = [
+            plan.path("evaluation", *run, name=file)
             for arm in self.study(name).arms
+            for plan in (arm.plan, arm.base_test)
+            if plan is not None
             for run in arm.runs()
             for file in ("metrics.json", "manifest.json")
         ]
+        return list(dict.fromkeys(files))
 
     def study_spec(self, name: str) -> dict[str, Any]:
         """What the study's gather job reads (anogen.studies.table.write_study)."""
@@ -227,16 +240,7 @@ class RunPlan:
                     "label": arm.label,
                     "paper_column": arm.paper_column,
                     "x": arm.x,
-                    "evaluations": [
-                        {
-                            "category": c,
-                            "detector": m,
-                            "variant": v,
-                            "metrics": arm.plan.path("evaluation", c, m, v, name="metrics.json"),
-                            "manifest": arm.plan.path("evaluation", c, m, v, name="manifest.json"),
-                        }
-                        for c, m, v in arm.runs()
-                    ],
+                    "evaluations": [_evaluation_entry(arm, run) for run in arm.runs()],
                 }
                 for arm in study.arms
             ],
@@ -250,7 +254,25 @@ class RunPlan:
             for arm in self.study(name).arms:
                 for run in arm.runs():
                     closure(arm.plan, "evaluation", run, needed)
+                    if arm.base_test is not None:  # one more evaluation of the same detector
+                        closure(arm.base_test, "evaluation", run, needed)
         return needed
+
+
+def _evaluation_entry(arm: Arm, run: tuple[str, str, str]) -> dict[str, Any]:
+    """One evaluation as the study's table reads it: its files, and those on the config's own test set."""
+    c, m, v = run
+    entry = {
+        "category": c,
+        "detector": m,
+        "variant": v,
+        "metrics": arm.plan.path("evaluation", c, m, v, name="metrics.json"),
+        "manifest": arm.plan.path("evaluation", c, m, v, name="manifest.json"),
+    }
+    if arm.base_test is not None:
+        entry["base_metrics"] = arm.base_test.path("evaluation", c, m, v, name="metrics.json")
+        entry["base_manifest"] = arm.base_test.path("evaluation", c, m, v, name="manifest.json")
+    return entry
 
 
 def closure(plan: Plan, stage: str, values: tuple[str, ...], needed: dict) -> None:
@@ -272,6 +294,24 @@ def _share_test_set(study: Study) -> None:
     }
     for arm in study.arms:
         arm.plan.study_excluded = union  # tuples: nothing an arm could change
+
+
+def _with_base_test(study: Study, base: Plan) -> Study:
+    """``study`` with ``Arm.base_test`` set: the plan that evaluates an arm on the config's own test
+    set. Only an arm whose support sets are the config's has one (any other arm's support images
+    are in that test set); it is the arm's own plan where the study's test set is that one already,
+    else the arm's config planned alone (same keys up to the evaluation, which leaves out only the
+    config's own support images)."""
+    arms = []
+    for arm in study.arms:
+        categories = arm.plan.categories
+        reference = None
+        if all(arm.plan.own_support_exclusions(c) == base.own_support_exclusions(c) for c in categories):
+            shared = all(arm.plan.excluded_from_test(c) == base.own_support_exclusions(c) for c in categories)
+            reference = arm.plan if shared else Plan(arm.plan.config, base.layout)
+            reference.data_memo = base.data_memo
+        arms.append(dataclasses.replace(arm, base_test=reference))
+    return dataclasses.replace(study, arms=tuple(arms))
 
 
 def _pool_generations(plans: tuple[Plan, ...]) -> None:

@@ -8,15 +8,29 @@ A study (built by the planner, JSON-able) is a paper ablation as arms::
                "x": 0.9 or None,
                "evaluations": [{"category", "detector", "variant", "metrics", "manifest"}, ...]}, ...]}
 
+An evaluation may also name ``base_metrics`` / ``base_manifest``: the same detector evaluated
+on the config's own test set (the test split less only the config's own support images: Table
+1's in the paper study; the planner gives them to the arms whose support sets are the config's).
+
 ``table.csv`` holds first one ``mean`` row per arm x detector x variant (in arm order; the
 mean over the categories where each metric is defined, as in summary.csv), then the
-per-category rows in the same order. Per metric (summary.py's ``METRICS``) it has our value,
-``paper_<m>`` (the paper's printed value for the arm's ``paper_column``; mean rows only: the
-paper prints no per-category values) and ``diff_<m>`` (ours - paper). ``test_set`` is the
-evaluation's test-set identity (``metrics.json``), on a mean row the 12-hex sha256 of its
-sorted ``<category>:<test_set>`` lines, so equal mean-row ids show that arms shared their
-test images. ``note`` joins the undefined-metric notes, the provenance notes of the manifests
-involved (random model, random teacher, fallback textures) and test-set warnings.
+per-category rows in the same order. ``n_test`` and ``n_anomalous`` count the images the row
+was scored on (``metrics.json``; summed over the categories on a mean row). Per metric
+(summary.py's ``METRICS``) it has our value, ``base_<m>`` (ours on the config's own test set,
+where evaluated there), ``paper_<m>`` (the paper's printed value for the arm's
+``paper_column``; mean rows only: the paper prints no per-category values) and ``diff_<m>``
+(ours - paper); ``base_n_test``, ``base_n_anomalous`` and ``base_test_set`` describe the base
+evaluation. ``test_set`` is the evaluation's test-set identity (``metrics.json``), on a mean row
+the 12-hex sha256 of its sorted ``<category>:<test_set>`` lines, so equal mean-row ids show that
+arms shared their test images. ``note`` joins the undefined-metric notes, the provenance notes of
+the manifests involved (random model, random teacher, fallback textures) and test-set notes.
+
+Why one test set per study: a study compares its arms, and an arm that takes other support
+images out of the test split would be scored on other images, mixing the arm's effect with
+the test set's. The study's test set is the split less every arm's support images, so it can
+be smaller than Table 1's; the paper prints its default numbers (Table 1's) in every table, so
+the default arm's ``base_<m>`` (scored on Table 1's test set) is the value to hold against
+the paper's, and its gap to ``<m>`` is what the study's smaller test set changes.
 
 Values are in percent with 2 decimals; rows are in a fixed order, so the same inputs give a
 byte-identical CSV. Every file is written atomically.
@@ -63,26 +77,52 @@ STUDY_COLUMNS = (
     "variant",
     "category",
     "n_categories",
-    *(f"{prefix}{m}" for m in METRICS for prefix in ("", "paper_", "diff_")),
+    "n_test",
+    "n_anomalous",
+    "base_n_test",
+    "base_n_anomalous",
+    *(f"{prefix}{m}" for m in METRICS for prefix in ("", "base_", "paper_", "diff_")),
     "test_set",
+    "base_test_set",
     "note",
 )
 DIFFERENT_TEST_SETS = "arms evaluated on different test sets"
+STUDY_TEST_SET = "scored on the study's test set, smaller than the config's own"
+BASE_LABEL = "on the config's test set"
 NO_TEST_SET = "test set not recorded (evaluated before metrics.json had test_set)"
 OUTPUT_NAMES = {"table": "table.csv", "plot": "plot.png", "section": "section.html"}
 
 
 @dataclass(frozen=True)
+class _Scores:
+    """What one evaluation, or the mean of several, scored: metrics in percent (NaN = undefined),
+    the test set's identity ('' = not recorded) and its images (None = not recorded)."""
+
+    values: dict[str, float]
+    test_set: str
+    n_test: int | None
+    n_anomalous: int | None
+
+
+@dataclass(frozen=True)
 class _Result:
-    """One evaluation of the study: metrics in percent (NaN = undefined), test set, notes."""
+    """One evaluation of the study, and the same detector on the config's own test set (``base``)."""
 
     arm: int  # index into study["arms"]
     detector: str
     variant: str
     category: str
-    values: dict[str, float]
-    test_set: str
+    scores: _Scores
     notes: tuple[str, ...]
+    base: _Scores | None = None
+
+    @property
+    def values(self) -> dict[str, float]:
+        return self.scores.values
+
+    @property
+    def test_set(self) -> str:
+        return self.scores.test_set
 
 
 @dataclass
@@ -94,18 +134,39 @@ class _Row:
     variant: str
     category: str
     n_categories: int
-    values: dict[str, float]
+    scores: _Scores
     paper: dict[str, float] = field(default_factory=dict)
-    test_set: str = ""
     notes: list[str] = field(default_factory=list)
+    base: _Scores | None = None
+
+    @property
+    def values(self) -> dict[str, float]:
+        return self.scores.values
+
+    @property
+    def test_set(self) -> str:
+        return self.scores.test_set
+
+    def shows_base(self) -> bool:
+        """Whether the row was also scored on the config's own test set, and that is another set."""
+        return self.base is not None and self.base.test_set != self.test_set
 
     def cells(self) -> list[str]:
+        base = self.base or _NOT_EVALUATED
         out = [self.arm["name"], self.arm.get("label") or self.arm["name"], self.detector, self.variant]
         out += [self.category, str(self.n_categories)]
+        out += [_count(n) for n in (self.scores.n_test, self.scores.n_anomalous, base.n_test, base.n_anomalous)]
         for m in METRICS:
-            paper = self.paper.get(m, math.nan)
-            out += [format_value(self.values[m]), format_value(paper), format_value(self.values[m] - paper)]
-        return [*out, self.test_set, "; ".join(_unique(self.notes))]
+            ours, paper = self.values[m], self.paper.get(m, math.nan)
+            out += [format_value(v) for v in (ours, base.values.get(m, math.nan), paper, ours - paper)]
+        return [*out, self.test_set, base.test_set, "; ".join(_unique(self.notes))]
+
+
+_NOT_EVALUATED = _Scores({}, "", None, None)
+
+
+def _count(n: int | None) -> str:
+    return "" if n is None else str(n)
 
 
 def _unique(items: Sequence[str]) -> list[str]:
@@ -140,6 +201,11 @@ def _check_study(study: dict[str, Any]) -> None:
         raise AnogenError(f"study {name!r} is malformed: {'; '.join(problems)}")
 
 
+def _count_of(metrics: dict[str, Any], name: str) -> int | None:
+    value = metrics.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _test_set(metrics: dict[str, Any], manifest: Path) -> str:
     """metrics.json's test_set, else the manifest's (both written by evaluate_detector); '' if neither."""
     if isinstance(metrics.get("test_set"), str):
@@ -151,35 +217,43 @@ def _test_set(metrics: dict[str, Any], manifest: Path) -> str:
     return extra["test_set"] if isinstance(extra.get("test_set"), str) else ""
 
 
+def _read_scores(
+    study: dict[str, Any], evaluation: dict[str, Any], prefix: str = ""
+) -> tuple[tuple[str, str, str], _Scores, Path]:
+    """(category, detector, variant), scores and manifest of the evaluation's ``<prefix>metrics``."""
+    path = Path(evaluation[f"{prefix}metrics"])
+    data = read_metrics(path)
+    ident = (data["category"], data["detector"], data["variant"])
+    expected = tuple(evaluation.get(k, data[k]) for k in ("category", "detector", "variant"))
+    if ident != expected:
+        raise DataError(
+            path, f"holds results for {'/'.join(ident)}, study {study['name']} expected {'/'.join(expected)}"
+        )
+    manifest = Path(evaluation.get(f"{prefix}manifest") or path.with_name("manifest.json"))
+    scores = _Scores(
+        {m: percent(data.get(m)) for m in METRICS},
+        _test_set(data, manifest),
+        _count_of(data, "n_test_images"),
+        _count_of(data, "n_anomalous"),
+    )
+    return ident, scores, manifest
+
+
 def _read_results(study: dict[str, Any]) -> list[_Result]:
     """Every evaluation of every arm, checked against what the study says it is."""
     results: list[_Result] = []
     for index, arm in enumerate(study["arms"]):
-        seen: dict[tuple[str, str, str], Path] = {}
+        seen: dict[tuple[str, str, str], str] = {}
         for evaluation in arm["evaluations"]:
-            path = Path(evaluation["metrics"])
-            data = read_metrics(path)
-            ident = (data["category"], data["detector"], data["variant"])
-            expected = tuple(evaluation.get(k, data[k]) for k in ("category", "detector", "variant"))
-            if ident != expected:
-                raise DataError(
-                    path, f"holds results for {'/'.join(ident)}, study {study['name']} expected {'/'.join(expected)}"
-                )
+            ident, scores, manifest = _read_scores(study, evaluation)
             if ident in seen:
-                raise DataError(path, f"arm {arm['name']} already has {'/'.join(ident)} from {seen[ident]}")
-            seen[ident] = path
-            manifest = Path(evaluation.get("manifest") or path.with_name("manifest.json"))
-            results.append(
-                _Result(
-                    arm=index,
-                    detector=ident[1],
-                    variant=ident[2],
-                    category=ident[0],
-                    values={m: percent(data.get(m)) for m in METRICS},
-                    test_set=_test_set(data, manifest),
-                    notes=tuple(sorted(provenance.manifest_notes(manifest))),
+                raise DataError(
+                    evaluation["metrics"], f"arm {arm['name']} already has {'/'.join(ident)} from {seen[ident]}"
                 )
-            )
+            seen[ident] = evaluation["metrics"]
+            base = _read_scores(study, evaluation, "base_")[1] if evaluation.get("base_metrics") else None
+            notes = tuple(sorted(provenance.manifest_notes(manifest)))
+            results.append(_Result(index, ident[1], ident[2], ident[0], scores, notes, base))
     return results
 
 
@@ -214,7 +288,29 @@ def _category_row(arm: dict[str, Any], r: _Result, mismatched: set[str]) -> _Row
         notes.append(NO_TEST_SET)
     if r.category in mismatched:
         notes.append(DIFFERENT_TEST_SETS)
-    return _Row(arm, r.detector, r.variant, r.category, 1, dict(r.values), test_set=r.test_set, notes=notes)
+    row = _Row(arm, r.detector, r.variant, r.category, 1, r.scores, notes=notes, base=r.base)
+    return _with_base_note(row)
+
+
+def _with_base_note(row: _Row) -> _Row:
+    """A row scored on a smaller test set than the config's own says by how many images."""
+    if row.shows_base() and row.base.n_test is not None and row.scores.n_test is not None:
+        fewer = row.base.n_test - row.scores.n_test
+        anomalous = (row.base.n_anomalous or 0) - (row.scores.n_anomalous or 0)
+        row.notes.append(f"{STUDY_TEST_SET} ({fewer} fewer test images, {anomalous} of them anomalous): see base_*")
+    return row
+
+
+def _mean_scores(scores: list[_Scores], categories: list[str]) -> tuple[_Scores, list[str]]:
+    """The mean over categories (each metric where defined), the images summed, one test-set id."""
+    values, notes = group_mean([s.values for s in scores], categories)
+    counts = [
+        None if any(getattr(s, name) is None for s in scores) else sum(getattr(s, name) for s in scores)
+        for name in ("n_test", "n_anomalous")
+    ]
+    recorded = all(s.test_set for s in scores)
+    test_set = test_set_id(f"{c}:{s.test_set}" for c, s in zip(categories, scores)) if recorded else ""
+    return _Scores(values, test_set, *counts), notes
 
 
 def _mean_row(
@@ -223,7 +319,10 @@ def _mean_row(
     """The mean of one arm x detector x variant over its categories, with the paper's value beside it."""
     group = sorted(group, key=lambda r: r.category)
     categories = [r.category for r in group]
-    values, notes = group_mean([r.values for r in group], categories)
+    scores, notes = _mean_scores([r.scores for r in group], categories)
+    base = None
+    if all(r.base is not None for r in group):
+        base = _mean_scores([r.base for r in group], categories)[0]
     missing = [c for c in all_categories if c not in categories]
     if missing:
         notes.append(
@@ -233,15 +332,13 @@ def _mean_row(
     paper = _paper_values(study, arm, group[0].detector) if _comparable(all_categories) else {}
     if paper and len(categories) != len(MVTEC_CATEGORIES):
         notes.append(f"the paper's values are means over all {len(MVTEC_CATEGORIES)} MVTec AD categories")
-    test_set = ""
-    if any(not r.test_set for r in group):
+    if not scores.test_set:
         notes.append(NO_TEST_SET)
-    else:
-        test_set = test_set_id(f"{r.category}:{r.test_set}" for r in group)
     bad = [c for c in categories if c in mismatched]
     if bad:
         notes.append(f"{DIFFERENT_TEST_SETS} ({' '.join(bad)})")
-    return _Row(arm, group[0].detector, group[0].variant, MEAN, len(group), values, paper, test_set, notes)
+    row = _Row(arm, group[0].detector, group[0].variant, MEAN, len(group), scores, paper, notes, base)
+    return _with_base_note(row)
 
 
 def _study_rows(study: dict[str, Any], results: list[_Result]) -> tuple[list[_Row], list[_Row]]:
@@ -384,12 +481,23 @@ def plot_study(study: dict[str, Any], means: list[_Row], path: str | Path) -> No
 # ----------------------------------------------------------------------------- html
 
 
+def _images(scores: _Scores | None) -> str:
+    """'test images (anomalous)' of a row, '-' where not evaluated or not recorded."""
+    if scores is None or scores.n_test is None:
+        return "-"
+    return f"{scores.n_test} ({'-' if scores.n_anomalous is None else scores.n_anomalous})"
+
+
 def _html_table(means: list[_Row]) -> str:
-    """The mean rows: ours per metric and, for the metrics the paper prints, its value and ours - paper."""
+    """The mean rows: the images scored, ours per metric, ours on the config's own test set where a
+    row's differs, and for the metrics the paper prints its value and ours - paper."""
     compared = {m for r in means for m in r.paper}
-    head = [("arm", ""), ("detector", ""), ("variant", ""), ("categories", "")]
+    with_base = any(r.shows_base() for r in means)
+    head = [("arm", ""), ("detector", ""), ("variant", ""), ("categories", ""), ("test images (anomalous)", "")]
+    head += [(f"{BASE_LABEL}: test images (anomalous)", "base")] if with_base else []
     for m in METRICS:
         head.append((METRIC_LABELS[m], ""))
+        head += [(f"{METRIC_LABELS[m]}, {BASE_LABEL}", "base")] if with_base else []
         if m in compared:
             head += [(f"paper {METRIC_LABELS[m]}", "paper"), ("ours - paper", "paper")]
     th = "".join(
@@ -397,11 +505,15 @@ def _html_table(means: list[_Row]) -> str:
     )
     lines = ["<table>", f"<tr>{th}</tr>"]
     for row in means:
+        base = row.base if row.shows_base() else None
         label = row.arm.get("label") or row.arm["name"]
         tds = "".join(f"<td>{html.escape(c)}</td>" for c in (label, row.detector, row.variant))
-        tds += f'<td class="num">{row.n_categories}</td>'
+        tds += f'<td class="num">{row.n_categories}</td><td class="num">{_images(row.scores)}</td>'
+        tds += f'<td class="num base">{_images(base)}</td>' if with_base else ""
         for m in METRICS:
             tds += f'<td class="num">{format_value(row.values[m])}</td>'
+            if with_base:
+                tds += f'<td class="num base">{(format_value(base.values[m]) if base else "") or "-"}</td>'
             if m in compared:
                 paper = row.paper.get(m, math.nan)
                 tds += f'<td class="num paper">{format_value(paper) or "-"}</td>' + delta_cell(
@@ -432,7 +544,18 @@ def section_html(study: dict[str, Any], means: list[_Row], per_category: list[_R
     """section.html: a stand-alone page (inline CSS, as the report's tables) with the mean table and notes."""
     show_paper = any(r.paper for r in means)
     title = _title(study, {n for r in means for n in r.notes})
-    caption = "Mean over categories, percent (per-category values: table.csv)."
+    caption = (
+        "Mean over categories, percent (per-category values: table.csv); test images: summed over the categories."
+        " Every arm is scored on one test set, the test split less all the arms' support images, so that the arms"
+        " differ only in what they change, not in the images they are scored on."
+    )
+    if any(r.shows_base() for r in means):
+        caption += (
+            f" That set is smaller than the config's own (the split less only its own support images: Table 1's in"
+            f" the paper study); '{BASE_LABEL}' is the same detector scored there, for the arms whose support sets"
+            " are the config's: hold that value against the paper's default numbers, and its gap to ours is what"
+            " the study's smaller test set changes."
+        )
     if show_paper:
         source = paper_table(study["paper"])["source"]
         caption += (
