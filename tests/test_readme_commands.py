@@ -79,9 +79,12 @@ def fake_mvtec(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fake_model(tmp_path_factory) -> Path:
     """A local copy of the LDM as published (tiny weights): what `anogen preflight` reads of it."""
+    from anogen.provenance import RANDOM_MODEL_MARKER
     from tests.hub_fixtures import published_model
 
-    return published_model("ldm", tmp_path_factory.mktemp("model") / "ldm-text2im-large-256")
+    folder = published_model("ldm", tmp_path_factory.mktemp("model") / "ldm-text2im-large-256")
+    (folder / RANDOM_MODEL_MARKER).unlink()  # a copy of the real weights carries no random-model marker
+    return folder
 
 
 @pytest.fixture(scope="module")
