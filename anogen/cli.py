@@ -167,16 +167,13 @@ def cmd_box_ranges(args) -> int:
 
 
 def cmd_quality(args) -> int:
-    from snakemake.utils import update_config
-
     from anogen.config import deep_update
-    from anogen.options import parse_config_items, parse_set_items, read_configfiles, validated_run_config
+    from anogen.options import parse_set_items, snakemake_config, validated_run_config
     from anogen.quality.run import folder_quality
     from anogen.quality.table import write_csv
 
     # No config file: the schema's defaults (the workflow's settings), not the demo's config.
-    raw = read_configfiles(args.configfile) if args.configfile else {"data_root": "."}
-    update_config(raw, parse_config_items(args.config or []))
+    raw = snakemake_config(args.configfile or [], args.config or [], no_file={"data_root": "."})
     quality = validated_run_config(deep_update(raw, parse_set_items(args.set)))["quality"]
     weights = {
         "inception": args.inception_weights or quality["inception_weights"],

@@ -30,6 +30,7 @@ silently drops the files or values given first.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 from collections.abc import Sequence
@@ -115,11 +116,16 @@ def _true_or_false(text: str) -> bool:
     raise ValueError(text)
 
 
-def snakemake_config(configfiles: Sequence[str | Path], items: Sequence[str]) -> dict:
-    """The ``config`` Snakemake hands the Snakefile for these options, before the workflow's checks."""
+def snakemake_config(configfiles: Sequence[str | Path], items: Sequence[str], *, no_file: dict | None = None) -> dict:
+    """The ``config`` Snakemake hands the Snakefile for these options, before the workflow's checks.
+
+    Without config files: the demo's, as the Snakefile reads it, or ``no_file`` where given."""
     from snakemake.utils import update_config
 
-    config = read_configfiles(configfiles or [DEMO_CONFIG])
+    if configfiles or no_file is None:
+        config = read_configfiles(configfiles or [DEMO_CONFIG])
+    else:
+        config = copy.deepcopy(no_file)
     update_config(config, parse_config_items(items))
     return config
 
