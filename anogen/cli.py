@@ -17,8 +17,12 @@ folder of generated images with the workflow's settings and writes the same CSV 
 ``results/generation_quality.csv`` (``anogen.quality``).
 
 ``anogen gc`` lists the keyed artifact directories under the results folder that none of
-the given configs refers to any more (left behind by changed config values) and, with
+the given runs refers to any more (left behind by changed config values) and, with
 ``--delete``, removes them. It is a dry run by default.
+
+Every command that reads a config takes the run's ``--configfile FILE...`` and ``--config
+KEY=VALUE...`` with Snakemake's meaning (``anogen.options``): a command line copied from
+``snakemake`` checks the config that run sees. ``gc`` keeps further runs with ``--run FILE...``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import sys
 from pathlib import Path
 
 from anogen.artifacts import STAGES
-from anogen.config import deep_update, load_config_file
 from anogen.errors import AnogenError
+from anogen.options import add_run_options, config_of_args, run_config
 from anogen.plan import Plan
 
 STAGE_FOLDERS = sorted({stage.folder.split("/", 1)[0] for stage in STAGES.values()})
@@ -66,26 +70,14 @@ def keyed_dirs(results: Path) -> list[Path]:
     return sorted(found)
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out: dict = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def cmd_gc(args) -> int:
-    configs = [load_config_file(cf, _parse_overrides(args.config)) for cf in args.configfile]
+    # The run of --configfile (the demo's config without it, unless --run names the runs) and each --run
+    runs = ([args.configfile] if args.configfile else []) + args.run
+    configs = [run_config(files, args.config or []) for files in runs or [[]]]
     results = {Path(config["results_dir"]) for config in configs}
     keep: set[Path] = set()
     for config in configs:
@@ -104,7 +96,7 @@ def cmd_gc(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    for d in sorted(run_referenced_dirs(load_config_file(args.configfile, _parse_overrides(args.config)))):
+    for d in sorted(run_referenced_dirs(config_of_args(args))):
         print(d)
     return 0
 
@@ -112,7 +104,7 @@ def cmd_keys(args) -> int:
 def cmd_estimate(args) -> int:
     from anogen import estimate as est
 
-    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    config = config_of_args(args)
     found = est.find_table(args.gpu_model, Path(args.results) if args.results else est.RESULTS_DIR)
     if found is None:
         print(
@@ -140,7 +132,7 @@ def cmd_estimate(args) -> int:
 def cmd_check_data(args) -> int:
     from anogen.data.check import check_data
 
-    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    config = config_of_args(args)
     report = check_data(
         config, foreground_images=args.foreground_images, echo=lambda line: print(line, file=sys.stderr, flush=True)
     )
@@ -151,7 +143,7 @@ def cmd_check_data(args) -> int:
 def cmd_preflight(args) -> int:
     from anogen.preflight import preflight
 
-    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    config = config_of_args(args)
     report = preflight(
         config,
         gpus=args.gpus,
@@ -165,7 +157,7 @@ def cmd_preflight(args) -> int:
 def cmd_box_ranges(args) -> int:
     from anogen.data import box_ranges
 
-    config = load_config_file(args.configfile, _parse_overrides(args.config))
+    config = config_of_args(args)
     reference = box_ranges.reference_from_file(args.reference) if args.reference else None
     rows = box_ranges.learn_all(config, reference)
     print(box_ranges.render(rows))
@@ -175,15 +167,14 @@ def cmd_box_ranges(args) -> int:
 
 
 def cmd_quality(args) -> int:
-    from anogen.config import validate_config
+    from anogen.config import deep_update
+    from anogen.options import parse_set_items, snakemake_config, validated_run_config
     from anogen.quality.run import folder_quality
     from anogen.quality.table import write_csv
 
-    overrides = _parse_overrides(args.config)
-    raw = (
-        load_config_file(args.configfile, overrides) if args.configfile else deep_update({"data_root": "."}, overrides)
-    )
-    quality = validate_config(raw)["quality"]
+    # No config file: the schema's defaults (the workflow's settings), not the demo's config.
+    raw = snakemake_config(args.configfile or [], args.config or [], no_file={"data_root": "."})
+    quality = validated_run_config(deep_update(raw, parse_set_items(args.set)))["quality"]
     weights = {
         "inception": args.inception_weights or quality["inception_weights"],
         "lpips": args.lpips_weights or quality["lpips_weights"],
@@ -226,10 +217,14 @@ def _add_quality_parser(sub) -> None:
         "--inception-weights", default=None, help="torch-fidelity Inception-v3 file (else quality.inception_weights)"
     )
     q.add_argument("--lpips-weights", default=None, help="torchvision backbone file (else quality.lpips_weights)")
+    add_run_options(q, configfile_help="take the quality section from these config files (default: schema defaults)")
     q.add_argument(
-        "--configfile", default=None, help="take the quality section from this config (default: schema defaults)"
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY.SUB=VALUE",
+        help="nested values over the config (quality.image_size=256)",
     )
-    q.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value (e.g. quality.image_size=256)")
     q.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     q.add_argument("--out", type=Path, default=Path("generation_quality.csv"), help="CSV to write")
     q.set_defaults(func=cmd_quality)
@@ -239,29 +234,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anogen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gc = sub.add_parser("gc", help="list (and with --delete remove) keyed directories no config refers to")
-    gc.add_argument(
-        "--configfile",
-        action="append",
-        default=None,
-        help="config(s) whose artifacts are kept (repeatable; default config/config.yaml)",
+    add_run_options(
+        gc,
+        configfile_help="the config file(s) of a run whose artifacts are kept, as for snakemake "
+        "(default: config/config.yaml unless --run is given)",
+        hint="; another run to keep: --run FILE...",
     )
-    gc.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value, applied to every config")
+    gc.add_argument(
+        "--run",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="the config file(s) of another run whose artifacts are kept (one --run per run; --config applies "
+        "to every run)",
+    )
     gc.add_argument("--delete", action="store_true", help="really delete (default: dry run)")
     gc.set_defaults(func=cmd_gc)
     keys = sub.add_parser("keys", help="print the keyed directories of a config")
-    keys.add_argument("--configfile", default="config/config.yaml")
-    keys.add_argument("--config", nargs="*", default=[])
+    add_run_options(keys)
     keys.set_defaults(func=cmd_keys)
     estimate = sub.add_parser("estimate", help="GPU-hours per stage and wall time on N GPUs from measured throughput")
-    estimate.add_argument("--configfile", default="config/config.yaml")
-    estimate.add_argument("--config", nargs="*", default=[])
+    add_run_options(estimate)
     estimate.add_argument("--gpus", type=int, default=1, help="GPUs to schedule the jobs on (default 1)")
     estimate.add_argument("--gpu-model", default=None, help="GPU model of the throughput table (default H200)")
     estimate.add_argument("--results", default=None, help="folder of throughput_*.json (default bench/results)")
     estimate.set_defaults(func=cmd_estimate)
     check = sub.add_parser("check-data", help="read the whole data set once, report every problem and what would run")
-    check.add_argument("--configfile", default="config/config.yaml")
-    check.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    add_run_options(check)
     check.add_argument(
         "--foreground-images",
         type=int,
@@ -270,16 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.set_defaults(func=cmd_check_data)
     pre = sub.add_parser("preflight", help="check everything a run needs from outside the project, in seconds")
-    pre.add_argument("--configfile", default="config/config.yaml")
-    pre.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    add_run_options(pre)
     pre.add_argument("--gpus", type=int, default=1, help="GPUs the run will use (time estimate, checkpoints at once)")
     pre.add_argument("--foreground-images", type=int, default=4, help="as for check-data")
     pre.set_defaults(func=cmd_preflight)
     boxes = sub.add_parser(
         "box-ranges", help="learn every planned defect's box range from its support masks; compare with hand-set ranges"
     )
-    boxes.add_argument("--configfile", default="config/config.yaml")
-    boxes.add_argument("--config", nargs="*", default=[], help="overrides key.sub=value")
+    add_run_options(boxes)
     boxes.add_argument(
         "--reference",
         default=None,
@@ -290,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     boxes.set_defaults(func=cmd_box_ranges)
     _add_quality_parser(sub)
     args = parser.parse_args(argv)
-    if args.command != "quality" and getattr(args, "configfile", None) is None:
-        args.configfile = ["config/config.yaml"]
     try:
         return args.func(args)
     except AnogenError as exc:

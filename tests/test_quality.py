@@ -144,7 +144,7 @@ def test_anogen_quality_on_a_folder_not_made_by_the_pipeline(weights, tmp_path, 
     args += ["--support", str(tmp_path / "support"), "--support-masks", str(tmp_path / "support_masks")]
     args += ["--out", str(out), "--device", "cpu"]
     args += ["--inception-weights", str(weights["inception"]), "--lpips-weights", str(weights["lpips"])]
-    args += ["--config", "quality.kid_subsets=5", "quality.image_size=64"]
+    args += ["--set", "quality.kid_subsets=5", "quality.image_size=64"]
     assert main(args) == 0
     assert "NOTE: " + provenance.RANDOM_QUALITY_WEIGHTS in capsys.readouterr().out
     with out.open() as fh:

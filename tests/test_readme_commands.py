@@ -1,6 +1,7 @@
 """The README's commands, run as written: every `snakemake` line of its code blocks is dry-run
 in a fresh copy of the checkout (with `data_root` pointing at a fake MVTec-layout tree with the
-real 15 category and 73 defect names where the command needs real data), and its plan checked.
+real 15 category and 73 defect names where the command needs real data), and its plan checked;
+every `anogen` line is run (`local.yaml`, as the README's printf writes it, among its config files).
 
 A command of the README that this test does not know how to exercise fails it, so a command
 added to the README later is tested too (or the test is taught what it is).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import re
 import shlex
@@ -20,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogen.config import deep_update, resolve_extends, validate_config
+from anogen.config import deep_update, validate_config
+from anogen.options import run_config
 from anogen.plan import Plan
 from tests import e2e
 
@@ -75,10 +78,12 @@ def fake_mvtec(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fake_model(tmp_path_factory) -> Path:
-    """A local model folder as a user's copy would look to planning (only model_index.json is read)."""
-    folder = tmp_path_factory.mktemp("model") / "ldm-text2im-large-256"
-    folder.mkdir()
-    (folder / "model_index.json").write_text('{"_class_name": "LDMTextToImagePipeline"}\n')
+    """A local copy of the LDM as published (tiny weights): what `anogen preflight` reads of it."""
+    from anogen.provenance import RANDOM_MODEL_MARKER
+    from tests.hub_fixtures import published_model
+
+    folder = published_model("ldm", tmp_path_factory.mktemp("model") / "ldm-text2im-large-256")
+    (folder / RANDOM_MODEL_MARKER).unlink()  # a copy of the real weights carries no random-model marker
     return folder
 
 
@@ -146,7 +151,8 @@ def planned(stdout: str) -> tuple[collections.Counter, dict[str, list[str]]]:
 
 
 def config_of(statement: str, checkout: Path, places: dict[str, Path]) -> dict:
-    """The config Snakemake builds from the statement's --configfile files and --config pairs."""
+    """The validated config of the statement's --configfile files and --config pairs, as every
+    `anogen` command builds it (anogen.options); the planned keys check it is the workflow's."""
     words = shlex.split(substitute(statement, places))
     files, pairs, mode = [], [], None
     for word in words[1:]:
@@ -157,14 +163,8 @@ def config_of(statement: str, checkout: Path, places: dict[str, Path]) -> dict:
             files.append(word)
         elif mode == "--config":
             pairs.append(word)
-    raw: dict = {}
-    for name in files or ["config/config.yaml"]:
-        raw = deep_update(raw, yaml.safe_load((checkout / name).read_text()) or {})
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        raw = deep_update(raw, {key: value})
-    with contextlib.chdir(checkout):  # `extends:` paths are relative to the working directory
-        return validate_config(resolve_extends(raw))
+    with contextlib.chdir(checkout):  # config files and `extends:` paths are relative to it
+        return run_config(files, pairs)
 
 
 def expected_manifests(plan: Plan) -> dict[str, set[str]]:
@@ -187,14 +187,14 @@ def expected_manifests(plan: Plan) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory) -> Path:
+def hub_cache(tmp_path_factory, fake_model) -> Path:
     """What `hf download CompVis/ldm-text2im-large-256` leaves: the published layout (tiny weights) in
     the HF cache, read offline (e2e.env sets HF_HUB_OFFLINE=1)."""
-    from tests.hub_fixtures import install_in_hub_cache, published_model
+    from tests.hub_fixtures import install_in_hub_cache
 
-    root = tmp_path_factory.mktemp("hub")
-    install_in_hub_cache(published_model("ldm", root / "ldm"), REAL_MODEL, root / "cache")
-    return root / "cache"
+    cache = tmp_path_factory.mktemp("hub") / "cache"
+    install_in_hub_cache(fake_model, REAL_MODEL, cache)
+    return cache
 
 
 def run_anogen(checkout: Path, statement: str, places: dict[str, Path], hub_cache: Path) -> subprocess.CompletedProcess:
@@ -337,6 +337,9 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
             }[words[1]]
             assert expect in proc.stdout, (statement, proc.stdout[-2000:])
             checked[f"anogen {words[1]}"] += 1
+            files = words[words.index("--configfile") + 1 :] if "--configfile" in words else []
+            if len(list(itertools.takewhile(lambda w: not w.startswith("-"), files))) > 1:
+                checked["anogen with several config files"] += 1
             continue
         assert words[0] == ".venv/bin/snakemake", f"README command not exercised by this test: {statement}"
         if "--report" in words:
@@ -368,6 +371,7 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
         "anogen estimate",
         "anogen check-data",
         "anogen gc",
+        "anogen with several config files",
         "device wheels",
         "device check",
     } <= set(checked), checked

@@ -16,7 +16,9 @@ would run. Problems are what would stop a job (exit status 1):
 Warnings do not stop a job but change what the results mean: grayscale and colour images
 mixed in a category (everything is converted to RGB), non-square images (see
 ``resize``), no normal or no anomalous test image left after the support sets (image
-AU-ROC is undefined), badly named folders the config leaves out. For each category it
+AU-ROC is undefined), badly named folders the config leaves out, operating-system files
+(Thumbs.db, desktop.ini) in the image folders, which every listing skips (one line naming
+where). For each category it
 also reports image sizes and aspect ratios and the foreground coverage on a few normal images
 (``foreground_images``, as the category's foreground job makes it: GrabCut, the authors' Otsu
 or its template), suggesting ``category_options.<c>.texture: true`` where GrabCut's foreground
@@ -29,6 +31,7 @@ is a problem naming the best overlap found and the settings to change.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +220,39 @@ def texture_threshold() -> float:
     return TEXTURE_COVERAGE * (1.0 - 2.0 * MARGIN) ** 2
 
 
+# Folders named in the one warning about operating-system files; the rest are counted.
+JUNK_FOLDERS_SHOWN = 3
+
+
+def _os_junk(index) -> dict[Path, list[str]]:
+    """Folder -> the operating system's files (``mvtec.OS_JUNK_FILES``) in it, over the folders of
+    the scanned images and masks: every listing skips them, the report says where they are."""
+    from anogen.data.mvtec import is_os_junk
+
+    folders = {Path(p).parent for p in index.train_good}
+    folders |= {Path(p).parent for item in index.test for p in (item.path, item.mask) if p is not None}
+    found: dict[Path, list[str]] = {}
+    for folder in sorted(folders):
+        with os.scandir(folder) as it:
+            names = sorted((e.name for e in it if is_os_junk(e.name) and e.is_file()), key=str.lower)
+        if names:
+            found[folder] = names
+    return found
+
+
+def os_junk_warning(found: dict[Path, list[str]]) -> str | None:
+    """One warning line for every folder that holds an operating system's files (None: no such file)."""
+    if not found:
+        return None
+    shown = [f"{', '.join(names)} in {folder}" for folder, names in list(found.items())[:JUNK_FOLDERS_SHOWN]]
+    more = len(found) - len(shown)
+    return (
+        "operating-system files skipped (not data, never read): "
+        + "; ".join(shown)
+        + (f"; and in {more} more folder(s)" if more else "")
+    )
+
+
 def _support_sets(index, shots: int, seed: int, offset: int, report: CheckReport) -> dict[str, list]:
     """Defect -> the support items the support job would choose; a defect with too few is a problem."""
     from anogen.data.support import select_support
@@ -238,7 +274,8 @@ def _support_sets(index, shots: int, seed: int, offset: int, report: CheckReport
 
 def _check_category(
     plan, category: str, defects: list[str], options: dict, report: CheckReport, foreground_images: int
-) -> None:
+) -> dict[Path, list[str]]:
+    """Check one category into ``report``; returns its folders holding an operating system's files."""
     from anogen.data.layouts import scan_category
 
     config = plan.config
@@ -248,8 +285,9 @@ def _check_category(
         index = scan_category(config["data_root"], category, options, defects=defects, min_shots=shots, errors=errors)
     except AnogenError as exc:
         report.problems.append(str(exc))
-        return
+        return {}
     report.problems += [str(e) for e in errors]
+    junk = _os_junk(index)
     decoded = _decode_all(index, report, config["resize"])
 
     # What the evaluation would see after the support images are left out.
@@ -297,6 +335,7 @@ def _check_category(
     usable = [p for p in index.train_good if str(p) not in decoded["bad"]]
     limit = config["generation"]["max_normal_images"]
     _foreground_and_boxes(plan, category, defects, usable[:limit] if limit else usable, report, foreground_images)
+    return junk
 
 
 def _foreground_and_boxes(
@@ -388,6 +427,7 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
             f"categories: {c!r} not found under {config['data_root']!r}" for c in wanted if c not in layout
         ]
     selected_pairs = []
+    junk: dict[Path, list[str]] = {}
     for category in categories:
         choice = "all" if config["defects"] == "all" else config["defects"].get(category, "all")
         available = layout[category]["defects"]
@@ -403,7 +443,9 @@ def check_data(config: dict, *, foreground_images: int = 4, echo: Callable[[str]
         selected_pairs += [(category, d) for d in defects]
         if echo:
             echo(f"checking {category} ...")
-        _check_category(plan, category, defects, options, report, foreground_images)
+        junk |= _check_category(plan, category, defects, options, report, foreground_images)
+    if warning := os_junk_warning(junk):
+        report.warnings.append(warning)
 
     report.lines.append(
         f"plan: {len(categories)} categories, {len(selected_pairs)} (category, defect) pairs: "

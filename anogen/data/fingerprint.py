@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from anogen.data.mvtec import relative_to_root
+from anogen.data.mvtec import is_skipped, relative_to_root
 from anogen.keys import KEY_LENGTH, canonical_json
 
 MASK_SUFFIX = "_mask"
@@ -83,8 +83,9 @@ def clear_listing_cache() -> None:
 
 
 def _listing(folder: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
-    """(sorted non-hidden files as paths, sorted non-hidden subfolder names) of ``folder``;
-    both empty when it does not exist."""
+    """(sorted files as paths, sorted subfolder names) of ``folder``, less hidden entries and an
+    operating system's files (``mvtec.is_skipped``: a Thumbs.db appearing changes no key); both
+    empty when it does not exist."""
     key = str(folder)
     now = time.time_ns()
     try:
@@ -99,7 +100,7 @@ def _listing(folder: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
     try:
         with os.scandir(folder) as it:
             for e in it:
-                if e.name.startswith("."):
+                if is_skipped(e.name):
                     continue
                 links = links or e.is_symlink()
                 if e.is_file():
@@ -119,7 +120,7 @@ def _listing(folder: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
 
 
 def _files(folder: Path) -> tuple[Path, ...]:
-    """Sorted non-hidden files of ``folder`` (empty when it does not exist)."""
+    """Sorted files of ``folder`` as ``_listing`` keeps them (empty when it does not exist)."""
     return _listing(folder)[0]
 
 

@@ -56,6 +56,7 @@ from anogen.data.mvtec import (
     check_pair,
     checked_headers,
     is_image_file,
+    is_skipped,
     report,
     select_defects,
 )
@@ -382,9 +383,7 @@ def _folder_images(folder: Path, extensions: list[str] | None, what: str, errors
     endings = tuple(e.lower() for e in extensions)
     with os.scandir(folder) as it:
         paths = [
-            folder / e.name
-            for e in it
-            if not e.name.startswith(".") and e.is_file() and e.name.lower().endswith(endings)
+            folder / e.name for e in it if not is_skipped(e.name) and e.is_file() and e.name.lower().endswith(endings)
         ]
     return sorted(paths, key=lambda p: p.name)
 
@@ -420,7 +419,7 @@ def _folder_masks(mask_dir: Path, errors) -> dict[str, list[Path]]:
         return found
     with os.scandir(mask_dir) as it:
         for entry in it:
-            if entry.name.startswith(".") or not is_image_file(entry.name):
+            if is_skipped(entry.name) or not is_image_file(entry.name):
                 continue
             stem = Path(entry.name).stem
             found.setdefault(stem, []).append(mask_dir / entry.name)

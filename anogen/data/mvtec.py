@@ -8,8 +8,9 @@ Layout (any image size; MVTec's own images are 700-1024 px square)::
     <root>/<category>/ground_truth/<defect>/<stem>_mask.<ext>
 
 Accepted extensions: png, jpg, jpeg, bmp, tif, tiff (any case). Hidden entries (names
-starting with ``.``) are ignored everywhere; any other file in an image folder that is not
-an image is an error rather than being skipped silently. Category and defect names become
+starting with ``.``) and the files operating systems leave in folders (``OS_JUNK_FILES``:
+Thumbs.db, desktop.ini) are ignored everywhere (``is_skipped``); any other file in an image
+folder that is not an image is an error rather than being skipped silently. Category and defect names become
 path components of results, so they must match ``^[A-Za-z0-9][A-Za-z0-9_.-]*$`` and must
 not contain ``..``.
 
@@ -39,6 +40,10 @@ GOOD = "good"
 MASK_SUFFIX = "_mask"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# What Windows writes into folders it shows (thumbnail caches, folder settings), compared in
+# lower case as Windows does: never data, so skipped wherever data is listed, like hidden files
+# (macOS' .DS_Store and ._* are hidden already). The one list of them.
+OS_JUNK_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"})
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -47,6 +52,9 @@ __all__ = [
     "CategoryIndex",
     "validate_name",
     "is_image_file",
+    "is_os_junk",
+    "is_skipped",
+    "OS_JUNK_FILES",
     "list_categories",
     "list_defects",
     "list_images",
@@ -76,12 +84,22 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_os_junk(name: str) -> bool:
+    """An operating system's file in a data folder (``OS_JUNK_FILES``)."""
+    return name.lower() in OS_JUNK_FILES
+
+
+def is_skipped(name: str) -> bool:
+    """A folder entry that data listings pass over: hidden, or an operating system's file."""
+    return name.startswith(".") or is_os_junk(name)
+
+
 def _subdirs(path: Path) -> list[str]:
     """Sorted names of non-hidden subdirectories of ``path`` (os.scandir only)."""
     names = []
     with os.scandir(path) as it:
         for entry in it:
-            if entry.name.startswith("."):
+            if is_skipped(entry.name):
                 continue
             if entry.is_dir():
                 names.append(entry.name)
@@ -151,7 +169,8 @@ def report(errors: list | None, error: DataError) -> None:
 
 
 def list_images(folder: str | Path, errors: list | None = None) -> list[Path]:
-    """Sorted image files of ``folder``. A non-hidden file that is not an image is a DataError.
+    """Sorted image files of ``folder``. A file that is not an image is a DataError, unless
+    ``is_skipped`` (hidden, or an operating system's Thumbs.db / desktop.ini).
 
     With an ``errors`` list, problems are collected there and the offending files skipped.
     """
@@ -162,7 +181,7 @@ def list_images(folder: str | Path, errors: list | None = None) -> list[Path]:
     paths = []
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.name.startswith(".") or entry.is_dir():
+            if is_skipped(entry.name) or entry.is_dir():
                 continue
             if not is_image_file(entry.name):
                 report(
@@ -277,7 +296,7 @@ def _mask_candidates(gt_dir: Path) -> dict[str, list[Path]]:
         return found
     with os.scandir(gt_dir) as it:
         for entry in it:
-            if entry.name.startswith(".") or not is_image_file(entry.name):
+            if is_skipped(entry.name) or not is_image_file(entry.name):
                 continue
             stem = Path(entry.name).stem
             if stem.endswith(MASK_SUFFIX):

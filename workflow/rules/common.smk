@@ -11,13 +11,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 from anogen.artifacts import STAGES, thaw
-from anogen.config import check_required_sources, resolve_extends, validate_config
+from anogen.config import check_required_sources
 from anogen.errors import AnogenError
 from anogen.keys import canonical_json
+from anogen.options import validated_run_config
 from anogen.studies.planner import RunPlan
 
 try:
-    _validated = validate_config(resolve_extends(config))
+    # The same step as every `anogen` command's (anogen.options): extends, schema, and without
+    # --configfile the demo's config (a random tiny model, demo budgets) only for the demo's data.
+    _validated = validated_run_config(
+        config, demo_default=not workflow.overwrite_configfiles
+    )
     config.clear()
     config.update(_validated)
     # RUN: the config's own plan (PLAN) and one per study arm (anogen.studies.planner); a job is
@@ -26,15 +31,6 @@ try:
     PLAN = RUN.base
 except AnogenError as _error:
     raise WorkflowError(f"invalid configuration: {_error}") from None
-
-if not workflow.overwrite_configfiles and not PLAN.is_demo:
-    # The demo config (random tiny model, demo budgets) was read because no --configfile was
-    # given, but data_root points elsewhere: that run would look real and be a demo.
-    raise WorkflowError(
-        f"data_root={config['data_root']!r} was given without --configfile, so the offline demo's "
-        f"config ({DEMO_CONFIG}: a random tiny model, demo budgets) would run on it. Give the run's "
-        "config: --configfile config/mvtec.yaml --config data_root=... (or your own config file)."
-    )
 
 try:
     PLAN.pairs()  # discover categories x defects now: bad data_root / names stop here
