@@ -174,7 +174,8 @@ def cmd_quality(args) -> int:
 
     # No config file: the schema's defaults (the workflow's settings), not the demo's config.
     raw = snakemake_config(args.configfile or [], args.config or [], no_file={"data_root": "."})
-    quality = validated_run_config(deep_update(raw, parse_set_items(args.set)))["quality"]
+    config = validated_run_config(deep_update(raw, parse_set_items(args.set)))
+    quality = config["quality"]
     weights = {
         "inception": args.inception_weights or quality["inception_weights"],
         "lpips": args.lpips_weights or quality["lpips_weights"],
@@ -183,7 +184,7 @@ def cmd_quality(args) -> int:
     masks = {"generated": args.generated_masks, "real": args.real_masks, "support": args.support_masks}
     row = folder_quality(
         generated=args.generated, real=args.real, support=args.support, masks=masks,
-        quality=quality, weights=weights, device=device,
+        quality=quality, resize=config["resize"], weights=weights, device=device,
     )  # fmt: skip
     write_csv([row], args.out)
     shown = ("is_mean", "is_std", "ic_lpips", "kid_mean", "kid_std", "crop_is_mean", "crop_ic_lpips", "crop_kid_mean")
@@ -203,9 +204,19 @@ def _default_device() -> str:
 
 def _add_quality_parser(sub) -> None:
     q = sub.add_parser("quality", help="IS, KID and IC-LPIPS of any folder of generated images (same CSV columns)")
-    q.add_argument("--generated", type=Path, required=True, help="folder of generated images (searched recursively)")
+    q.add_argument(
+        "--generated",
+        type=Path,
+        required=True,
+        help="folder of generated images (searched recursively, mask folders left out; only its image/ if it has one)",
+    )
     q.add_argument("--real", type=Path, default=None, help="real anomalies of the same defect type (KID's reference)")
-    q.add_argument("--support", type=Path, default=None, help="support anomalies (IC-LPIPS's cluster centres)")
+    q.add_argument(
+        "--support",
+        type=Path,
+        default=None,
+        help="support anomalies: IC-LPIPS's cluster centres (quality.ic_lpips_centres: support)",
+    )
     for name in ("generated", "real", "support"):
         q.add_argument(
             f"--{name}-masks",

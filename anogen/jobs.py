@@ -485,18 +485,17 @@ def study_table(sm, params):
 def generation_quality(sm, params):
     from anogen.data.layouts import scan_category
     from anogen.quality.run import generation_quality as run
-    from anogen.quality.run import real_anomalies
 
     spec, runtime = params["spec"], params["runtime"]
     root = Path(runtime["data_root"])
     index = scan_category(root, spec["category"], runtime["dataset"], defects=(spec["defect"],))
-    real = real_anomalies(index.test, root, spec["defect"], spec["excluded"], spec["image_size"], spec["resize"])
     with _device() as lease:
         run(
             spec=spec,
             generated_manifest=Path(_one(sm.input.generation)),
             support_manifest=Path(_one(sm.input.support)),
-            real=real,
+            test_items=index.test,
+            data_root=root,
             weights={"inception": runtime["inception_weights"], "lpips": runtime["lpips_weights"]},
             out_dir=_out_dir(sm),
             key=sm.wildcards.key,

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=64, help="image size of the LPIPS pairs and the small job")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument(
+        "--net", default="vgg", choices=("vgg", "alex", "squeeze"), help="LPIPS backbone (quality.lpips_net)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality_cpu.json")
     args = p.parse_args(argv)
@@ -56,20 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.batch * 2)]
     with tempfile.TemporaryDirectory() as tmp:
-        inc_path, alex_path = Path(tmp, "inception.pth"), Path(tmp, "alexnet.pth")
-        write_random_weights(inc_path, alex_path, "alex", seed=0)
+        inc_path, lpips_path = Path(tmp, "inception.pth"), Path(tmp, f"{args.net}.pth")
+        write_random_weights(inc_path, lpips_path, args.net, seed=0)
         start = time.perf_counter()
-        nets = {"inception": load_inception(inc_path, args.device), "lpips": load_lpips(alex_path, "alex", args.device)}
+        nets = {
+            "inception": load_inception(inc_path, args.device),
+            "lpips": load_lpips(lpips_path, args.net, args.device),
+        }
         overhead = time.perf_counter() - start
     batch = M.as_uint8_tensor(images, args.size)
     t_inc = _timed(lambda: M.inception_features(nets["inception"], batch, args.batch, args.device))
-    tensors = list(batch.float() / 255)
+    tensors = M.lpips_input(batch)
     distance = M.lpips_distance(nets["lpips"], args.batch, args.device)
     t_lp = _timed(lambda: distance(tensors, tensors[::-1]), repeats=3)
     small = {"generated": 24, "real": 8, "support": 3}
     items = {k: [(images[i % len(images)], _box(args.size)) for i in range(n)] for k, n in small.items()}
     settings = {"image_size": args.size, "crop_margin": 0.1, "is_splits": 10, "kid_subsets": 100}
-    settings.update(kid_subset_size=1000, seed=2020, batch_size=args.batch)
+    settings.update(kid_subset_size=1000, ic_lpips_cluster_cap=None, seed=2020, batch_size=args.batch)
     start = time.perf_counter()
     M.quality_metrics(items["generated"], items["real"], items["support"], settings, nets, args.device)
     t_job = time.perf_counter() - start
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "inception_images_per_s": round(len(images) / t_inc, 3),
         "lpips_pairs_per_s": round(len(images) / t_lp, 3),
         "lpips_size": args.size,
+        "lpips_net": args.net,
         "overhead_s": round(overhead, 2),
     }
     notes: list[str] = []

@@ -20,11 +20,15 @@ from anogen.quality.metrics import METRIC_KEYS
 
 SETTINGS = (
     "image_size",
+    "resize_kernel",
     "crop_margin",
+    "crop_rule",
     "is_splits",
     "kid_subsets",
     "kid_subset_size",
     "seed",
+    "ic_lpips_centres",
+    "ic_lpips_cluster_cap",
     "clusters",
     "feature_extractor",
     "inception_sha256",
@@ -41,7 +45,7 @@ COLUMNS = (
     "source",
     "n_generated",
     "n_real",
-    "n_support",
+    "n_centres",
     *METRIC_KEYS,
     *(f"crop_{k}" for k in METRIC_KEYS),
     *SETTINGS,
@@ -128,9 +132,12 @@ def quality_html(rows: Sequence[Mapping[str, str]]) -> str:
         "<h3>Generation quality per category (mean over its defect types)</h3>\n"
         f"<table><tr><th>category</th>{head}</tr>\n{body}</table>\n"
         "<h3>Published means over MVTec AD (whole images)</h3>\n"
-        "<p>Cited from each paper; each computed them with its own script, image size, number of images and "
-        "weights, none of which it reports next to the number, so they are not strictly comparable with each "
-        "other or with the rows above, whose settings are stated below.</p>\n"
+        "<p>Cited from each paper. Their public scripts compute IC-LPIPS with LPIPS-VGG at 256 px, inputs in "
+        "[-1, 1]: AnomalyDiffusion's and DualAnoDiff's around the first third of the defect's test anomalies, at "
+        "most 50 images per cluster; SeaS's around all real anomalies, at most 140, on 1000 generated images. "
+        "IS and KID come from torch-fidelity. Image counts and generators differ, so the numbers are not strictly "
+        "comparable with each other, nor with the rows above unless their settings (below: lpips_net=vgg, "
+        "ic_lpips_centres=test_first_third, ic_lpips_cluster_cap=50 for AnomalyDiffusion's) match.</p>\n"
         f"<table><tr><th>method</th><th>IS</th><th>IC-LPIPS</th><th>KID</th></tr>\n{peers}</table>\n"
         "<h4>Settings of the rows above</h4><ul>"
         + "".join(f"<li>{html.escape(s)}</li>" for s in settings)
