@@ -424,6 +424,8 @@ def train_detector(sm, params):
             checkpoint_every=runtime["checkpoint_every"],
             extra={"lease": lease.as_dict()},
             data_root=runtime["data_root"],
+            texture_source=runtime["texture_source"],
+            teacher_weights=runtime["teacher_weights"],
         )
 
 

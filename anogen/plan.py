@@ -18,11 +18,14 @@ from anogen import authors
 from anogen.artifacts import STAGES, JobSpec
 from anogen.config import TINY_MODEL_DIR
 from anogen.data import demo, layouts, mvtec, realiad
-from anogen.data.fingerprint import fingerprint
+from anogen.data.fingerprint import file_fingerprint, fingerprint
 from anogen.data.support import choose_support
+from anogen.data.texture_files import texture_fingerprint
+from anogen.diffusion.model_files import model_files_record
 from anogen.errors import ConfigError
 from anogen.io import sha256_file_cached
 from anogen.keys import content_key
+from anogen.provenance import find_hub_resnet18
 
 # Values that change how fast a job runs or how often it saves, never what it produces:
 # they stay out of every content key (resume is bit-identical whatever checkpoint_every is).
@@ -236,6 +239,19 @@ class Plan:
         family = self.tiny_family
         return TINY_MODEL_DIR.format(family=family) if family else self.config["diffusion"]["model"]
 
+    def model_files(self) -> dict | None:
+        """The files of the configured model that ``load_backbone`` reads, each with its identity
+        (``anogen.diffusion.model_files.model_files_record``); None for the tiny model (its rule makes
+        it: no files at planning) and for a hub id not in the cache. Looked up once for all the plans
+        that share ``data_memo`` (a study's arms), not once per arm."""
+        if self.tiny_family:
+            return None
+        d = self.config["diffusion"]
+        memo = ("model", d["model"], d["revision"], d["variant"])
+        if memo not in self.data_memo:
+            self.data_memo[memo] = model_files_record(d["model"], d["revision"], d["variant"])
+        return self.data_memo[memo]
+
     # ------------------------------------------------------------------ data files
     def category_files(self, category: str):
         """The files of ``category`` as listed (no decoding); None for the demo (made by a rule)."""
@@ -367,7 +383,14 @@ class Plan:
         return layouts.layout_spec(self.config)
 
     def model_spec(self) -> dict:
+        """The model's part of the keys of embeddings and generations: the files it reads, not where
+        they are (moving the folder or the cache reruns nothing; a new snapshot or retrained weights
+        rerun). The tiny model is a pure function of ``diffusion.tiny``, and a hub id not in the
+        cache is known by its name and revision only."""
         d = self.config["diffusion"]
+        found = self.model_files()
+        if found is not None:
+            return {"variant": d["variant"], "scheduler": d["scheduler"], "files": found["files"]}
         spec = {k: d[k] for k in ("model", "revision", "variant", "scheduler")}
         if self.tiny_family:
             spec["tiny"] = d["tiny"]
@@ -622,7 +645,8 @@ class Plan:
     def _detector_spec(self, category: str, detector: str, variant: str) -> dict:
         det = self.config["detectors"]
         section = self.detector_section(detector, variant)
-        skip = set(self._GENERATED_BRANCH_KEYS) | set(self._GENERATED_SET_KEYS[detector])
+        # teacher_weights is where the teacher is (runtime); its content is the input "teacher"
+        skip = set(self._GENERATED_BRANCH_KEYS) | set(self._GENERATED_SET_KEYS[detector]) | {"teacher_weights"}
         spec = {
             "category": category,
             "detector": detector,
@@ -637,8 +661,6 @@ class Plan:
             spec["synthetic_source"] = det["synthetic_source"]
             if det["synthetic_source"] == "cutpaste":
                 spec["cutpaste"] = det["cutpaste"]
-            else:
-                spec["texture_source"] = det["texture_source"]
         if variant != "baseline":
             spec.update(
                 tau=self.detector_tau(detector),
@@ -657,10 +679,47 @@ class Plan:
         return {f"generation/{d}": ("generation", (category, d)) for d in self.defects(category)}
 
     def _detector_data_inputs(self, category: str, detector: str, variant: str) -> dict:
-        return {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train")}
+        inputs = {"dataset": self.dataset_key, "data": self._data_fingerprint(category, "train")}
+        if self.reads_textures(variant):
+            inputs["textures"] = self.textures_key()
+        if detector == "destseg":  # every variant loads the teacher
+            inputs["teacher"] = self.teacher_key()
+        return inputs
 
     def _detector_runtime(self, category: str, detector: str, variant: str) -> dict:
-        return {**self._data_runtime(), "checkpoint_every": self.config["detectors"]["checkpoint_every"]}
+        det = self.config["detectors"]
+        return {
+            **self._data_runtime(),
+            "checkpoint_every": det["checkpoint_every"],
+            # where the files are; their content is in the inputs (moving a clone reruns nothing)
+            "texture_source": det["texture_source"] if self.reads_textures(variant) else None,
+            "teacher_weights": det["destseg"]["teacher_weights"] if detector == "destseg" else None,
+        }
+
+    def reads_textures(self, variant: str) -> bool:
+        """Whether a detector of ``variant`` pastes textures (synthetic anomalies in DRAEM's recipe)."""
+        return variant != "generated_only" and self.config["detectors"]["synthetic_source"] != "cutpaste"
+
+    def textures_key(self) -> str:
+        """The texture folder's fingerprint (every image below it: ``anogen.data.texture_files``), or
+        ``photographs`` for the fallback (scikit-image's bundled photographs, no file of the user's)."""
+        folder = self.config["detectors"]["texture_source"]
+        if not folder:
+            return "photographs"
+        memo = ("textures", folder)
+        if memo not in self.data_memo:
+            self.data_memo[memo] = texture_fingerprint(folder)
+        return self.data_memo[memo]
+
+    def teacher_key(self) -> str:
+        """The DeSTSeg teacher file's fingerprint: ``detectors.destseg.teacher_weights``, else the torch
+        hub cache's ResNet18 as the job finds it, else ``random-init`` (no file)."""
+        configured = self.config["detectors"]["destseg"]["teacher_weights"]
+        memo = ("teacher", configured)
+        if memo not in self.data_memo:
+            path = configured or find_hub_resnet18()
+            self.data_memo[memo] = "random-init" if path is None else file_fingerprint(path)
+        return self.data_memo[memo]
 
     # ------------------------------------------------------------------ evaluation
     def _evaluation_spec(self, category: str, detector: str, variant: str) -> dict:

@@ -114,7 +114,6 @@ def _spec(detector: str, variant: str, **over) -> dict:
         "mixed_precision": "no",
         "resize": "squash",
         "synthetic_source": "draem",
-        "texture_source": None,
     }
     if variant != "baseline":
         spec.update(tau=0.9, mix_prob=0.5, weak_on_synthetic=True, generated_normal_prob=0.0, augment_generated=False)
@@ -147,7 +146,6 @@ def _spec(detector: str, variant: str, **over) -> dict:
             "top_k": 100,
             "image_interpolation": "pil_bicubic",
             "teacher": "torchvision_v1",
-            "teacher_weights": None,
             # At 32 px with batch 2 the student's layer4 is 1x1 and SGD at lr 0.4 blows up
             # within two steps once its residual BN gammas start at 0 (timm's zero_init_last,
             # the default since it is the official init); at 64 px / batch 8 it trains fine.

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from anogen.data.texture_files import texture_fingerprint
 from anogen.detectors import synthetic
 from anogen.detectors.losses import (
     focal_loss,
@@ -78,7 +79,8 @@ def test_texture_source_folder_and_errors(tmp_path):
     Image.fromarray(img).save(empty / "banded" / "banded_0001.jpg")
     Image.fromarray(img).save(empty / "banded" / "banded_0002.png")
     src = TextureSource.from_config(empty, fallback_images=["ignored.png"])
-    assert src.describe() == {"kind": "folder", "folder": str(empty), "n_images": 2}
+    fingerprint = texture_fingerprint(empty)  # the plan's inputs["textures"] (tests/test_external_keys.py)
+    assert src.describe() == {"kind": "folder", "folder": str(empty), "n_images": 2, "fingerprint": fingerprint}
     assert src.sample(np.random.default_rng(1), 32).shape == (32, 32, 3)
 
 

@@ -354,7 +354,7 @@ def test_destseg_manifest_records_teacher_and_kernel(tiny, tmp_path):  # noqa: F
 
     teacher = tmp_path / "model.safetensors"
     save_file(_resnet18_state(), str(teacher))
-    over = {"steps": 2, "student_steps": 1, "teacher": "timm_a1", "teacher_weights": str(teacher)}
+    over = {"steps": 2, "student_steps": 1, "teacher": "timm_a1"}
     spec = _train_spec("destseg", "baseline", destseg={**over, "image_interpolation": "pil_bilinear"})
     manifest = train_detector(
         spec=spec,
@@ -365,6 +365,7 @@ def test_destseg_manifest_records_teacher_and_kernel(tiny, tmp_path):  # noqa: F
         inputs={},
         device="cpu",
         checkpoint_every=500,
+        teacher_weights=str(teacher),  # a runtime path: the file's content is the plan's inputs["teacher"]
     )
     extra = json.loads(manifest.read_text())["extra"]
     assert (extra["teacher"], extra["teacher_source"], extra["teacher_layout"]) == (
@@ -373,6 +374,11 @@ def test_destseg_manifest_records_teacher_and_kernel(tiny, tmp_path):  # noqa: F
         "torchvision",
     )
     assert extra["teacher_weights"]["sha256"] == sha256_file(teacher)
+    assert extra["teacher_weights"]["bytes"] == teacher.stat().st_size
+    assert extra["teacher_weights"]["mtime_ns"] == teacher.stat().st_mtime_ns
+    # what the plan keys the DeSTSeg detectors with (anogen.plan.Plan.teacher_key)
+    config = deep_update(demo_raw(), {"detectors": {"destseg": {"teacher_weights": str(teacher)}}})
+    assert extra["teacher_weights"]["fingerprint"] == plan(config).teacher_key()
     assert extra["image_interpolation"] == "pil_bilinear" and extra["authors_sampling_quirk"] is None
 
 

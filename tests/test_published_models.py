@@ -3,6 +3,7 @@ float32 text encoders, fp16 variants, clear errors (tests/hub_fixtures.py builds
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,8 +16,10 @@ import pytest
 import torch
 
 from anogen.diffusion.backbone import load_backbone
+from anogen.diffusion.model_files import read_files
 from anogen.errors import ConfigError
 from tests.hub_fixtures import (
+    COMMIT,
     REPO_OF_FAMILY,
     copy_model,
     fp16_variant_only,
@@ -227,7 +230,8 @@ gen = generate_anomalies(normal_images=[normal], data_root=work / "data", foregr
     compile=False, model_options={{"variant": None, "scheduler": "trained"}})
 gen = json.loads(Path(gen).read_text())
 print(json.dumps({{"embedding": emb["extra"]["noise_schedule"], "generation": gen["extra"]["noise_schedule"],
-    "images": gen["extra"]["n_images"], "loss": emb["extra"]["final_loss"]}}))
+    "images": gen["extra"]["n_images"], "loss": emb["extra"]["final_loss"],
+    "files": [emb["extra"]["model_files"], gen["extra"]["model_files"]]}}))
 """
 
 
@@ -256,3 +260,14 @@ def test_stage_1_and_2_run_from_an_offline_hub_cache(models, tmp_path, family):
         record = result[stage]
         assert record["beta_schedule"] == "scaled_linear" and record["steps_offset"] == 1, (stage, record)
         assert record["source"].startswith("trained") and record["clip_sample"] is False, (stage, record)
+    # each manifest names the snapshot and every file read, by the hash its blob is named after
+    unet = (models[family] / "unet" / "diffusion_pytorch_model.bin").read_bytes()
+    for record in result["files"]:
+        assert (record["source"], record["snapshot"], record["revision"], record["variant"]) == (
+            "hub",
+            COMMIT,
+            None,
+            None,
+        )
+        assert record["files"]["unet/diffusion_pytorch_model.bin"] == {"sha256": hashlib.sha256(unet).hexdigest()}
+        assert set(record["files"]) == set(read_files(models[family], None)), record["files"]

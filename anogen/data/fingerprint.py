@@ -157,3 +157,9 @@ def fingerprint(root: Path, paths: Iterable[Path], **extra) -> str:
     records = sorted(file_record(root, p if isinstance(p, Path) else Path(p)) for p in paths)
     payload = canonical_json({"files": records, **extra})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """The fingerprint of one file a config key names (the DeSTSeg teacher): its name, size, mtime_ns."""
+    path = Path(path)
+    return fingerprint(path.parent, [path])

@@ -26,12 +26,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from anogen.data.texture_files import IMAGE_SUFFIXES, texture_files, texture_fingerprint
 from anogen.errors import DataError
 from anogen.io import read_image
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 # skimage.data photographs that are part of the wheel (no pooch download needed).
 SKIMAGE_PHOTOS = (
@@ -137,7 +136,7 @@ class TextureSource:
                 folder,
                 "texture folder (config detectors.texture_source) does not exist or is not a folder",
             )
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = texture_files(folder)
         if not files:
             raise DataError(
                 folder,
@@ -175,6 +174,8 @@ class TextureSource:
                 "kind": "folder",
                 "folder": str(self.folder),
                 "n_images": len(self.files),
+                # the plan's identity of the folder (its inputs["textures"] in the detector's key)
+                "fingerprint": texture_fingerprint(self.folder, self.files),
             }
         return {
             "kind": "photographs",

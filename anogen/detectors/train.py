@@ -80,6 +80,8 @@ def train_detector(
     num_workers: int | None = None,
     log_every: int = 10,
     data_root: str | Path | None = None,
+    texture_source: str | Path | None = None,
+    teacher_weights: str | Path | None = None,
 ) -> Path:
     """Train, write ``out_dir`` (see module docstring) and return the manifest path.
 
@@ -92,6 +94,10 @@ def train_detector(
     variants other than generated_only). ``generated_manifests``: stage-2 manifests, whose
     items' data-root-relative ``source_image`` must be ``train_images``. ``extra`` is added
     to the manifest's ``extra`` (the device lease).
+
+    ``texture_source`` (``detectors.texture_source``) and ``teacher_weights``
+    (``detectors.destseg.teacher_weights``) are where those files are, runtime values: the plan
+    keys their content (``inputs["textures"]``, ``inputs["teacher"]``), not their paths.
     """
     _check_spec(spec)
     detector, variant = spec["detector"], spec["variant"]
@@ -99,11 +105,11 @@ def train_detector(
     # 1. sources and the sample stream (first even for a finished job: its inputs are verified
     #    again and the provenance notes of textures and teacher recorded, see step 3)
     train_images = [Path(p) for p in train_images]
-    textures, texture_info = _textures(spec, texture_fallback)
+    textures, texture_info = _textures(spec, texture_source, texture_fallback)
     # source_image is data-root-relative (a DataError names an item that is no training image)
     generated, quirk = _generated_items(spec, generated_manifests, train_images, data_root)
     # 2. trainer (network, optimisers, loss) and stream
-    trainer = build_trainer(spec, device, len(train_images))
+    trainer = build_trainer(spec, device, len(train_images), teacher_weights)
     stream = build_stream(spec, trainer.batch_size, train_images, generated, textures)
     # 3. a finished job rerun by Snakemake (a runtime-only param such as checkpoint_every
     #    changed): the trained files are intact, so only the manifest is redone
@@ -176,24 +182,29 @@ def _check_spec(spec: dict[str, Any]) -> None:
         raise ConfigError(f"detectors.{detector}", "section missing from the detector spec")
 
 
-def _textures(spec: dict[str, Any], fallback: Sequence[Path]) -> tuple[TextureSource | None, dict[str, Any]]:
-    """The texture source of the synthetic branch and how the manifest describes it."""
+def _textures(spec: dict[str, Any], folder, fallback: Sequence[Path]) -> tuple[TextureSource | None, dict[str, Any]]:
+    """The texture source of the synthetic branch (``folder``, else the fallback photographs) and how
+    the manifest describes it."""
     if spec["variant"] == "generated_only":
         return None, {"kind": "none", "note": "generated_only uses no synthetic anomalies"}
     if spec["synthetic_source"] == "cutpaste":
         return None, {"kind": "none", "note": "CutPaste anomalies need no textures"}
-    textures = TextureSource.from_config(spec["texture_source"], list(fallback))
+    textures = TextureSource.from_config(folder, list(fallback))
     return textures, textures.describe()
 
 
-def build_trainer(spec: dict[str, Any], device: str, n_train: int):
-    """The detector's trainer; ``tau`` is None for a baseline (its spec has none: no weak loss)."""
+def build_trainer(spec: dict[str, Any], device: str, n_train: int, teacher_weights: str | Path | None = None):
+    """The detector's trainer; ``tau`` is None for a baseline (its spec has none: no weak loss).
+    ``teacher_weights``: the DeSTSeg teacher's file (a runtime path; its content is in the key)."""
+    section = dict(spec[spec["detector"]])
     if spec["detector"] == "draem":
         from anogen.detectors.draem.trainer import DraemTrainer as cls
     else:
         from anogen.detectors.destseg.trainer import DestsegTrainer as cls
+
+        section["teacher_weights"] = None if teacher_weights is None else str(teacher_weights)
     return cls(
-        dict(spec[spec["detector"]]),
+        section,
         seed=int(spec["seed"]),
         tau=spec["tau"] if spec["variant"] != "baseline" else None,
         device=device,

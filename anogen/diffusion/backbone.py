@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
+from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files, model_files_record
 from anogen.diffusion.published import FAMILY_OF_PIPELINE, SUBFOLDERS
 from anogen.diffusion.schedule import FILE_SOURCE, resolve_schedule, schedule_record
 from anogen.errors import ConfigError
@@ -62,6 +62,8 @@ class Backbone:
     device: str = "cpu"
     # where scheduler_config came from (anogen.diffusion.schedule.resolve_schedule)
     scheduler_source: str = FILE_SOURCE
+    # revision, variant, where the files were found and each file read (for manifests: ``load_backbone``)
+    files_record: dict | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -227,6 +229,9 @@ def load_backbone(
     backbone = Backbone(
         family, model, parts["vae"], parts["text_encoder"], tokenizer, parts["unet"], scheduler_config, "cpu", source
     )
+    # what was read, identified as the plan identifies it (the model's part of the content keys)
+    found = model_files_record(model, revision, variant) or {"source": None, "files": None}
+    backbone.files_record = {"revision": revision, "variant": variant, **found}
     from anogen import provenance
 
     if root is not None and provenance.is_random_model(str(root)):  # a folder, or a hub id's snapshot

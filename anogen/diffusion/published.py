@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 # model_index.json as published: pipeline class, and per component (library, class).
 MODEL_INDEX = {
     "ldm": {
@@ -230,6 +228,8 @@ def save_published_layout(family: str, parts: dict, tokenizer_dir: Path, out_dir
     """Write ``parts`` (vae, text_encoder, unet; ``anogen.diffusion.tiny.build_components``) to
     ``out_dir`` in the published layout of ``family``, with the slow-tokenizer vocabulary files of
     ``tokenizer_dir``. The scheduler file is the published one, whatever ``parts`` holds."""
+    import torch  # here, not above: planning reads this module's layout tables without torch
+
     out_dir = Path(out_dir)
     sub = SUBFOLDERS[family]
     version = MODEL_INDEX[family]["_diffusers_version"]

@@ -793,6 +793,7 @@ def _run_record(
         "family": trainer.backbone.family,
         "noise_schedule": trainer.backbone.schedule_record(),
         "model": model,
+        "model_files": trainer.backbone.files_record,
         "token": trainer.token,
         "token_id": trainer.token_id,
         "resolution": trainer.resolution,

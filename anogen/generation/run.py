@@ -551,6 +551,7 @@ def _manifest_extra(plan, rels, sampler: _Sampler, generated: int, seconds: floa
         "noise_schedule": sampler.backbone.schedule_record(),
         "model": run["model"],
         "revision": run["revision"],
+        "model_files": sampler.backbone.files_record,
         "token": sampler.token,
         "prompt": sampler.token,
         "device": run["device"],

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from anogen import provenance
+from anogen.data.fingerprint import file_fingerprint, file_record
 from anogen.detectors.common import backward_step, count_parameters
 from anogen.detectors.destseg.loss import DestsegLoss
 from anogen.detectors.destseg.network import DestsegNet, teacher_state_layout
@@ -121,11 +122,14 @@ def load_teacher_weights(
         layout, state = teacher_state_layout(_read_state_dict(path))
     except KeyError as exc:
         raise DataError(path, f"not ResNet18 weights ({exc})") from exc
+    _, size, mtime_ns = file_record(path.parent, path)
+    # fingerprint: the plan's identity of the file (a DeSTSeg detector's inputs["teacher"])
+    file = {"path": str(path), "origin": origin, "sha256": sha256, "bytes": size, "mtime_ns": mtime_ns}
     return state, {
         "teacher": "imagenet",
         "teacher_source": teacher,
         "teacher_layout": layout,
-        "teacher_weights": {"path": str(path), "origin": origin, "sha256": sha256},
+        "teacher_weights": {**file, "fingerprint": file_fingerprint(path)},
     }
 
 
@@ -137,7 +141,8 @@ def destseg_scores(p_anomaly: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 class DestsegTrainer:
-    """``cfg``: the spec's ``destseg`` section (every key the schema fills); ``tau``: the
+    """``cfg``: the config's ``destseg`` section (every key the schema fills; the spec's holds no
+    ``teacher_weights`` path, ``train.build_trainer`` adds the runtime one); ``tau``: the
     resolved tau of a non-baseline variant, None for a baseline."""
 
     name = "destseg"
