@@ -22,9 +22,10 @@ def test_every_upstream_artifact_is_an_input_with_its_key(demo_plan):
             inputs = demo_plan.inputs(stage, *values)
             for name, (up, up_values) in demo_plan.upstream(stage, *values).items():
                 assert inputs[name] == demo_plan.key(up, *up_values), (stage, values, name)
-            # the rest are the data set, data fingerprints and the model: never another artifact
+            # the rest are the data set, data fingerprints and the external files (the model, the
+            # DeSTSeg teacher, the texture folder): never another artifact
             others = set(inputs) - set(demo_plan.upstream(stage, *values))
-            assert others <= {"dataset", "data", "model"}, (stage, others)
+            assert others <= {"dataset", "data", "model", "teacher", "textures"}, (stage, others)
 
 
 def test_job_spec_is_what_the_key_hashes(demo_plan):
