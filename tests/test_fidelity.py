@@ -148,11 +148,11 @@ def test_ledger_catches_a_disagreeing_preset():
         schema_node("generation.jpeg_qualty")
 
 
-def test_readme_preset_table_links_the_ledger():
+def test_readme_and_preset_table_link_the_ledger():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "docs/fidelity.md" in readme
-    table = readme[readme.index("Two presets") :]
-    assert "](docs/fidelity.md)" in table[:4000]
+    assert "](docs/fidelity.md)" in readme[readme.index("Two presets") :][:4000]
+    presets = (ROOT / "docs" / "presets.md").read_text(encoding="utf-8")
+    assert "](fidelity.md)" in presets[: presets.index("| support sets |")]
 
 
 # ----------------------------------------------------------------------------- 28: embedding learning rate

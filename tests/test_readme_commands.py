@@ -1,10 +1,12 @@
-"""The README's commands, run as written: every `snakemake` line of its code blocks is dry-run
-in a fresh copy of the checkout (with `data_root` pointing at a fake MVTec-layout tree with the
-real 15 category and 73 defect names where the command needs real data), and its plan checked;
-every `anogen` line is run (`local.yaml`, as the README's printf writes it, among its config files).
+"""The commands of the README and of docs/*.md, run as written: every `snakemake` line of their code
+blocks is dry-run in a fresh copy of the checkout (with `data_root` pointing at a fake MVTec-layout tree
+with the real 15 category and 73 defect names where the command needs real data, or a fake VisA tree),
+and its plan checked; every `anogen` line is run (`local.yaml`, as the README's printf writes it, among
+its config files). The pages share one checkout, the README first, so a page may use a file the
+README's printf wrote.
 
-A command of the README that this test does not know how to exercise fails it, so a command
-added to the README later is tested too (or the test is taught what it is).
+A command of these pages that this test does not know how to exercise fails it, so a command
+added to them later is tested too (or the test is taught what it is).
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from tests import e2e
 pytestmark = pytest.mark.e2e
 
 README = e2e.REPO / "README.md"
+DOCS = e2e.REPO / "docs"
+# Pages whose commands are not run here, and the test that runs them instead.
+NOT_RUN_HERE = {
+    "slurm.md": "a root-only recipe that installs and starts Slurm daemons: tests/slurm_cluster.py follows it (-m slurm)",
+}
 DATA_PLACEHOLDER = "/path/to/mvtec_anomaly_detection"
+VISA_PLACEHOLDER = "/path/to/VisA_20220922"
 MODEL_PLACEHOLDER = "/path/to/ldm-text2im-large-256"
 DTD_PLACEHOLDER = "/path/to/dtd/images"
 AUTHORS_PLACEHOLDER = "/path/to/AnoGen"
@@ -55,8 +63,22 @@ def statements(block: str) -> list[str]:
     return [" ".join(s.split()) if not s.startswith("printf") else s for s in out]
 
 
+def page_statements(page: Path) -> list[str]:
+    return [s for block in code_blocks(page.read_text(encoding="utf-8")) for s in statements(block)]
+
+
 def readme_statements() -> list[str]:
-    return [s for block in code_blocks(README.read_text(encoding="utf-8")) for s in statements(block)]
+    return page_statements(README)
+
+
+def user_doc_pages() -> list[Path]:
+    """The README, then every docs page whose commands this test runs."""
+    return [README, *(page for page in sorted(DOCS.glob("*.md")) if page.name not in NOT_RUN_HERE)]
+
+
+def doc_statements() -> list[tuple[str, str]]:
+    """(page, statement) for every command of the pages, in reading order."""
+    return [(page.name, s) for page in user_doc_pages() for s in page_statements(page)]
 
 
 def test_statement_splitting():
@@ -89,8 +111,9 @@ def fake_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def places(tmp_path_factory, fake_mvtec, fake_model) -> dict[str, Path]:
-    """What each README placeholder stands for here: small stand-ins a test can plan against."""
+    """What each placeholder of the pages stands for here: small stand-ins a test can plan against."""
     from tests.fake_trees import _png, build_fake_authors_repo
+    from tests.preset_trees import make_visa_preset_tree
 
     dtd = tmp_path_factory.mktemp("dtd") / "images"
     (dtd / "banded").mkdir(parents=True)
@@ -102,6 +125,7 @@ def places(tmp_path_factory, fake_mvtec, fake_model) -> dict[str, Path]:
         MODEL_PLACEHOLDER: fake_model,
         DTD_PLACEHOLDER: dtd,
         AUTHORS_PLACEHOLDER: authors,
+        VISA_PLACEHOLDER: make_visa_preset_tree(tmp_path_factory.mktemp("visa") / "VisA_20220922"),
     }
 
 
@@ -206,6 +230,26 @@ def run_anogen(checkout: Path, statement: str, places: dict[str, Path], hub_cach
     return subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=900, env=env)
 
 
+def run_bench(checkout: Path, statement: str, places: dict[str, Path]) -> subprocess.CompletedProcess:
+    """``NAME=value .venv/bin/python bench/<script>.py ...`` as written (through this interpreter)."""
+    words = shlex.split(substitute(statement, places))
+    assignments = list(itertools.takewhile(lambda w: re.fullmatch(r"[A-Z_]+=\S*", w), words))
+    words = words[len(assignments) :]
+    assert words[0] == ".venv/bin/python" and words[1].startswith("bench/"), statement
+    env = {**e2e.env(), **dict(a.split("=", 1) for a in assignments)}
+    return subprocess.run(
+        [sys.executable, *words[1:]], cwd=checkout, capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+def expected_pairs(statement: str) -> int:
+    """The (category, defect) pairs of the data the statement names: VisA's 12 categories, one defect
+    type each, or MVTec AD's 73 (72 in the authors' preset, without metal_nut/flip)."""
+    if VISA_PLACEHOLDER in statement:
+        return 12
+    return 72 if "mvtec-authors" in statement else 73
+
+
 STAGE_TARGETS = {
     "support": "select_support",
     "embeddings": "learn_embedding|import_embedding",
@@ -224,7 +268,7 @@ def check_full_run(statement: str, words: list[str], counts, outputs, text: str,
     assert model in (REAL_MODEL, str(places[MODEL_PLACEHOLDER])), model
     assert f"anogen: diffusion model {model};" in text
     n_pairs = len(plan.pairs())
-    assert n_pairs == (72 if "mvtec-authors" in statement else 73), n_pairs
+    assert n_pairs == expected_pairs(statement), n_pairs
     embedding_rule = "import_embedding" if config["embedding"]["source"] == "authors" else "learn_embedding"
     targets = [w for w in words[1:] if w in STAGE_TARGETS]
     if targets:  # stage targets: their rules and nothing downstream
@@ -252,10 +296,10 @@ STUDY_RULES = {
 }
 
 
-def readme_study_counts() -> dict[str, int]:
-    """The jobs per rule the README's table states for the paper study (its rows `| `rule` | n | why |`)."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Reproducing the paper's tables") :]
+def stated_study_counts() -> dict[str, int]:
+    """The jobs per rule docs/studies.md's table states for the paper study (its rows `| `rule` | n | why |`)."""
+    text = (DOCS / "studies.md").read_text(encoding="utf-8")
+    section = text[text.index("## Jobs per rule") :]
     section = section[: section.index("\n## ", 3)]
     rows = re.findall(r"^\| `(\w+)` \| (\d[\d,]*) \|", section, flags=re.M)
     return {rule: int(n.replace(",", "")) for rule, n in rows}
@@ -263,7 +307,7 @@ def readme_study_counts() -> dict[str, int]:
 
 def check_study_run(statement: str, counts, config: dict) -> None:
     """A study target plans each distinct artifact of its arms once (anogen.studies.planner), and for the
-    paper study exactly the README's counts."""
+    paper study exactly the counts of docs/studies.md."""
     from anogen.studies.planner import RunPlan
 
     run = RunPlan(config)
@@ -275,7 +319,7 @@ def check_study_run(statement: str, counts, config: dict) -> None:
     if "mvtec-paper-study" in statement:
         # the DTD folder reaches every arm (else DRAEM's synthetic anomalies come from the fallback photographs)
         assert config["detectors"]["texture_source"] and Path(config["detectors"]["texture_source"]).is_dir(), statement
-        stated = readme_study_counts()
+        stated = stated_study_counts()
         assert len(stated) == len(STUDY_RULES), stated
         assert {rule: counts[rule] for rule in stated if rule != "study_table"} == {
             rule: n for rule, n in stated.items() if rule != "study_table"
@@ -286,7 +330,7 @@ def check_study_run(statement: str, counts, config: dict) -> None:
 def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
     checked = collections.Counter()
     checkout = fresh_checkout(tmp_path / "checkout")
-    for statement in readme_statements():
+    for page, statement in doc_statements():
         words = shlex.split(statement)
         if statement == "bash tools/setup.sh":
             checked["setup"] += 1  # what .ci/run runs before this suite
@@ -322,6 +366,15 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
             assert proc.returncode == 2 and "no CUDA device" in proc.stdout, proc.stdout[-3000:]
             checked["device check"] += 1
             continue
+        if "bench/box_fit.py" in words:
+            # on the fake authors' clone: 3 support masks for each of the 73 defect types, as theirs
+            proc = run_bench(checkout, statement, places)
+            assert proc.returncode == 0, f"{statement}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            assert "73 defect types, 219 held-out masks" in proc.stdout, proc.stdout[-2000:]
+            csv_path = checkout / words[words.index("--csv") + 1]
+            assert len(csv_path.read_text().splitlines()) == 1 + 73, csv_path
+            checked["bench box_fit"] += 1
+            continue
         if words[0] == "printf":
             subprocess.run(["bash", "-c", substitute(statement, places)], cwd=checkout, check=True)
             checked["printf"] += 1
@@ -331,17 +384,21 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
             assert proc.returncode == 0, f"{statement}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
             expect = {
                 "estimate": "total",
-                "check-data": "jobs: select_support 73",
+                "check-data": f"jobs: select_support {expected_pairs(statement)},",
                 "gc": "referenced kept",
                 "preflight": "preflight: ready",
+                "box-ranges": "| category | defect | learned_width | learned_height |",
             }[words[1]]
             assert expect in proc.stdout, (statement, proc.stdout[-2000:])
+            if words[1] == "box-ranges":  # one row per defect type, learned from its support masks
+                csv_path = checkout / words[words.index("--csv") + 1]
+                assert len(csv_path.read_text().splitlines()) == 1 + expected_pairs(statement), csv_path
             checked[f"anogen {words[1]}"] += 1
             files = words[words.index("--configfile") + 1 :] if "--configfile" in words else []
             if len(list(itertools.takewhile(lambda w: not w.startswith("-"), files))) > 1:
                 checked["anogen with several config files"] += 1
             continue
-        assert words[0] == ".venv/bin/snakemake", f"README command not exercised by this test: {statement}"
+        assert words[0] == ".venv/bin/snakemake", f"{page}: command not exercised by this test: {statement}"
         if "--report" in words:
             checked["report"] += 1  # needs a finished run: tests/test_report.py builds it
             continue
@@ -374,6 +431,8 @@ def test_every_readme_command_plans_what_it_says(tmp_path, places, hub_cache):
         "anogen with several config files",
         "device wheels",
         "device check",
+        "anogen box-ranges",
+        "bench box_fit",
     } <= set(checked), checked
 
 
