@@ -377,7 +377,8 @@ def learned_box_range(masks: Sequence[np.ndarray], learned: dict, rotate, where:
     without a rule: the spec of the earlier rule) gives ``{width, height, rotate, components}``
     with the (width, height) bounding-box fractions it was learned from.
     """
-    if learned.get("rule", "range") == "range":
+    # A learned spec written before rules existed has no rule: it is the range rule's (its keys stay).
+    if learned.get("rule", "range") == "range":  # repeated on purpose: a spec without a rule
         return _learned_range(masks, learned, rotate, where)
     return _learned_components(masks, learned, rotate, where)
 
@@ -410,7 +411,7 @@ def _learned_components(masks: Sequence[np.ndarray], learned: dict, rotate, wher
         total = sum(r[3] for r in rects)
         components += [[w, h, angle, pixels / total / len(per_mask)] for w, h, angle, pixels in rects]
     box = {
-        "rule": "components",
+        "rule": "components",  # repeated on purpose: the rule this function implements, recorded with its box
         "rotate": rotate if rotate == "auto" else bool(rotate),
         **{name: float(learned[name]) for name in ("size_jitter", "angle_jitter", "elongation", "min_size")},
         "components": [[w, h, a, round(p, 6)] for w, h, a, p in components],

@@ -130,7 +130,11 @@ Distance = Callable[[Sequence[Any], Sequence[Any]], np.ndarray]
 
 
 def ic_lpips(
-    generated: Sequence[Any], centres: Sequence[Any], distance: Distance, cap: int | None = None, seed: int = 0
+    generated: Sequence[Any],
+    centres: Sequence[Any],
+    distance: Distance,
+    cap: int | None = None,
+    seed: int = 0,  # repeated on purpose: irrelevant without a cap (every member is scored)
 ) -> dict[str, Any]:
     """Intra-cluster LPIPS; ``distance(a, b)`` is the elementwise distance of two lists.
 
