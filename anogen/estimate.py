@@ -122,7 +122,8 @@ def count_images(plan: Plan, source: str) -> Counts:
             n_train[c] = int(d["n_train_good"])
             n_test[c] = int(d["n_test_good"]) + int(d["n_test_per_defect"]) * len(plan.defects(c))
         elif source.startswith("counted"):
-            from anogen.data.mvtec import is_skipped, scan_category
+            from anogen.data.index import is_skipped
+            from anogen.data.layouts import scan_category
 
             scan = scan_category(cfg["data_root"], c, defects=())
             n_train[c] = len(scan.train_good)
@@ -381,7 +382,7 @@ def _n_defect(plan: Plan, counts: Counts, category: str, defect: str) -> int:
     if plan.is_demo:
         return int(cfg["demo"]["n_test_per_defect"])
     if counts.source.startswith("counted"):
-        from anogen.data.mvtec import is_skipped
+        from anogen.data.index import is_skipped
 
         folder = Path(cfg["data_root"]) / category / "test" / defect
         return sum(1 for p in folder.iterdir() if p.is_file() and not is_skipped(p.name)) if folder.is_dir() else 0

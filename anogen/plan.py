@@ -17,8 +17,10 @@ from pathlib import Path
 from anogen import authors
 from anogen.artifacts import STAGES, JobSpec
 from anogen.config import TINY_MODEL_DIR
-from anogen.data import demo, layouts, mvtec, realiad
+from anogen.data import demo, layouts
 from anogen.data.fingerprint import file_fingerprint, fingerprint
+from anogen.data.images import is_image_file
+from anogen.data.index import relative_to_root
 from anogen.data.support import choose_support
 from anogen.data.texture_files import texture_fingerprint
 from anogen.diffusion.model_files import model_files_record
@@ -275,7 +277,7 @@ class Plan:
         if named is not None:
             return named
         s = self.config["support"]
-        names = [n for n in self.test_names_for_support(category, defect) if mvtec.is_image_file(n)]
+        names = [n for n in self.test_names_for_support(category, defect) if is_image_file(n)]
         if len(names) < s["shots"]:
             return None
         return tuple(choose_support(names, category, defect, s["shots"], s["seed"], s["offset"]))
@@ -297,16 +299,17 @@ class Plan:
             for d in self.defects(category)
             for name in self.support_files(category, d) or ()
         }
-        if self.config["data_layout"] == "realiad" and not self.is_demo:
-            chosen |= self._sibling_views(category, chosen)
+        sample_of = layouts.layout_module(layouts.layout_spec(self.config)).sample_of
+        if sample_of is not None and not self.is_demo:
+            chosen |= self._sibling_views(category, chosen, sample_of)
         return tuple(sorted(chosen))
 
-    def _sibling_views(self, category: str, chosen: set[str]) -> set[str]:
-        """Real-IAD: every test view (any label) of the samples the support views belong to."""
+    def _sibling_views(self, category: str, chosen: set[str], sample_of) -> set[str]:
+        """Multi-view samples (Real-IAD): every test view (any label) of the samples the support views belong to."""
         files = self._category_files(category)
-        samples = {realiad.sample_of(rel) for rel in chosen}
-        views = (mvtec.relative_to_root(files.root, p) for paths in files.test.values() for p in paths)
-        return {rel for rel in views if realiad.sample_of(rel) in samples}
+        samples = {sample_of(rel) for rel in chosen}
+        views = (relative_to_root(files.root, p) for paths in files.test.values() for p in paths)
+        return {rel for rel in views if sample_of(rel) in samples}
 
     def _test_relpath(self, category: str, defect: str, name: str) -> str:
         """Data-root-relative POSIX path of a test image, as evaluation items name it."""

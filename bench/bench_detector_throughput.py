@@ -184,7 +184,7 @@ def _make_pipeline_data(root: Path, size: int, n: int = 32) -> tuple[list[Path],
     import cv2
     from PIL import Image
 
-    from anogen.data.mvtec import relative_to_root
+    from anogen.data.index import relative_to_root
     from anogen.io import write_manifest
 
     rng = np.random.default_rng(0)

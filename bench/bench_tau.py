@@ -292,7 +292,7 @@ def run_one(cfg: dict[str, Any], data: dict[str, Any], tau: float, seed: int, ou
     import torch
 
     from anogen.config import validate_config
-    from anogen.data.mvtec import scan_category
+    from anogen.data.layouts import scan_category
     from anogen.detectors import load_trained_detector, train_detector
     from anogen.detectors.data import load_generated_items
     from anogen.evaluation.evaluate import evaluate_detector

@@ -157,7 +157,7 @@ def _settled(monkeypatch, *folders: Path) -> None:
 
 
 def test_a_folder_listing_is_reused_until_the_folder_changes(tmp_path, monkeypatch):
-    from anogen.data.fingerprint import _files, _subdirs
+    from anogen.data.fingerprint import listed_files, listed_subdirs
 
     folder = tmp_path / "good"
     folder.mkdir()
@@ -166,8 +166,8 @@ def test_a_folder_listing_is_reused_until_the_folder_changes(tmp_path, monkeypat
     (folder / "sub").mkdir()
     _settled(monkeypatch, folder)
     calls = _count_scandir(monkeypatch)
-    assert [p.name for p in _files(folder)] == ["000.png", "001.png"]
-    assert [p.name for p in _files(folder)] == ["000.png", "001.png"] and _subdirs(folder) == ["sub"]
+    assert [p.name for p in listed_files(folder)] == ["000.png", "001.png"]
+    assert [p.name for p in listed_files(folder)] == ["000.png", "001.png"] and listed_subdirs(folder) == ["sub"]
     assert len(calls) == 1
     changes = [
         (lambda: (folder / "002.png").write_bytes(b"x"), ["000.png", "001.png", "002.png"]),
@@ -179,7 +179,7 @@ def test_a_folder_listing_is_reused_until_the_folder_changes(tmp_path, monkeypat
         # a new time of its own: two changes within one tick of the file system's clock are the
         # case the guard's margin (set to 0 here) is for
         os.utime(folder, ns=(folder.stat().st_atime_ns, _OLD + i))
-        assert [p.name for p in _files(folder)] == names
+        assert [p.name for p in listed_files(folder)] == names
     assert len(calls) == 4
 
 
@@ -195,14 +195,14 @@ def test_a_folder_changed_just_now_or_holding_a_symlink_is_listed_every_time(tmp
     fingerprint.clear_listing_cache()
     calls = _count_scandir(monkeypatch)
     for _ in range(2):
-        assert [p.name for p in fingerprint._files(fresh)] == ["000.png"]
+        assert [p.name for p in fingerprint.listed_files(fresh)] == ["000.png"]
     assert len(calls) == 2  # the default margin: written less than a few seconds ago
     monkeypatch.setattr(fingerprint, "_SETTLED_NS", 0)
     for _ in range(2):
-        assert [p.name for p in fingerprint._files(linked)] == ["000.png"]
+        assert [p.name for p in fingerprint.listed_files(linked)] == ["000.png"]
     assert len(calls) == 4  # a symlink's target may change without its folder
     (fresh / "000.png").unlink()
-    assert fingerprint._files(linked) == ()  # a dangling link is no file
+    assert fingerprint.listed_files(linked) == ()  # a dangling link is no file
 
 
 def test_plans_sharing_listings_see_a_test_image_added_between_them(tmp_path, monkeypatch):

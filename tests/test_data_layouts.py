@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +18,19 @@ from anogen.cli import main as cli_main
 from anogen.config import validate_config
 from anogen.data.check import check_data, planned_job_counts, texture_threshold
 from anogen.data.geometry import square_window, to_square
+from anogen.data.images import load_image, load_mask
+from anogen.data.index import GOOD, CategoryFiles, CategoryIndex, TestItem
 from anogen.data.layouts import (
+    LAYOUTS,
+    Layout,
+    category_files,
     discover,
-    folder_split_seed,
     layout_spec,
     list_categories,
     list_defects,
     scan_category,
 )
-from anogen.data.mvtec import GOOD, load_image, load_mask
+from anogen.data.layouts.folder import folder_split_seed
 from anogen.errors import ConfigError, DataError
 from anogen.plan import Plan
 from tests import e2e
@@ -183,6 +190,73 @@ def test_layout_options_are_in_the_dataset_key(tmp_path):
     # the MVTec layout carries no VisA/Folder options, so they cannot change its keys
     mvtec = validate_config({"data_root": str(tmp_path), "visa": {"split_csv": "x.csv"}})
     assert layout_spec(mvtec) == {"data_layout": "mvtec"}
+
+
+# ----------------------------------------------------------------------------- the registry
+
+REPO = Path(__file__).resolve().parents[1]
+OPERATIONS = ("list_categories", "list_defects", "scan_category", "category_files")
+
+
+def test_every_layout_module_implements_the_interface_and_the_schema_offers_each():
+    schema = yaml.safe_load((REPO / "anogen" / "config.schema.yaml").read_text())["properties"]
+    assert list(LAYOUTS) == schema["data_layout"]["enum"]
+    for name, module in LAYOUTS.items():
+        for op in OPERATIONS:
+            want = list(inspect.signature(getattr(Layout, op)).parameters)[1:]  # less self
+            assert list(inspect.signature(getattr(module, op)).parameters) == want, f"{name}.{op}"
+        assert all(key in schema for key in module.CONFIG_KEYS), name
+        assert module.sample_of is None or callable(module.sample_of)
+    assert LAYOUTS["realiad"].sample_of("toy/NG/BX/S0101/toy_C2.jpg") == "toy/NG/BX/S0101"
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_a_new_layout_is_a_module_and_one_registry_line(tmp_path, monkeypatch):
+    """The registry only dispatches: a module registered under a new name is listed, scanned and
+    keyed with no other change (a layout of two images, one category, one defect)."""
+    good = _png(tmp_path / "toy" / "good.png", np.zeros((8, 8, 3), np.uint8))
+    bad = _png(tmp_path / "toy" / "bad.png", np.ones((8, 8, 3), np.uint8))
+    mask = _png(tmp_path / "toy" / "bad_mask.png", np.full((8, 8), 255, np.uint8))
+    toy = types.SimpleNamespace(
+        CONFIG_KEYS=("toy",),
+        sample_of=None,
+        list_categories=lambda root, options, rejected: ["toy"],
+        list_defects=lambda root, category, options, rejected: [options["toy"]["defect"]],
+        scan_category=lambda root, category, options, defects, min_shots, errors: CategoryIndex(
+            root, category, [good], [TestItem(bad, options["toy"]["defect"], mask)], False, ["dent"]
+        ),
+        category_files=lambda root, category, options: CategoryFiles.from_index(
+            toy.scan_category(root, category, options, None, None, [])
+        ),
+    )
+    monkeypatch.setitem(LAYOUTS, "toy", toy)
+    options = layout_spec({"data_layout": "toy", "toy": {"defect": "dent"}, "visa": {"split_csv": "x.csv"}})
+    assert options == {"data_layout": "toy", "toy": {"defect": "dent"}}
+    assert discover(tmp_path, options) == ({"toy": {"defects": ["dent"], "texture": False, "rejected": []}}, [])
+    assert scan_category(tmp_path, "toy", options).anomalous_test == [TestItem(bad, "dent", mask)]
+    assert category_files(tmp_path, "toy", options).relpath("dent", "bad.png") == "toy/bad.png"
+    with pytest.raises(ValueError, match="unknown data layout 'nope'"):
+        list_categories(tmp_path, {"data_layout": "nope"})
+
+
+def test_no_code_outside_the_layouts_branches_on_the_layout_name():
+    """Only the registry and the layout modules know a layout by name (the config checks its own options)."""
+    branch = re.compile(r"""(data_layout["']\]|layout_name\([^)]*\))\s*[!=]=""")
+    allowed = {REPO / "anogen" / "config.py"}
+    found = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in sorted((REPO / "anogen").rglob("*.py"))
+        if path not in allowed and "layouts" not in path.parts
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if branch.search(line)
+    ]
+    assert found == []
+    assert branch.search('if config["data_layout"] == "realiad":')  # the pattern finds what it looks for
 
 
 def test_resize_is_in_the_keys_of_what_it_changes(tmp_path):
@@ -417,7 +491,7 @@ def test_folder_dag_end_to_end(tmp_path):
 
 def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(tmp_path):
     """Folder paths may be absolute and outside data_root: support and evaluation must still agree."""
-    from anogen.data.mvtec import relative_to_root
+    from anogen.data.index import relative_to_root
     from anogen.data.support import build_support_set, excluded_test_images
 
     elsewhere = make_folder_tree(tmp_path / "elsewhere" / "widget")
@@ -443,7 +517,7 @@ def test_support_images_outside_the_data_root_are_excluded_from_the_evaluation(t
 
 def test_relative_to_root_names_a_file_one_way_however_its_path_is_spelled(tmp_path):
     """As given (strings or paths, not normalised), through a symlinked root, and outside the root."""
-    from anogen.data.mvtec import relative_to_root
+    from anogen.data.index import relative_to_root
 
     root = tmp_path / "data"
     (root / "bottle" / "test" / "crack").mkdir(parents=True)

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anogen.data.mvtec import (
-    list_categories,
-    list_defects,
-    load_image,
-    load_mask,
-    scan_category,
-)
+from anogen.data.images import load_image, load_mask
+from anogen.data.layouts import list_categories, list_defects, scan_category
 from anogen.errors import DataError
 
 SIZE = 24

@@ -12,8 +12,8 @@ from anogen.cli import main as cli_main
 from anogen.cli import referenced_dirs
 from anogen.config import validate_config
 from anogen.data.check import check_data
+from anogen.data.index import OS_JUNK_FILES, list_images
 from anogen.data.layouts import layout_spec, scan_category
-from anogen.data.mvtec import OS_JUNK_FILES, list_images
 from anogen.plan import Plan
 from tests.layout_trees import folder_config, make_folder_tree, make_visa_tree
 from tests.test_data_mvtec import make_category
@@ -41,7 +41,7 @@ def _warnings(out: str) -> list[str]:
 def test_the_junk_names_are_windows_files_in_any_case():
     assert {"thumbs.db", "desktop.ini"} <= OS_JUNK_FILES
     folder_names = ["Thumbs.db", "THUMBS.DB", "desktop.ini", "Desktop.ini", ".DS_Store", "001.png", "notes.txt"]
-    from anogen.data.mvtec import is_skipped
+    from anogen.data.index import is_skipped
 
     assert [n for n in folder_names if not is_skipped(n)] == ["001.png", "notes.txt"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anogen.data.mvtec import scan_category
+from anogen.data.layouts import scan_category
 from anogen.data.support import (
     build_support_set,
     choose_support,

@@ -20,7 +20,7 @@ from anogen.data.demo import (
     read_demo_spec,
     render_demo_image,
 )
-from anogen.data.mvtec import list_categories, list_defects, scan_category
+from anogen.data.layouts import list_categories, list_defects, scan_category
 from anogen.errors import ConfigError, DataError
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anogen.data.demo import DEMO_DEFAULTS, generate_demo_dataset
-from anogen.data.mvtec import scan_category
+from anogen.data.layouts import scan_category
 from anogen.detectors import load_trained_detector, train_detector
 from anogen.evaluation.evaluate import evaluate_detector
 

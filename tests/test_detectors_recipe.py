@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from anogen.config import deep_update, validate_config
-from anogen.data.mvtec import relative_to_root
+from anogen.data.index import relative_to_root
 from anogen.detectors.data import (
     KIND_GENERATED,
     KIND_GENERATED_NORMAL,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anogen.data.mvtec import relative_to_root
+from anogen.data.index import relative_to_root
 from anogen.detectors import load_trained_detector, train_detector
 from anogen.detectors.data import (
     KIND_GENERATED,

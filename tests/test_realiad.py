@@ -10,9 +10,9 @@ import pytest
 
 from anogen.config import validate_config
 from anogen.data.check import check_data
+from anogen.data.index import GOOD
 from anogen.data.layouts import discover, layout_spec, scan_category
-from anogen.data.mvtec import GOOD
-from anogen.data.realiad import sample_of
+from anogen.data.layouts.realiad import sample_of
 from anogen.errors import DataError
 from anogen.plan import Plan
 from tests import e2e

@@ -1,25 +1,3 @@
-"""Data layer: MVTec AD layout (mvtec), few-shot support sets (support), offline demo set (demo)."""
-
-from anogen.data.mvtec import (
-    GOOD,
-    IMAGE_EXTENSIONS,
-    CategoryIndex,
-    TestItem,
-    list_categories,
-    list_defects,
-    load_image,
-    load_mask,
-    scan_category,
-)
-
-__all__ = [
-    "GOOD",
-    "IMAGE_EXTENSIONS",
-    "CategoryIndex",
-    "TestItem",
-    "list_categories",
-    "list_defects",
-    "load_image",
-    "load_mask",
-    "scan_category",
-]
+"""Data layer: the data set's layouts (layouts/, one module each), what they return (index) and
+image files (images), few-shot support sets (support), data fingerprints for the content keys
+(fingerprint), the offline demo set (demo)."""

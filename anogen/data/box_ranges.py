@@ -123,8 +123,8 @@ def handset_ranges(config: dict) -> dict[tuple[str, str], dict]:
 def support_masks(plan, category: str, defect: str) -> list:
     """The squared support masks of (category, defect), chosen as the support job chooses them."""
     from anogen.data.geometry import to_square
+    from anogen.data.images import load_mask
     from anogen.data.layouts import layout_spec, scan_category
-    from anogen.data.mvtec import load_mask
     from anogen.data.support import select_listed
     from anogen.errors import DataError
 

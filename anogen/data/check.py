@@ -96,7 +96,7 @@ def planned_job_counts(plan) -> dict[str, int]:
 
 def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
     """Decode every image and mask of a scanned category; sizes, modes and bad files."""
-    from anogen.data import mvtec
+    from anogen.data import images
     from anogen.io import read_image
 
     sizes: collections.Counter = collections.Counter()
@@ -116,7 +116,7 @@ def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
         array = decode(path, "RGB")
         if array is None:
             continue
-        modes["grayscale" if mvtec._header(path)[1] in mvtec._GRAY_MODES else "colour"] += 1
+        modes["grayscale" if images.read_header(path)[1] in images.GRAY_MODES else "colour"] += 1
         if array is not None:
             sizes[(array.shape[1], array.shape[0])] += 1
     for item in index.test:
@@ -137,7 +137,7 @@ def _decode_all(index, report: CheckReport, resize: str) -> dict[str, Any]:
 def _foregrounds(plan, category: str, paths: list[Path], n: int) -> list[tuple[str, np.ndarray | None, str]]:
     """(path, foreground mask, method used) of ``n`` evenly spaced normal images, made as the category's
     foreground job makes it (GrabCut, the authors' Otsu or its template); no mask for a texture."""
-    from anogen.data.mvtec import load_image
+    from anogen.data.images import load_image
     from anogen.generation.foreground import estimate_foreground_with_method, load_template
 
     chosen = paths[:: max(1, len(paths) // max(1, n))][:n]
@@ -186,7 +186,7 @@ def _regions(mask: np.ndarray) -> int:
 
 def _learned_boxes(plan, category: str, chosen: dict, report: CheckReport) -> None:
     """The box range each defect with a learned range gets from its support masks (``chosen``)."""
-    from anogen.data.mvtec import load_mask
+    from anogen.data.images import load_mask
     from anogen.generation.boxes import learned_box_range
 
     learned = plan.config["generation"]["learned_box"]
@@ -225,9 +225,9 @@ JUNK_FOLDERS_SHOWN = 3
 
 
 def _os_junk(index) -> dict[Path, list[str]]:
-    """Folder -> the operating system's files (``mvtec.OS_JUNK_FILES``) in it, over the folders of
+    """Folder -> the operating system's files (``index.OS_JUNK_FILES``) in it, over the folders of
     the scanned images and masks: every listing skips them, the report says where they are."""
-    from anogen.data.mvtec import is_os_junk
+    from anogen.data.index import is_os_junk
 
     folders = {Path(p).parent for p in index.train_good}
     folders |= {Path(p).parent for item in index.test for p in (item.path, item.mask) if p is not None}
@@ -276,7 +276,7 @@ def _check_category(
     plan, category: str, defects: list[str], options: dict, report: CheckReport, foreground_images: int
 ) -> dict[Path, list[str]]:
     """Check one category into ``report``; returns its folders holding an operating system's files."""
-    from anogen.data.layouts import scan_category
+    from anogen.data.layouts import layout_module, scan_category
 
     config = plan.config
     shots, seed = config["support"]["shots"], config["support"]["seed"]
@@ -293,7 +293,7 @@ def _check_category(
     # What the evaluation would see after the support images are left out.
     chosen_sets = _support_sets(index, shots, seed, config["support"]["offset"], report)
     excluded = {str(item.path) for chosen in chosen_sets.values() for item in chosen}
-    if config["data_layout"] == "realiad":  # every view of a support sample leaves the test set
+    if layout_module(options).sample_of is not None:  # every view of a support sample leaves the test set
         try:
             excluded |= {str(Path(config["data_root"]) / rel) for rel in plan.excluded_from_test(category)}
         except AnogenError as exc:

@@ -9,58 +9,19 @@ file without changing it (or copying the data set without preserving times) reru
 the safe direction.
 
 The listing is lenient on purpose: a missing mask or a stray file does not stop planning (the
-one job that reads it fails, naming the file, see ``anogen.data.mvtec.scan_category``).
+one job that reads it fails, naming the file, see ``scan_category`` in ``anogen.data.layouts``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from anogen.data.mvtec import is_skipped, relative_to_root
+from anogen.data.index import is_skipped, relative_to_root
 from anogen.keys import KEY_LENGTH, canonical_json
-
-MASK_SUFFIX = "_mask"
-GOOD = "good"
-
-
-@dataclasses.dataclass(frozen=True)
-class CategoryFiles:
-    """Every file of one category, by role, as listed (not validated)."""
-
-    root: Path
-    train_good: tuple[Path, ...]
-    test: dict[str, tuple[Path, ...]]  # defect (or 'good') -> images
-    masks: dict[str, dict[str, Path]]  # defect -> image stem -> mask file
-
-    def test_names(self, defect: str) -> list[str]:
-        return [p.name for p in self.test.get(defect, ())]
-
-    def mask_of(self, defect: str, image: Path) -> Path | None:
-        return self.masks.get(defect, {}).get(image.stem)
-
-    def relpath(self, defect: str, name: str) -> str:
-        """Root-relative POSIX path of the test image ``name`` of ``defect`` (as listed)."""
-        path = self._test_by_name.get(defect, {}).get(name)
-        if path is None:
-            raise KeyError(f"{defect}/{name}")
-        return relative_to_root(self.root, path)
-
-    @functools.cached_property
-    def _test_by_name(self) -> dict[str, dict[str, Path]]:
-        """defect -> file name -> the first test image listed under that name (``relpath``'s index)."""
-        index: dict[str, dict[str, Path]] = {}
-        for defect, paths in self.test.items():
-            by_name = index[defect] = {}
-            for path in paths:
-                by_name.setdefault(path.name, path)
-        return index
-
 
 # Folder listings, shared by every Plan of this process (a study plans each of its arms over the
 # same data set). An entry is served only while the folder's (device, inode, mtime, ctime) is
@@ -84,7 +45,7 @@ def clear_listing_cache() -> None:
 
 def _listing(folder: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
     """(sorted files as paths, sorted subfolder names) of ``folder``, less hidden entries and an
-    operating system's files (``mvtec.is_skipped``: a Thumbs.db appearing changes no key); both
+    operating system's files (``index.is_skipped``: a Thumbs.db appearing changes no key); both
     empty when it does not exist."""
     key = str(folder)
     now = time.time_ns()
@@ -119,27 +80,14 @@ def _listing(folder: Path) -> tuple[tuple[Path, ...], tuple[str, ...]]:
     return listing
 
 
-def _files(folder: Path) -> tuple[Path, ...]:
+def listed_files(folder: Path) -> tuple[Path, ...]:
     """Sorted files of ``folder`` as ``_listing`` keeps them (empty when it does not exist)."""
     return _listing(folder)[0]
 
 
-def _subdirs(folder: Path) -> list[str]:
+def listed_subdirs(folder: Path) -> list[str]:
+    """Sorted subfolder names of ``folder`` as ``_listing`` keeps them."""
     return list(_listing(folder)[1])
-
-
-def list_mvtec_files(root: str | Path, category: str) -> CategoryFiles:
-    """The files of an MVTec-AD-layout category (``train/good``, ``test/*``, ``ground_truth/*``)."""
-    root = Path(root)
-    cat = root / category
-    test = {d: _files(cat / "test" / d) for d in _subdirs(cat / "test")}
-    masks: dict[str, dict[str, Path]] = {}
-    for defect in _subdirs(cat / "ground_truth"):
-        for path in _files(cat / "ground_truth" / defect):
-            stem = path.stem
-            if stem.endswith(MASK_SUFFIX):
-                masks.setdefault(defect, {})[stem[: -len(MASK_SUFFIX)]] = path
-    return CategoryFiles(root, _files(cat / "train" / GOOD), test, masks)
 
 
 def file_record(root: Path, path: Path) -> list:

@@ -5,7 +5,7 @@ resize it with ``cv2.resize`` (bilinear, ``INTER_LINEAR``, no antialiasing); the
 DeSTSeg code and its fork resize a PIL image with torchvision's ``Resize``, i.e. Pillow's
 ``BILINEAR`` (which widens its support when it shrinks, an antialiasing filter). The
 embedding and generation stages read images with Pillow ``BICUBIC``
-(``anogen.data.mvtec.load_image``). On 1024 px MVTec images brought to 256 px the kernels
+(``anogen.data.images.load_image``). On 1024 px MVTec images brought to 256 px the kernels
 differ by several grey levels on fine textures (docs/fidelity.md).
 
 Colour order does not matter: every kernel resizes each channel alone, so resizing the RGB

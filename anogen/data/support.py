@@ -32,13 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from anogen.data.images import load_image, load_mask
+from anogen.data.index import CategoryIndex, TestItem
 from anogen.data.layouts import scan_category
-from anogen.data.mvtec import (
-    CategoryIndex,
-    TestItem,
-    load_image,
-    load_mask,
-)
 from anogen.errors import DataError, IntegrityError
 from anogen.io import (
     MANIFEST_NAME,
@@ -293,7 +289,7 @@ def read_support_set(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Verified (image uint8 HxWx3, mask uint8 HxW in {0,1}) pairs, optionally resized to size x size.
 
-    A ``size`` needs the config's ``resize`` geometry (``anogen.data.mvtec.load_image``).
+    A ``size`` needs the config's ``resize`` geometry (``anogen.data.images.load_image``).
     """
     path = _manifest_file(manifest_path)
     manifest = load_manifest(path)

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from anogen.data.geometry import to_square
+from anogen.data.images import load_mask
+from anogen.data.index import relative_to_root
 from anogen.data.interpolation import load_square_rgb
-from anogen.data.mvtec import load_mask, relative_to_root
 from anogen.errors import AnogenError, ConfigError, DataError
 from anogen.evaluation.masks import resize_gt_mask, resolve_mask_resize
 from anogen.evaluation.metrics import PixelMetricAccumulator, image_metrics, resize_map

@@ -4,7 +4,7 @@ The official test scripts differ in how a full-size MVTec mask (0/255) becomes a
 label map, which moves pixel AU-PR by a visible amount on thin defects:
 
 - ``nearest``: nearest-neighbour resize, every nonzero pixel anomalous (this project's
-  default, ``anogen.data.mvtec.load_mask``);
+  default, ``anogen.data.images.load_mask``);
 - ``bilinear_uint8`` (official DRAEM ``test_DRAEM.py``): OpenCV bilinear resize of the
   0/255 mask, divided by 255 and cast to uint8, so only pixels that stay exactly 255 (fully
   inside the defect) count as anomalous;

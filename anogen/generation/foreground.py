@@ -31,7 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anogen.data.mvtec import load_image, relative_to_root
+from anogen.data.images import load_image
+from anogen.data.index import relative_to_root
 from anogen.errors import DataError
 from anogen.io import atomic_save_image, read_image, write_manifest
 

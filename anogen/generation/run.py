@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anogen.data.mvtec import load_image, relative_to_root
+from anogen.data.images import load_image
+from anogen.data.index import relative_to_root
 from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import Box, resolve_box_range, sample_boxes_for
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8

@@ -93,7 +93,7 @@ def square_item(image: np.ndarray, mask: np.ndarray | None, size: int, resize: s
 
 
 def read_item(image: Path, mask: Path | None, size: int, resize: str) -> Item:
-    from anogen.data.mvtec import load_image, load_mask
+    from anogen.data.images import load_image, load_mask
 
     return square_item(load_image(image), None if mask is None else load_mask(mask), size, resize)
 
@@ -127,7 +127,7 @@ def _generated_items(manifest_path: Path, size: int) -> list[Item]:
 def reference_sets(test_items, root: Path, spec: dict) -> tuple[list[Item], list[Item]]:
     """KID's reference (the defect's test anomalies that are not support images) and, with
     ``ic_lpips_centres: test_first_third``, the cluster centres (else none: the support set is)."""
-    from anogen.data.mvtec import relative_to_root
+    from anogen.data.index import relative_to_root
 
     items = {item.path: item.mask for item in test_items if item.defect == spec["defect"]}
     left_out = set(spec["excluded"])

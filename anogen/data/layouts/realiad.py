@@ -1,4 +1,4 @@
-"""Real-IAD (Wang et al., CVPR 2024): ``data_layout: realiad``.
+"""``data_layout: realiad``: Real-IAD (Wang et al., CVPR 2024), its JSON split files and multi-view samples.
 
 The data set as published (one resolution folder and the JSON split files)::
 
@@ -28,24 +28,34 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from anogen.data.index import (
+    GOOD,
+    CategoryFiles,
+    CategoryIndex,
+    TestItem,
+    build_index,
+    check_shots,
+    checked_headers,
+    checked_names,
+    choose_defects,
+    pair_ok,
+    under_root,
+)
 from anogen.errors import DataError
 
+CONFIG_KEYS = ("realiad",)
 FIELDS = ("anomaly_class", "image_path")
 
 
 def json_path(root: Path, options: dict, category: str) -> Path:
-    return _base(root, options["realiad"]["json_dir"]) / f"{category}.json"
+    return under_root(root, options["realiad"]["json_dir"]) / f"{category}.json"
 
 
 def image_dir(root: Path, options: dict, category: str) -> Path:
-    return _base(root, options["realiad"]["image_root"]) / category
-
-
-def _base(root: Path, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else Path(root) / path
+    return under_root(root, options["realiad"]["image_root"]) / category
 
 
 def sample_of(relpath: str) -> str:
@@ -53,14 +63,7 @@ def sample_of(relpath: str) -> str:
     return str(PurePosixPath(relpath).parent)
 
 
-def list_categories(root: Path, options: dict) -> list[str]:
-    folder = _base(root, options["realiad"]["json_dir"])
-    if not folder.is_dir():
-        raise DataError(folder, "Real-IAD split folder does not exist (set realiad.json_dir)")
-    found = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
-    if not found:
-        raise DataError(folder, "holds no <category>.json split file")
-    return found
+# ----------------------------------------------------------------------------- split files
 
 
 def records(root: Path, options: dict, category: str) -> dict:
@@ -119,5 +122,59 @@ def _check_samples(path: Path, rows: dict) -> None:
         )
 
 
-def list_defects(root: Path, options: dict, category: str) -> list[str]:
-    return sorted({r["defect"] for r in records(root, options, category)["test"] if r["defect"]})
+# ----------------------------------------------------------------------------- listing
+
+
+def list_categories(root: Path, options: dict, rejected: list | None) -> list[str]:
+    """The split files' names, sorted (badly named ones raise or go to ``rejected``)."""
+    folder = under_root(root, options["realiad"]["json_dir"])
+    if not folder.is_dir():
+        raise DataError(folder, "Real-IAD split folder does not exist (set realiad.json_dir)")
+    found = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+    if not found:
+        raise DataError(folder, "holds no <category>.json split file")
+    return checked_names(found, root, "category", rejected)
+
+
+def list_defects(root: Path, category: str, options: dict, rejected: list | None) -> list[str]:
+    """The ``anomaly_class`` labels of the category's anomalous test views, sorted."""
+    found = sorted({r["defect"] for r in records(root, options, category)["test"] if r["defect"]})
+    return checked_names(found, json_path(root, options, category), "defect", rejected)
+
+
+# ----------------------------------------------------------------------------- scanning
+
+
+def scan_category(
+    root: Path,
+    category: str,
+    options: dict,
+    defects: Iterable[str] | None,
+    min_shots: int | None,
+    errors: list | None,
+) -> CategoryIndex:
+    """The category's split file: every view is an image, checked from its header."""
+    rows = records(root, options, category)
+    where = json_path(root, options, category)
+    base = image_dir(root, options, category)
+    chosen = choose_defects(list_defects(root, category, options, None), defects, where, category, errors)
+    train = sorted((base / r["image"] for r in rows["train"]), key=lambda p: p.as_posix())
+    test: list[TestItem] = []
+    counts = dict.fromkeys(chosen, 0)
+    for row in sorted(rows["test"], key=lambda r: r["image"]):
+        if row["defect"] is None:
+            good, _ = checked_headers([base / row["image"]], errors)
+            test += [TestItem(p, GOOD, None) for p in good]
+        elif row["defect"] in counts:
+            counts[row["defect"]] += 1
+            image, mask = base / row["image"], base / row["mask"]
+            if pair_ok(image, mask, errors):
+                test.append(TestItem(image, row["defect"], mask))
+    for defect, n in counts.items():
+        check_shots(f"{where} (defect {defect})", n, min_shots, errors)
+    return build_index(root, category, train, test, chosen, {d: where for d in chosen}, where, errors)
+
+
+def category_files(root: Path, category: str, options: dict) -> CategoryFiles:
+    """The files of the category's lenient scan (``CategoryFiles.from_index``)."""
+    return CategoryFiles.from_index(scan_category(root, category, options, None, None, []))
