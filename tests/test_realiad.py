@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from anogen.commands.check_data import check_data
 from anogen.config import validate_config
-from anogen.data.check import check_data
 from anogen.data.layouts import discover, layout_spec, scan_category
 from anogen.data.mvtec import GOOD
 from anogen.data.realiad import sample_of
