@@ -35,10 +35,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anogen.data.index import is_skipped
+from anogen.data.layouts import scan_category
+
 # category: (train/good, test/good, {defect: n_test}), used when the data set is not at hand
 from anogen.data.mvtec_counts import MVTEC_AD_COUNTS as MVTEC_AD
 from anogen.errors import ConfigError
 from anogen.plan import Plan
+from anogen.studies.planner import RunPlan, closure
 
 FORMAT = "anogen-throughput/1"
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"
@@ -122,9 +126,6 @@ def count_images(plan: Plan, source: str) -> Counts:
             n_train[c] = int(d["n_train_good"])
             n_test[c] = int(d["n_test_good"]) + int(d["n_test_per_defect"]) * len(plan.defects(c))
         elif source.startswith("counted"):
-            from anogen.data.index import is_skipped
-            from anogen.data.layouts import scan_category
-
             scan = scan_category(cfg["data_root"], c, defects=())
             n_train[c] = len(scan.train_good)
             root = Path(cfg["data_root"]) / c / "test"
@@ -310,8 +311,6 @@ def _artifact_jobs(artifacts: dict, costs: _Costs, prefix: str = "") -> list[Job
 
 def build_study_jobs(config: dict, table: dict, table_path: Path) -> StudyEstimate:
     """The studies' cost with sharing (each distinct artifact once) and with each arm run alone."""
-    from anogen.studies.planner import RunPlan, closure
-
     layout, source = _layout_for(config)
     run = RunPlan(config, layout)
     if not run.studies:
@@ -382,8 +381,6 @@ def _n_defect(plan: Plan, counts: Counts, category: str, defect: str) -> int:
     if plan.is_demo:
         return int(cfg["demo"]["n_test_per_defect"])
     if counts.source.startswith("counted"):
-        from anogen.data.index import is_skipped
-
         folder = Path(cfg["data_root"]) / category / "test" / defect
         return sum(1 for p in folder.iterdir() if p.is_file() and not is_skipped(p.name)) if folder.is_dir() else 0
     return int(MVTEC_AD[category][2].get(defect, 0))

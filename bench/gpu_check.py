@@ -174,7 +174,7 @@ def _until(deadline: float | None, floor: float = 30.0) -> float:
 
 def run_dag(work: Path, args, checks: list[dict], deadline: float | None = None) -> dict:
     """The DAG on the device; its snakemake calls stop at ``deadline`` (a perf_counter time)."""
-    from anogen.cli import referenced_dirs
+    from anogen.commands.keys import referenced_dirs
     from anogen.config import load_config_file
     from anogen.data.demo import generate_demo_dataset
     from anogen.plan import Plan

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from anogen.artifacts import STAGES, thaw
-from anogen.cli import referenced_dirs
+from anogen.commands.keys import referenced_dirs
 from anogen.keys import content_key
 from tests.test_config_keys import demo_raw, plan
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anogen.commands.check_data import check_data
 from anogen.config import validate_config
-from anogen.data.check import check_data
 from anogen.errors import DataError
 from anogen.generation.boxes import Box, sample_boxes
 from anogen.generation.placement import RESOLUTION, best_overlap

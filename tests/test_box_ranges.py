@@ -11,8 +11,9 @@ import yaml
 from PIL import Image
 
 from anogen.cli import main as cli_main
+from anogen.commands.box_ranges import learn_all
 from anogen.config import validate_config
-from anogen.data.box_ranges import compare_ranges, handset_ranges, interval_iou, learn_all, reference_from_file
+from anogen.data.box_ranges import compare_ranges, handset_ranges, interval_iou, reference_from_file
 from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import learned_box_range, mask_component_sizes, resolve_box_range
 from anogen.io import load_manifest
@@ -235,7 +236,7 @@ def test_box_ranges_command_learns_from_the_support_masks_only(tmp_path, capsys)
 
 
 def test_check_data_warns_about_a_learned_range_of_nearly_the_whole_image(tmp_path):
-    from anogen.data.check import check_data
+    from anogen.commands.check_data import check_data
     from tests.fake_trees import build_fake_mvtec
 
     root = build_fake_mvtec(tmp_path / "mvtec", categories=("bottle",))  # masks: the whole 8 x 8 image

@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from anogen.cli import main as cli_main
+from anogen.commands.check_data import check_data, planned_job_counts
 from anogen.config import validate_config
-from anogen.data.check import check_data, planned_job_counts, texture_threshold
 from anogen.data.geometry import square_window, to_square
 from anogen.data.images import load_image, load_mask
 from anogen.data.index import GOOD, CategoryFiles, CategoryIndex, TestItem
@@ -32,6 +32,7 @@ from anogen.data.layouts import (
 )
 from anogen.data.layouts.folder import folder_split_seed
 from anogen.errors import ConfigError, DataError
+from anogen.generation.check import texture_threshold
 from anogen.plan import Plan
 from tests import e2e
 from tests.layout_trees import VISA_CATEGORIES, folder_config, make_folder_tree, make_visa_tree

@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from anogen.cli import main as cli_main
-from anogen.cli import referenced_dirs
+from anogen.commands.check_data import check_data
+from anogen.commands.keys import referenced_dirs
 from anogen.config import validate_config
-from anogen.data.check import check_data
 from anogen.data.index import OS_JUNK_FILES, list_images
 from anogen.data.layouts import layout_spec, scan_category
 from anogen.plan import Plan

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogen import artifact_sizes, jobs, preflight
+from anogen import artifact_sizes, jobs
 from anogen.cli import main
+from anogen.commands import preflight
 from tests.fake_trees import build_fake_mvtec, small_foreground_config
 from tests.hub_fixtures import published_model
 from tests.sd_scheduler_files import PUBLISHED

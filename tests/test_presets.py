@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anogen.commands.check_data import check_data
 from anogen.config import load_config_file
-from anogen.data.check import check_data
 from anogen.plan import Plan
 from tests import e2e
 from tests.layout_trees import VISA_CATEGORIES

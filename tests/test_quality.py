@@ -481,7 +481,7 @@ def test_estimate_counts_the_quality_jobs_only_when_configured(tmp_path):
 
 
 def test_preflight_loads_the_quality_weights_or_says_why_there_is_no_table(weights, tmp_path):
-    from anogen.preflight import PreflightReport, _check_quality
+    from anogen.commands.preflight import PreflightReport, _check_quality
 
     report = PreflightReport()
     _check_quality(_plan(), report)

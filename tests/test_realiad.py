@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from anogen.commands.check_data import check_data
 from anogen.config import validate_config
-from anogen.data.check import check_data
 from anogen.data.index import GOOD
 from anogen.data.layouts import discover, layout_spec, scan_category
 from anogen.data.layouts.realiad import sample_of

@@ -16,7 +16,7 @@ import yaml
 
 from anogen import options
 from anogen.cli import main as cli_main
-from anogen.cli import run_referenced_dirs
+from anogen.commands.keys import run_referenced_dirs
 from anogen.errors import AnogenError, DataError
 from anogen.options import OptionError, parse_config_items, run_config, snakemake_config, validated_run_config
 from tests import e2e
@@ -232,8 +232,8 @@ def test_quality_without_a_config_file_takes_nested_values_with_set(tmp_path, mo
     """``anogen quality`` needs no config file (the schema's settings); ``--set`` sets nested values."""
     seen = []
     row = collections.defaultdict(str)  # every column empty
-    monkeypatch.setattr("anogen.quality.run.folder_quality", lambda **kw: seen.append(kw["quality"]) or row)
-    monkeypatch.setattr("anogen.quality.table.write_csv", lambda rows, out: None)
+    monkeypatch.setattr("anogen.commands.quality.folder_quality", lambda **kw: seen.append(kw["quality"]) or row)
+    monkeypatch.setattr("anogen.commands.quality.write_csv", lambda rows, out: None)
     argv = ["quality", "--generated", str(tmp_path), "--device", "cpu", "--set", "quality.image_size=64"]
     assert cli_main(argv) == 0
     defaults = validated_run_config({"data_root": "."})["quality"]

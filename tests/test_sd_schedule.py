@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from anogen.commands.preflight import PreflightReport, _noise_schedule
 from anogen.diffusion.backbone import Backbone, read_schedule
 from anogen.diffusion.schedule import DDIM_DEFAULTS
-from anogen.preflight import PreflightReport, _noise_schedule
 from tests.sd_scheduler_files import PUBLISHED
 
 STEPS = 50

@@ -427,7 +427,7 @@ def test_an_arm_is_checked_like_a_whole_config():
 
 
 def test_gc_keeps_every_arms_artifacts(monkeypatch):
-    from anogen.cli import run_referenced_dirs
+    from anogen.commands.keys import run_referenced_dirs
 
     monkeypatch.chdir(ROOT)
     config = load_config_file(DEMO_STUDY)

@@ -1,4 +1,4 @@
-"""A study's outputs (anogen.studies.table) and the paper's numbers (anogen.studies.paper)."""
+"""A study's outputs (anogen.studies.table) and the paper's numbers (anogen.evaluation.paper_numbers)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import yaml
 
 from anogen import provenance
 from anogen.errors import AnogenError, DataError
+from anogen.evaluation import paper_numbers as paper
 from anogen.evaluation.summary import METRICS
 from anogen.io import write_manifest
-from anogen.studies import paper
 from anogen.studies.table import DIFFERENT_TEST_SETS, STUDY_COLUMNS, write_study
 
 CATEGORIES = ("bottle", "cable")

@@ -1,7 +1,7 @@
-"""``anogen box-ranges``: the box ranges learned from the support masks, compared with hand-set ones.
+"""The box ranges learned from the support masks, compared with hand-set ones (``anogen box-ranges``).
 
-For every planned (category, defect) this reads the masks of the support set the plan chooses
-(``support.files``, the authors' published set, or the seeded ``support.shots`` choice: the
+For every planned (category, defect) the command (``anogen.commands.box_ranges``) reads the
+masks of the support set the plan chooses (``support.files``, the authors' published set, or the seeded ``support.shots`` choice: the
 same images the support job copies; test masks outside it are never opened), puts them through
 the ``resize`` geometry and learns a range with
 :func:`anogen.generation.boxes.learned_box_range` (``generation.learned_box``; for rule
@@ -26,6 +26,14 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
+
+from anogen.data.geometry import to_square
+from anogen.data.images import load_mask
+from anogen.data.layouts import layout_spec, scan_category
+from anogen.data.support import select_listed
+from anogen.errors import DataError
 
 POINT_WIDTH = 0.01
 AGREE_IOU = 0.5
@@ -122,12 +130,6 @@ def handset_ranges(config: dict) -> dict[tuple[str, str], dict]:
 
 def support_masks(plan, category: str, defect: str) -> list:
     """The squared support masks of (category, defect), chosen as the support job chooses them."""
-    from anogen.data.geometry import to_square
-    from anogen.data.images import load_mask
-    from anogen.data.layouts import layout_spec, scan_category
-    from anogen.data.support import select_listed
-    from anogen.errors import DataError
-
     files = plan.support_files(category, defect)
     root = plan.config["data_root"]
     if files is None:
@@ -137,27 +139,8 @@ def support_masks(plan, category: str, defect: str) -> list:
     return [to_square(load_mask(item.mask), plan.config["resize"]) for item in items]
 
 
-def learn_all(config: dict, reference: dict | None = None) -> list[Row]:
-    """A :class:`Row` per planned (category, defect): its learned range and the hand-set one."""
-    from anogen.generation.boxes import learned_box_range
-    from anogen.plan import Plan
-
-    plan = Plan(config)
-    learned_cfg = config["generation"]["learned_box"]
-    reference = handset_ranges(config) if reference is None else reference
-    rows = []
-    for category, defect in plan.pairs():
-        masks = support_masks(plan, category, defect)
-        where = f"support set of {category}/{defect}"
-        learned = learned_box_range(masks, learned_cfg, learned_cfg["rotate"], where)
-        rows.append(Row(category, defect, learned, reference.get((category, defect))))
-    return rows
-
-
 def reference_from_file(path: str | Path) -> dict[tuple[str, str], dict]:
     """Hand-set ranges from a config file's ``generation.box_ranges`` or a bare ``{category: {defect: box}}``."""
-    import yaml
-
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     ranges = raw.get("generation", {}).get("box_ranges", raw) if "generation" in raw else raw
     return handset_ranges({"generation": {"box_ranges": ranges}})

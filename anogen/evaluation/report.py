@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from anogen.evaluation.paper_numbers import paper_table
 from anogen.evaluation.summary import METRIC_LABELS, METRICS
 from anogen.io import atomic_path, atomic_write_text
-from anogen.studies.paper import paper_table
 
 __all__ = [
     "PAPER_TABLE1",
@@ -63,7 +63,7 @@ MVTEC_CATEGORIES = (
 
 
 def _paper_table1() -> dict[str, dict[str, dict[str, float]]]:
-    """detector -> variant -> metric -> value from the paper's Table 1 (anogen/studies/paper_numbers.yaml)."""
+    """detector -> variant -> metric -> value from the paper's Table 1 (anogen/evaluation/paper_numbers.yaml)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for variant, detectors in paper_table("table1")["columns"].items():
         for detector, values in detectors.items():

@@ -1,5 +1,6 @@
 """Studies: the paper's ablations as arms of one workflow, and what each study writes.
 
-``paper_numbers.yaml`` holds the numbers the paper prints (``paper`` loads them); ``table``
-turns one study's evaluations into its table, plot and report section.
+``planner`` makes the plans of a run's arms; ``table`` turns one study's evaluations into its
+table, plot and report section, beside the numbers the paper prints
+(``anogen.evaluation.paper_numbers``, which the report reads too).
 """

@@ -49,6 +49,7 @@ from typing import Any
 
 from anogen import provenance
 from anogen.errors import AnogenError, DataError
+from anogen.evaluation.paper_numbers import paper_table, paper_value
 from anogen.evaluation.report import MVTEC_CATEGORIES, delta_cell, html_page
 from anogen.evaluation.summary import (
     MEAN,
@@ -64,7 +65,6 @@ from anogen.evaluation.summary import (
 from anogen.io import atomic_path, atomic_write_text
 from anogen.keys import test_set_id
 from anogen.plots import pyplot
-from anogen.studies.paper import paper_table, paper_value
 
 __all__ = ["write_study", "STUDY_COLUMNS", "PAPER_METRICS", "DIFFERENT_TEST_SETS"]
 

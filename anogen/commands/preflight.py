@@ -14,13 +14,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anogen import artifact_sizes as sizes
+from anogen import estimate as est
+from anogen.authors import check_authors_repo
+from anogen.commands.check_data import check_data
+from anogen.config import check_required_sources
+from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
+from anogen.diffusion.published import SUBFOLDERS
+from anogen.diffusion.schedule import file_differences, omitted_keys, resolve_schedule, schedule_record
 from anogen.errors import AnogenError
+from anogen.options import config_of_args
 from anogen.plan import Plan
+from anogen.provenance import (
+    FALLBACK_TEXTURES,
+    RANDOM_MODEL,
+    RANDOM_QUALITY_WEIGHTS,
+    RANDOM_TEACHER,
+    is_random_model,
+)
+from anogen.quality.networks import load_inception, load_lpips, weights_info
+from anogen.quality.table import NOT_CONFIGURED
 
 
 @dataclass
@@ -83,10 +100,7 @@ def _json(path: Path) -> dict:
 
 
 def _check_model(plan: Plan, report: PreflightReport, **_) -> None:
-    from anogen.diffusion.backbone import family_of_index, read_model_index
-    from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files
-    from anogen.diffusion.published import SUBFOLDERS
-    from anogen.provenance import RANDOM_MODEL, is_random_model
+    from anogen.diffusion.backbone import family_of_index, read_model_index  # torch: the cli stays torch-free
 
     diffusion = plan.config["diffusion"]
     model = plan.model_path
@@ -128,8 +142,6 @@ def _check_model(plan: Plan, report: PreflightReport, **_) -> None:
 
 def _noise_schedule(family: str, file_config: dict, mode: str, report: PreflightReport) -> None:
     """Every value that decides the sampler, where it comes from, and each key the file has otherwise."""
-    from anogen.diffusion.schedule import file_differences, omitted_keys, resolve_schedule, schedule_record
-
     values, source = resolve_schedule(family, file_config, mode)
     record = schedule_record(values, source)
     del record["source"]
@@ -188,8 +200,7 @@ def _dtypes_and_size(root: Path, sub: dict, family: str, plan: Plan, report: Pre
 
 def _check_teacher(plan: Plan, report: PreflightReport, **_) -> None:
     """The teacher as the DeSTSeg job will load it (``load_teacher_weights``: file, kind, layout, sha256)."""
-    from anogen.detectors.destseg.trainer import load_teacher_weights
-    from anogen.provenance import RANDOM_TEACHER
+    from anogen.detectors.destseg.trainer import load_teacher_weights  # torch: the cli stays torch-free
 
     det = plan.config["detectors"]
     if "destseg" not in det["models"]:
@@ -208,9 +219,7 @@ def _check_teacher(plan: Plan, report: PreflightReport, **_) -> None:
 
 
 def _check_textures(plan: Plan, report: PreflightReport, **_) -> None:
-    from anogen.config import check_required_sources
-    from anogen.detectors.textures import TextureSource
-    from anogen.provenance import FALLBACK_TEXTURES
+    from anogen.detectors.textures import TextureSource  # torch (anogen.detectors): the cli stays torch-free
 
     det = plan.config["detectors"]
     if not det["models"] or det["synthetic_source"] == "cutpaste":
@@ -226,9 +235,6 @@ def _check_textures(plan: Plan, report: PreflightReport, **_) -> None:
 
 def _check_quality(plan: Plan, report: PreflightReport, **_) -> None:
     """The generation-quality weights: both files load offline (else no quality table, said once)."""
-    from anogen.quality.networks import load_inception, load_lpips, weights_info
-    from anogen.quality.table import NOT_CONFIGURED
-
     q = plan.config["quality"]
     report.section("generation-quality weights")
     if not plan.computes_quality:
@@ -237,8 +243,6 @@ def _check_quality(plan: Plan, report: PreflightReport, **_) -> None:
         else:
             report.lines.append(NOT_CONFIGURED)
         return
-    from anogen.provenance import RANDOM_QUALITY_WEIGHTS
-
     loaders = {"inception_weights": load_inception, "lpips_weights": lambda p: load_lpips(p, q["lpips_net"])}
     for key, load in loaders.items():
         info = weights_info(q[key], f"quality.{key}")
@@ -249,8 +253,6 @@ def _check_quality(plan: Plan, report: PreflightReport, **_) -> None:
 
 
 def _check_authors(plan: Plan, report: PreflightReport, **_) -> None:
-    from anogen.authors import check_authors_repo
-
     repo = plan.config["authors_repo"]
     if repo:
         report.section("authors' repository")
@@ -261,8 +263,6 @@ def _check_authors(plan: Plan, report: PreflightReport, **_) -> None:
 
 
 def _check_data(plan: Plan, report: PreflightReport, *, foreground_images: int, **_) -> None:
-    from anogen.data.check import check_data
-
     report.section("data set")
     if plan.is_demo and not Path(plan.config["data_root"]).is_dir():
         report.lines.append(f"made by rule demo_data into {plan.config['data_root']}")
@@ -276,7 +276,7 @@ def _check_data(plan: Plan, report: PreflightReport, *, foreground_images: int, 
 
 
 def _check_space(plan: Plan, report: PreflightReport, *, gpus: int, **_) -> None:
-    from anogen import estimate as est
+    from anogen import artifact_sizes as sizes  # torch: the cli stays torch-free
 
     report.section("disk space and time")
     found = est.find_table()
@@ -302,3 +302,14 @@ def _check_space(plan: Plan, report: PreflightReport, *, gpus: int, **_) -> None
             f"{sizes.human(need['total'])} (detector checkpoints dominate)"
         )
     report.lines.append(est.format_study_report(studies, gpus) if studies else est.format_report(estimate, gpus))
+
+
+def run(args) -> int:
+    report = preflight(
+        config_of_args(args),
+        gpus=args.gpus,
+        foreground_images=args.foreground_images,
+        echo=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(report.render())
+    return 0 if report.ok else 1
