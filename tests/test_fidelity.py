@@ -160,7 +160,7 @@ def test_readme_preset_table_links_the_ledger():
 
 def test_scale_lr_gives_the_authors_learning_rate():
     """The authors' main.py: base 0.005 x batch 4 x 1 GPU = 0.02 (the paper states 0.005), in both presets."""
-    from anogen.embedding.train import effective_learning_rate
+    from anogen.embedding.trainer import effective_learning_rate
 
     for name, config in presets().items():
         spec = config["embedding"]

@@ -77,7 +77,7 @@ class StaleMutant(RuntimeError):
 
 
 INPAINT = "anogen/generation/inpaint.py"
-EMBED = "anogen/embedding/train.py"
+EMBED = "anogen/embedding/trainer.py"
 METRICS = "anogen/evaluation/metrics.py"
 SYNTH = "anogen/detectors/synthetic.py"
 LOSSES = "anogen/detectors/losses.py"
