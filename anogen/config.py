@@ -184,7 +184,7 @@ def check_required_sources(config: dict) -> None:
         )
     ds = det["destseg"]
     if "destseg" in det["models"] and ds["teacher"] == "timm_a1" and not ds["teacher_weights"]:
-        from anogen.detectors.destseg.trainer import check_teacher_file
+        from anogen.detectors.destseg.trainer import check_teacher_file  # loads torch; planning must not
 
         check_teacher_file(ds["teacher"], None, None)  # a ConfigError naming the key and where to download
 

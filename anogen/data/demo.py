@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from anogen.config import load_schema, validate_config
 from anogen.errors import ConfigError, DataError
 from anogen.keys import canonical_json
 
@@ -71,8 +72,6 @@ __all__ = [
 
 
 def _schema_demo_defaults() -> dict[str, Any]:
-    from anogen.config import load_schema
-
     return {name: sub["default"] for name, sub in load_schema()["properties"]["demo"]["properties"].items()}
 
 
@@ -119,8 +118,6 @@ def normalize_demo_spec(spec: dict[str, Any] | None = None) -> dict[str, Any]:
 @functools.lru_cache(maxsize=64)
 def _validated_demo(spec_json: str) -> dict[str, Any]:
     """The demo section of a config holding only it (cached: every rendered image normalises its spec)."""
-    from anogen.config import validate_config
-
     spec = json.loads(spec_json)
     return validate_config({"data_root": spec.get("root") or "demo", "demo": spec})["demo"]
 
