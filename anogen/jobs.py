@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from anogen import provenance
+from anogen.data.demo import generate_demo_dataset
 from anogen.data.geometry import square_pair
 from anogen.data.layouts import scan_category
 from anogen.data.support import build_support_set, read_support_set
@@ -238,8 +239,6 @@ def _out_dir(sm, name: str = "manifest") -> Path:
 
 @job
 def demo_data(sm, params):
-    from anogen.data.demo import generate_demo_dataset  # loads cv2, which the light jobs need not
-
     generate_demo_dataset(params["spec"])
 
 
