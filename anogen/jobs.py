@@ -423,9 +423,8 @@ def train_detector(sm, params):
 
 @job
 def evaluate_detector(sm, params):
-    # both load torch, which the light jobs need not
-    from anogen.detectors import load_trained_detector
-    from anogen.evaluation.evaluate import evaluate_detector as run
+    from anogen.detectors import load_trained_detector  # loads torch (light jobs need not)
+    from anogen.evaluation.evaluate import evaluate_detector as run  # loads torch (light jobs need not)
 
     spec, runtime = params["spec"], params["runtime"]
     detector_dir = Path(_one(sm.input.detector)).parent

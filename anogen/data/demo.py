@@ -179,8 +179,8 @@ def _replaceable(root: Path) -> bool:
 
 def generate_demo_dataset(spec: dict[str, Any] | None = None) -> Path:
     """Write the demo set to ``spec["root"]`` (atomically, ``demo_spec.json`` last). Returns the root."""
-    # not at the head: it loads cv2, which planning (it reads the demo's layout here) must not
-    from anogen.data.demo_images import render_demo_image
+    # not at the head: planning reads the demo's layout here, and must not load cv2
+    from anogen.data.demo_images import render_demo_image  # loads cv2 (and imports this module)
 
     spec = normalize_demo_spec(spec)
     root = Path(spec["root"])

@@ -170,9 +170,9 @@ def check_placement(
     """Check (category, defect) of ``plan`` on ``foregrounds``: (normal image path, the category's
     foreground at the image's size; None for a texture). None where nothing is checked (a texture
     without a box template, no image)."""
-    # they load cv2 and torch, which check-data (a light command) loads only when it checks boxes
-    from anogen.generation.foreground import load_box_template
-    from anogen.generation.run import derive_seed
+    # check-data (a light command) imports this module: cv2 and torch only once it checks boxes
+    from anogen.generation.foreground import load_box_template  # loads cv2
+    from anogen.generation.run import derive_seed  # loads torch
 
     spec = plan.spec("generation", category, defect)
     template = plan.box_template(category, defect)
