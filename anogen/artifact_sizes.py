@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from anogen.detectors.destseg.network import DestsegNet
+from anogen.detectors.draem.network import DraemNet
+
 # optimiser moments saved per trained weight
 _OPTIMISER_STATES = {"draem": 2, "destseg": 1}
 # an evaluation writes a few example panels and its metrics: bounded per test image
@@ -24,13 +27,9 @@ def detector_parameters(spec: dict) -> int:
     detector = spec["detector"]
     with torch.device("meta"):
         if detector == "draem":
-            from anogen.detectors.draem.network import DraemNet
-
             section = spec["draem"]
             net = DraemNet(int(section["recon_base_width"]), int(section["disc_base_width"]))
         else:
-            from anogen.detectors.destseg.network import DestsegNet
-
             net = DestsegNet(zero_init_last=bool(spec["destseg"]["zero_init_last"]))
     return sum(t.numel() for t in net.state_dict().values())
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from anogen.errors import ConfigError
+from anogen.provenance import check_teacher_file
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -184,8 +185,6 @@ def check_required_sources(config: dict) -> None:
         )
     ds = det["destseg"]
     if "destseg" in det["models"] and ds["teacher"] == "timm_a1" and not ds["teacher_weights"]:
-        from anogen.detectors.destseg.trainer import check_teacher_file
-
         check_teacher_file(ds["teacher"], None, None)  # a ConfigError naming the key and where to download
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anogen import __version__, provenance
 from anogen.errors import DataError, IntegrityError
 from anogen.keys import canonical_json
 
@@ -153,8 +154,6 @@ def write_manifest(
         if not full.is_file():
             raise FileNotFoundError(f"manifest of {directory} lists {rel}, which does not exist")
         records[rel] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
-    from anogen import __version__, provenance
-
     planned = _planned.get()
     if planned is not None and planned[0] == key:
         recorded = (canonical_json(spec), canonical_json(dict(inputs or {})))

@@ -32,9 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from anogen import provenance
-from anogen.errors import AnogenError
-from anogen.io import planned_job
+from anogen.data.demo import generate_demo_dataset
+from anogen.data.geometry import square_pair
+from anogen.data.layouts import scan_category
+from anogen.data.support import build_support_set, read_support_set
+from anogen.devices import lease_device
+from anogen.errors import AnogenError, DataError
+from anogen.evaluation import summary
+from anogen.evaluation.report import write_report_items
+from anogen.generation import export
+from anogen.io import MANIFEST_NAME, planned_job, verify_file
 from anogen.keys import content_key
+from anogen.plots import plot_detector_training
+from anogen.quality import run as quality_run
+from anogen.studies.table import write_study
 
 log = logging.getLogger("anogen.jobs")
 
@@ -96,8 +107,6 @@ def _verify_keyed_inputs(paths) -> None:
     Files reached through an input ``manifest.json`` are verified by the package code that
     reads them (``verify_file``), once, as it reads them; this covers the inputs named directly.
     """
-    from anogen.io import MANIFEST_NAME, verify_file
-
     for path in map(Path, paths):
         if path.name == MANIFEST_NAME or not _KEYED_DIR.fullmatch(path.parent.name):
             continue
@@ -107,8 +116,6 @@ def _verify_keyed_inputs(paths) -> None:
 
 def _input_notes(paths) -> set[str]:
     """Notes (anogen.provenance) of every input manifest, or of the manifest beside an input file."""
-    from anogen.io import MANIFEST_NAME
-
     notes: set[str] = set()
     for path in map(Path, paths):
         manifest = path if path.name == MANIFEST_NAME else path.parent / MANIFEST_NAME
@@ -192,7 +199,7 @@ def _disk_full_message(sm, rule: str) -> str:
     """Which folder, how much is free there, how much the job needs (or had written)."""
     import shutil
 
-    from anogen import artifact_sizes as sizes
+    from anogen import artifact_sizes as sizes  # loads torch: only when a job ran out of disk
 
     outputs = list(getattr(sm, "output", []))
     folder = Path(outputs[0]).parent if outputs else Path.cwd()
@@ -213,8 +220,6 @@ def _disk_full_message(sm, rule: str) -> str:
 
 @contextlib.contextmanager
 def _device():
-    from anogen.devices import lease_device
-
     # Slot count and lock folder come from ANOGEN_GPU_SLOTS / ANOGEN_LOCK_DIR (see common.smk).
     with lease_device() as lease:
         # One JSON line at each end, so concurrency can be audited from the logs.
@@ -234,14 +239,12 @@ def _out_dir(sm, name: str = "manifest") -> Path:
 
 @job
 def demo_data(sm, params):
-    from anogen.data.demo import generate_demo_dataset
-
     generate_demo_dataset(params["spec"])
 
 
 @job
 def tiny_model(sm, params):
-    from anogen.diffusion.tiny import build_tiny_model
+    from anogen.diffusion.tiny import build_tiny_model  # loads torch, which the light jobs need not
 
     spec = params["spec"]
     build_tiny_model(spec["family"], Path(sm.output.index).parent, seed=spec["seed"], resolution=spec["resolution"])
@@ -249,8 +252,6 @@ def tiny_model(sm, params):
 
 @job
 def select_support(sm, params):
-    from anogen.data.support import build_support_set
-
     spec, runtime = params["spec"], params["runtime"]
     build_support_set(
         runtime["data_root"],
@@ -273,7 +274,7 @@ def select_support(sm, params):
 
 @job
 def learn_embedding(sm, params):
-    from anogen.embedding import learn_embedding as run
+    from anogen.embedding import learn_embedding as run  # loads torch, which the light jobs need not
 
     spec, runtime = params["spec"], params["runtime"]
     items = _support_pairs(sm, spec["resize"])
@@ -297,7 +298,7 @@ def learn_embedding(sm, params):
 
 @job
 def import_embedding(sm, params):
-    from anogen.embedding.imported import import_authors_embedding
+    from anogen.embedding.imported import import_authors_embedding  # loads torch (light jobs need not)
 
     # No device and no model: the vector is read from the authors' file and written out.
     import_authors_embedding(
@@ -314,17 +315,12 @@ def import_embedding(sm, params):
 
 def _support_pairs(sm, resize: str):
     """The job's support set (``input.support``) as squared (image, mask) pairs."""
-    from anogen.data.support import read_support_set
-
     where = _one(sm.input.support)
     return _squared(read_support_set(where), resize, where)
 
 
 def _squared(pairs, resize: str, where: str):
     """Support (image, mask) pairs through the ``resize`` geometry (models square them next)."""
-    from anogen.data.geometry import square_pair
-    from anogen.errors import DataError
-
     out = [square_pair(image, mask, resize) for image, mask in pairs]
     for i, (_, mask) in enumerate(out):
         if not mask.any():  # only crop can do this: the anomaly lies in a dropped strip
@@ -337,8 +333,6 @@ def _squared(pairs, resize: str, where: str):
 
 
 def _train_images(runtime: dict, category: str, limit: int | None = None) -> list[Path]:
-    from anogen.data.layouts import scan_category
-
     # Only what training reads: a broken test image or mask fails the jobs that use the test
     # set (support selection, evaluation), not every stage of the category.
     images = scan_category(runtime["data_root"], category, runtime["dataset"], defects=()).train_good
@@ -347,7 +341,7 @@ def _train_images(runtime: dict, category: str, limit: int | None = None) -> lis
 
 @job
 def estimate_foreground(sm, params):
-    from anogen.generation.foreground import build_foreground_set
+    from anogen.generation.foreground import build_foreground_set  # loads cv2 (light jobs need not)
 
     spec, runtime = params["spec"], params["runtime"]
     template = spec["foreground_template"]
@@ -367,7 +361,7 @@ def estimate_foreground(sm, params):
 
 @job
 def generate_anomalies(sm, params):
-    from anogen.generation.run import generate_anomalies as run
+    from anogen.generation.run import generate_anomalies as run  # loads torch (light jobs need not)
 
     spec, runtime = params["spec"], params["runtime"]
     pairs = _support_pairs(sm, spec["resize"])  # the montage's row 1; a learned box range's masks
@@ -399,9 +393,7 @@ def generate_anomalies(sm, params):
 
 @job
 def export_generated(sm, params):
-    from anogen.generation.export import export_generated as run
-
-    run([Path(p) for p in sm.input.generated], Path(sm.output.marker).parent, params["spec"])
+    export.export_generated([Path(p) for p in sm.input.generated], Path(sm.output.marker).parent, params["spec"])
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -409,7 +401,7 @@ def export_generated(sm, params):
 
 @job
 def train_detector(sm, params):
-    from anogen.detectors import train_detector as run
+    from anogen.detectors import train_detector as run  # loads torch (light jobs need not)
 
     spec, runtime = params["spec"], params["runtime"]
     with _device() as lease:
@@ -431,10 +423,8 @@ def train_detector(sm, params):
 
 @job
 def evaluate_detector(sm, params):
-    from anogen.data.layouts import scan_category
-    from anogen.detectors import load_trained_detector
-    from anogen.evaluation.evaluate import evaluate_detector as run
-    from anogen.plots import plot_detector_training
+    from anogen.detectors import load_trained_detector  # loads torch (light jobs need not)
+    from anogen.evaluation.evaluate import evaluate_detector as run  # loads torch (light jobs need not)
 
     spec, runtime = params["spec"], params["runtime"]
     detector_dir = Path(_one(sm.input.detector)).parent
@@ -458,10 +448,7 @@ def evaluate_detector(sm, params):
 
 @job
 def summarize(sm, params):
-    from anogen.evaluation.report import write_report_items
-    from anogen.evaluation.summary import summarize as run
-
-    run([Path(p) for p in sm.input.metrics], Path(sm.output.summary), Path(sm.output.table1))
+    summary.summarize([Path(p) for p in sm.input.metrics], Path(sm.output.summary), Path(sm.output.table1))
     write_report_items(
         sm.output.summary,
         sm.output.table1,
@@ -475,8 +462,6 @@ def summarize(sm, params):
 @job
 def study_table(sm, params):
     """One study's table.csv, plot.png and section.html from its arms' evaluations."""
-    from anogen.studies.table import write_study
-
     write_study(params["study"], Path(sm.output.table).parent)
 
 
@@ -485,14 +470,11 @@ def study_table(sm, params):
 
 @job
 def generation_quality(sm, params):
-    from anogen.data.layouts import scan_category
-    from anogen.quality.run import generation_quality as run
-
     spec, runtime = params["spec"], params["runtime"]
     root = Path(runtime["data_root"])
     index = scan_category(root, spec["category"], runtime["dataset"], defects=(spec["defect"],))
     with _device() as lease:
-        run(
+        quality_run.generation_quality(
             spec=spec,
             generated_manifest=Path(_one(sm.input.generation)),
             support_manifest=Path(_one(sm.input.support)),
@@ -509,6 +491,4 @@ def generation_quality(sm, params):
 
 @job
 def quality_table(sm, params):
-    from anogen.quality.run import write_quality_table
-
-    write_quality_table([Path(p) for p in sm.input.quality], Path(sm.output.csv), Path(sm.output.html))
+    quality_run.write_quality_table([Path(p) for p in sm.input.quality], Path(sm.output.csv), Path(sm.output.html))

@@ -36,6 +36,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from anogen.config import resolve_extends, validate_config
 from anogen.errors import AnogenError, ConfigError, DataError
 
 # Read by the Snakefile when no --configfile is given (the offline demo), relative to the
@@ -140,8 +141,6 @@ def validated_run_config(raw: dict, *, demo_default: bool = False) -> dict:
     ``demo_default``: the config is the demo's, read because no ``--configfile`` was given; its
     random tiny model and demo budgets must not run on other data, so that stops.
     """
-    from anogen.config import resolve_extends, validate_config
-
     config = validate_config(resolve_extends(raw))
     if demo_default and os.path.normpath(config["data_root"]) != os.path.normpath(config["demo"]["root"]):
         raise ConfigError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anogen.io import atomic_path
+from anogen.io import MANIFEST_NAME, atomic_path, load_manifest, verify_file
 
 __all__ = ["plot_loss_curves", "read_loss_columns", "moving_average", "detector_loss_terms", "plot_detector_training"]
 
@@ -118,8 +118,6 @@ def plot_loss_curves(
 
 def plot_detector_training(detector_dir: str | Path, out_png: str | Path) -> None:
     """Every loss term of a trained detector's ``train_log.csv`` (verified against its manifest)."""
-    from anogen.io import MANIFEST_NAME, load_manifest, verify_file
-
     manifest_path = Path(detector_dir) / MANIFEST_NAME
     manifest = load_manifest(manifest_path)
     log_path = verify_file(manifest_path, "train_log.csv", manifest)

@@ -2,7 +2,7 @@
 
 The experiment (everything but the data comes from the package, unchanged):
 
-- **Data** (``anogen.data.demo.render_demo_image``): defect images of one demo category
+- **Data** (``anogen.data.demo_images.render_demo_image``): defect images of one demo category
   (default ``grass_texture``: colour contamination blobs and holes pasted onto crops of a
   scikit-image photograph), rendered at the training size, each with its *exact* defect
   mask and its clean (pre-defect) image. Training items and the held-out test set are
@@ -119,7 +119,8 @@ def loose_box(mask: np.ndarray, ratio: float, rng: np.random.Generator) -> tuple
 def build_data(work: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """Write the MVTec-layout test set, the clean training images and the box-labelled
     defect images (+ generation manifest) under ``work``; return their description."""
-    from anogen.data.demo import DEMO_CATEGORIES, render_demo_image
+    from anogen.data.demo import DEMO_CATEGORIES
+    from anogen.data.demo_images import render_demo_image
     from anogen.io import atomic_save_image, write_manifest
 
     category, size = cfg["category"], int(cfg["image_size"])

@@ -12,14 +12,15 @@ import yaml
 from PIL import Image
 
 import anogen.data.demo as demo
+import anogen.data.demo_images as demo_images
 from anogen.data.demo import (
     DEMO_DEFAULTS,
     demo_layout,
     generate_demo_dataset,
     is_demo_folder,
     read_demo_spec,
-    render_demo_image,
 )
+from anogen.data.demo_images import render_demo_image
 from anogen.data.layouts import list_categories, list_defects, scan_category
 from anogen.errors import ConfigError, DataError
 
@@ -108,8 +109,8 @@ def test_masks_exact(default_set):
                     changed = changed.any(axis=2)
                 assert (changed == (mask == 1)).all(), (category, defect, i)
                 if not info["texture"]:  # object defects lie on the object
-                    rng = demo._item_rng(0, category, f"test/{defect}", i)
-                    _, ctx = demo._RENDERERS[category](rng, 128)
+                    rng = demo_images._item_rng(0, category, f"test/{defect}", i)
+                    _, ctx = demo_images._RENDERERS[category](rng, 128)
                     assert not (mask.astype(bool) & ~ctx["fg"]).any()
             normal_pixels.append(clean)
         # normal images vary

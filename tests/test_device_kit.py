@@ -21,6 +21,8 @@ KIT = REPO / "bench" / "device"
 sys.path.insert(0, str(REPO / "bench"))
 
 import gpu_check  # noqa: E402
+import gpu_check_report  # noqa: E402
+import gpu_check_stages  # noqa: E402
 
 
 def _norm(name: str) -> str:
@@ -173,26 +175,26 @@ def test_stage1_row_says_whether_a_cuda_graph_ran(monkeypatch):
     so; a failed capture (the trainer goes on eagerly) is labelled and fails a check."""
     from bench_generation import build_backbone
 
-    import anogen.embedding.train as train_mod
+    import anogen.embedding.trainer as trainer_mod
     from tests import cuda_standins
 
-    cuda_standins.simulate_cuda_device(monkeypatch, train_mod)
+    cuda_standins.simulate_cuda_device(monkeypatch, trainer_mod)
     cuda_standins.cuda_autocast_on_cpu(monkeypatch)
     cuda_standins.cuda_graphs_on_cpu(monkeypatch)
     args = SimpleNamespace(device="cpu", cpu=True, tiny=True)
     backbone, _ = build_backbone("ldm", "tiny", 64, "cpu")
     kw = {"static_inputs": True, "cuda_graph": True}
-    row = gpu_check._stage1_variant(args, backbone, 0, "CUDA graph", kw, "async", 1)
+    row = gpu_check_stages._stage1_variant(args, backbone, 0, "CUDA graph", kw, "async", 1)
     assert (row["variant"], row["cuda_graph"]) == ("CUDA graph", True) and row["value"] > 0
 
     def failing_capture(graph, *a, **k):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(torch.cuda, "graph", failing_capture)
-    row = gpu_check._stage1_variant(args, backbone, 1, "CUDA graph", kw, "async", 1)
+    row = gpu_check_stages._stage1_variant(args, backbone, 1, "CUDA graph", kw, "async", 1)
     assert row["variant"] == "CUDA graph NOT captured: eager static buffers" and row["cuda_graph"] is False
     checks = []
-    gpu_check.record_graph_checks(checks, [row])
+    gpu_check_report.record_graph_checks(checks, [row])
     assert checks == [
         {
             "check": "stage-1 benchmark ran as a CUDA graph",

@@ -19,8 +19,8 @@ from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.textual_inversion import load_learned_embedding, read_embedding_metadata
 from anogen.diffusion.tiny import build_tiny_model
 from anogen.embedding import EmbeddingTrainer, learn_embedding, masked_noise_loss
-from anogen.embedding.train import latent_mask as support_latent_mask
-from anogen.embedding.train import support_indices
+from anogen.embedding.trainer import latent_mask as support_latent_mask
+from anogen.embedding.trainer import support_indices
 from anogen.errors import ConfigError
 from anogen.io import verify_manifest
 from anogen.resumable import KILL_ENV

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import anogen.embedding.train as train_mod
+import anogen.embedding.cuda_graph as cuda_graph_mod
+import anogen.embedding.trainer as trainer_mod
 from anogen.checkpoint import load_checkpoint, save_checkpoint
 from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.tiny import build_tiny_model
@@ -26,7 +27,7 @@ def tiny_ldm(tmp_path_factory):
 
 
 def _standins(m) -> None:
-    cuda_standins.simulate_cuda_device(m, train_mod)
+    cuda_standins.simulate_cuda_device(m, trainer_mod)
     cuda_standins.cuda_autocast_on_cpu(m)
     cuda_standins.cuda_graphs_on_cpu(m)
 
@@ -52,7 +53,7 @@ def _steps(monkeypatch, model, graph: bool, steps: int, state=None, *, cuda: boo
         losses = t.losses
         assert (t._graph is not None) is graph and t.cuda_graph is graph  # captured, no fallback
         if graph:
-            assert t._graph.replays == t.step_count - t._graph_start - train_mod.GRAPH_WARMUP
+            assert t._graph.replays == t.step_count - t._graph_start - cuda_graph_mod.GRAPH_WARMUP
         return t, losses
 
 

@@ -160,7 +160,7 @@ def test_readme_and_preset_table_link_the_ledger():
 
 def test_scale_lr_gives_the_authors_learning_rate():
     """The authors' main.py: base 0.005 x batch 4 x 1 GPU = 0.02 (the paper states 0.005), in both presets."""
-    from anogen.embedding.train import effective_learning_rate
+    from anogen.embedding.trainer import effective_learning_rate
 
     for name, config in presets().items():
         spec = config["embedding"]
@@ -316,8 +316,9 @@ def test_timm_teacher_is_asked_for_and_recorded(tmp_path):
     from safetensors.torch import save_file
 
     from anogen.config import check_required_sources
-    from anogen.detectors.destseg.trainer import check_teacher_file, load_teacher_weights
+    from anogen.detectors.destseg.trainer import load_teacher_weights
     from anogen.io import sha256_file
+    from anogen.provenance import check_teacher_file
 
     path = tmp_path / "model.safetensors"  # timm's published file: torchvision's tensor names
     save_file(_resnet18_state(), str(path))

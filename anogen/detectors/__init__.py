@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from anogen.detectors.destseg.network import DestsegNet
+from anogen.detectors.destseg.trainer import destseg_predict
+from anogen.detectors.draem.network import DraemNet
+from anogen.detectors.draem.trainer import draem_predict
 from anogen.detectors.train import CONFIG_FILE, MODEL_FILE, train_detector
 from anogen.errors import IntegrityError
 from anogen.io import load_manifest, rebuild_command, verify_file
@@ -51,14 +55,10 @@ class TrainedDetector:
         for i in range(0, images.shape[0], batch_size):
             x = images[i : i + batch_size].to(self.device, torch.float32)
             if self.detector == "draem":
-                from anogen.detectors.draem.trainer import draem_predict
-
                 s, m = draem_predict(
                     self.model, x, self.config["draem"]["score_pool"], self.device, self.mixed_precision
                 )
             else:
-                from anogen.detectors.destseg.trainer import destseg_predict
-
                 s, m = destseg_predict(
                     self.model, x, self.config["destseg"]["top_k"], self.device, self.mixed_precision
                 )
@@ -84,13 +84,9 @@ def load_trained_detector(model_dir: str | Path, device: str = "cpu") -> Trained
     if detector in ("draem", "destseg") and "mixed_precision" not in config.get(detector, {}):
         raise IntegrityError(cfg_path, f"no {detector}.mixed_precision recorded (written by an older anogen)", hint)
     if detector == "draem":
-        from anogen.detectors.draem.network import DraemNet
-
         c = config["draem"]
         model: torch.nn.Module = DraemNet(c["recon_base_width"], c["disc_base_width"])
     elif detector == "destseg":
-        from anogen.detectors.destseg.network import DestsegNet
-
         model = DestsegNet(zero_init_last=False)  # every initial value is replaced by the weights below
     else:
         raise IntegrityError(cfg_path, f"unknown detector '{detector}'", hint)

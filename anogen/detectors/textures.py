@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from anogen import provenance
 from anogen.data.texture_files import IMAGE_SUFFIXES, texture_files, texture_fingerprint
 from anogen.errors import DataError
 from anogen.io import read_image
@@ -159,8 +160,6 @@ class TextureSource:
                 "no texture source: set detectors.texture_source to a DTD-style folder "
                 "(scikit-image's bundled photographs could not be loaded)",
             )
-        from anogen import provenance
-
         provenance.record(provenance.FALLBACK_TEXTURES)
         return cls(kind="photographs", files=files, arrays=photos, crop=True)
 

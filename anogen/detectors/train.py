@@ -48,6 +48,8 @@ from anogen.detectors.data import (
     load_generated_items,
     make_loader,
 )
+from anogen.detectors.destseg.trainer import DestsegTrainer
+from anogen.detectors.draem.trainer import DraemTrainer
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
 from anogen.devices import effective_precision, is_cuda
@@ -198,10 +200,9 @@ def build_trainer(spec: dict[str, Any], device: str, n_train: int, teacher_weigh
     ``teacher_weights``: the DeSTSeg teacher's file (a runtime path; its content is in the key)."""
     section = dict(spec[spec["detector"]])
     if spec["detector"] == "draem":
-        from anogen.detectors.draem.trainer import DraemTrainer as cls
+        cls = DraemTrainer
     else:
-        from anogen.detectors.destseg.trainer import DestsegTrainer as cls
-
+        cls = DestsegTrainer
         section["teacher_weights"] = None if teacher_weights is None else str(teacher_weights)
     return cls(
         section,

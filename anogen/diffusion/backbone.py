@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from anogen import provenance
 from anogen.diffusion.model_files import component_class, local_model_root, missing_model_files, model_files_record
 from anogen.diffusion.published import FAMILY_OF_PIPELINE, SUBFOLDERS
 from anogen.diffusion.schedule import FILE_SOURCE, resolve_schedule, schedule_record
@@ -232,7 +233,6 @@ def load_backbone(
     # what was read, identified as the plan identifies it (the model's part of the content keys)
     found = model_files_record(model, revision, variant) or {"source": None, "files": None}
     backbone.files_record = {"revision": revision, "variant": variant, **found}
-    from anogen import provenance
 
     if root is not None and provenance.is_random_model(str(root)):  # a folder, or a hub id's snapshot
         provenance.record(provenance.RANDOM_MODEL)

@@ -19,6 +19,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from anogen.authors import load_authors_embedding
+from anogen.diffusion.textual_inversion import save_learned_embedding
+from anogen.embedding.train import EMBEDDING_FILE, LOSS_CSV, LOSS_PNG, render_loss_plot, write_loss_csv
 from anogen.errors import DataError
 from anogen.io import MANIFEST_NAME, sha256_file, write_manifest
 
@@ -37,10 +40,6 @@ def import_authors_embedding(
     extra: dict | None = None,
 ) -> Path:
     """Write ``learned_embeds.safetensors``, ``loss.csv``, ``loss.png`` and (last) the manifest."""
-    from anogen.authors import load_authors_embedding
-    from anogen.diffusion.textual_inversion import save_learned_embedding
-    from anogen.embedding.train import EMBEDDING_FILE, LOSS_CSV, LOSS_PNG, render_loss_plot, write_loss_csv
-
     source = Path(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Stage 4: evaluation of trained detectors (exact streaming metrics, panels, summary tables).
 
 ``metrics`` is dependency-light (numpy, scipy; torch/PIL only for resizing) and is the one
-module every stage uses for AU-ROC, AU-PR and AUPRO. ``evaluate`` and ``summary`` are
-imported lazily so that importing the metrics does not pull in the rest.
+module every stage uses for AU-ROC, AU-PR and AUPRO. ``evaluate`` (torch) is imported
+lazily so that importing the metrics does not pull it in.
 """
 
 from anogen.evaluation.metrics import (
@@ -13,6 +13,7 @@ from anogen.evaluation.metrics import (
     image_metrics,
     pixel_metrics,
 )
+from anogen.evaluation.summary import summarize
 
 __all__ = [
     "MetricUndefinedWarning",
@@ -28,11 +29,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "evaluate_detector":
-        from anogen.evaluation.evaluate import evaluate_detector
+        from anogen.evaluation.evaluate import evaluate_detector  # loads torch: not with the metrics
 
         return evaluate_detector
-    if name == "summarize":
-        from anogen.evaluation.summary import summarize
-
-        return summarize
     raise AttributeError(f"module 'anogen.evaluation' has no attribute {name!r}")

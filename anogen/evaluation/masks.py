@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anogen.io import read_image
+
 MASK_RESIZE_METHODS = ("nearest", "bilinear_uint8", "bilinear_antialias")
 MASK_RESIZE_SETTINGS = (*MASK_RESIZE_METHODS, "official")
 OFFICIAL_MASK_RESIZE = {"draem": "bilinear_uint8", "destseg": "bilinear_antialias"}
@@ -87,6 +89,4 @@ def resize_gt_mask(raw: np.ndarray, size: int, method: str) -> np.ndarray:
 
 def load_gt_mask(path: str | Path, size: int, method: str) -> np.ndarray:
     """Read a mask file (grey levels kept) and ``resize_gt_mask`` it."""
-    from anogen.io import read_image
-
     return resize_gt_mask(read_image(path, "L"), size, method)

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from anogen import __version__
 from anogen.errors import DataError, IntegrityError
 from anogen.io import load_manifest, sha256_file, verify_file
 from anogen.keys import canonical_json
@@ -138,8 +139,6 @@ def export_generated(generation_manifests: list[Path], out_root: Path, descripti
             "n_images": total,
             "sets": sets,
         }
-        from anogen import __version__
-
         dataset["anogen_version"] = __version__
         (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(description, sets, total), encoding="utf-8")

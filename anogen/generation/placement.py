@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anogen.data.box_ranges import support_masks
+from anogen.data.geometry import to_square
 from anogen.errors import DataError
 from anogen.generation.boxes import Box, resolve_box_range, sample_boxes_for
 
@@ -81,9 +83,7 @@ class Placement:
 
 def _region(mask: np.ndarray, resize: str) -> np.ndarray:
     """A foreground mask stored at its image's size, in the geometry the job draws on (square, ``RESOLUTION``)."""
-    import cv2
-
-    from anogen.data.geometry import to_square
+    import cv2  # not at the head: check-data uses this module and loads no cv2 until it draws
 
     square = to_square((np.asarray(mask) > 0).astype(np.uint8), resize)
     return cv2.resize(square, (RESOLUTION, RESOLUTION), interpolation=cv2.INTER_NEAREST)
@@ -155,8 +155,6 @@ def _box_range(plan, category: str, defect: str, spec: dict) -> tuple[dict, str]
     masks the support job will copy (read as ``anogen box-ranges`` reads them)."""
     gen = plan.config["generation"]
     if "learned" in spec["box"]:
-        from anogen.data.box_ranges import support_masks
-
         masks = support_masks(plan, category, defect)
         return resolve_box_range(
             spec["box"], masks, f"support set of {category}/{defect}"
@@ -172,8 +170,9 @@ def check_placement(
     """Check (category, defect) of ``plan`` on ``foregrounds``: (normal image path, the category's
     foreground at the image's size; None for a texture). None where nothing is checked (a texture
     without a box template, no image)."""
-    from anogen.generation.foreground import load_box_template
-    from anogen.generation.run import derive_seed
+    # check-data (a light command) imports this module: cv2 and torch only once it checks boxes
+    from anogen.generation.foreground import load_box_template  # loads cv2
+    from anogen.generation.run import derive_seed  # loads torch
 
     spec = plan.spec("generation", category, defect)
     template = plan.box_template(category, defect)

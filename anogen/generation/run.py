@@ -55,13 +55,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from anogen.data.geometry import to_square
 from anogen.data.images import load_image
 from anogen.data.index import relative_to_root
+from anogen.diffusion.backbone import load_backbone
+from anogen.diffusion.textual_inversion import load_learned_embedding, read_embedding_metadata
 from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import Box, resolve_box_range, sample_boxes_for
+from anogen.generation.foreground import load_box_template
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
-from anogen.io import atomic_save_image, load_manifest, read_image, sha256_file, verify_file
+from anogen.io import atomic_path, atomic_save_image, load_manifest, read_image, sha256_file, verify_file
 from anogen.keys import canonical_json
 from anogen.progress import Progress
 from anogen.resumable import ResumableJob
@@ -102,8 +106,6 @@ def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int
     """The foreground mask (stored at the image's own size) in the same geometry as the image."""
     import cv2
 
-    from anogen.data.geometry import to_square
-
     full = verify_file(manifest_path, rel_mask, manifest)
     mask = to_square((read_image(full, "L") > 0).astype(np.uint8), resize)
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
@@ -111,8 +113,6 @@ def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int
 
 def _box_template(spec: dict, template: Path | None, resolution: int) -> np.ndarray | None:
     """The defect's box template at ``resolution``, checked against the sha256 the key was made with."""
-    from anogen.generation.foreground import load_box_template
-
     wanted = spec.get("template")  # present only for a defect with a box template
     if wanted is None:
         if template is not None:
@@ -301,8 +301,6 @@ def save_generated_image(path: Path, array: np.ndarray, jpeg_quality: int | None
         return
     from PIL import Image
 
-    from anogen.io import atomic_path
-
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="JPEG", quality=int(jpeg_quality))
 
@@ -345,9 +343,6 @@ def _load_sampler(
     backbone, *, model, revision, model_options, device, embedding_path, mixed_precision, channels_last, compile
 ):
     """Load ``model`` (unless given), prepare it for inference and add the learned token."""
-    from anogen.diffusion.backbone import load_backbone
-    from anogen.diffusion.textual_inversion import load_learned_embedding
-
     t_load = time.monotonic()
     if backbone is None:
         backbone = load_backbone(model, revision, device, **(model_options or {}))
@@ -572,8 +567,6 @@ def check_embedding_width(embedding_path: Path, vector: torch.Tensor, backbone) 
     The authors' published embeddings are 1280-d (LDMBert of CompVis/ldm-text2im-large-256);
     a CLIP-based model (768-d) or a tiny test model cannot use them.
     """
-    from anogen.diffusion.textual_inversion import read_embedding_metadata
-
     width, expected = int(vector.numel()), int(backbone.embedding_dim)
     if width == expected:
         return

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from anogen.quality.networks import INCEPTION_FEATURES
+
 Item = tuple[np.ndarray, "np.ndarray | None"]  # (uint8 HxWx3 image, uint8 HxW mask or None)
 
 # torchvision's Resize on a PIL image, which every peer's script applies (antialiased when shrinking)
@@ -85,8 +87,6 @@ def as_uint8_tensor(images: Sequence[np.ndarray], size: int):
 def inception_features(net, images, batch_size: int, device: str) -> dict[str, Any]:
     """``logits_unbiased`` and ``2048`` features of a uint8 N x 3 x H x W tensor (float64, CPU)."""
     import torch
-
-    from anogen.quality.networks import INCEPTION_FEATURES
 
     parts: list[tuple] = []
     with torch.no_grad():

@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from anogen import provenance
+from anogen.data.geometry import to_square
+from anogen.data.images import load_image, load_mask
+from anogen.data.index import relative_to_root
+from anogen.data.support import read_support_set
 from anogen.errors import ConfigError, DataError
+from anogen.io import atomic_write_text, load_manifest, read_image, verify_file, write_manifest
 from anogen.quality.metrics import Item, quality_metrics, resized
 from anogen.quality.networks import INCEPTION_NAME, load_inception, load_lpips, weights_info
-from anogen.quality.table import library_versions
+from anogen.quality.table import library_versions, quality_html, read_rows, write_csv
 
 QUALITY_NAME = "quality.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -81,8 +86,6 @@ def square_item(image: np.ndarray, mask: np.ndarray | None, size: int, resize: s
     """An image (and its mask) as stored, made square by ``resize`` and brought to ``size`` (masks: nearest)."""
     from PIL import Image
 
-    from anogen.data.geometry import to_square
-
     image = resized(to_square(image, resize), size)
     if mask is None:
         return image, None
@@ -93,8 +96,6 @@ def square_item(image: np.ndarray, mask: np.ndarray | None, size: int, resize: s
 
 
 def read_item(image: Path, mask: Path | None, size: int, resize: str) -> Item:
-    from anogen.data.images import load_image, load_mask
-
     return square_item(load_image(image), None if mask is None else load_mask(mask), size, resize)
 
 
@@ -113,8 +114,6 @@ def first_third(paths: Sequence[Path]) -> list[Path]:
 
 
 def _generated_items(manifest_path: Path, size: int) -> list[Item]:
-    from anogen.io import load_manifest, read_image, verify_file
-
     manifest = load_manifest(manifest_path)
     items = []
     for item in manifest["extra"]["items"]:
@@ -127,8 +126,6 @@ def _generated_items(manifest_path: Path, size: int) -> list[Item]:
 def reference_sets(test_items, root: Path, spec: dict) -> tuple[list[Item], list[Item]]:
     """KID's reference (the defect's test anomalies that are not support images) and, with
     ``ic_lpips_centres: test_first_third``, the cluster centres (else none: the support set is)."""
-    from anogen.data.index import relative_to_root
-
     items = {item.path: item.mask for item in test_items if item.defect == spec["defect"]}
     left_out = set(spec["excluded"])
     real = [path for path in items if relative_to_root(root, path) not in left_out]
@@ -143,9 +140,6 @@ def generation_quality(
     weights: dict[str, str], out_dir: Path, key: str, inputs: dict, device: str, batch_size: int,
 ) -> Path:  # fmt: skip
     """Score one keyed generated set; write ``quality.json`` and the manifest (last)."""
-    from anogen.data.support import read_support_set
-    from anogen.io import atomic_write_text, write_manifest
-
     for name, want in (("inception", spec["inception_sha256"]), ("lpips", spec["lpips_sha256"])):
         got = weights_info(weights[name], f"quality.{name}_weights").sha256
         if got != want:
@@ -167,9 +161,6 @@ def generation_quality(
 
 def write_quality_table(quality_files: Sequence[Path], csv_path: Path, html_path: Path) -> None:
     """``generation_quality.csv`` and its report page from every ``quality.json``."""
-    from anogen.io import atomic_write_text, verify_file
-    from anogen.quality.table import quality_html, read_rows, write_csv
-
     rows = [json.loads(verify_file(Path(p).parent / "manifest.json", QUALITY_NAME).read_text()) for p in quality_files]
     rows.sort(key=lambda r: (r["category"], r["defect"]))
     write_csv(rows, csv_path)

@@ -33,7 +33,8 @@ from typing import Any
 from anogen.config import deep_update, validate_config
 from anogen.errors import ConfigError
 from anogen.keys import content_key
-from anogen.plan import _NOT_IN_KEYS, Plan
+from anogen.plan import Plan
+from anogen.plan_stages import _NOT_IN_KEYS
 
 # What an arm may not change: where the run reads and writes, what it runs (the study decides
 # detectors and variant), and values that only change speed (arms sharing an artifact would

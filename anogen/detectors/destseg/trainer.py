@@ -56,35 +56,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-# torchvision names its weight files resnet18-<first 8 hex of the file's sha256>.pth:
-# IMAGENET1K_V1 (resnet18-f37072fd.pth) and the same weights' older file (resnet18-5c106cde.pth).
-TORCHVISION_RESNET18_SHA256 = ("f37072fd", "5c106cde")
-TIMM_A1_SOURCE = "https://huggingface.co/timm/resnet18.a1_in1k (model.safetensors)"
-
-
-def check_teacher_file(teacher: str | None, path: Path | None, sha256: str | None) -> None:
-    """Refuse a teacher file that is not what ``detectors.destseg.teacher`` asks for.
-
-    ``timm_a1`` needs a file (the torch hub cache holds torchvision's weights) and refuses
-    torchvision's own files, recognised by their sha256; timm's resnet18.a1_in1k has the
-    same tensor names (layout ``torchvision``), so the name of the choice is what tells them apart.
-    """
-    if teacher != "timm_a1":
-        return
-    if path is None:
-        raise ConfigError(
-            "detectors.destseg.teacher_weights",
-            f"detectors.destseg.teacher timm_a1 needs timm's resnet18.a1_in1k weights: download {TIMM_A1_SOURCE} "
-            "and set this key to the file (the torch hub cache holds torchvision's weights)",
-        )
-    if sha256 is not None and sha256[:8] in TORCHVISION_RESNET18_SHA256:
-        raise DataError(
-            path,
-            f"is torchvision's IMAGENET1K_V1 ResNet18 (resnet18-{sha256[:8]}.pth), not timm's resnet18.a1_in1k "
-            f"that detectors.destseg.teacher timm_a1 asks for ({TIMM_A1_SOURCE})",
-        )
-
-
 def load_teacher_weights(
     teacher_weights: str | Path | None, teacher: str | None = None
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
@@ -98,7 +69,7 @@ def load_teacher_weights(
             raise ConfigError("detectors.destseg.teacher_weights", f"file {path} does not exist")
         origin = "config"
     else:
-        check_teacher_file(teacher, None, None)
+        provenance.check_teacher_file(teacher, None, None)
         path = provenance.find_hub_resnet18()
         origin = "torch-hub-cache"
     if path is None:
@@ -117,7 +88,7 @@ def load_teacher_weights(
             "teacher_weights": None,
         }
     sha256 = sha256_file(path)
-    check_teacher_file(teacher, path, sha256)
+    provenance.check_teacher_file(teacher, path, sha256)
     try:
         layout, state = teacher_state_layout(_read_state_dict(path))
     except KeyError as exc:
