@@ -118,7 +118,7 @@ def _pipeline_spec(root: Path, size: int, detector: str, variant: str, section: 
 
 def bench_draem(size, batch_size, device, warmup, steps, fp32, channels_last=False, widths=None):
     from anogen.detectors.draem.trainer import DraemTrainer
-    from anogen.detectors.train import to_channels_last
+    from anogen.detectors.speed import to_channels_last
 
     cfg = {**_schema_section("draem"), "batch_size": batch_size}
     if widths:  # (recon, disc); default: the published 128 / 64
@@ -138,7 +138,7 @@ def bench_draem(size, batch_size, device, warmup, steps, fp32, channels_last=Fal
 
 def bench_destseg(size, batch_size, device, warmup, steps, fp32, channels_last=False):
     from anogen.detectors.destseg.trainer import DestsegTrainer
-    from anogen.detectors.train import to_channels_last
+    from anogen.detectors.speed import to_channels_last
 
     tr = DestsegTrainer(
         {**_schema_section("destseg"), "batch_size": batch_size, "steps": 10**6, "student_steps": 10**5},

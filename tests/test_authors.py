@@ -25,7 +25,8 @@ from anogen.data.support import build_support_set, support_items
 from anogen.embedding.imported import import_authors_embedding
 from anogen.errors import ConfigError, DataError
 from anogen.generation.boxes import sample_boxes
-from anogen.generation.run import check_embedding_width, plan_generation
+from anogen.generation.planning import plan_generation
+from anogen.generation.run import check_embedding_width
 from anogen.io import load_manifest, sha256_file, verify_manifest
 from anogen.keys import content_key
 from anogen.plan import Plan

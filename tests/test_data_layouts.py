@@ -350,7 +350,7 @@ def test_image_and_mask_get_the_same_geometry(tmp_path, mode):
 
 
 def test_generation_foreground_follows_the_geometry(tmp_path):
-    from anogen.generation.run import _foreground_at
+    from anogen.generation.planning import _foreground_at
     from anogen.io import write_manifest
 
     fg = np.zeros((30, 60), np.uint8)

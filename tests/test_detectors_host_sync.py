@@ -12,6 +12,7 @@ from anogen.config import validate_config
 from anogen.detectors import train as train_mod
 from anogen.detectors.destseg.trainer import DestsegTrainer
 from anogen.detectors.draem.trainer import DraemTrainer
+from anogen.detectors.train_log import _fmt
 from anogen.resumable import ResumableJob
 from tests.cuda_standins import counting_host_syncs, optimizer_step_counters
 
@@ -86,8 +87,8 @@ def test_detector_loop_syncs_only_every_log_every_steps(detector, tmp_path, monk
         got = dict(zip(columns, line.split(",")))
         assert int(got["step"]) == step
         for k, v in want.items():
-            assert got[k] == train_mod._fmt(v), (step, k)
-    assert {k: train_mod._fmt(v) for k, v in last.items()} == {k: train_mod._fmt(v) for k, v in expected[-1].items()}
+            assert got[k] == _fmt(v), (step, k)
+    assert {k: _fmt(v) for k, v in last.items()} == {k: _fmt(v) for k, v in expected[-1].items()}
 
 
 @pytest.mark.parametrize("detector,steps", [("draem", [0]), ("destseg", [0, 5])])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from anogen.config import validate_config
-from anogen.detectors import train as train_mod
+from anogen.detectors import speed
 from anogen.detectors.draem.trainer import DraemTrainer
 
 
@@ -45,7 +45,7 @@ def test_channels_last_draem_step_is_the_same_function(_float64):
     plain = DraemTrainer(dict(cfg), seed=0, tau=0.9, device="cpu", n_train=8, mixed_precision="no")
     fast = DraemTrainer(dict(cfg), seed=0, tau=0.9, device="cpu", n_train=8, mixed_precision="no")
     fast.model.load_state_dict(plain.model.state_dict())
-    train_mod.to_channels_last(fast)
+    speed.to_channels_last(fast)
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dtype == torch.float64
     b = {k: v.double() if v.is_floating_point() else v for k, v in _batch().items()}
@@ -62,19 +62,19 @@ def test_channels_last_draem_step_is_the_same_function(_float64):
 
 
 def test_channels_last_only_on_cuda_and_switchable(monkeypatch):
-    assert not train_mod.use_channels_last("cpu")
-    assert train_mod.use_channels_last("cuda")
-    monkeypatch.setenv(train_mod.CHANNELS_LAST_ENV, "0")
-    assert not train_mod.use_channels_last("cuda")
+    assert not speed.use_channels_last("cpu")
+    assert speed.use_channels_last("cuda")
+    monkeypatch.setenv(speed.CHANNELS_LAST_ENV, "0")
+    assert not speed.use_channels_last("cuda")
 
 
 def test_default_workers(monkeypatch):
-    monkeypatch.delenv(train_mod.WORKERS_ENV, raising=False)
-    assert train_mod._default_workers("cpu") == 0
-    monkeypatch.setattr(train_mod, "_usable_cpus", lambda: 64)
+    monkeypatch.delenv(speed.WORKERS_ENV, raising=False)
+    assert speed._default_workers("cpu") == 0
+    monkeypatch.setattr(speed, "_usable_cpus", lambda: 64)
     monkeypatch.setenv("ANOGEN_GPU_SLOTS", "4")
-    assert train_mod._default_workers("cuda") == 15  # 64 CPUs / 4 slots - 1 for the trainer
+    assert speed._default_workers("cuda") == 15  # 64 CPUs / 4 slots - 1 for the trainer
     monkeypatch.setenv("ANOGEN_GPU_SLOTS", "1")
-    assert train_mod._default_workers("cuda") == train_mod.MAX_WORKERS
-    monkeypatch.setenv(train_mod.WORKERS_ENV, "3")
-    assert train_mod._default_workers("cuda") == 3 and train_mod._default_workers("cpu") == 3
+    assert speed._default_workers("cuda") == speed.MAX_WORKERS
+    monkeypatch.setenv(speed.WORKERS_ENV, "3")
+    assert speed._default_workers("cuda") == 3 and speed._default_workers("cpu") == 3

@@ -214,7 +214,8 @@ def test_resize_kernel_reaches_its_detector_and_evaluation_only():
 
 
 def test_jpeg_switch_writes_the_authors_bytes(tmp_path):
-    from anogen.generation.run import PlannedImage, save_generated_image
+    from anogen.generation.planning import PlannedImage
+    from anogen.generation.resume import save_generated_image
 
     arr = _fine_texture(64)
     theirs = io.BytesIO()
@@ -468,7 +469,7 @@ def _screw_like(size: int = 300) -> np.ndarray:
 
 def test_otsu_foreground_is_the_authors_mask(tmp_path):
     from anogen.generation.foreground import authors_otsu, build_foreground_set
-    from anogen.generation.run import _box_region
+    from anogen.generation.planning import _box_region
 
     image = _screw_like(512)  # MVTec screw is 1024 px: an integer multiple of 256, as here
     path = tmp_path / "data" / "screw" / "train" / "good" / "000.png"

@@ -8,7 +8,7 @@ from anogen.config import deep_update, validate_config
 from anogen.detectors.data import load_generated_items
 from anogen.detectors.train import train_detector
 from anogen.errors import DataError
-from anogen.generation.run import plan_generation
+from anogen.generation.planning import plan_generation
 from anogen.io import load_manifest, sha256_file
 from tests.test_config_keys import all_keys, changed, demo_raw, plan
 from tests.test_detectors_train import _spec

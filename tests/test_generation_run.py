@@ -21,7 +21,8 @@ from anogen.errors import DataError
 from anogen.generation.boxes import Box
 from anogen.generation.export import export_generated
 from anogen.generation.foreground import build_foreground_set
-from anogen.generation.run import generate_anomalies, generation_items, plan_generation
+from anogen.generation.planning import plan_generation
+from anogen.generation.run import generate_anomalies, generation_items
 from anogen.io import load_manifest, read_image, sha256_file, verify_manifest
 from anogen.resumable import KILL_ENV
 

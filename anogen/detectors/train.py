@@ -24,22 +24,16 @@ rerun of the finished job (Snakemake reruns it when a runtime-only param such as
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 
 from anogen.checkpoint import capture_rng, restore_rng
-from anogen.detectors.common import rows_to_host
 from anogen.detectors.data import (
     DETECTORS,
     VARIANTS,
@@ -50,11 +44,13 @@ from anogen.detectors.data import (
 )
 from anogen.detectors.destseg.trainer import DestsegTrainer
 from anogen.detectors.draem.trainer import DraemTrainer
+from anogen.detectors.speed import speed_setup
 from anogen.detectors.synthetic import destseg_rotation_for
 from anogen.detectors.textures import TextureSource
+from anogen.detectors.train_log import CsvLog, PendingRows, last_logged_loss, progress_text
 from anogen.devices import effective_precision, is_cuda
 from anogen.errors import ConfigError
-from anogen.io import atomic_write_json, atomic_write_text
+from anogen.io import atomic_write_json
 from anogen.progress import Progress
 from anogen.resumable import ResumableJob
 
@@ -129,7 +125,7 @@ def train_detector(
         )
         log.info("parameters: %s; textures: %s", trainer.parameter_counts(), texture_info)
     # 5. the training loop
-    speed = _speed_setup(trainer, device, num_workers)
+    speed = speed_setup(trainer, device, num_workers)
     loader = make_loader(
         stream, start, trainer.total_steps, num_workers=speed["loader_workers"], pin_memory=is_cuda(device)
     )
@@ -289,27 +285,16 @@ def _restore(trainer, state: dict[str, Any]) -> int:
     return int(state["step"])
 
 
-def _speed_setup(trainer, device: str, num_workers: int | None) -> dict[str, Any]:
-    """Runtime-only speed settings (cudnn autotuning, memory layout, loader workers)."""
-    if is_cuda(device):
-        torch.backends.cudnn.benchmark = True
-    channels_last = use_channels_last(device)
-    if channels_last:
-        to_channels_last(trainer)
-    workers = _default_workers(device) if num_workers is None else int(num_workers)
-    return {"channels_last": channels_last, "loader_workers": workers}
-
-
 def _train_loop(job: ResumableJob, trainer, loader, start: int, checkpoint_every: int, log_every: int, what: str):
     """Steps ``start..total``: one log row each, a checkpoint every ``checkpoint_every``
     steps, the kill hook after each. Returns the last step's losses ({} if none ran).
 
     The losses stay on the device and reach the host every ``log_every`` steps, at checkpoints
-    and at the end (``_PendingRows``), so the host queues the next step while the device works;
+    and at the end (``train_log.PendingRows``), so the host queues the next step while the device works;
     the rows written are the same, one per step."""
     total = trainer.total_steps
-    csv_log = _CsvLog(job.out_dir / LOG_FILE, trainer.log_columns, start)
-    rows = _PendingRows(csv_log)
+    csv_log = CsvLog(job.out_dir / LOG_FILE, trainer.log_columns, start)
+    rows = PendingRows(csv_log)
     progress = Progress(total, logger=log, what=f"{what} step", unit="steps", start=start, every=log_every)
     t0 = time.perf_counter()
     step = start
@@ -323,7 +308,7 @@ def _train_loop(job: ResumableJob, trainer, loader, start: int, checkpoint_every
             checkpoint = step % checkpoint_every == 0 and step < total
             if step % log_every == 0 or checkpoint or step == total:
                 rows.flush()
-            progress.update(step, lambda: _progress_text(rows.flush()))  # a line due by time syncs too
+            progress.update(step, lambda: progress_text(rows.flush()))  # a line due by time syncs too
             if checkpoint:
                 csv_log.flush()
                 job.save_state(_state(trainer, step))
@@ -332,35 +317,6 @@ def _train_loop(job: ResumableJob, trainer, loader, start: int, checkpoint_every
     finally:
         csv_log.close()
     return rows.last
-
-
-class _PendingRows:
-    """Log rows whose losses are still device tensors; ``flush`` copies them in one transfer,
-    writes them to the log and returns the last step's values (without step and seconds)."""
-
-    def __init__(self, csv_log: _CsvLog):
-        self.csv_log, self.rows, self.last = csv_log, [], {}
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-
-    def flush(self) -> dict[str, Any]:
-        if self.rows:
-            host = rows_to_host(self.rows)
-            self.rows = []
-            for row in host:
-                self.csv_log.write(row)
-            self.last = {k: v for k, v in host[-1].items() if k not in ("step", "seconds")}
-        return self.last
-
-
-def _progress_text(last: dict[str, float]) -> str:
-    losses = " ".join(
-        f"{k} {v:.4f}"
-        for k, v in last.items()
-        if k not in ("lr", "phase") and not (isinstance(v, float) and math.isnan(v))
-    )
-    return losses + f" lr {last['lr']:.3g}"
 
 
 def _export_model(out_dir: Path, trainer, spec: dict[str, Any]) -> None:
@@ -391,7 +347,7 @@ def _manifest_extra(spec, trainer, device: str, last: dict[str, float], out_dir:
         "n_generated_items": sources["n_generated_items"],
         "n_generated_per_defect": sources["n_generated_per_defect"],
         "generated_per_image": spec.get("generated_per_image"),
-        "final_loss": last.get("loss") if last else _last_logged_loss(out_dir / LOG_FILE),
+        "final_loss": last.get("loss") if last else last_logged_loss(out_dir / LOG_FILE),
         "device": device,
         "precision": {
             "mixed_precision": spec["mixed_precision"],
@@ -415,108 +371,3 @@ def _write_manifest(job: ResumableJob, manifest_extra: dict[str, Any]) -> Path:
     manifest = job.write_manifest(list(FILES), manifest_extra)
     log.info("%s/%s: done, %s", manifest_extra["detector"], manifest_extra["variant"], manifest)
     return manifest
-
-
-# ----------------------------------------------------------------------------- the training log
-
-
-class _CsvLog:
-    """train_log.csv, appended row by row; on resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, columns: Sequence[str], resume_step: int):
-        self.path = path
-        self.columns = ["step", *columns, "seconds"]
-        rows: list[dict[str, str]] = []
-        if resume_step > 0 and path.exists():
-            rows = _complete_rows(path, resume_step)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
-        self.fh = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=self.columns)
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
-
-    def flush(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _complete_rows(path: Path, resume_step: int) -> list[dict[str, str]]:
-    """Rows up to ``resume_step``; a row cut short by a kill (or a repeat) is dropped."""
-    rows: list[dict[str, str]] = []
-    seen: set[int] = set()
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            try:
-                step = int(r["step"])
-                float(r["seconds"])
-            except (TypeError, ValueError, KeyError):
-                continue
-            if step <= resume_step and step not in seen and None not in r:
-                seen.add(step)
-                rows.append(r)
-    return rows
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return "" if value is None else str(value)
-
-
-# ----------------------------------------------------------------------------- speed (runtime-only)
-# Neither setting changes what is trained (batches are a pure function of (seed, step) whatever
-# the worker count; channels_last is the same function in another memory layout), so both stay
-# out of the content key and come from the environment, not the config.
-CHANNELS_LAST_ENV = "ANOGEN_DETECTOR_CHANNELS_LAST"  # "0" turns channels_last off on CUDA
-WORKERS_ENV = "ANOGEN_DETECTOR_WORKERS"  # loader worker count override
-MAX_WORKERS = 16
-
-
-def use_channels_last(device: str) -> bool:
-    """channels_last on CUDA (tensor-core convolutions without layout transposes) unless disabled.
-    Off on CPU: there it slows DeSTSeg's student phase down (measured) and changes round-off."""
-    return is_cuda(device) and os.environ.get(CHANNELS_LAST_ENV, "1") != "0"
-
-
-def to_channels_last(trainer) -> None:
-    """Weights in channels_last; NCHW batches need no conversion (a convolution with
-    channels_last weights returns channels_last, so the layout propagates from the first layer)."""
-    trainer.model.to(memory_format=torch.channels_last)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _default_workers(device: str) -> int:
-    """Loader workers: none on CPU (the jobs already fill the cores); on CUDA the CPUs of this
-    node shared among its device slots, one left for the training process, at most 16.
-    Synthesis costs ~5-20 ms per 256 px sample on one core (bench_detector_throughput.py), so
-    DRAEM's ~250+ img/s need about 4-8 workers and DeSTSeg more."""
-    override = os.environ.get(WORKERS_ENV)
-    if override is not None and override.strip():
-        return max(0, int(override))
-    if not is_cuda(device):
-        return 0
-    slots = int(os.environ.get("ANOGEN_GPU_SLOTS") or 0) or max(1, torch.cuda.device_count())
-    return max(0, min(MAX_WORKERS, _usable_cpus() // slots - 1))
-
-
-def _last_logged_loss(path: Path) -> float | None:
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        return float(rows[-1]["loss"]) if rows else None
-    except (OSError, ValueError, KeyError):
-        return None

@@ -90,7 +90,7 @@ def _region(mask: np.ndarray, resize: str) -> np.ndarray:
 
 
 def _constraint(spec: dict) -> tuple[str, float, bool, str]:
-    """(region, required fraction, strictly more, its config key) as the job keeps a box (``run._box_region``)."""
+    """(region, required fraction, strictly more, its config key) as the job keeps a box (``planning._box_region``)."""
     if spec.get("template") is not None:
         return "box template", float(spec["template"]["containment"]), True, "generation.template_containment"
     if spec.get("foreground_containment") is not None:  # the authors' Otsu foreground
@@ -170,9 +170,9 @@ def check_placement(
     """Check (category, defect) of ``plan`` on ``foregrounds``: (normal image path, the category's
     foreground at the image's size; None for a texture). None where nothing is checked (a texture
     without a box template, no image)."""
-    # check-data (a light command) imports this module: cv2 and torch only once it checks boxes
+    # check-data (a light command) imports this module: cv2 only once it checks boxes
     from anogen.generation.foreground import load_box_template  # loads cv2
-    from anogen.generation.run import derive_seed  # loads torch
+    from anogen.generation.planning import derive_seed  # loads cv2
 
     spec = plan.spec("generation", category, defect)
     template = plan.box_template(category, defect)

@@ -36,17 +36,16 @@ files on disk; the plan is cut into the same fixed batches as an uninterrupted r
 job killed between batches resumes to bit-identical outputs. (The tests' kill hook is
 ``anogen.resumable.ResumableJob.progressed``, one unit per written batch; the manifest goes
 last through ``ResumableJob.write_manifest``.)
+
+The plan (boxes, seeds, names) is made in ``anogen.generation.planning``; the files and their
+progress lines are written by ``anogen.generation.resume``; this module loads the model and samples.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,266 +54,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from anogen.data.geometry import to_square
 from anogen.data.images import load_image
-from anogen.data.index import relative_to_root
 from anogen.diffusion.backbone import load_backbone
 from anogen.diffusion.textual_inversion import load_learned_embedding, read_embedding_metadata
-from anogen.errors import ConfigError, DataError
-from anogen.generation.boxes import Box, resolve_box_range, sample_boxes_for
-from anogen.generation.foreground import load_box_template
+from anogen.errors import ConfigError
+from anogen.generation.boxes import resolve_box_range
 from anogen.generation.inpaint import from_uint8, inpaint, prepare_for_inference, to_uint8
 from anogen.generation.montage import make_montage
-from anogen.io import atomic_path, atomic_save_image, load_manifest, read_image, sha256_file, verify_file
-from anogen.keys import canonical_json
+from anogen.generation.planning import PlannedImage, plan_generation
+from anogen.generation.resume import already_done, write_batch
+from anogen.io import atomic_save_image, load_manifest, read_image, verify_file
 from anogen.progress import Progress
 from anogen.resumable import ResumableJob
 
 log = logging.getLogger("anogen.generation")
 
-PROGRESS_NAME = "progress.jsonl"
 MONTAGE_SAMPLES = 8  # generated images shown in the montage
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from the canonical JSON of ``parts`` (stable across processes and hosts)."""
-    digest = hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()
-    return int(digest[:16], 16) & ((1 << 63) - 1)
-
-
-@dataclass(frozen=True)
-class PlannedImage:
-    name: str  # file name under images/ and masks/
-    image_index: int  # index into the normal images
-    box_index: int
-    sample_index: int
-    index_in_image: int  # box_index * images_per_box + sample_index: the first N of them are kept
-    box: Box
-    seed: int
-    image_suffix: str = ".png"  # ".jpg" with generation.jpeg_quality
-
-    @property
-    def image(self) -> str:
-        return f"images/{Path(self.name).stem}{self.image_suffix}"
-
-    @property
-    def mask(self) -> str:
-        return f"masks/{self.name}"
-
-
-def _foreground_at(manifest_path: Path, manifest: dict, rel_mask: str, size: int, resize: str) -> np.ndarray:
-    """The foreground mask (stored at the image's own size) in the same geometry as the image."""
-    import cv2
-
-    full = verify_file(manifest_path, rel_mask, manifest)
-    mask = to_square((read_image(full, "L") > 0).astype(np.uint8), resize)
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-
-
-def _box_template(spec: dict, template: Path | None, resolution: int) -> np.ndarray | None:
-    """The defect's box template at ``resolution``, checked against the sha256 the key was made with."""
-    wanted = spec.get("template")  # present only for a defect with a box template
-    if wanted is None:
-        if template is not None:
-            raise ConfigError(
-                "generation.templates", f"a template ({template}) was given but the generation spec has none"
-            )
-        return None
-    if template is None:
-        raise ConfigError(
-            "generation.templates", "the generation spec names a box template but no template file was given"
-        )
-    if sha256_file(template) != wanted["sha256"]:
-        raise DataError(
-            template, "box template changed since the workflow was planned; rerun snakemake so the key follows it"
-        )
-    return load_box_template(template, resolution, resolution)
-
-
-@dataclass(frozen=True)
-class _BoxRegion:
-    """Where one defect's boxes go: its box template (strictly more than ``containment``
-    inside) or each image's foreground (at least ``min_overlap`` on it)."""
-
-    region: Callable[[Path, str], np.ndarray]  # (image path, root-relative path) -> mask at the resolution
-    overlap: float
-    strict: bool
-    overlap_key: str
-
-
-def _box_region(spec: dict, template: Path | None, foreground_manifest: Path | None, resolution: int) -> _BoxRegion:
-    template_mask = _box_template(spec, template, resolution)
-    if template_mask is not None:
-        containment = float(spec["template"]["containment"])
-        return _BoxRegion(lambda path, rel: template_mask, containment, True, "generation.template_containment")
-    if foreground_manifest is None:
-        raise ConfigError(
-            "generation.templates",
-            f"{spec['category']}/{spec['defect']} has neither a box template nor a foreground set",
-        )
-    fg_manifest = load_manifest(foreground_manifest)
-    masks = {item["source_image"]: item["mask"] for item in fg_manifest["extra"]["items"]}
-
-    def foreground(path: Path, rel: str) -> np.ndarray:
-        if rel not in masks:
-            raise DataError(foreground_manifest, f"has no foreground mask for {rel}; rebuild the foreground set")
-        # boxes are drawn on the foreground in the model's geometry
-        return _foreground_at(foreground_manifest, fg_manifest, masks[rel], resolution, spec["resize"])
-
-    if spec.get("foreground_containment") is not None:  # the authors' Otsu foreground (Plan._generation_spec)
-        containment = float(spec["foreground_containment"])
-        return _BoxRegion(foreground, containment, True, "generation.template_containment")
-    return _BoxRegion(foreground, float(spec["min_overlap"]), False, "generation.min_overlap")
-
-
-def _normal_images_used(normal_images: Sequence[Path], data_root: Path, spec: dict) -> list[Path]:
-    images = [Path(p) for p in normal_images]
-    if spec["max_normal_images"] is not None:
-        images = images[: int(spec["max_normal_images"])]
-    if not images:
-        raise DataError(data_root, f"no normal training images for category '{spec['category']}'")
-    stems: dict[str, Path] = {}
-    for p in images:
-        if p.stem in stems:
-            raise DataError(p, f"two normal images share the stem '{p.stem}' ({stems[p.stem]})")
-        stems[p.stem] = p
-    return images
-
-
-def _plan_image(
-    spec: dict, index: int, path: Path, foreground: np.ndarray, where: _BoxRegion, box: dict
-) -> list[PlannedImage]:
-    """The first ``images_per_normal`` (box, sample) pairs of one normal image (box range ``box``),
-    box by box, ``images_per_box`` seeded samples each (the last box may be cut short)."""
-    category, defect, seed = spec["category"], spec["defect"], int(spec["seed"])
-    n_images, per_box = int(spec["images_per_normal"]), int(spec["images_per_box"])
-    rng = np.random.default_rng(derive_seed("boxes", seed, category, defect, path.stem))
-    boxes = sample_boxes_for(
-        rng,
-        foreground,
-        math.ceil(n_images / per_box),
-        box,
-        where.overlap,
-        int(spec["max_tries"]),
-        image_name=str(path),
-        defect=defect,
-        strict=where.strict,
-        overlap_key=where.overlap_key,
-    )
-    return [
-        PlannedImage(
-            name=f"{path.stem}_b{b}_s{j}.png",
-            image_index=index,
-            box_index=b,
-            sample_index=j,
-            index_in_image=b * per_box + j,
-            box=boxes[b],
-            seed=derive_seed("sample", seed, category, defect, path.stem, b, j),
-            image_suffix=".png" if spec["jpeg_quality"] is None else ".jpg",
-        )
-        for b, j in (divmod(k, per_box) for k in range(n_images))
-    ]
-
-
-def plan_generation(
-    *,
-    normal_images: list[Path],
-    data_root: Path,
-    foreground_manifest: Path | None,
-    spec: dict,
-    resolution: int,
-    template: Path | None = None,
-    box: dict | None = None,
-) -> tuple[list[Path], list[str], list[PlannedImage]]:
-    """Boxes and seeds of every image to generate: (normal images used, their root-relative paths, plan).
-
-    With a box template (``spec["template"]`` and its file ``template``) every image's boxes
-    are drawn on the template, strictly more than ``containment`` inside;
-    ``foreground_manifest`` is then not read (it may be None). ``box`` is the resolved box
-    range (:func:`anogen.generation.boxes.resolve_box_range`); None = the spec's hand-set one.
-    """
-    box = resolve_box_range(spec["box"]) if box is None else box
-    images = _normal_images_used(normal_images, Path(data_root), spec)
-    where = _box_region(
-        spec,
-        Path(template) if template is not None else None,
-        Path(foreground_manifest) if foreground_manifest is not None else None,
-        resolution,
-    )
-    rels = [relative_to_root(data_root, p) for p in images]
-    plan: list[PlannedImage] = []
-    for index, (path, rel) in enumerate(zip(images, rels)):
-        plan += _plan_image(spec, index, path, where.region(path, rel), where, box)
-    return images, rels, plan
-
-
-# ----------------------------------------------------------------------------- progress (resume by item)
-
-
-def _read_progress(out_dir: Path, key: str) -> dict[str, dict]:
-    path = out_dir / PROGRESS_NAME
-    records: dict[str, dict] = {}
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: ignore it
-            continue
-        if isinstance(rec, dict) and rec.get("key") == key and "name" in rec:  # another key's line: not ours
-            records[rec["name"]] = rec
-    return records
-
-
-def _is_done(out_dir: Path, item: PlannedImage, rec: dict | None) -> bool:
-    if rec is None or rec.get("seed") != item.seed:
-        return False
-    for rel, field in ((item.image, "image_sha256"), (item.mask, "mask_sha256")):
-        full = out_dir / rel
-        if not full.is_file() or sha256_file(full) != rec.get(field):
-            return False
-    return True
-
-
-def _already_done(job: ResumableJob, plan: list[PlannedImage]) -> set[str]:
-    """Names of the planned images an earlier run of this key wrote and recorded intact."""
-    progress = _read_progress(job.out_dir, job.key)
-    done = {item.name for item in plan if _is_done(job.out_dir, item, progress.get(item.name))}
-    if done:
-        log.info("resuming: %d of %d images already generated", len(done), len(plan))
-    return done
-
-
-def _append_progress(out_dir: Path, record: dict) -> None:
-    with open(out_dir / PROGRESS_NAME, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def save_generated_image(path: Path, array: np.ndarray, jpeg_quality: int | None) -> None:
-    """A generated image, atomically: lossless PNG, or with ``jpeg_quality`` JPEG with Pillow's
-    defaults otherwise (4:2:0 chroma subsampling, baseline): at 75 the very bytes of the authors'
-    ``Image.fromarray(x).save("....jpg")`` (Pillow's default quality is libjpeg's 75)."""
-    if jpeg_quality is None:
-        atomic_save_image(path, array)
-        return
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="JPEG", quality=int(jpeg_quality))
-
-
-def _write_batch(
-    out_dir: Path, key: str, pending: list[PlannedImage], arrays: np.ndarray, box_np: list, quality
-) -> None:
-    """Each image and its mask atomically, then its progress line (with both sha256)."""
-    for it, arr, bm in zip(pending, arrays, box_np):
-        save_generated_image(out_dir / it.image, arr, quality)
-        atomic_save_image(out_dir / it.mask, (bm * 255).astype(np.uint8))
-        record = {"key": key, "name": it.name, "seed": it.seed}
-        record.update(image_sha256=sha256_file(out_dir / it.image), mask_sha256=sha256_file(out_dir / it.mask))
-        _append_progress(out_dir, record)
 
 
 def _chunks(seq: list, size: int) -> Iterable[list]:
@@ -420,7 +175,7 @@ def _sample_missing(job, sampler, spec, plan, done, normals, batch_size) -> tupl
             arrays, box_np = _sample_batch(sampler, spec, pending, normals)
             if in_flight is not None:
                 in_flight.result()
-            in_flight = writer.submit(_write_batch, job.out_dir, job.key, pending, arrays, box_np, spec["jpeg_quality"])
+            in_flight = writer.submit(write_batch, job.out_dir, job.key, pending, arrays, box_np, spec["jpeg_quality"])
             generated += len(pending)
             batches += 1
             progress.update(len(done) + generated)
@@ -518,7 +273,7 @@ def generate_anomalies(
         box=box,
     )
     # 3. resume: what an earlier run of this key already wrote
-    done = _already_done(job, plan)
+    done = already_done(job, plan)
     # 4. sample the rest, batch by batch (each batch written, then the kill hook)
     normals = _NormalImages(images, sampler.resolution, spec["resize"], keep=4 * batch_size)
     generated, seconds = _sample_missing(job, sampler, spec, plan, done, normals, batch_size)
