@@ -10,18 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_tau.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_tau", BENCH)
+def _bench(name: str = "bench_tau"):
+    """bench/<name>.py as a module (bench_tau.py puts bench/ on sys.path for its helper modules)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_loose_box_contains_the_defect_at_the_asked_area():
-    bench = _bench()
+    bench = _bench("bench_tau_data")
     mask = np.zeros((64, 64), np.uint8)
     mask[20:30, 40:50] = 1  # 100 px, tight box 10 x 10
     rng = np.random.default_rng(0)
@@ -101,7 +102,7 @@ def test_quick_run_structure_and_dropped_fraction(tmp_path):
 
 
 def test_summary_and_paired_differences_by_hand():
-    bench = _bench()
+    bench = _bench("bench_tau_report")
     keys = [k for k, _ in bench.COLUMNS]
     runs = []
     for seed, (base, weak) in enumerate([(0.5, 0.6), (0.7, 0.7), (0.9, 0.8)]):

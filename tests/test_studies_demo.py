@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from anogen.io import load_manifest
-from anogen.studies.table import STUDY_COLUMNS
+from anogen.studies.table_rows import STUDY_COLUMNS
 from tests import e2e
 from tests.test_readme_commands import fresh_checkout, readme_statements
 

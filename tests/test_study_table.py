@@ -15,7 +15,8 @@ from anogen.errors import AnogenError, DataError
 from anogen.evaluation import paper_numbers as paper
 from anogen.evaluation.summary import METRICS
 from anogen.io import write_manifest
-from anogen.studies.table import DIFFERENT_TEST_SETS, STUDY_COLUMNS, write_study
+from anogen.studies.table import write_study
+from anogen.studies.table_rows import DIFFERENT_TEST_SETS, STUDY_COLUMNS
 
 CATEGORIES = ("bottle", "cable")
 TEST_SETS = {"bottle": "aaaaaaaaaaaa", "cable": "bbbbbbbbbbbb"}
