@@ -85,7 +85,10 @@ def test_graph_step_in_bf16_matches_eager_bf16(monkeypatch, tiny_ldm):
     gap = float((graph.vector.detach() - eager.vector.detach()).norm())
     assert gap < 0.5 * float((fp32.vector.detach() - eager.vector.detach()).norm())
     assert gap < 0.02 * float((eager.vector.detach() - init).norm())
-    np.testing.assert_allclose(graph_losses, eager_losses, rtol=5e-3)
+    # bf16 keeps 8 bits of mantissa (a relative step of 2**-8 = 3.9e-3): which CPU kernels run decides
+    # the last bit, and a loss that passes through many bf16 operations can move by two of those steps
+    # (measured 5.6e-3 on one machine), so 1e-2; the two checks above are the ones that separate paths.
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-2)
 
 
 @pytest.mark.parametrize("first,then", [(True, False), (False, True)], ids=["graph-then-eager", "eager-then-graph"])
