@@ -36,6 +36,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from anogen.config import resolve_extends, validate_config
 from anogen.errors import AnogenError, ConfigError, DataError
 
@@ -94,13 +96,21 @@ def parse_config_items(items: Sequence[str]) -> dict:
     return config
 
 
+def _yaml_of_strings(text: str):
+    """YAML read with the base loader, as Snakemake reads a --config value: every scalar a string,
+    no object constructed (what ``yaml.load(text, Loader=yaml.BaseLoader)`` does)."""
+    loader = yaml.BaseLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _config_value(item: str, text: str):
     """Snakemake's reading of a --config value: int, float, True/False, YAML of strings, text."""
-    import yaml
-
     if text == "":
         return None
-    for parse in (int, float, _true_or_false, lambda s: yaml.load(s, Loader=yaml.BaseLoader)):
+    for parse in (int, float, _true_or_false, _yaml_of_strings):
         try:
             value = parse(text)
         except Exception:  # what Snakemake does: the next reading is tried
